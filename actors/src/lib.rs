@@ -1,0 +1,23 @@
+//! paygate-actors: the transaction core of paygate.
+//!
+//! Money, ids, the order / merchant / channel state machines and the actors that own
+//! them, shard supervisors and the registry, and the ports (traits) through which the
+//! core reaches storage, channels and time. It does no I/O of its own.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+#![warn(missing_docs)]
+
+pub mod channel;
+pub mod clock;
+pub mod error;
+pub mod ids;
+pub mod merchant;
+pub mod money;
+pub mod order;
+pub mod order_actor;
+pub mod ports;
+pub mod registry;
+pub mod router;
+pub mod routing;
+pub mod shard;
+pub mod signing;
+pub mod timers;

@@ -1,0 +1,866 @@
+//! The payment order aggregate: the one place that enforces the order state machine.
+//!
+//! ```text
+//! PENDING ─► PAYING ─► SUCCESS ─► PARTIALLY_REFUNDED ─► REFUNDED
+//!    │          │  └─► FAILED         └──────────────────┘
+//!    └──────────┴────► CLOSED | EXPIRED
+//! ```
+//! [`Order::handle`] decides the events a command causes; [`Order::apply`] evolves
+//! the state from one event. Final states never go backwards: a late or out-of-order
+//! signal is recorded (as an event) and answered, never applied against the machine.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, ErrorCode};
+use crate::ids::PayOrderNo;
+use crate::money::Money;
+
+/// How the buyer pays: picks the family of channels that can take the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PayMethod {
+    /// Alipay.
+    Alipay,
+    /// WeChat Pay.
+    WechatPay,
+    /// UnionPay online gateway.
+    UnionPay,
+    /// The internal balance account.
+    Balance,
+    /// The built-in sandbox channel.
+    Sandbox,
+}
+
+impl PayMethod {
+    /// Every method, in wire order.
+    pub const ALL: [PayMethod; 5] =
+        [PayMethod::Alipay, PayMethod::WechatPay, PayMethod::UnionPay, PayMethod::Balance, PayMethod::Sandbox];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PayMethod::Alipay => "ALIPAY",
+            PayMethod::WechatPay => "WECHAT_PAY",
+            PayMethod::UnionPay => "UNION_PAY",
+            PayMethod::Balance => "BALANCE",
+            PayMethod::Sandbox => "SANDBOX",
+        }
+    }
+}
+
+impl FromStr for PayMethod {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        PayMethod::ALL.into_iter().find(|m| m.as_str() == s).ok_or(())
+    }
+}
+
+impl fmt::Display for PayMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Order status (SPEC F1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OrderStatus {
+    /// Recorded by us; the channel has not confirmed the trade yet.
+    Pending,
+    /// Submitted to the channel; waiting for the buyer.
+    Paying,
+    /// Paid.
+    Success,
+    /// The channel refused or the payment failed.
+    Failed,
+    /// Closed by the merchant before payment.
+    Closed,
+    /// Not paid before its expire time.
+    Expired,
+    /// Paid, and part of it refunded.
+    PartiallyRefunded,
+    /// Paid, and all of it refunded.
+    Refunded,
+}
+
+impl OrderStatus {
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Paying => "PAYING",
+            OrderStatus::Success => "SUCCESS",
+            OrderStatus::Failed => "FAILED",
+            OrderStatus::Closed => "CLOSED",
+            OrderStatus::Expired => "EXPIRED",
+            OrderStatus::PartiallyRefunded => "PARTIALLY_REFUNDED",
+            OrderStatus::Refunded => "REFUNDED",
+        }
+    }
+
+    /// Still waiting for the buyer: the only states a payment can still arrive in.
+    pub const fn is_open(self) -> bool {
+        matches!(self, OrderStatus::Pending | OrderStatus::Paying)
+    }
+
+    /// Money was received (and possibly refunded since).
+    pub const fn is_paid(self) -> bool {
+        matches!(self, OrderStatus::Success | OrderStatus::PartiallyRefunded | OrderStatus::Refunded)
+    }
+
+    /// Nothing more can happen to the order except recorded late signals.
+    pub const fn is_final(self) -> bool {
+        matches!(self, OrderStatus::Failed | OrderStatus::Closed | OrderStatus::Expired | OrderStatus::Refunded)
+    }
+
+    /// Position in the lifecycle; an order's rank never decreases.
+    const fn rank(self) -> u8 {
+        match self {
+            OrderStatus::Pending => 0,
+            OrderStatus::Paying => 1,
+            OrderStatus::Success | OrderStatus::Failed | OrderStatus::Closed | OrderStatus::Expired => 2,
+            OrderStatus::PartiallyRefunded => 3,
+            OrderStatus::Refunded => 4,
+        }
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the merchant asked for. Immutable after creation; two pay requests with the
+/// same `(merchant_id, order_no)` are the same request exactly when their specs are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSpec {
+    /// The merchant.
+    pub merchant_id: String,
+    /// The merchant's order number, unique per merchant.
+    pub order_no: String,
+    /// The amount.
+    pub amount: Money,
+    /// Short description shown to the buyer.
+    pub subject: String,
+    /// Longer description.
+    pub body: Option<String>,
+    /// Where payment results are posted.
+    pub notify_url: Option<String>,
+    /// Where the buyer returns after paying.
+    pub return_url: Option<String>,
+    /// The requested method.
+    pub pay_method: PayMethod,
+    /// Requested lifetime; `None` means the merchant's default.
+    pub expire_minutes: Option<u32>,
+    /// Buyer's IP, for risk.
+    pub client_ip: Option<String>,
+    /// Buyer's device, for risk.
+    pub device_id: Option<String>,
+    /// Buyer's user id at the merchant, for risk.
+    pub user_id: Option<String>,
+}
+
+/// A payment that arrived after the order stopped taking payments. Kept on the order and
+/// flagged for refund: money is never silently dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatePayment {
+    /// The channel's trade number.
+    pub channel_trade_no: String,
+    /// What was paid, in minor units.
+    pub amount_minor: i64,
+    /// When we learned of it (unix millis).
+    pub at: i64,
+}
+
+/// The state of one payment order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Our id.
+    pub pay_order_no: PayOrderNo,
+    /// What the merchant asked for.
+    pub spec: OrderSpec,
+    /// Where the order is in its lifecycle.
+    pub status: OrderStatus,
+    /// The channel code that carries the order.
+    pub channel: String,
+    /// Unix millis.
+    pub create_time: i64,
+    /// Unix millis of the last change.
+    pub update_time: i64,
+    /// Unix millis after which an unpaid order expires.
+    pub expire_time: i64,
+    /// Unix millis of payment.
+    pub paid_time: Option<i64>,
+    /// The channel's trade number, once known.
+    pub channel_trade_no: Option<String>,
+    /// What the buyer scans or opens to pay (the channel's code URL).
+    pub code_url: Option<String>,
+    /// Why the order failed.
+    pub failure: Option<String>,
+    /// Total refunded, minor units.
+    pub refunded_minor: i64,
+    /// Active queries made at the channel so far.
+    pub query_attempts: u8,
+    /// Payments that arrived after the order closed, flagged for refund.
+    pub late_payments: Vec<LatePayment>,
+    /// Journal sequence of the last record applied to this order.
+    pub seq: u64,
+}
+
+/// A signal about the trade from the channel: a verified callback or a query answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChannelNotice {
+    /// The buyer paid.
+    Paid {
+        /// The channel's trade number.
+        channel_trade_no: String,
+        /// The amount the channel says was paid, in minor units.
+        amount_minor: i64,
+    },
+    /// The payment failed at the channel.
+    Failed {
+        /// The channel's reason.
+        reason: String,
+    },
+    /// The channel closed the trade unpaid.
+    Closed,
+    /// Still waiting for the buyer.
+    NotPaid,
+}
+
+/// What a command asks of an order. Channel outcomes arrive as commands too: the
+/// aggregate decides what they mean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderCommand {
+    /// The channel accepted the trade and gave the code URL.
+    Accept {
+        /// What the buyer scans.
+        code_url: String,
+        /// The channel's trade number, if it gave one now.
+        channel_trade_no: Option<String>,
+    },
+    /// The create call's outcome is unknown (timeout, 5xx): the trade may exist.
+    MarkSubmitted,
+    /// The channel definitively refused the trade.
+    Reject {
+        /// The channel's reason.
+        reason: String,
+    },
+    /// A verified signal about the trade.
+    Notice(ChannelNotice),
+    /// The merchant closes the order (after the channel closed it).
+    Close,
+    /// The expiry timer fired (after the channel confirmed the trade unpaid and closed).
+    Expire,
+    /// An active query was made.
+    RecordQueryAttempt,
+    /// A refund succeeded.
+    Refund {
+        /// The merchant's refund number.
+        refund_no: String,
+        /// Refunded amount, minor units.
+        amount_minor: i64,
+    },
+}
+
+/// What happened to an order. Journaled, then applied; never edited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderEvent {
+    /// The order exists.
+    Created {
+        /// Our id.
+        pay_order_no: PayOrderNo,
+        /// What the merchant asked for.
+        spec: OrderSpec,
+        /// The channel chosen by routing.
+        channel: String,
+        /// Unix millis.
+        at: i64,
+        /// Unix millis.
+        expire_time: i64,
+    },
+    /// PENDING → PAYING with a code URL (or a PAYING order learned its URL on retry).
+    ChannelAccepted {
+        /// What the buyer scans.
+        code_url: String,
+        /// The channel's trade number, if known.
+        channel_trade_no: Option<String>,
+        /// Unix millis.
+        at: i64,
+    },
+    /// PENDING → PAYING with the channel's answer unknown.
+    ChannelSubmitted {
+        /// Unix millis.
+        at: i64,
+    },
+    /// The channel refused the trade: → FAILED.
+    ChannelRejected {
+        /// The channel's reason.
+        reason: String,
+        /// Unix millis.
+        at: i64,
+    },
+    /// → SUCCESS.
+    Paid {
+        /// The channel's trade number.
+        channel_trade_no: String,
+        /// Paid amount, minor units (always the order amount).
+        amount_minor: i64,
+        /// Unix millis.
+        at: i64,
+    },
+    /// The payment failed: → FAILED.
+    PaymentFailed {
+        /// The channel's reason.
+        reason: String,
+        /// Unix millis.
+        at: i64,
+    },
+    /// → CLOSED.
+    Closed {
+        /// Unix millis.
+        at: i64,
+    },
+    /// → EXPIRED.
+    Expired {
+        /// Unix millis.
+        at: i64,
+    },
+    /// An active query was made.
+    QueryAttempted {
+        /// Unix millis.
+        at: i64,
+    },
+    /// A payment arrived after the order stopped taking payments; flagged for refund.
+    LatePaymentRecorded {
+        /// The late payment.
+        payment: LatePayment,
+    },
+    /// An out-of-order signal, recorded and not applied.
+    SignalIgnored {
+        /// What the signal said.
+        signal: String,
+        /// Unix millis.
+        at: i64,
+    },
+    /// A refund succeeded: → PARTIALLY_REFUNDED or REFUNDED.
+    Refunded {
+        /// The merchant's refund number.
+        refund_no: String,
+        /// Refunded amount, minor units.
+        amount_minor: i64,
+        /// Unix millis.
+        at: i64,
+    },
+}
+
+/// An event that cannot follow the state it is applied to: a bug or a damaged journal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("order {pay_order_no}: event {event} cannot follow status {status}")]
+pub struct InvariantViolation {
+    /// The order.
+    pub pay_order_no: String,
+    /// The current status.
+    pub status: OrderStatus,
+    /// The offending event's name.
+    pub event: &'static str,
+}
+
+/// When an order still waiting for its buyer is queried at the channel (补单).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryPolicy {
+    /// First query after creation, millis.
+    pub first_after_ms: i64,
+    /// Between queries, millis.
+    pub interval_ms: i64,
+    /// How many queries at most.
+    pub max_attempts: u8,
+}
+
+impl Default for QueryPolicy {
+    /// SPEC F1: at 60 s, then every 5 minutes, up to 5 times.
+    fn default() -> Self {
+        QueryPolicy { first_after_ms: 60_000, interval_ms: 300_000, max_attempts: 5 }
+    }
+}
+
+/// What a due timer asks of an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerAction {
+    /// Query the channel, then expire if unpaid.
+    Expire,
+    /// Query the channel (active query).
+    Query,
+}
+
+impl OrderEvent {
+    fn name(&self) -> &'static str {
+        match self {
+            OrderEvent::Created { .. } => "Created",
+            OrderEvent::ChannelAccepted { .. } => "ChannelAccepted",
+            OrderEvent::ChannelSubmitted { .. } => "ChannelSubmitted",
+            OrderEvent::ChannelRejected { .. } => "ChannelRejected",
+            OrderEvent::Paid { .. } => "Paid",
+            OrderEvent::PaymentFailed { .. } => "PaymentFailed",
+            OrderEvent::Closed { .. } => "Closed",
+            OrderEvent::Expired { .. } => "Expired",
+            OrderEvent::QueryAttempted { .. } => "QueryAttempted",
+            OrderEvent::LatePaymentRecorded { .. } => "LatePaymentRecorded",
+            OrderEvent::SignalIgnored { .. } => "SignalIgnored",
+            OrderEvent::Refunded { .. } => "Refunded",
+        }
+    }
+
+    /// The `Created` event of a new order.
+    pub fn created(pay_order_no: PayOrderNo, spec: OrderSpec, channel: String, now: i64, expire_minutes: u32) -> OrderEvent {
+        let expire_time = now.saturating_add(i64::from(expire_minutes) * 60_000);
+        OrderEvent::Created { pay_order_no, spec, channel, at: now, expire_time }
+    }
+}
+
+impl Order {
+    /// The order a `Created` event brings into being.
+    pub fn from_created(event: &OrderEvent) -> Option<Order> {
+        let OrderEvent::Created { pay_order_no, spec, channel, at, expire_time } = event else {
+            return None;
+        };
+        Some(Order {
+            pay_order_no: pay_order_no.clone(),
+            spec: spec.clone(),
+            status: OrderStatus::Pending,
+            channel: channel.clone(),
+            create_time: *at,
+            update_time: *at,
+            expire_time: *expire_time,
+            paid_time: None,
+            channel_trade_no: None,
+            code_url: None,
+            failure: None,
+            refunded_minor: 0,
+            query_attempts: 0,
+            late_payments: Vec::new(),
+            seq: 0,
+        })
+    }
+
+    /// Evolves `state` (none before creation) by one event.
+    pub fn evolve(state: Option<Order>, event: &OrderEvent) -> Result<Order, InvariantViolation> {
+        match state {
+            None => Order::from_created(event).ok_or(InvariantViolation {
+                pay_order_no: String::new(),
+                status: OrderStatus::Pending,
+                event: event.name(),
+            }),
+            Some(mut order) => {
+                order.apply(event)?;
+                Ok(order)
+            }
+        }
+    }
+
+    /// Decides the events `cmd` causes at `now` (unix millis). No events means the
+    /// command was already satisfied (idempotent repeat).
+    pub fn handle(&self, cmd: OrderCommand, now: i64) -> Result<Vec<OrderEvent>, CoreError> {
+        use OrderStatus::*;
+        let status = self.status;
+        let events = match cmd {
+            OrderCommand::Accept { code_url, channel_trade_no } => match status {
+                Pending => vec![OrderEvent::ChannelAccepted { code_url, channel_trade_no, at: now }],
+                Paying if self.code_url.is_none() => {
+                    vec![OrderEvent::ChannelAccepted { code_url, channel_trade_no, at: now }]
+                }
+                _ => vec![],
+            },
+            OrderCommand::MarkSubmitted => match status {
+                Pending => vec![OrderEvent::ChannelSubmitted { at: now }],
+                _ => vec![],
+            },
+            OrderCommand::Reject { reason } => match status {
+                Pending => vec![OrderEvent::ChannelRejected { reason, at: now }],
+                Paying if self.code_url.is_none() => vec![OrderEvent::ChannelRejected { reason, at: now }],
+                _ => vec![],
+            },
+            OrderCommand::Notice(notice) => self.decide_notice(notice, now)?,
+            OrderCommand::Close => match status {
+                Pending | Paying => vec![OrderEvent::Closed { at: now }],
+                Closed => vec![],
+                _ => {
+                    return Err(CoreError::new(
+                        ErrorCode::OrderStatusError,
+                        format!("order is {status} and can no longer be closed"),
+                    ))
+                }
+            },
+            OrderCommand::Expire => match status {
+                Pending | Paying if now >= self.expire_time => vec![OrderEvent::Expired { at: now }],
+                _ => vec![],
+            },
+            OrderCommand::RecordQueryAttempt => match status {
+                Pending | Paying => vec![OrderEvent::QueryAttempted { at: now }],
+                _ => vec![],
+            },
+            OrderCommand::Refund { refund_no, amount_minor } => {
+                if !matches!(status, Success | PartiallyRefunded) {
+                    return Err(CoreError::new(
+                        ErrorCode::OrderStatusError,
+                        format!("order is {status}; only a paid order can be refunded"),
+                    ));
+                }
+                if amount_minor <= 0 {
+                    return Err(CoreError::invalid("refund_amount", "must be greater than zero"));
+                }
+                let total = self.refunded_minor.checked_add(amount_minor);
+                if total.is_none_or(|t| t > self.spec.amount.minor()) {
+                    return Err(CoreError::new(
+                        ErrorCode::RefundExceedsPaid,
+                        "refunds would exceed the amount paid",
+                    ));
+                }
+                vec![OrderEvent::Refunded { refund_no, amount_minor, at: now }]
+            }
+        };
+        Ok(events)
+    }
+
+    fn decide_notice(&self, notice: ChannelNotice, now: i64) -> Result<Vec<OrderEvent>, CoreError> {
+        use OrderStatus::*;
+        let status = self.status;
+        Ok(match notice {
+            ChannelNotice::Paid { channel_trade_no, amount_minor } => {
+                if amount_minor != self.spec.amount.minor() {
+                    return Err(CoreError::new(
+                        ErrorCode::ChannelError,
+                        format!(
+                            "channel reports {amount_minor} minor units paid for an order of {}",
+                            self.spec.amount.minor()
+                        ),
+                    ));
+                }
+                // Already counted: the payment that settled the order, or a late one on file.
+                let known = (status.is_paid() && self.channel_trade_no.as_deref() == Some(channel_trade_no.as_str()))
+                    || self.late_payments.iter().any(|p| p.channel_trade_no == channel_trade_no);
+                match status {
+                    Pending | Paying => vec![OrderEvent::Paid { channel_trade_no, amount_minor, at: now }],
+                    _ if known => vec![],
+                    _ => vec![OrderEvent::LatePaymentRecorded {
+                        payment: LatePayment { channel_trade_no, amount_minor, at: now },
+                    }],
+                }
+            }
+            ChannelNotice::Failed { reason } => match status {
+                Pending | Paying => vec![OrderEvent::PaymentFailed { reason, at: now }],
+                Failed => vec![],
+                _ => vec![OrderEvent::SignalIgnored { signal: format!("FAILED: {reason}"), at: now }],
+            },
+            ChannelNotice::Closed => match status {
+                Pending | Paying => vec![OrderEvent::Closed { at: now }],
+                Closed | Expired => vec![],
+                _ => vec![OrderEvent::SignalIgnored { signal: "CLOSED".into(), at: now }],
+            },
+            ChannelNotice::NotPaid => vec![],
+        })
+    }
+
+    /// Applies one event. Refuses events that cannot follow the current state, so a
+    /// damaged journal or a bug is found rather than folded into the state.
+    pub fn apply(&mut self, event: &OrderEvent) -> Result<(), InvariantViolation> {
+        use OrderStatus::*;
+        let status = self.status;
+        let violation = || InvariantViolation {
+            pay_order_no: self.pay_order_no.to_string(),
+            status,
+            event: event.name(),
+        };
+        let at = match event {
+            OrderEvent::Created { .. } => return Err(violation()),
+            OrderEvent::ChannelAccepted { code_url, channel_trade_no, at } => {
+                if !(status == Pending || (status == Paying && self.code_url.is_none())) {
+                    return Err(violation());
+                }
+                self.status = Paying;
+                self.code_url = Some(code_url.clone());
+                if channel_trade_no.is_some() {
+                    self.channel_trade_no.clone_from(channel_trade_no);
+                }
+                *at
+            }
+            OrderEvent::ChannelSubmitted { at } => {
+                if status != Pending {
+                    return Err(violation());
+                }
+                self.status = Paying;
+                *at
+            }
+            OrderEvent::ChannelRejected { reason, at } | OrderEvent::PaymentFailed { reason, at } => {
+                if !status.is_open() {
+                    return Err(violation());
+                }
+                self.status = Failed;
+                self.failure = Some(reason.clone());
+                *at
+            }
+            OrderEvent::Paid { channel_trade_no, amount_minor, at } => {
+                if !status.is_open() || *amount_minor != self.spec.amount.minor() {
+                    return Err(violation());
+                }
+                self.status = Success;
+                self.channel_trade_no = Some(channel_trade_no.clone());
+                self.paid_time = Some(*at);
+                *at
+            }
+            OrderEvent::Closed { at } => {
+                if !status.is_open() {
+                    return Err(violation());
+                }
+                self.status = Closed;
+                *at
+            }
+            OrderEvent::Expired { at } => {
+                if !status.is_open() {
+                    return Err(violation());
+                }
+                self.status = Expired;
+                *at
+            }
+            OrderEvent::QueryAttempted { at } => {
+                if !status.is_open() {
+                    return Err(violation());
+                }
+                self.query_attempts = self.query_attempts.saturating_add(1);
+                *at
+            }
+            OrderEvent::LatePaymentRecorded { payment } => {
+                if status.is_open() {
+                    return Err(violation());
+                }
+                self.late_payments.push(payment.clone());
+                payment.at
+            }
+            OrderEvent::SignalIgnored { at, .. } => *at,
+            OrderEvent::Refunded { amount_minor, at, .. } => {
+                let total = self.refunded_minor.checked_add(*amount_minor);
+                let amount = self.spec.amount.minor();
+                if !matches!(status, Success | PartiallyRefunded)
+                    || *amount_minor <= 0
+                    || total.is_none_or(|t| t > amount)
+                {
+                    return Err(violation());
+                }
+                self.refunded_minor = total.unwrap_or(amount);
+                self.status = if self.refunded_minor == amount { Refunded } else { PartiallyRefunded };
+                *at
+            }
+        };
+        self.update_time = self.update_time.max(at);
+        debug_assert!(self.status.rank() >= status.rank(), "status went backwards");
+        Ok(())
+    }
+
+    /// When the order next needs attention (expiry or an active query), unix millis.
+    pub fn next_timer(&self, policy: &QueryPolicy) -> Option<i64> {
+        if !self.status.is_open() {
+            return None;
+        }
+        let query = self.next_query_time(policy);
+        Some(query.map_or(self.expire_time, |q| q.min(self.expire_time)))
+    }
+
+    fn next_query_time(&self, policy: &QueryPolicy) -> Option<i64> {
+        (self.query_attempts < policy.max_attempts).then(|| {
+            self.create_time
+                .saturating_add(policy.first_after_ms)
+                .saturating_add(i64::from(self.query_attempts).saturating_mul(policy.interval_ms))
+        })
+    }
+
+    /// What a timer firing at `now` should do, if anything.
+    pub fn due_action(&self, now: i64, policy: &QueryPolicy) -> Option<TimerAction> {
+        if !self.status.is_open() {
+            None
+        } else if now >= self.expire_time {
+            Some(TimerAction::Expire)
+        } else if self.next_query_time(policy).is_some_and(|q| now >= q) {
+            Some(TimerAction::Query)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Currency;
+    use proptest::prelude::*;
+
+    fn spec(amount: i64) -> OrderSpec {
+        OrderSpec {
+            merchant_id: "M1".into(),
+            order_no: "O1".into(),
+            amount: Money::from_minor(amount, Currency::CNY),
+            subject: "tea".into(),
+            body: None,
+            notify_url: None,
+            return_url: None,
+            pay_method: PayMethod::Sandbox,
+            expire_minutes: Some(30),
+            client_ip: None,
+            device_id: None,
+            user_id: None,
+        }
+    }
+
+    fn new_order(amount: i64) -> Order {
+        let id = PayOrderNo::parse("P170406720000000010000").unwrap();
+        Order::from_created(&OrderEvent::created(id, spec(amount), "sandbox".into(), 1_000, 30)).unwrap()
+    }
+
+    fn run(order: &mut Order, cmd: OrderCommand, now: i64) -> Result<usize, CoreError> {
+        let events = order.handle(cmd, now)?;
+        for e in &events {
+            order.apply(e).unwrap();
+        }
+        Ok(events.len())
+    }
+
+    fn paid(trade: &str, amount: i64) -> OrderCommand {
+        OrderCommand::Notice(ChannelNotice::Paid { channel_trade_no: trade.into(), amount_minor: amount })
+    }
+
+    #[test]
+    fn happy_path_to_refunded() {
+        let mut o = new_order(10_000);
+        run(&mut o, OrderCommand::Accept { code_url: "sandbox://x".into(), channel_trade_no: None }, 2).unwrap();
+        assert_eq!(o.status, OrderStatus::Paying);
+        run(&mut o, paid("T1", 10_000), 3).unwrap();
+        assert_eq!((o.status, o.paid_time), (OrderStatus::Success, Some(3)));
+        assert_eq!(run(&mut o, paid("T1", 10_000), 4), Ok(0), "duplicate callback is a no-op");
+        run(&mut o, OrderCommand::Refund { refund_no: "R1".into(), amount_minor: 4_000 }, 5).unwrap();
+        assert_eq!(o.status, OrderStatus::PartiallyRefunded);
+        let over = run(&mut o, OrderCommand::Refund { refund_no: "R2".into(), amount_minor: 6_001 }, 6);
+        assert_eq!(over.map_err(|e| e.code), Err(ErrorCode::RefundExceedsPaid));
+        run(&mut o, OrderCommand::Refund { refund_no: "R2".into(), amount_minor: 6_000 }, 7).unwrap();
+        assert_eq!(o.status, OrderStatus::Refunded);
+    }
+
+    #[test]
+    fn late_closed_after_success_is_recorded_not_applied() {
+        let mut o = new_order(100);
+        run(&mut o, paid("T1", 100), 2).unwrap();
+        assert_eq!(run(&mut o, OrderCommand::Notice(ChannelNotice::Closed), 3), Ok(1));
+        assert_eq!(o.status, OrderStatus::Success);
+        assert_eq!(run(&mut o, OrderCommand::Close, 4).map_err(|e| e.code), Err(ErrorCode::OrderStatusError));
+    }
+
+    #[test]
+    fn payment_after_close_is_flagged_for_refund_once() {
+        let mut o = new_order(100);
+        run(&mut o, OrderCommand::Close, 2).unwrap();
+        assert_eq!(run(&mut o, paid("T9", 100), 3), Ok(1));
+        assert_eq!(run(&mut o, paid("T9", 100), 4), Ok(0));
+        assert_eq!((o.status, o.late_payments.len()), (OrderStatus::Closed, 1));
+    }
+
+    #[test]
+    fn wrong_amount_changes_nothing() {
+        let mut o = new_order(100);
+        let err = run(&mut o, paid("T1", 99), 2).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ChannelError);
+        assert_eq!(o.status, OrderStatus::Pending);
+    }
+
+    #[test]
+    fn expiry_and_query_timers() {
+        let policy = QueryPolicy::default();
+        let mut o = new_order(100);
+        assert_eq!(o.next_timer(&policy), Some(1_000 + 60_000));
+        assert_eq!(o.due_action(30_000, &policy), None);
+        assert_eq!(o.due_action(61_000, &policy), Some(TimerAction::Query));
+        run(&mut o, OrderCommand::RecordQueryAttempt, 61_000).unwrap();
+        assert_eq!(o.next_timer(&policy), Some(1_000 + 60_000 + 300_000));
+        assert_eq!(run(&mut o, OrderCommand::Expire, 500_000), Ok(0), "not yet due");
+        assert_eq!(o.due_action(1_000 + 1_800_000, &policy), Some(TimerAction::Expire));
+        run(&mut o, OrderCommand::Expire, 1_000 + 1_800_000).unwrap();
+        assert_eq!((o.status, o.next_timer(&policy)), (OrderStatus::Expired, None));
+    }
+
+    fn any_command() -> impl Strategy<Value = OrderCommand> {
+        prop_oneof![
+            Just(OrderCommand::Accept { code_url: "u".into(), channel_trade_no: None }),
+            Just(OrderCommand::MarkSubmitted),
+            Just(OrderCommand::Reject { reason: "no".into() }),
+            Just(OrderCommand::Close),
+            Just(OrderCommand::Expire),
+            Just(OrderCommand::RecordQueryAttempt),
+            Just(OrderCommand::Notice(ChannelNotice::Closed)),
+            Just(OrderCommand::Notice(ChannelNotice::NotPaid)),
+            Just(OrderCommand::Notice(ChannelNotice::Failed { reason: "f".into() })),
+            (0usize..3, 99i64..=101).prop_map(|(t, a)| paid(["T1", "T2", "T3"][t], a)),
+            (1i64..=120).prop_map(|a| OrderCommand::Refund { refund_no: "R".into(), amount_minor: a }),
+        ]
+    }
+
+    fn any_event() -> impl Strategy<Value = OrderEvent> {
+        prop_oneof![
+            Just(OrderEvent::ChannelAccepted { code_url: "u".into(), channel_trade_no: None, at: 5 }),
+            Just(OrderEvent::ChannelSubmitted { at: 5 }),
+            Just(OrderEvent::ChannelRejected { reason: "r".into(), at: 5 }),
+            (99i64..=101).prop_map(|a| OrderEvent::Paid { channel_trade_no: "T".into(), amount_minor: a, at: 5 }),
+            Just(OrderEvent::PaymentFailed { reason: "r".into(), at: 5 }),
+            Just(OrderEvent::Closed { at: 5 }),
+            Just(OrderEvent::Expired { at: 5 }),
+            Just(OrderEvent::QueryAttempted { at: 5 }),
+            Just(OrderEvent::LatePaymentRecorded {
+                payment: LatePayment { channel_trade_no: "L".into(), amount_minor: 100, at: 5 }
+            }),
+            (-5i64..=120).prop_map(|a| OrderEvent::Refunded { refund_no: "R".into(), amount_minor: a, at: 5 }),
+        ]
+    }
+
+    fn check_step(before: &Order, after: &Order) -> Result<(), TestCaseError> {
+        prop_assert!(after.status.rank() >= before.status.rank(), "{:?} -> {:?}", before.status, after.status);
+        if before.status.is_final() {
+            prop_assert_eq!(after.status, before.status, "a final state moved");
+        }
+        if before.status.is_paid() {
+            prop_assert!(after.status.is_paid(), "a paid order lost its payment");
+        }
+        prop_assert_eq!(&after.spec, &before.spec, "the order's request changed");
+        prop_assert!(after.refunded_minor >= before.refunded_minor);
+        prop_assert!(after.refunded_minor <= after.spec.amount.minor());
+        prop_assert!(after.update_time >= before.update_time);
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn commands_never_move_a_final_state_backwards(cmds in prop::collection::vec(any_command(), 0..40)) {
+            let mut order = new_order(100);
+            for (i, cmd) in cmds.into_iter().enumerate() {
+                let now = 1_000 + (i as i64) * 120_000;
+                let before = order.clone();
+                if let Ok(events) = order.handle(cmd, now) {
+                    for e in &events {
+                        // Whatever handle decides, apply must accept.
+                        prop_assert!(order.apply(e).is_ok(), "handle produced an event apply refuses: {e:?}");
+                    }
+                }
+                check_step(&before, &order)?;
+            }
+        }
+
+        #[test]
+        fn apply_refuses_what_would_break_the_machine(events in prop::collection::vec(any_event(), 0..40)) {
+            let mut order = new_order(100);
+            for e in events {
+                let before = order.clone();
+                if order.apply(&e).is_err() {
+                    prop_assert_eq!(&order, &before, "a refused event changed the order");
+                }
+                check_step(&before, &order)?;
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The actor that owns one payment order. Every message runs to completion before the
+//! next (`AtomicResponse`): journal writes and channel calls of one order never
+//! interleave. State changes are decided by [`Order::handle`], journaled, and only then
+//! applied and answered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, WrapFuture};
+
+use crate::channel::{ChannelDirectory, ChannelHandle};
+use crate::error::{CoreError, CoreResult, ErrorCode};
+use crate::ids::PayOrderNo;
+use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
+use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, TradeRef};
+use crate::registry::{merchant_key, Registry};
+
+/// When idle order actors leave memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Passivation {
+    /// An open order idle this long is passivated.
+    pub idle: Duration,
+    /// A final (or never created) order idle this long is passivated.
+    pub final_idle: Duration,
+}
+
+impl Default for Passivation {
+    fn default() -> Self {
+        Passivation { idle: Duration::from_secs(60), final_idle: Duration::from_secs(2) }
+    }
+}
+
+/// What every order actor of a node shares.
+pub struct OrderContext {
+    /// Where decisions are made durable.
+    pub journal: Arc<dyn Journal>,
+    /// Snapshots and indexes.
+    pub store: Arc<dyn OrderStore>,
+    /// The channels.
+    pub channels: ChannelDirectory,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Live actors.
+    pub registry: Arc<Registry>,
+    /// Active query schedule.
+    pub query_policy: QueryPolicy,
+    /// Memory policy.
+    pub passivation: Passivation,
+}
+
+/// A new payment as the API layer prepared it.
+#[derive(Debug, Clone)]
+pub struct PaySubmission {
+    /// What the merchant asked for.
+    pub spec: OrderSpec,
+    /// The channel routing chose, or why there is none. Used only if the order is new:
+    /// a repeated request is answered from the order whatever routing says now.
+    pub route: Result<String, CoreError>,
+    /// Effective lifetime (the request's, or the merchant's default).
+    pub expire_minutes: u32,
+}
+
+/// What is asked of an order.
+#[derive(Debug, Clone)]
+pub enum OrderRequest {
+    /// Create (or repeat the creation of) a payment.
+    Pay(Box<PaySubmission>),
+    /// Read the order.
+    Query,
+    /// Close the order at the channel and here.
+    Close,
+    /// A verified channel signal (callback).
+    Notice(ChannelNotice),
+    /// A timer is due: expire or query.
+    Tick,
+}
+
+/// How a message to an order actor ended.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Handled.
+    Done(CoreResult<Order>),
+    /// The actor was passivating; route again.
+    Retry,
+}
+
+/// A request to an order, on behalf of a merchant (`None`: the node itself).
+#[derive(Message)]
+#[rtype(result = "Delivery")]
+pub struct OrderMsg {
+    /// What is asked.
+    pub request: OrderRequest,
+    /// The merchant asking; another merchant's order is answered ORDER_NOT_FOUND.
+    pub caller: Option<String>,
+}
+
+/// The actor owning one order.
+pub struct OrderActor {
+    oc: Arc<OrderContext>,
+    cell: Option<OrderCell>,
+    last_active: Instant,
+    passivated: bool,
+}
+
+struct OrderCell {
+    pay_order_no: PayOrderNo,
+    state: Option<Order>,
+}
+
+fn not_found() -> CoreError {
+    CoreError::new(ErrorCode::OrderNotFound, "no such order")
+}
+
+impl OrderActor {
+    /// An actor for `pay_order_no`, with its snapshot or `None` for a new order.
+    pub fn new(oc: Arc<OrderContext>, pay_order_no: PayOrderNo, state: Option<Order>) -> OrderActor {
+        OrderActor { oc, cell: Some(OrderCell { pay_order_no, state }), last_active: Instant::now(), passivated: false }
+    }
+
+    fn should_passivate(&self) -> bool {
+        let idle = self.last_active.elapsed();
+        let p = self.oc.passivation;
+        match self.cell.as_ref().and_then(|c| c.state.as_ref()) {
+            Some(o) if o.status.is_open() => idle >= p.idle,
+            _ => idle >= p.final_idle,
+        }
+    }
+
+    fn passivate(&mut self, ctx: &mut Context<Self>) {
+        self.passivated = true;
+        if let Some(cell) = &self.cell {
+            let key = cell.state.as_ref().map(|o| merchant_key(&o.spec.merchant_id, &o.spec.order_no));
+            self.oc.registry.remove(&cell.pay_order_no, key.as_deref(), &ctx.address());
+        }
+        ctx.stop();
+    }
+}
+
+impl Actor for OrderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(256);
+        let every = (self.oc.passivation.final_idle / 2).max(Duration::from_millis(50));
+        ctx.run_interval(every, |act, ctx| {
+            if !act.passivated && act.should_passivate() {
+                act.passivate(ctx);
+            }
+        });
+    }
+}
+
+impl Handler<OrderMsg> for OrderActor {
+    type Result = AtomicResponse<Self, Delivery>;
+
+    fn handle(&mut self, msg: OrderMsg, _: &mut Context<Self>) -> Self::Result {
+        let cell = match self.cell.take() {
+            Some(cell) if !self.passivated => cell,
+            other => {
+                self.cell = other;
+                return AtomicResponse::new(Box::pin(actix::fut::ready(Delivery::Retry)));
+            }
+        };
+        let oc = Arc::clone(&self.oc);
+        let fut = async move {
+            let mut cell = cell;
+            let reply = cell.run(&oc, msg).await;
+            (cell, reply)
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|(cell, reply), act, ctx| {
+            let never_created = cell.state.is_none();
+            act.cell = Some(cell);
+            act.last_active = Instant::now();
+            if never_created {
+                // Nothing was journaled (routing refused, or storage failed): leave no
+                // live actor behind under this merchant key.
+                act.passivate(ctx);
+            }
+            Delivery::Done(reply)
+        })))
+    }
+}
+
+impl OrderCell {
+    fn current(&self) -> CoreResult<Order> {
+        self.state.clone().ok_or_else(not_found)
+    }
+
+    async fn run(&mut self, oc: &OrderContext, msg: OrderMsg) -> CoreResult<Order> {
+        if let (Some(caller), Some(order)) = (&msg.caller, &self.state) {
+            if &order.spec.merchant_id != caller {
+                return Err(not_found());
+            }
+        }
+        match msg.request {
+            OrderRequest::Pay(sub) => self.pay(oc, *sub).await,
+            OrderRequest::Query => self.current(),
+            OrderRequest::Close => self.close(oc).await,
+            OrderRequest::Notice(notice) => {
+                self.current()?;
+                self.execute(oc, vec![OrderCommand::Notice(notice)]).await?;
+                self.current()
+            }
+            OrderRequest::Tick => self.tick(oc).await,
+        }
+    }
+
+    /// Decides the events of `cmds` in turn, journals them as one record, then applies.
+    async fn execute(&mut self, oc: &OrderContext, cmds: Vec<OrderCommand>) -> CoreResult<()> {
+        let mut next = self.current()?;
+        let now = oc.clock.now_ms();
+        let mut events = Vec::new();
+        for cmd in cmds {
+            for event in next.handle(cmd, now)? {
+                next.apply(&event).map_err(|e| CoreError::system(e.to_string()))?;
+                events.push(event);
+            }
+        }
+        self.commit(oc, events, next).await
+    }
+
+    async fn commit(&mut self, oc: &OrderContext, events: Vec<OrderEvent>, mut next: Order) -> CoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let seq = self.state.as_ref().map_or(0, |o| o.seq) + 1;
+        next.seq = seq;
+        let record = Record::Order { pay_order_no: self.pay_order_no.clone(), seq, events };
+        oc.journal.append(record).await.map_err(|e| {
+            tracing::error!(error = %e, "journal append failed");
+            CoreError::system("could not record the order durably")
+        })?;
+        self.state = Some(next);
+        Ok(())
+    }
+
+    fn channel<'a>(&self, channels: &'a ChannelDirectory, order: &Order) -> CoreResult<&'a ChannelHandle> {
+        channels.get(&order.channel).ok_or_else(|| {
+            CoreError::new(ErrorCode::ChannelError, format!("channel {} is no longer configured", order.channel))
+        })
+    }
+
+    async fn pay(&mut self, oc: &OrderContext, sub: PaySubmission) -> CoreResult<Order> {
+        let order = match &self.state {
+            None => {
+                let channel = sub.route?;
+                let created = OrderEvent::created(
+                    self.pay_order_no.clone(),
+                    sub.spec,
+                    channel,
+                    oc.clock.now_ms(),
+                    sub.expire_minutes,
+                );
+                let next = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
+                self.commit(oc, vec![created], next).await?;
+                self.current()?
+            }
+            Some(order) if order.spec != sub.spec => {
+                return Err(CoreError::new(
+                    ErrorCode::IdempotencyConflict,
+                    format!("order_no {} was used before with other parameters", order.spec.order_no),
+                ))
+            }
+            Some(order) => order.clone(),
+        };
+        let awaiting_channel = order.status.is_open() && order.code_url.is_none();
+        if awaiting_channel {
+            return self.submit(oc, order).await;
+        }
+        if let (crate::order::OrderStatus::Failed, Some(reason)) = (order.status, &order.failure) {
+            return Err(CoreError::new(ErrorCode::ChannelError, format!("payment failed: {reason}")));
+        }
+        Ok(order)
+    }
+
+    /// Opens the trade at the channel. Only a definite refusal fails the order; an
+    /// unknown outcome leaves it PAYING, to be settled by query or a repeated request.
+    async fn submit(&mut self, oc: &OrderContext, order: Order) -> CoreResult<Order> {
+        let channel = self.channel(&oc.channels, &order)?;
+        let request = ChannelOrder {
+            pay_order_no: order.pay_order_no.clone(),
+            amount: order.spec.amount,
+            subject: order.spec.subject.clone(),
+            expire_time: order.expire_time,
+            client_ip: order.spec.client_ip.clone(),
+        };
+        match channel.create(request).await {
+            Ok(accepted) => {
+                let cmd = OrderCommand::Accept { code_url: accepted.code_url, channel_trade_no: accepted.channel_trade_no };
+                self.execute(oc, vec![cmd]).await?;
+                self.current()
+            }
+            Err(ChannelError::Rejected { code, message }) => {
+                let reason = format!("{code}: {message}");
+                self.execute(oc, vec![OrderCommand::Reject { reason: reason.clone() }]).await?;
+                Err(CoreError::new(ErrorCode::ChannelError, format!("channel refused the payment: {reason}")))
+            }
+            Err(ChannelError::Unknown(why)) => {
+                self.execute(oc, vec![OrderCommand::MarkSubmitted]).await?;
+                tracing::warn!(pay_order_no = %order.pay_order_no, %why, "channel create outcome unknown");
+                Err(CoreError::new(
+                    ErrorCode::ChannelError,
+                    format!(
+                        "the channel did not answer ({why}); order {} is PAYING and will be settled by query; \
+                         repeat the same request for its payment URL",
+                        order.pay_order_no
+                    ),
+                ))
+            }
+        }
+    }
+
+    async fn close(&mut self, oc: &OrderContext) -> CoreResult<Order> {
+        let order = self.current()?;
+        if order.status == crate::order::OrderStatus::Closed {
+            return Ok(order);
+        }
+        // Let the state machine refuse what cannot be closed before asking the channel.
+        order.handle(OrderCommand::Close, oc.clock.now_ms())?;
+        let channel = self.channel(&oc.channels, &order)?;
+        match channel.close(TradeRef::of(&order)).await {
+            Ok(ChannelNotice::Closed | ChannelNotice::NotPaid) => {
+                self.execute(oc, vec![OrderCommand::Close]).await?;
+                self.current()
+            }
+            Ok(notice) => {
+                // Paid (or failed) meanwhile: record what the channel says, refuse the close.
+                self.execute(oc, vec![OrderCommand::Notice(notice)]).await?;
+                let now = self.current()?;
+                Err(CoreError::new(ErrorCode::OrderStatusError, format!("order is {} and cannot be closed", now.status)))
+            }
+            Err(e) => Err(CoreError::new(ErrorCode::ChannelError, format!("could not close at the channel: {e}"))),
+        }
+    }
+
+    async fn tick(&mut self, oc: &OrderContext) -> CoreResult<Order> {
+        let order = self.current()?;
+        let Some(action) = order.due_action(oc.clock.now_ms(), &oc.query_policy) else {
+            return Ok(order);
+        };
+        let channel = self.channel(&oc.channels, &order)?;
+        let trade = TradeRef::of(&order);
+        match action {
+            TimerAction::Query => {
+                let mut cmds = Vec::with_capacity(2);
+                match channel.query(trade).await {
+                    Ok(notice) => cmds.push(OrderCommand::Notice(notice)),
+                    Err(e) => tracing::info!(pay_order_no = %order.pay_order_no, error = %e, "active query failed"),
+                }
+                cmds.push(OrderCommand::RecordQueryAttempt);
+                self.execute(oc, cmds).await?;
+            }
+            TimerAction::Expire => {
+                // SPEC F1: query first; if unpaid, close at the channel, then here.
+                let queried = channel.query(trade.clone()).await.map_err(channel_failure)?;
+                let outcome = match queried {
+                    ChannelNotice::Closed | ChannelNotice::NotPaid => channel.close(trade).await.map_err(channel_failure)?,
+                    settled => settled,
+                };
+                let cmd = match outcome {
+                    ChannelNotice::Closed | ChannelNotice::NotPaid => OrderCommand::Expire,
+                    settled => OrderCommand::Notice(settled),
+                };
+                self.execute(oc, vec![cmd]).await?;
+            }
+        }
+        self.current()
+    }
+}
+
+fn channel_failure(e: ChannelError) -> CoreError {
+    CoreError::new(ErrorCode::ChannelError, e.to_string())
+}

@@ -1,0 +1,215 @@
+//! Ports: what the core needs from the outside world, as traits. The adapters in the
+//! `paygate` crate implement them (journal + sled, channel connectors, the system
+//! clock); tests implement them with fakes.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::PayOrderNo;
+use crate::money::Money;
+use crate::order::{ChannelNotice, Order, OrderEvent};
+
+/// A boxed, sendable future: the shape of every asynchronous port method.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// One journal record: what one entity decided, made durable as a unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// Events of one payment order.
+    Order {
+        /// The order.
+        pay_order_no: PayOrderNo,
+        /// The order's record sequence: 1 for its first record, then +1 each time.
+        seq: u64,
+        /// What happened, in order.
+        events: Vec<OrderEvent>,
+    },
+}
+
+/// Storage failed. The node cannot promise durability, so callers answer
+/// `SYSTEM_ERROR` and the journal writer stops the process.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StorageError(pub String);
+
+/// The journal: the source of truth.
+pub trait Journal: Send + Sync + 'static {
+    /// Appends `record`. Resolves once the record is on disk (fsync'd) and the derived
+    /// views (snapshot, indexes, timers) reflect it.
+    fn append(&self, record: Record) -> BoxFuture<Result<(), StorageError>>;
+}
+
+/// Read side of the derived views: snapshots, the order index and timers.
+pub trait OrderStore: Send + Sync + 'static {
+    /// The latest snapshot of an order.
+    fn load(&self, pay_order_no: &PayOrderNo) -> Result<Option<Order>, StorageError>;
+    /// The order a merchant's `order_no` names.
+    fn find(&self, merchant_id: &str, order_no: &str) -> Result<Option<PayOrderNo>, StorageError>;
+    /// Orders whose timer is due at or before `now` (unix millis), earliest first.
+    fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError>;
+    /// The highest id millisecond journaled so far, for the id generators.
+    fn id_high_water(&self) -> u64;
+}
+
+/// Wall-clock time. A fake in tests.
+pub trait Clock: Send + Sync + 'static {
+    /// Unix millis.
+    fn now_ms(&self) -> i64;
+}
+
+/// What the channel needs to open a trade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelOrder {
+    /// Our id, used as the channel's out_trade_no.
+    pub pay_order_no: PayOrderNo,
+    /// The amount.
+    pub amount: Money,
+    /// Shown to the buyer.
+    pub subject: String,
+    /// Unix millis after which the channel should stop accepting payment.
+    pub expire_time: i64,
+    /// Buyer's IP, when known.
+    pub client_ip: Option<String>,
+}
+
+/// Names a trade at the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TradeRef {
+    /// Our id.
+    pub pay_order_no: PayOrderNo,
+    /// The channel's trade number, if known.
+    pub channel_trade_no: Option<String>,
+    /// The order amount.
+    pub amount: Money,
+    /// Unix millis of creation (some channels key queries on it).
+    pub create_time: i64,
+}
+
+impl TradeRef {
+    /// The reference to an order's trade.
+    pub fn of(order: &Order) -> TradeRef {
+        TradeRef {
+            pay_order_no: order.pay_order_no.clone(),
+            channel_trade_no: order.channel_trade_no.clone(),
+            amount: order.spec.amount,
+            create_time: order.create_time,
+        }
+    }
+}
+
+/// The channel accepted a new trade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateAccepted {
+    /// What the buyer scans or opens.
+    pub code_url: String,
+    /// The channel's trade number, if given at creation.
+    pub channel_trade_no: Option<String>,
+}
+
+/// A channel call did not succeed. The distinction matters for money: only a
+/// `Rejected` answer may fail an order; `Unknown` leaves it to be settled by query.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    /// The channel answered and definitively refused.
+    #[error("channel refused: {code}: {message}")]
+    Rejected {
+        /// The channel's code.
+        code: String,
+        /// The channel's message.
+        message: String,
+    },
+    /// No trustworthy answer: timeout, transport error, 5xx, unverifiable response.
+    #[error("channel outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// A refund request at the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRefund {
+    /// The paid trade.
+    pub trade: TradeRef,
+    /// The merchant's refund number (the channel's out_request_no).
+    pub refund_no: String,
+    /// How much to refund.
+    pub amount: Money,
+}
+
+/// Where a refund stands at the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundState {
+    /// Done.
+    Success,
+    /// Accepted, not finished.
+    Processing,
+    /// Refused or failed.
+    Failed(String),
+}
+
+/// An inbound callback as received over HTTP.
+#[derive(Debug, Clone, Default)]
+pub struct CallbackRequest {
+    /// Header names (lowercase) and values.
+    pub headers: Vec<(String, String)>,
+    /// The raw body.
+    pub body: Vec<u8>,
+}
+
+/// A callback whose signature checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCallback {
+    /// The order it concerns.
+    pub pay_order_no: PayOrderNo,
+    /// What it says.
+    pub notice: ChannelNotice,
+}
+
+/// The exact HTTP answer a provider expects to a callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackReply {
+    /// HTTP status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+/// One line of a channel's bill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillLine {
+    /// Our id.
+    pub pay_order_no: String,
+    /// The channel's trade number.
+    pub channel_trade_no: String,
+    /// Payment (positive) or refund (negative), minor units.
+    pub amount_minor: i64,
+    /// Channel fee, minor units.
+    pub fee_minor: i64,
+    /// Unix millis.
+    pub time: i64,
+}
+
+/// A channel connector: one payment provider's protocol behind one interface (SPEC F3).
+pub trait ChannelConnector: Send + Sync + 'static {
+    /// Opens a trade.
+    fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>>;
+    /// Asks where a trade stands.
+    fn query_order(&self, trade: TradeRef) -> BoxFuture<Result<ChannelNotice, ChannelError>>;
+    /// Closes an unpaid trade; answers where the trade stands afterwards (a trade that
+    /// was paid meanwhile answers `Paid`).
+    fn close_order(&self, trade: TradeRef) -> BoxFuture<Result<ChannelNotice, ChannelError>>;
+    /// Refunds part or all of a paid trade.
+    fn refund(&self, refund: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>>;
+    /// Asks where a refund stands.
+    fn query_refund(&self, trade: TradeRef, refund_no: String) -> BoxFuture<Result<RefundState, ChannelError>>;
+    /// The bill of a day (`yyyy-MM-dd`).
+    fn download_bill(&self, date: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>>;
+    /// Checks an inbound callback's signature and reads it. `None`: not trustworthy.
+    fn verify_callback(&self, request: &CallbackRequest) -> Option<VerifiedCallback>;
+    /// The answer that tells the provider a callback was taken.
+    fn callback_ack(&self) -> CallbackReply;
+    /// The answer that tells the provider to retry.
+    fn callback_nack(&self) -> CallbackReply;
+}

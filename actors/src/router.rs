@@ -1,0 +1,93 @@
+//! The front door to orders: the registry for live actors, the shard supervisors for
+//! everything else, and direct snapshot reads for queries of idle orders.
+
+use std::sync::Arc;
+
+use actix::Addr;
+
+use crate::error::{CoreError, CoreResult, ErrorCode};
+use crate::ids::{shard_of, ShardId};
+use crate::order::Order;
+use crate::order_actor::{Delivery, OrderContext, OrderMsg, OrderRequest};
+use crate::registry::OrderTarget;
+use crate::shard::{Dispatch, ShardSupervisor};
+
+/// How often a request is routed again after meeting a passivating actor.
+const MAX_ROUTES: usize = 4;
+
+/// Routes requests to orders.
+#[derive(Clone)]
+pub struct OrderRouter {
+    oc: Arc<OrderContext>,
+    shards: Arc<Vec<Addr<ShardSupervisor>>>,
+}
+
+impl OrderRouter {
+    /// A router over started shard supervisors (index = shard number).
+    pub fn new(oc: Arc<OrderContext>, shards: Vec<Addr<ShardSupervisor>>) -> OrderRouter {
+        OrderRouter { oc, shards: Arc::new(shards) }
+    }
+
+    /// The number of shards.
+    pub fn shard_count(&self) -> u16 {
+        self.shards.len() as u16
+    }
+
+    fn shard(&self, target: &OrderTarget) -> Option<&Addr<ShardSupervisor>> {
+        let ShardId(n) = match target {
+            OrderTarget::Id(id) => id.shard(),
+            OrderTarget::Key { merchant_id, order_no } => shard_of(merchant_id, order_no, self.shard_count()),
+        };
+        self.shards.get(usize::from(n))
+    }
+
+    /// Sends `request` to the order, activating it if needed. `caller` is the merchant
+    /// on whose behalf it is made (`None` for the node's own timers and callbacks).
+    pub async fn dispatch(&self, target: OrderTarget, request: OrderRequest, caller: Option<String>) -> CoreResult<Order> {
+        let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such order");
+        let shard = self.shard(&target).ok_or_else(not_found)?;
+        for _ in 0..MAX_ROUTES {
+            let msg = OrderMsg { request: request.clone(), caller: caller.clone() };
+            let delivery = match self.oc.registry.lookup(&target) {
+                Some(addr) => addr.send(msg).await.unwrap_or(Delivery::Retry),
+                None => shard
+                    .send(Dispatch { target: target.clone(), msg })
+                    .await
+                    .map_err(|_| CoreError::overloaded())?,
+            };
+            if let Delivery::Done(result) = delivery {
+                return result;
+            }
+        }
+        Err(CoreError::overloaded())
+    }
+
+    /// Reads an order: from its live actor, or straight from its snapshot without
+    /// activating it (queries must not fill memory with idle orders).
+    pub async fn read(&self, target: OrderTarget, caller: Option<String>) -> CoreResult<Order> {
+        if self.oc.registry.lookup(&target).is_some() {
+            return self.dispatch(target, OrderRequest::Query, caller).await;
+        }
+        let storage = |e: crate::ports::StorageError| {
+            tracing::error!(error = %e, "snapshot read failed");
+            CoreError::system("could not read the order")
+        };
+        let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such order");
+        let id = match target {
+            OrderTarget::Id(id) => id,
+            OrderTarget::Key { merchant_id, order_no } => {
+                self.oc.store.find(&merchant_id, &order_no).map_err(storage)?.ok_or_else(not_found)?
+            }
+        };
+        let order = self.oc.store.load(&id).map_err(storage)?.ok_or_else(not_found)?;
+        match caller {
+            Some(m) if m != order.spec.merchant_id => Err(not_found()),
+            _ => Ok(order),
+        }
+    }
+
+    /// The shared order context.
+    pub fn context(&self) -> &Arc<OrderContext> {
+        &self.oc
+    }
+}
