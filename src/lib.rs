@@ -1,1 +1,12 @@
+//! paygate: the adapters around the transaction core — HTTP API (hyper), storage
+//! (journal + sled), channel connectors (the sandbox so far), configuration and CLI.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod node;
+pub mod qr;
+pub mod sandbox;
+pub mod storage;
+pub mod time_fmt;

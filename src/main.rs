@@ -1,1 +1,55 @@
-fn main(){}
+//! The `paygate` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use paygate::cli::{self, Cli, Command};
+use paygate::config::{Config, Overrides};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, listen, data_dir } => serve(&config, Overrides { listen, data_dir }),
+        Command::Client(args) => cli::client(args),
+        Command::Sandbox(args) => cli::sandbox(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paygate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(dir: &std::path::Path, overrides: Overrides) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config::load(dir, &overrides).map_err(|e| e.to_string())?;
+    let node = paygate::node::start(config).map_err(|e| e.to_string())?;
+    println!("paygate listening on http://{} (public URL {})", node.addr, node.public_url);
+    stop_on_signal();
+    node.wait();
+    Ok(())
+}
+
+/// SIGINT / SIGTERM stop the process. Every acknowledged write is already durable, so
+/// exiting at once loses nothing (crash-only); views are rebuilt from the journal.
+fn stop_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("paygate: stopping");
+        std::process::exit(0);
+    });
+}

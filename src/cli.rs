@@ -1,0 +1,288 @@
+//! The command line: `paygate serve`, `paygate client …` (signs and sends merchant API
+//! requests) and `paygate sandbox …` (drives the sandbox channel of a running node).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use paygate_actors::clock::SystemClock;
+use paygate_actors::ports::Clock;
+use paygate_actors::signing::{self, SignType};
+use serde_json::Value;
+
+use crate::config::{Config, Overrides};
+use crate::http::client::HttpClient;
+
+/// paygate: a payment gateway.
+#[derive(Debug, Parser)]
+#[command(name = "paygate", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node (embedded storage, configured channels and merchants).
+    Serve {
+        /// Configuration directory.
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// Listen address (overrides server.listen).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory (overrides storage.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Sign and send a merchant API request.
+    Client(ClientArgs),
+    /// Tell the sandbox channel of a running node to pay, fail or hang an order.
+    Sandbox(SandboxArgs),
+}
+
+/// Where and as whom the client talks.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The node's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Configuration directory to read the merchant's secret from.
+    #[arg(long, default_value = "config")]
+    pub config: PathBuf,
+    /// Merchant id (default: the first merchant in merchants.toml).
+    #[arg(long)]
+    pub merchant: Option<String>,
+    /// Merchant secret (default: from merchants.toml).
+    #[arg(long, env = "PAYGATE_CLIENT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Signature scheme.
+    #[arg(long, default_value = "HMAC-SHA256")]
+    pub sign_type: String,
+    /// Print the qr_code data URI in full.
+    #[arg(long)]
+    pub full: bool,
+    /// The request.
+    #[command(subcommand)]
+    pub action: ClientAction,
+}
+
+/// Merchant API requests.
+#[derive(Debug, Subcommand)]
+pub enum ClientAction {
+    /// Create a payment.
+    Pay {
+        /// Amount, e.g. 1.00.
+        #[arg(long)]
+        amount: String,
+        /// Merchant order number (default: generated).
+        #[arg(long)]
+        order_no: Option<String>,
+        /// ALIPAY, WECHAT_PAY, UNION_PAY, BALANCE or SANDBOX.
+        #[arg(long, default_value = "SANDBOX")]
+        method: String,
+        /// Shown to the buyer.
+        #[arg(long, default_value = "paygate demo")]
+        subject: String,
+        /// ISO currency.
+        #[arg(long)]
+        currency: Option<String>,
+        /// Order lifetime.
+        #[arg(long)]
+        expire_minutes: Option<u32>,
+        /// Where results are posted.
+        #[arg(long)]
+        notify_url: Option<String>,
+        /// Where the buyer returns.
+        #[arg(long)]
+        return_url: Option<String>,
+    },
+    /// Read an order.
+    Query(OrderRef),
+    /// Close an unpaid order.
+    Close(OrderRef),
+}
+
+/// Names an order.
+#[derive(Debug, Args)]
+pub struct OrderRef {
+    /// Our order number.
+    #[arg(long, conflicts_with = "order_no", required_unless_present = "order_no")]
+    pub pay_order_no: Option<String>,
+    /// The merchant's order number.
+    #[arg(long)]
+    pub order_no: Option<String>,
+}
+
+/// Sandbox control.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// The node's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Admin token (default: admin.token from the configuration).
+    #[arg(long, env = "PAYGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Configuration directory.
+    #[arg(long, default_value = "config")]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: SandboxAction,
+}
+
+/// Sandbox actions.
+#[derive(Debug, Subcommand)]
+pub enum SandboxAction {
+    /// The buyer pays the order.
+    Pay {
+        /// pay_order_no.
+        id: String,
+    },
+    /// The payment fails.
+    Fail {
+        /// pay_order_no.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "declined")]
+        reason: String,
+    },
+    /// The sandbox stops answering about this order.
+    Hang {
+        /// pay_order_no.
+        id: String,
+    },
+    /// Set injected latency and error rates.
+    Settings {
+        /// Added latency.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Share of calls failing with an unknown outcome.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Share of calls never answered.
+        #[arg(long, default_value_t = 0.0)]
+        hang_rate: f64,
+    },
+}
+
+/// A CLI failure, printed to stderr.
+pub type CliResult = Result<(), String>;
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
+}
+
+fn print_answer(status: u16, body: &[u8], full: bool) -> CliResult {
+    let mut value: Value = serde_json::from_slice(body).map_err(|_| {
+        format!("HTTP {status}: {}", String::from_utf8_lossy(body))
+    })?;
+    if !full {
+        if let Some(Value::String(qr)) = value.pointer_mut("/data/qr_code") {
+            if qr.len() > 64 {
+                let short: String = qr.chars().take(48).collect();
+                *qr = format!("{short}… ({} bytes; --full prints it)", qr.len());
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    match value.get("code").and_then(Value::as_str) {
+        Some("SUCCESS") => Ok(()),
+        _ => Err(format!("HTTP {status}")),
+    }
+}
+
+/// Runs `paygate client …`.
+pub fn client(args: ClientArgs) -> CliResult {
+    let config = Config::load(&args.config, &Overrides::default()).ok();
+    let merchant = match (&args.merchant, &config) {
+        (Some(m), _) => m.clone(),
+        (None, Some(c)) => c.merchants.first().map(|m| m.merchant_id.clone()).ok_or("no merchant configured; pass --merchant")?,
+        (None, None) => return Err("no configuration found; pass --merchant and --secret".into()),
+    };
+    let secret = match (&args.secret, &config) {
+        (Some(s), _) => s.clone(),
+        (None, Some(c)) => c
+            .merchants
+            .iter()
+            .find(|m| m.merchant_id == merchant)
+            .map(|m| m.secret.clone())
+            .ok_or_else(|| format!("merchant {merchant} is not in the configuration; pass --secret"))?,
+        (None, None) => return Err("pass --secret".into()),
+    };
+    let sign_type = SignType::parse(&args.sign_type).ok_or("--sign-type must be HMAC-SHA256 or MD5")?;
+    let now_ms = SystemClock.now_ms();
+    let mut p = BTreeMap::new();
+    p.insert("merchant_id".to_owned(), merchant);
+    p.insert("timestamp".to_owned(), (now_ms / 1000).to_string());
+    if sign_type != SignType::HmacSha256 {
+        p.insert("sign_type".to_owned(), sign_type.as_str().to_owned());
+    }
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            p.insert(k.to_owned(), v);
+        }
+    };
+    let path = match args.action {
+        ClientAction::Pay { amount, order_no, method, subject, currency, expire_minutes, notify_url, return_url } => {
+            put("order_no", Some(order_no.unwrap_or_else(|| format!("CLI{now_ms}"))));
+            put("amount", Some(amount));
+            put("pay_method", Some(method));
+            put("subject", Some(subject));
+            put("currency", currency);
+            put("expire_minutes", expire_minutes.map(|m| m.to_string()));
+            put("notify_url", notify_url);
+            put("return_url", return_url);
+            "pay"
+        }
+        ClientAction::Query(r) => {
+            put("pay_order_no", r.pay_order_no);
+            put("order_no", r.order_no);
+            "query"
+        }
+        ClientAction::Close(r) => {
+            put("pay_order_no", r.pay_order_no);
+            put("order_no", r.order_no);
+            "close"
+        }
+    };
+    let sign = signing::sign(&p, &secret, sign_type);
+    p.insert("sign".to_owned(), sign);
+    let body = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
+    let url = format!("{}/api/v1/payment/{path}", args.url.trim_end_matches('/'));
+    let answer = runtime()?
+        .block_on(HttpClient::new().post(&url, "application/json", body, Duration::from_secs(30)))?;
+    print_answer(answer.status, &answer.body, args.full)
+}
+
+/// Runs `paygate sandbox …`.
+pub fn sandbox(args: SandboxArgs) -> CliResult {
+    let token = match args.token {
+        Some(t) => t,
+        None => Config::load(&args.config, &Overrides::default()).map_err(|e| e.to_string())?.admin.token,
+    };
+    let base = args.url.trim_end_matches('/');
+    let (path, body) = match args.action {
+        SandboxAction::Pay { id } => (format!("orders/{id}/pay"), Value::Null),
+        SandboxAction::Fail { id, reason } => (format!("orders/{id}/fail"), serde_json::json!({ "reason": reason })),
+        SandboxAction::Hang { id } => (format!("orders/{id}/hang"), Value::Null),
+        SandboxAction::Settings { latency_ms, error_rate, hang_rate } => (
+            "settings".to_owned(),
+            serde_json::json!({ "latency_ms": latency_ms, "error_rate": error_rate, "hang_rate": hang_rate }),
+        ),
+    };
+    let auth = format!("Bearer {token}");
+    let url = format!("{base}/admin/sandbox/{path}");
+    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let answer = runtime()?.block_on(HttpClient::new().send(
+        hyper::Method::POST,
+        &url,
+        &[("authorization", auth.as_str()), ("content-type", "application/json")],
+        body,
+        Duration::from_secs(30),
+    ))?;
+    print_answer(answer.status, &answer.body, true)
+}

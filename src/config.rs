@@ -1,0 +1,265 @@
+//! Configuration: `config/default.toml`, `config/merchants.toml` and
+//! `config/channels.toml`, then `PAYGATE_…` environment variables (`__` separates
+//! sections: `PAYGATE_SERVER__LISTEN=0.0.0.0:9000`), then command-line overrides.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use paygate_actors::channel::{ChannelProfile, ChannelStatus};
+use paygate_actors::merchant::MerchantProfile;
+use paygate_actors::money::{Currency, Money};
+use paygate_actors::order::{PayMethod, QueryPolicy};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// HTTP.
+    pub server: ServerConfig,
+    /// Data directory and journal.
+    pub storage: StorageConfig,
+    /// Sharding.
+    pub shards: ShardsConfig,
+    /// Order rules and timers.
+    pub orders: OrdersConfig,
+    /// Request authentication.
+    pub auth: AuthConfig,
+    /// The admin API.
+    pub admin: AdminConfig,
+    /// Merchants (`merchants.toml`).
+    #[serde(default)]
+    pub merchants: Vec<MerchantProfile>,
+    /// Channels (`channels.toml`).
+    #[serde(default)]
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: String,
+    /// The URL merchants and buyers reach this node at; empty: `http://<listen>`.
+    #[serde(default)]
+    pub public_url: String,
+    /// Worker threads (arbiters); 0: one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send its request head, seconds.
+    pub header_timeout_secs: u64,
+    /// Longest a request may wait for its order before the answer is 503, seconds.
+    pub request_timeout_secs: u64,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageConfig {
+    /// Where the journal and views live.
+    pub data_dir: PathBuf,
+    /// Journal segment size, bytes.
+    pub segment_bytes: u64,
+    /// Most records per group commit.
+    pub max_batch: usize,
+    /// Most records waiting for the journal writer.
+    pub queue: usize,
+    /// sled page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+/// Sharding.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShardsConfig {
+    /// Fixed shard count of the cluster.
+    pub count: u16,
+}
+
+/// Order rules and timers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrdersConfig {
+    /// Largest accepted amount, in major units (e.g. "100000000.00").
+    pub max_amount: String,
+    /// Longest `expire_minutes` a request may ask for.
+    pub max_expire_minutes: u32,
+    /// First active query after creation, seconds.
+    pub query_first_after_secs: u64,
+    /// Between active queries, seconds.
+    pub query_interval_secs: u64,
+    /// Active queries at most.
+    pub query_max_attempts: u8,
+    /// How often due timers are polled, milliseconds.
+    pub timer_poll_ms: u64,
+    /// When an unsettled timer is retried, seconds.
+    pub timer_retry_secs: u64,
+    /// An idle open order leaves memory after this many seconds.
+    pub passivate_idle_secs: u64,
+    /// An idle final order leaves memory after this many milliseconds.
+    pub passivate_final_ms: u64,
+}
+
+/// Authentication.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthConfig {
+    /// Accepted timestamp skew, seconds.
+    pub timestamp_window_secs: i64,
+}
+
+/// The admin API.
+#[derive(Clone, Deserialize)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/…`.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminConfig { token: <redacted> }")
+    }
+}
+
+/// A channel as configured (seed table `channel_config`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChannelConfig {
+    /// Unique code.
+    pub code: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Protocol: `sandbox` (others arrive with their adapters).
+    pub provider: String,
+    /// Methods it takes, e.g. `["SANDBOX"]`.
+    pub methods: Vec<String>,
+    /// Routing weight.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// ENABLED or DISABLED.
+    pub status: ChannelStatus,
+    /// Largest single payment, major units.
+    #[serde(default)]
+    pub single_limit: Option<String>,
+    /// Call timeout, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Provider-specific settings.
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+fn default_timeout_ms() -> u64 {
+    3000
+}
+
+/// The configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Command-line overrides of the configuration, applied last.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Overrides {
+    /// `server.listen`.
+    pub listen: Option<String>,
+    /// `storage.data_dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the configuration from `dir` (the files above), the environment and `overrides`.
+    pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let default = dir.join("default.toml");
+        if !default.exists() {
+            return Err(ConfigError(format!("{} not found (run from the repository root or pass --config)", default.display())));
+        }
+        let mut fig = Figment::new()
+            .merge(Toml::file(default))
+            .merge(Toml::file(dir.join("merchants.toml")))
+            .merge(Toml::file(dir.join("channels.toml")))
+            .merge(Env::prefixed("PAYGATE_").split("__").ignore(&["master_key"]));
+        if let Some(listen) = &overrides.listen {
+            fig = fig.merge(Serialized::default("server.listen", listen));
+        }
+        if let Some(data) = &overrides.data_dir {
+            fig = fig.merge(Serialized::default("storage.data_dir", data));
+        }
+        let config: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards.count == 0 || self.shards.count > paygate_actors::ids::MAX_SHARDS {
+            return Err(ConfigError(format!("shards.count must be 1..={}", paygate_actors::ids::MAX_SHARDS)));
+        }
+        self.max_amount(Currency::CNY)?;
+        for m in &self.merchants {
+            if !paygate_actors::ids::is_valid_external_id(&m.merchant_id) || m.secret.len() < 16 {
+                return Err(ConfigError(format!(
+                    "merchant {:?}: id must be 1-32 of [A-Za-z0-9_-] and the secret at least 16 characters",
+                    m.merchant_id
+                )));
+            }
+        }
+        for c in &self.channels {
+            c.profile()?;
+        }
+        Ok(())
+    }
+
+    /// The largest amount in `currency`'s minor units.
+    pub fn max_amount(&self, currency: Currency) -> Result<i64, ConfigError> {
+        let d = Decimal::from_str(&self.orders.max_amount)
+            .map_err(|e| ConfigError(format!("orders.max_amount: {e}")))?;
+        (d * Decimal::from(10_i64.pow(currency.decimals())))
+            .trunc()
+            .try_into()
+            .map_err(|_| ConfigError("orders.max_amount is out of range".into()))
+    }
+
+    /// The active query policy.
+    pub fn query_policy(&self) -> QueryPolicy {
+        let o = &self.orders;
+        QueryPolicy {
+            first_after_ms: (o.query_first_after_secs * 1000) as i64,
+            interval_ms: (o.query_interval_secs * 1000) as i64,
+            max_attempts: o.query_max_attempts,
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// The routing profile of this channel.
+    pub fn profile(&self) -> Result<ChannelProfile, ConfigError> {
+        let err = |what: String| ConfigError(format!("channel {:?}: {what}", self.code));
+        let methods = self
+            .methods
+            .iter()
+            .map(|m| PayMethod::from_str(m).map_err(|()| err(format!("unknown method {m:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let single_limit_minor = match &self.single_limit {
+            Some(text) => Some(
+                Money::parse_positive(text, Currency::CNY, i64::MAX)
+                    .map_err(|e| err(format!("single_limit {e}")))?
+                    .minor(),
+            ),
+            None => None,
+        };
+        Ok(ChannelProfile {
+            code: self.code.clone(),
+            provider: self.provider.clone(),
+            methods,
+            weight: self.weight,
+            status: self.status,
+            single_limit_minor,
+            timeout: Duration::from_millis(self.timeout_ms),
+        })
+    }
+}

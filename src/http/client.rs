@@ -1,0 +1,73 @@
+//! The outbound HTTP client (channel calls, sandbox callbacks, the CLI): one pooled
+//! hyper client, every call bounded by a timeout.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A pooled HTTP/1 client.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// An answer: status and body.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient::new()
+    }
+}
+
+impl HttpClient {
+    /// A new client.
+    pub fn new() -> HttpClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        HttpClient { inner }
+    }
+
+    /// Sends `method url` with `body`; fails on transport errors and on timeout.
+    pub async fn send(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Answer, String> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| format!("bad request: {e}"))?;
+        let call = async {
+            let resp = self.inner.request(req).await.map_err(|e| format!("{url}: {e}"))?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+            Ok(Answer { status, body })
+        };
+        tokio::time::timeout(timeout, call).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?
+    }
+
+    /// POSTs a body of `content_type`.
+    pub async fn post(&self, url: &str, content_type: &str, body: Vec<u8>, timeout: Duration) -> Result<Answer, String> {
+        self.send(hyper::Method::POST, url, &[("content-type", content_type)], body, timeout).await
+    }
+}

@@ -1,0 +1,197 @@
+//! The HTTP server (hyper 1, HTTP/1.1 keep-alive): one accept loop per worker arbiter,
+//! all sharing one listening socket.
+
+pub mod admin;
+pub mod api;
+pub mod callback;
+pub mod client;
+pub mod envelope;
+pub mod pages;
+pub mod params;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use paygate_actors::channel::ChannelDirectory;
+use paygate_actors::merchant::MerchantDirectory;
+use paygate_actors::money::Currency;
+use paygate_actors::ports::{CallbackRequest, Clock};
+use paygate_actors::router::OrderRouter;
+use serde_json::json;
+
+use self::envelope::{json_response, with_body, ApiError, HttpResponse};
+use crate::sandbox::Sandbox;
+
+/// Everything a request handler needs.
+pub struct App {
+    /// Orders.
+    pub router: OrderRouter,
+    /// Merchants.
+    pub merchants: MerchantDirectory,
+    /// Channels.
+    pub channels: ChannelDirectory,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// The sandbox provider, when configured.
+    pub sandbox: Option<Arc<Sandbox>>,
+    /// How merchants and buyers reach this node.
+    pub public_url: String,
+    /// Admin bearer token.
+    pub admin_token: String,
+    /// Largest request body.
+    pub max_body: usize,
+    /// Largest amount per currency, minor units.
+    pub max_amounts: HashMap<Currency, i64>,
+    /// Longest order lifetime a request may ask for.
+    pub max_expire_minutes: u32,
+    /// Longest a request waits for its order.
+    pub request_timeout: Duration,
+    /// Client header read timeout.
+    pub header_timeout: Duration,
+    /// Prometheus rendering.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl App {
+    /// Largest amount in `currency`.
+    pub fn max_amount(&self, currency: Currency) -> i64 {
+        self.max_amounts.get(&currency).copied().unwrap_or(0)
+    }
+
+    /// A QR data URI for `text` (`None` if it cannot be encoded).
+    pub fn qr(&self, text: &str) -> Option<String> {
+        match crate::qr::png_data_uri(text) {
+            Ok(uri) => Some(uri),
+            Err(e) => {
+                tracing::warn!(error = %e, "QR rendering failed");
+                None
+            }
+        }
+    }
+}
+
+/// Serves HTTP on `listener` until the arbiter stops.
+pub async fn serve(listener: std::net::TcpListener, app: Arc<App>) {
+    let listener = match listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve on the listener");
+            return;
+        }
+    };
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let header_timeout = app.header_timeout;
+        tokio::task::spawn_local(async move {
+            let service = service_fn(move |req| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, Infallible>(route(&app, req).await) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.max_body as u64) {
+        return Err(ApiError::TooLarge(app.max_body));
+    }
+    match Limited::new(body, app.max_body).collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(app.max_body)),
+        Err(e) => Err(ApiError::Core(paygate_actors::error::CoreError::invalid("body", format_args!("could not be read ({e})")))),
+    }
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = dispatch(app, req, &method, &path).await;
+    let resp = result.unwrap_or_else(ApiError::into_response);
+    if path.starts_with("/api/") {
+        metrics::histogram!("paygate_http_request_seconds", "path" => path, "status" => resp.status().as_u16().to_string())
+            .record(started.elapsed().as_secs_f64());
+    }
+    resp
+}
+
+async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str) -> Result<HttpResponse, ApiError> {
+    let post = method == Method::POST;
+    let get = method == Method::GET;
+    match path {
+        "/api/v1/payment/pay" | "/api/v1/payment/query" | "/api/v1/payment/close" => {
+            if !post {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let (_, body) = read_body(app, req).await?;
+            match path {
+                "/api/v1/payment/pay" => api::pay(app, &body).await,
+                "/api/v1/payment/query" => api::query(app, &body).await,
+                _ => api::close(app, &body).await,
+            }
+        }
+        "/healthz" if get => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
+        "/metrics" if get => {
+            let text = app.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+            Ok(with_body(StatusCode::OK, "text/plain; version=0.0.4", text))
+        }
+        _ => {
+            if let Some(provider) = path.strip_prefix("/callback/") {
+                if !post {
+                    return Err(ApiError::MethodNotAllowed);
+                }
+                let (parts, body) = read_body(app, req).await?;
+                let headers = parts
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                    .collect();
+                return callback::handle(app, provider, CallbackRequest { headers, body: body.to_vec() }).await;
+            }
+            if let Some(rest) = path.strip_prefix("/admin/sandbox/") {
+                let (parts, body) = read_body(app, req).await?;
+                return admin::sandbox(app, method, rest, &parts.headers, &body).await;
+            }
+            if let (Some(id), true) = (path.strip_prefix("/h5/"), get) {
+                return pages::cashier(app, id).await;
+            }
+            if let Some(id) = path.strip_prefix("/sandbox/pay/") {
+                return match *method {
+                    Method::GET => pages::sandbox_cashier(app, id, false).await,
+                    Method::POST => pages::sandbox_cashier(app, id, true).await,
+                    _ => Err(ApiError::MethodNotAllowed),
+                };
+            }
+            Err(ApiError::NotFound)
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! A paygate node: storage recovered, actors started across worker arbiters, HTTP
+//! serving. [`start`] runs it on its own thread (the binary and the tests share it).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix::{Actor, Addr, Arbiter, System};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use paygate_actors::channel::{ChannelDirectory, ChannelHandle};
+use paygate_actors::clock::SystemClock;
+use paygate_actors::ids::ShardId;
+use paygate_actors::merchant::{AuthPolicy, MerchantActor, MerchantDirectory};
+use paygate_actors::money::Currency;
+use paygate_actors::order_actor::{OrderContext, Passivation};
+use paygate_actors::ports::{ChannelConnector, Clock};
+use paygate_actors::registry::Registry;
+use paygate_actors::router::OrderRouter;
+use paygate_actors::shard::ShardSupervisor;
+use paygate_actors::timers::TimerActor;
+
+use crate::config::{ChannelConfig, Config};
+use crate::http::App;
+use crate::sandbox::{Sandbox, SandboxConnector, SandboxSettings};
+use crate::storage::views::Views;
+use crate::storage::{RecoveryReport, Storage, StorageOptions};
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The data directory cannot be opened or recovered.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::OpenError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The node thread died during start.
+    #[error("the node stopped while starting")]
+    Aborted,
+}
+
+/// A running node.
+pub struct Node {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// How buyers and merchants reach it.
+    pub public_url: String,
+    /// The sandbox provider, when configured.
+    pub sandbox: Option<Arc<Sandbox>>,
+    /// What recovery did on start.
+    pub recovery: RecoveryReport,
+    /// The views (for inspection in tests and tools).
+    pub views: Arc<Views>,
+    /// Live order actors.
+    pub registry: Arc<Registry>,
+    system: System,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Stops the node and waits for its actors to end.
+    pub fn stop(mut self) {
+        self.system.stop();
+        self.join();
+    }
+
+    /// Waits until the node stops (signal or [`Node::stop`] elsewhere).
+    pub fn wait(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Err(e) = self.views.flush() {
+            tracing::warn!(error = %e, "flushing views failed");
+        }
+    }
+}
+
+fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        })
+        .clone()
+}
+
+struct Started {
+    addr: SocketAddr,
+    public_url: String,
+    sandbox: Option<Arc<Sandbox>>,
+    registry: Arc<Registry>,
+    system: System,
+}
+
+/// Starts a node; returns once it is serving.
+pub fn start(config: Config) -> Result<Node, StartError> {
+    let storage = Storage::open(&StorageOptions {
+        data_dir: config.storage.data_dir.clone(),
+        segment_bytes: config.storage.segment_bytes,
+        max_batch: config.storage.max_batch,
+        queue: config.storage.queue,
+        cache_bytes: config.storage.cache_bytes,
+        query_policy: config.query_policy(),
+    })?;
+    let listener = std::net::TcpListener::bind(&config.server.listen)
+        .map_err(|source| StartError::Listen { addr: config.server.listen.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.server.listen.clone(), source })?;
+    let views = Arc::clone(&storage.views);
+    let recovery = storage.report.clone();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<Started, StartError>>();
+    let thread = std::thread::Builder::new()
+        .name("paygate-node".into())
+        .spawn(move || {
+            let system = System::new();
+            system.block_on(async move {
+                let started = build(config, storage, listener, addr);
+                let failed = started.is_err();
+                let _ = ready_tx.send(started);
+                if failed {
+                    System::current().stop();
+                }
+            });
+            if let Err(e) = system.run() {
+                tracing::error!(error = %e, "actor system ended with an error");
+            }
+        })
+        .map_err(|_| StartError::Aborted)?;
+    let started = ready_rx.recv().map_err(|_| StartError::Aborted)??;
+    Ok(Node {
+        addr: started.addr,
+        public_url: started.public_url,
+        sandbox: started.sandbox,
+        recovery,
+        views,
+        registry: started.registry,
+        system: started.system,
+        thread: Some(thread),
+    })
+}
+
+/// Builds the actors and servers inside the running actor system.
+fn build(config: Config, storage: Storage, listener: std::net::TcpListener, addr: SocketAddr) -> Result<Started, StartError> {
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(2, usize::from),
+        n => n,
+    };
+    // Worker arbiters run until the system stops them.
+    let handles: Vec<_> = (0..workers).map(|_| Arbiter::new().handle()).collect();
+    let pick = |i: usize| handles.get(i % handles.len().max(1)).cloned().unwrap_or_else(Arbiter::current);
+    let public_url = match config.server.public_url.trim_end_matches('/') {
+        "" => format!("http://{addr}"),
+        url => url.to_owned(),
+    };
+
+    let mut sandbox = None;
+    let mut channel_handles = Vec::new();
+    for c in &config.channels {
+        let connector: Arc<dyn ChannelConnector> = match c.provider.as_str() {
+            "sandbox" => {
+                let s = Arc::new(sandbox_from(c)?);
+                s.attach(format!("http://{addr}/callback/sandbox"), format!("{public_url}/sandbox/pay/"), pick(0));
+                sandbox = Some(Arc::clone(&s));
+                Arc::new(SandboxConnector(s))
+            }
+            other => {
+                tracing::warn!(channel = %c.code, provider = other, "no adapter for this provider yet; channel skipped");
+                continue;
+            }
+        };
+        channel_handles.push(ChannelHandle::start(c.profile()?, connector));
+    }
+    let channels = ChannelDirectory::new(channel_handles);
+
+    let auth = AuthPolicy { timestamp_window_secs: config.auth.timestamp_window_secs, ..AuthPolicy::default() };
+    let merchants: HashMap<String, Addr<MerchantActor>> = config
+        .merchants
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let profile = m.clone();
+            let addr = MerchantActor::start_in_arbiter(&pick(i), move |_| MerchantActor::new(profile, auth));
+            (m.merchant_id.clone(), addr)
+        })
+        .collect();
+
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let registry = Arc::new(Registry::default());
+    let views: Arc<Views> = Arc::clone(&storage.views);
+    let oc = Arc::new(OrderContext {
+        journal: Arc::new(storage.journal),
+        store: views,
+        channels: channels.clone(),
+        clock: Arc::clone(&clock),
+        registry: Arc::clone(&registry),
+        query_policy: config.query_policy(),
+        passivation: Passivation {
+            idle: Duration::from_secs(config.orders.passivate_idle_secs),
+            final_idle: Duration::from_millis(config.orders.passivate_final_ms),
+        },
+    });
+    let shards = (0..config.shards.count)
+        .map(|n| {
+            let oc = Arc::clone(&oc);
+            ShardSupervisor::start_in_arbiter(&pick(usize::from(n)), move |_| ShardSupervisor::new(ShardId(n), oc))
+        })
+        .collect();
+    let router = OrderRouter::new(oc, shards);
+    TimerActor::new(
+        router.clone(),
+        Duration::from_millis(config.orders.timer_poll_ms),
+        Duration::from_secs(config.orders.timer_retry_secs),
+    )
+    .start();
+
+    let max_amounts = [Currency::CNY, Currency::HKD, Currency::USD, Currency::EUR, Currency::JPY]
+        .into_iter()
+        .map(|c| config.max_amount(c).map(|m| (c, m)))
+        .collect::<Result<HashMap<_, _>, _>>()?;
+    let app = Arc::new(App {
+        router,
+        merchants: MerchantDirectory::new(merchants),
+        channels,
+        clock,
+        sandbox: sandbox.clone(),
+        public_url: public_url.clone(),
+        admin_token: config.admin.token.clone(),
+        max_body: config.server.max_body_bytes,
+        max_amounts,
+        max_expire_minutes: config.orders.max_expire_minutes,
+        request_timeout: Duration::from_secs(config.server.request_timeout_secs),
+        header_timeout: Duration::from_secs(config.server.header_timeout_secs),
+        metrics: metrics_handle(),
+    });
+    for handle in &handles {
+        let l = listener.try_clone().map_err(|source| StartError::Listen { addr: addr.to_string(), source })?;
+        let app = Arc::clone(&app);
+        handle.spawn(crate::http::serve(l, app));
+    }
+    tracing::info!(%addr, workers, shards = config.shards.count, "paygate is serving");
+    Ok(Started { addr, public_url, sandbox, registry, system: System::current() })
+}
+
+fn sandbox_from(c: &ChannelConfig) -> Result<Sandbox, crate::config::ConfigError> {
+    let err = |what: &str| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
+    let secret = c.settings.get("notify_secret").and_then(|v| v.as_str()).ok_or_else(|| err("notify_secret is required"))?;
+    let settings = SandboxSettings {
+        latency_ms: c.settings.get("latency_ms").and_then(|v| v.as_integer()).unwrap_or(0).max(0) as u64,
+        error_rate: c.settings.get("error_rate").and_then(|v| v.as_float()).unwrap_or(0.0),
+        hang_rate: c.settings.get("hang_rate").and_then(|v| v.as_float()).unwrap_or(0.0),
+    };
+    settings.validate().map_err(|e| err(&e))?;
+    Ok(Sandbox::new(secret.to_owned(), settings))
+}

@@ -1,0 +1,138 @@
+//! The journal writer: one per node. Records from every shard are queued; a writer
+//! thread appends whatever has accumulated as one batch with one `fdatasync` (group
+//! commit), then a projector thread folds the batch into the views and acknowledges
+//! each caller. The two threads pipeline: batch N is projected while N+1 is synced.
+//!
+//! An I/O error on the journal aborts the process: durability can no longer be
+//! promised, and recovery on restart restores exactly what was acknowledged.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use paygate_actors::ports::{BoxFuture, Journal, Record, StorageError};
+use tokio::sync::oneshot;
+
+use super::codec::encode_record;
+use super::segment::{frame, open_for_append};
+use super::views::{Position, Views};
+
+/// Journal tuning.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// The journal directory.
+    pub dir: PathBuf,
+    /// A segment is closed once it passes this size.
+    pub segment_bytes: u64,
+    /// Most records in one group commit.
+    pub max_batch: usize,
+    /// Most records waiting; beyond it appends are refused (the node is saturated).
+    pub queue: usize,
+}
+
+struct Pending {
+    frame: Vec<u8>,
+    record: Record,
+    done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// The node's journal: cheap to clone into every actor.
+#[derive(Clone)]
+pub struct JournalHandle {
+    tx: SyncSender<Pending>,
+}
+
+fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
+    tracing::error!(error = %e, "{what}; stopping so that recovery restores the acknowledged state");
+    eprintln!("paygate: fatal: {what}: {e}");
+    std::process::abort()
+}
+
+impl JournalHandle {
+    /// Starts the writer and projector threads, appending at `end` of segment `end.segment`.
+    pub fn start(opts: JournalOptions, end: Position, views: Arc<Views>) -> std::io::Result<JournalHandle> {
+        let file = open_for_append(&opts.dir, end.segment)?;
+        let (tx, rx) = mpsc::sync_channel::<Pending>(opts.queue);
+        let (ptx, prx) = mpsc::sync_channel::<(Vec<Pending>, Position)>(4);
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || write_loop(rx, ptx, file, end, opts))?;
+        std::thread::Builder::new().name("journal-projector".into()).spawn(move || project_loop(prx, views))?;
+        Ok(JournalHandle { tx })
+    }
+}
+
+fn write_loop(
+    rx: Receiver<Pending>,
+    projector: SyncSender<(Vec<Pending>, Position)>,
+    mut file: File,
+    mut pos: Position,
+    opts: JournalOptions,
+) {
+    let mut buf = Vec::with_capacity(1 << 20);
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < opts.max_batch {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        for p in &batch {
+            buf.extend_from_slice(&p.frame);
+        }
+        if pos.offset > 0 && pos.offset + buf.len() as u64 > opts.segment_bytes {
+            pos = Position { segment: pos.segment + 1, offset: 0 };
+            file = open_for_append(&opts.dir, pos.segment).unwrap_or_else(|e| fatal("cannot open a new segment", &e));
+        }
+        let started = Instant::now();
+        if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
+            fatal("journal write failed", &e);
+        }
+        metrics::histogram!("paygate_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("paygate_journal_batch_records").record(batch.len() as f64);
+        pos.offset += buf.len() as u64;
+        if projector.send((batch, pos)).is_err() {
+            return;
+        }
+    }
+}
+
+fn project_loop(rx: Receiver<(Vec<Pending>, Position)>, views: Arc<Views>) {
+    while let Ok((batch, end)) = rx.recv() {
+        if let Err(e) = views.project(batch.iter().map(|p| &p.record), end) {
+            // The record is durable; the views are derived and will be rebuilt on start.
+            fatal("projecting the journal into the views failed", &e);
+        }
+        for p in batch {
+            let _ = p.done.send(Ok(()));
+        }
+    }
+    if let Err(e) = views.flush() {
+        tracing::error!(error = %e, "flushing views on shutdown failed");
+    }
+}
+
+impl Journal for JournalHandle {
+    fn append(&self, record: Record) -> BoxFuture<Result<(), StorageError>> {
+        let mut framed = Vec::new();
+        match encode_record(&record) {
+            Ok(payload) => frame(&payload, &mut framed),
+            Err(e) => return Box::pin(std::future::ready(Err(StorageError(e.to_string())))),
+        }
+        let (done, rx) = oneshot::channel();
+        let queued = match self.tx.try_send(Pending { frame: framed, record, done }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(StorageError("journal queue is full".into())),
+            Err(TrySendError::Disconnected(_)) => Err(StorageError("journal is stopped".into())),
+        };
+        Box::pin(async move {
+            queued?;
+            rx.await.unwrap_or_else(|_| Err(StorageError("journal stopped before the record was durable".into())))
+        })
+    }
+}

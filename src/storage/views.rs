@@ -1,0 +1,209 @@
+//! The derived views in sled: order snapshots, the (merchant, order_no) index, persisted
+//! timers and the journal position they reflect. Everything here can be rebuilt from
+//! the journal; one function, [`Views::project`], derives it, live and on recovery.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use paygate_actors::ids::PayOrderNo;
+use paygate_actors::order::{Order, QueryPolicy};
+use paygate_actors::ports::{OrderStore, Record, StorageError};
+use paygate_actors::registry::merchant_key;
+
+use super::codec::{decode_order, encode_order};
+
+const ORDER: u8 = b'o';
+const INDEX: u8 = b'i';
+const TIMER: u8 = b't';
+const APPLIED: &[u8] = b"m:applied";
+const ID_HIGH_WATER: &[u8] = b"m:idhw";
+
+/// A place in the journal: the end of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// Segment index.
+    pub segment: u32,
+    /// Byte offset just past the record.
+    pub offset: u64,
+}
+
+/// The journal and the views disagree in a way replay cannot mend.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    /// sled failed.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A snapshot could not be decoded or encoded.
+    #[error("snapshot: {0}")]
+    Codec(#[from] super::codec::CodecError),
+    /// The records do not follow from the stored state.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// The sled-backed views.
+pub struct Views {
+    db: sled::Db,
+    policy: QueryPolicy,
+    high_water: AtomicU64,
+}
+
+fn order_key(id: &PayOrderNo) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.as_str().len());
+    k.push(ORDER);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+fn index_key(merchant_id: &str, order_no: &str) -> Vec<u8> {
+    let mut k = vec![INDEX];
+    k.extend_from_slice(merchant_key(merchant_id, order_no).as_bytes());
+    k
+}
+
+fn timer_key(due: i64, id: &PayOrderNo) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + id.as_str().len());
+    k.push(TIMER);
+    k.extend_from_slice(&(due.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+fn storage(e: impl std::fmt::Display) -> StorageError {
+    StorageError(e.to_string())
+}
+
+impl Views {
+    /// Opens (or creates) the views at `dir`.
+    pub fn open(dir: &Path, policy: QueryPolicy, cache_bytes: u64) -> Result<Views, ProjectError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(1000))
+            .open()?;
+        let high_water = db
+            .get(ID_HIGH_WATER)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        Ok(Views { db, policy, high_water: AtomicU64::new(high_water) })
+    }
+
+    /// The journal position the views reflect.
+    pub fn applied(&self) -> Result<Position, ProjectError> {
+        let Some(v) = self.db.get(APPLIED)? else { return Ok(Position::default()) };
+        let segment = v.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+        let offset = v.get(4..12).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        match (segment, offset) {
+            (Some(segment), Some(offset)) => Ok(Position { segment, offset }),
+            _ => Err(ProjectError::Inconsistent("stored journal position is malformed".into())),
+        }
+    }
+
+    fn load_order(&self, id: &PayOrderNo) -> Result<Option<Order>, ProjectError> {
+        match self.db.get(order_key(id))? {
+            Some(bytes) => Ok(Some(decode_order(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies `records` (which end at `end`) atomically: snapshots, index, timers and
+    /// position move together. Records already reflected (by their sequence) are
+    /// skipped, so replaying an overlap is harmless.
+    pub fn project<'a>(&self, records: impl IntoIterator<Item = &'a Record>, end: Position) -> Result<(), ProjectError> {
+        let mut overlay: HashMap<PayOrderNo, Order> = HashMap::new();
+        let mut batch = sled::Batch::default();
+        let mut high_water = self.high_water.load(Ordering::Relaxed);
+        for record in records {
+            let Record::Order { pay_order_no: id, seq, events } = record;
+            let prev = match overlay.get(id) {
+                Some(o) => Some(o.clone()),
+                None => self.load_order(id)?,
+            };
+            let prev_seq = prev.as_ref().map_or(0, |o| o.seq);
+            if *seq <= prev_seq {
+                continue;
+            }
+            if *seq != prev_seq + 1 {
+                return Err(ProjectError::Inconsistent(format!(
+                    "order {id}: journal record {seq} follows stored record {prev_seq}"
+                )));
+            }
+            let old_timer = prev.as_ref().and_then(|o| o.next_timer(&self.policy));
+            let mut state = prev;
+            for event in events {
+                state = Some(Order::evolve(state, event).map_err(|e| ProjectError::Inconsistent(e.to_string()))?);
+            }
+            let mut order =
+                state.ok_or_else(|| ProjectError::Inconsistent(format!("order {id}: record {seq} has no events")))?;
+            order.seq = *seq;
+            let new_timer = order.next_timer(&self.policy);
+            if old_timer != new_timer {
+                if let Some(t) = old_timer {
+                    batch.remove(timer_key(t, id));
+                }
+                if let Some(t) = new_timer {
+                    batch.insert(timer_key(t, id), &[][..]);
+                }
+            }
+            if prev_seq == 0 {
+                batch.insert(index_key(&order.spec.merchant_id, &order.spec.order_no), id.as_str().as_bytes());
+            }
+            batch.insert(order_key(id), encode_order(&order)?);
+            high_water = high_water.max(id.millis());
+            overlay.insert(id.clone(), order);
+        }
+        let mut pos = [0u8; 12];
+        pos[..4].copy_from_slice(&end.segment.to_be_bytes());
+        pos[4..].copy_from_slice(&end.offset.to_be_bytes());
+        batch.insert(APPLIED, &pos[..]);
+        batch.insert(ID_HIGH_WATER, &high_water.to_be_bytes()[..]);
+        self.db.apply_batch(batch)?;
+        self.high_water.store(high_water, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes sled's dirty pages (on shutdown; sled also flushes on its own).
+    pub fn flush(&self) -> Result<(), ProjectError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// How many orders are stored.
+    pub fn order_count(&self) -> usize {
+        self.db.scan_prefix([ORDER]).count()
+    }
+}
+
+impl OrderStore for Views {
+    fn load(&self, id: &PayOrderNo) -> Result<Option<Order>, StorageError> {
+        self.load_order(id).map_err(storage)
+    }
+
+    fn find(&self, merchant_id: &str, order_no: &str) -> Result<Option<PayOrderNo>, StorageError> {
+        let Some(v) = self.db.get(index_key(merchant_id, order_no)).map_err(storage)? else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(&v).map_err(storage)?;
+        PayOrderNo::parse(text).map(Some).ok_or_else(|| StorageError(format!("malformed index entry {text:?}")))
+    }
+
+    fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError> {
+        let start = vec![TIMER];
+        // Keys are `t ‖ due ‖ id`: everything below `t ‖ now+1` is due.
+        let mut end = vec![TIMER];
+        end.extend_from_slice(&(now.saturating_add(1).max(0) as u64).to_be_bytes());
+        let mut due = Vec::new();
+        for item in self.db.range(start..end).take(limit) {
+            let (k, _) = item.map_err(storage)?;
+            let id = k.get(9..).and_then(|b| std::str::from_utf8(b).ok()).and_then(PayOrderNo::parse);
+            due.extend(id);
+        }
+        Ok(due)
+    }
+
+    fn id_high_water(&self) -> u64 {
+        self.high_water.load(Ordering::Relaxed)
+    }
+}
