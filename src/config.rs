@@ -86,6 +86,10 @@ pub struct OrdersConfig {
     pub max_amount: String,
     /// Longest `expire_minutes` a request may ask for.
     pub max_expire_minutes: u32,
+    /// Length of one expire minute in milliseconds: 60000. Tests shorten it to watch
+    /// orders expire in seconds.
+    #[serde(default = "default_minute_ms")]
+    pub minute_ms: u64,
     /// First active query after creation, seconds.
     pub query_first_after_secs: u64,
     /// Between active queries, seconds.
@@ -148,6 +152,10 @@ pub struct ChannelConfig {
     /// Provider-specific settings.
     #[serde(default)]
     pub settings: toml::Table,
+}
+
+fn default_minute_ms() -> u64 {
+    60_000
 }
 
 fn default_weight() -> u32 {

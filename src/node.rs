@@ -245,6 +245,7 @@ fn build(config: Config, storage: Storage, listener: std::net::TcpListener, addr
         max_body: config.server.max_body_bytes,
         max_amounts,
         max_expire_minutes: config.orders.max_expire_minutes,
+        minute_ms: config.orders.minute_ms.max(1) as i64,
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
         header_timeout: Duration::from_secs(config.server.header_timeout_secs),
         metrics: metrics_handle(),

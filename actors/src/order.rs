@@ -413,9 +413,9 @@ impl OrderEvent {
         }
     }
 
-    /// The `Created` event of a new order.
-    pub fn created(pay_order_no: PayOrderNo, spec: OrderSpec, channel: String, now: i64, expire_minutes: u32) -> OrderEvent {
-        let expire_time = now.saturating_add(i64::from(expire_minutes) * 60_000);
+    /// The `Created` event of a new order that expires `expire_after_ms` from `now`.
+    pub fn created(pay_order_no: PayOrderNo, spec: OrderSpec, channel: String, now: i64, expire_after_ms: i64) -> OrderEvent {
+        let expire_time = now.saturating_add(expire_after_ms);
         OrderEvent::Created { pay_order_no, spec, channel, at: now, expire_time }
     }
 }
@@ -714,7 +714,7 @@ mod tests {
 
     fn new_order(amount: i64) -> Order {
         let id = PayOrderNo::parse("P170406720000000010000").unwrap();
-        Order::from_created(&OrderEvent::created(id, spec(amount), "sandbox".into(), 1_000, 30)).unwrap()
+        Order::from_created(&OrderEvent::created(id, spec(amount), "sandbox".into(), 1_000, 30 * 60_000)).unwrap()
     }
 
     fn run(order: &mut Order, cmd: OrderCommand, now: i64) -> Result<usize, CoreError> {

@@ -56,8 +56,8 @@ pub struct PaySubmission {
     /// The channel routing chose, or why there is none. Used only if the order is new:
     /// a repeated request is answered from the order whatever routing says now.
     pub route: Result<String, CoreError>,
-    /// Effective lifetime (the request's, or the merchant's default).
-    pub expire_minutes: u32,
+    /// Effective lifetime in millis (the request's minutes, or the merchant's default).
+    pub expire_after_ms: i64,
 }
 
 /// What is asked of an order.
@@ -249,7 +249,7 @@ impl OrderCell {
                     sub.spec,
                     channel,
                     oc.clock.now_ms(),
-                    sub.expire_minutes,
+                    sub.expire_after_ms,
                 );
                 let next = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
                 self.commit(oc, vec![created], next).await?;

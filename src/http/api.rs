@@ -45,7 +45,8 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let route = select_channel(app.channels.profiles(), spec.pay_method, spec.amount).map(|c| c.code.clone());
     let target = OrderTarget::Key { merchant_id: spec.merchant_id.clone(), order_no: spec.order_no.clone() };
     let caller = Some(spec.merchant_id.clone());
-    let request = OrderRequest::Pay(Box::new(PaySubmission { spec, route, expire_minutes }));
+    let expire_after_ms = i64::from(expire_minutes) * app.minute_ms;
+    let request = OrderRequest::Pay(Box::new(PaySubmission { spec, route, expire_after_ms }));
     let order = bounded(app, app.router.dispatch(target, request, caller)).await?;
     metrics::counter!("paygate_payments_created_total", "channel" => order.channel.clone()).increment(1);
     Ok(success(pay_view(app, &order)))

@@ -55,6 +55,8 @@ pub struct App {
     pub max_amounts: HashMap<Currency, i64>,
     /// Longest order lifetime a request may ask for.
     pub max_expire_minutes: u32,
+    /// Length of one expire minute, millis (60000; shorter only in tests).
+    pub minute_ms: i64,
     /// Longest a request waits for its order.
     pub request_timeout: Duration,
     /// Client header read timeout.

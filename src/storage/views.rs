@@ -207,3 +207,10 @@ impl OrderStore for Views {
         self.high_water.load(Ordering::Relaxed)
     }
 }
+
+impl Views {
+    /// Every stored order, in id order (for tools and tests; not a hot path).
+    pub fn orders(&self) -> impl Iterator<Item = Result<Order, ProjectError>> + '_ {
+        self.db.scan_prefix([ORDER]).map(|item| Ok(decode_order(&item?.1)?))
+    }
+}

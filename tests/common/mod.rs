@@ -1,0 +1,275 @@
+//! Test harness: nodes in-process or as the real binary, on loopback with a real data
+//! directory, and a merchant client that signs for real.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use paygate::config::{Config, Overrides};
+use paygate::node::Node;
+use paygate_actors::signing::{self, SignType};
+use serde_json::Value;
+
+pub const MERCHANT: &str = "M20240101001";
+pub const SECRET: &str = "demo-secret-change-me-0123456789";
+pub const LEGACY_MERCHANT: &str = "M20240101002";
+pub const LEGACY_SECRET: &str = "legacy-secret-change-me-01234567";
+pub const ADMIN_TOKEN: &str = "demo-admin-token";
+
+pub fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The repository's default configuration on a fresh data directory and a free port.
+pub fn test_config(data: &Path) -> Config {
+    let mut c = Config::load(
+        &config_dir(),
+        &Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(data.to_path_buf()) },
+    )
+    .unwrap();
+    c.shards.count = 8;
+    c.server.workers = 2;
+    c.orders.timer_poll_ms = 100;
+    c.orders.timer_retry_secs = 1;
+    c.storage.cache_bytes = 16 << 20;
+    c
+}
+
+/// An in-process node with its own data directory.
+pub struct TestNode {
+    pub node: Option<Node>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl TestNode {
+    pub fn start() -> TestNode {
+        TestNode::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let node = paygate::node::start(config).unwrap();
+        let url = format!("http://{}", node.addr);
+        TestNode { node: Some(node), dir, url }
+    }
+
+    pub fn node(&self) -> &Node {
+        self.node.as_ref().unwrap()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, MERCHANT, SECRET)
+    }
+
+    pub fn order_count(&self) -> usize {
+        self.node().views.order_count()
+    }
+
+    /// Size of the journal on disk.
+    pub fn journal_bytes(&self) -> u64 {
+        journal_bytes(self.dir.path())
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(n) = self.node.take() {
+            n.stop();
+        }
+    }
+}
+
+pub fn journal_bytes(data: &Path) -> u64 {
+    std::fs::read_dir(data.join("journal"))
+        .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub json: Value,
+}
+
+impl Answer {
+    pub fn code(&self) -> &str {
+        self.json["code"].as_str().unwrap_or("")
+    }
+    pub fn data(&self, field: &str) -> &str {
+        self.json["data"][field].as_str().unwrap_or("")
+    }
+}
+
+/// POSTs raw bytes; `None` when no answer came (connection refused or cut).
+pub fn post_raw(url: &str, body: &[u8]) -> Option<Answer> {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let result = agent.post(url).set("content-type", "application/json").send_bytes(body);
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(_) => return None,
+    };
+    let status = resp.status();
+    let text = resp.into_string().ok()?;
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Some(Answer { status, json })
+}
+
+/// A merchant client that signs every request.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub merchant: String,
+    pub secret: String,
+}
+
+pub type Params = BTreeMap<String, String>;
+
+pub fn params(pairs: &[(&str, &str)]) -> Params {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+impl Client {
+    pub fn new(base: &str, merchant: &str, secret: &str) -> Client {
+        Client { base: base.into(), merchant: merchant.into(), secret: secret.into() }
+    }
+
+    /// Adds merchant_id and timestamp (unless present), then signs.
+    pub fn sign(&self, mut p: Params) -> Params {
+        p.entry("merchant_id".into()).or_insert_with(|| self.merchant.clone());
+        p.entry("timestamp".into()).or_insert_with(|| now_secs().to_string());
+        let st = if p.get("sign_type").map(String::as_str) == Some("MD5") { SignType::Md5 } else { SignType::HmacSha256 };
+        let s = signing::sign(&p, &self.secret, st);
+        p.insert("sign".into(), s);
+        p
+    }
+
+    pub fn post_signed(&self, path: &str, p: Params) -> Option<Answer> {
+        let body = serde_json::to_vec(&self.sign(p)).unwrap();
+        post_raw(&format!("{}{path}", self.base), &body)
+    }
+
+    pub fn call(&self, path: &str, p: Params) -> Answer {
+        self.post_signed(path, p).expect("no answer")
+    }
+
+    pub fn pay_params(order_no: &str, amount: &str) -> Params {
+        params(&[("order_no", order_no), ("amount", amount), ("subject", "tea"), ("pay_method", "SANDBOX")])
+    }
+
+    pub fn pay(&self, order_no: &str, amount: &str) -> Answer {
+        self.call("/api/v1/payment/pay", Client::pay_params(order_no, amount))
+    }
+
+    pub fn query_id(&self, pay_order_no: &str) -> Answer {
+        self.call("/api/v1/payment/query", params(&[("pay_order_no", pay_order_no)]))
+    }
+
+    pub fn query_no(&self, order_no: &str) -> Answer {
+        self.call("/api/v1/payment/query", params(&[("order_no", order_no)]))
+    }
+
+    pub fn close_id(&self, pay_order_no: &str) -> Answer {
+        self.call("/api/v1/payment/close", params(&[("pay_order_no", pay_order_no)]))
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `limit`.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the order reaches `status`; panics with the last answer otherwise.
+pub fn wait_status(client: &Client, pay_order_no: &str, status: &str, limit: Duration) -> Answer {
+    let mut last = None;
+    eventually(limit, || {
+        let a = client.query_id(pay_order_no);
+        let done = a.data("status") == status;
+        last = Some(a.clone());
+        done.then_some(a)
+    })
+    .unwrap_or_else(|| panic!("order {pay_order_no} never reached {status}: {last:?}"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real `paygate` binary serving a data directory.
+pub struct BinNode {
+    pub child: Child,
+    pub url: String,
+}
+
+impl BinNode {
+    pub fn command(data: &Path, port: u16, env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
+        cmd.args(["serve", "--config"])
+            .arg(config_dir())
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .env("PAYGATE_SHARDS__COUNT", "8")
+            .env("PAYGATE_ORDERS__TIMER_POLL_MS", "100")
+            .env("PAYGATE_ORDERS__TIMER_RETRY_SECS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Starts the binary and waits until /healthz answers.
+    pub fn start(data: &Path, env: &[(&str, &str)]) -> BinNode {
+        let port = free_port();
+        let child = BinNode::command(data, port, env).spawn().unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut node = BinNode { child, url };
+        let up = eventually(Duration::from_secs(30), || {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("paygate exited during start: {status}");
+            }
+            ureq::get(&format!("{}/healthz", node.url)).call().ok().map(|_| ())
+        });
+        assert!(up.is_some(), "paygate did not start");
+        node
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, MERCHANT, SECRET)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for BinNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
