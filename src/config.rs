@@ -185,13 +185,20 @@ impl Config {
     pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let default = dir.join("default.toml");
         if !default.exists() {
-            return Err(ConfigError(format!("{} not found (run from the repository root or pass --config)", default.display())));
+            return Err(ConfigError(format!(
+                "{} not found (run from the repository root or pass --config)",
+                default.display()
+            )));
         }
         let mut fig = Figment::new()
             .merge(Toml::file(default))
             .merge(Toml::file(dir.join("merchants.toml")))
             .merge(Toml::file(dir.join("channels.toml")))
-            .merge(Env::prefixed("PAYGATE_").split("__").ignore(&["master_key"]));
+            .merge(
+                Env::prefixed("PAYGATE_")
+                    .split("__")
+                    .ignore(&["master_key"]),
+            );
         if let Some(listen) = &overrides.listen {
             fig = fig.merge(Serialized::default("server.listen", listen));
         }
@@ -205,7 +212,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.shards.count == 0 || self.shards.count > paygate_actors::ids::MAX_SHARDS {
-            return Err(ConfigError(format!("shards.count must be 1..={}", paygate_actors::ids::MAX_SHARDS)));
+            return Err(ConfigError(format!(
+                "shards.count must be 1..={}",
+                paygate_actors::ids::MAX_SHARDS
+            )));
         }
         self.max_amount(Currency::CNY)?;
         for m in &self.merchants {

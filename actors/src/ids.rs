@@ -20,7 +20,11 @@ pub struct ShardId(pub u16);
 /// FNV-1a: stable across processes and versions, which `std`'s hasher is not.
 pub fn shard_of(merchant_id: &str, order_no: &str, shard_count: u16) -> ShardId {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in merchant_id.bytes().chain(std::iter::once(0)).chain(order_no.bytes()) {
+    for b in merchant_id
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(order_no.bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -84,7 +88,11 @@ pub struct IdGenerator {
 impl IdGenerator {
     /// A generator for `shard` that only issues ids after `high_water_millis`.
     pub fn new(shard: ShardId, high_water_millis: u64) -> IdGenerator {
-        IdGenerator { shard, last_millis: high_water_millis, seq: 9999 }
+        IdGenerator {
+            shard,
+            last_millis: high_water_millis,
+            seq: 9999,
+        }
     }
 
     /// The next id, given the wall clock.
@@ -108,7 +116,9 @@ impl IdGenerator {
 /// 1..=32 characters of `[A-Za-z0-9_-]`.
 pub fn is_valid_external_id(text: &str) -> bool {
     (1..=32).contains(&text.len())
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]

@@ -35,16 +35,26 @@ impl ShardSupervisor {
         let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such order");
         let (id, state) = match target {
             OrderTarget::Id(id) => {
-                let order = self.oc.store.load(id).map_err(storage)?.ok_or_else(not_found)?;
+                let order = self
+                    .oc
+                    .store
+                    .load(id)
+                    .map_err(storage)?
+                    .ok_or_else(not_found)?;
                 (id.clone(), Some(order))
             }
-            OrderTarget::Key { merchant_id, order_no } => match self.oc.store.find(merchant_id, order_no).map_err(storage)? {
+            OrderTarget::Key {
+                merchant_id,
+                order_no,
+            } => match self.oc.store.find(merchant_id, order_no).map_err(storage)? {
                 Some(id) => {
                     if let Some(addr) = self.oc.registry.lookup(&OrderTarget::Id(id.clone())) {
                         return Ok(addr);
                     }
                     let order = self.oc.store.load(&id).map_err(storage)?;
-                    let order = order.ok_or_else(|| CoreError::system("order index points at a missing snapshot"))?;
+                    let order = order.ok_or_else(|| {
+                        CoreError::system("order index points at a missing snapshot")
+                    })?;
                     (id, Some(order))
                 }
                 None if creating => (self.ids.next(self.oc.clock.now_ms().max(0) as u64), None),
@@ -53,7 +63,13 @@ impl ShardSupervisor {
         };
         let key = match (&state, target) {
             (Some(o), _) => Some(merchant_key(&o.spec.merchant_id, &o.spec.order_no)),
-            (None, OrderTarget::Key { merchant_id, order_no }) => Some(merchant_key(merchant_id, order_no)),
+            (
+                None,
+                OrderTarget::Key {
+                    merchant_id,
+                    order_no,
+                },
+            ) => Some(merchant_key(merchant_id, order_no)),
             (None, OrderTarget::Id(_)) => None,
         };
         let addr = OrderActor::new(Arc::clone(&self.oc), id.clone(), state).start();
@@ -87,7 +103,7 @@ impl Handler<Dispatch> for ShardSupervisor {
         let creating = matches!(d.msg.request, OrderRequest::Pay(_));
         match self.activate(&d.target, creating) {
             Ok(addr) => Box::pin(async move { addr.send(d.msg).await.unwrap_or(Delivery::Retry) }),
-            Err(e) => Box::pin(async move { Delivery::Done(Err(e)) }),
+            Err(e) => Box::pin(async move { Delivery::Done(Box::new(Err(e))) }),
         }
     }
 }

@@ -25,7 +25,13 @@ impl TimerActor {
     /// Polls every `every`; an order whose tick did not settle it is ticked again
     /// after `retry_after`.
     pub fn new(router: OrderRouter, every: Duration, retry_after: Duration) -> TimerActor {
-        TimerActor { router, every, retry_after_ms: retry_after.as_millis() as i64, batch: 256, backoff: HashMap::new() }
+        TimerActor {
+            router,
+            every,
+            retry_after_ms: retry_after.as_millis() as i64,
+            batch: 256,
+            backoff: HashMap::new(),
+        }
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
@@ -39,8 +45,11 @@ impl TimerActor {
                 return;
             }
         };
-        let fresh: Vec<PayOrderNo> =
-            due.into_iter().filter(|id| !self.backoff.contains_key(id)).take(self.batch).collect();
+        let fresh: Vec<PayOrderNo> = due
+            .into_iter()
+            .filter(|id| !self.backoff.contains_key(id))
+            .take(self.batch)
+            .collect();
         for id in fresh {
             self.backoff.insert(id.clone(), now + self.retry_after_ms);
             let router = self.router.clone();

@@ -32,16 +32,25 @@ fn sandbox_error(e: SandboxError) -> ApiError {
 }
 
 /// `/admin/sandbox/…`: `orders/{id}/pay|fail|hang` and `settings` (GET or POST).
-pub async fn sandbox(app: &App, method: &hyper::Method, rest: &str, headers: &HeaderMap, body: &[u8]) -> Result<HttpResponse, ApiError> {
+pub async fn sandbox(
+    app: &App,
+    method: &hyper::Method,
+    rest: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
     authorize(app, headers)?;
     let sandbox = app.sandbox.as_ref().ok_or(ApiError::NotFound)?;
     let parts: Vec<&str> = rest.split('/').collect();
     match (method, parts.as_slice()) {
         (&hyper::Method::GET, ["settings"]) => Ok(success(json!(sandbox.settings()))),
         (&hyper::Method::POST, ["settings"]) => {
-            let settings: SandboxSettings = serde_json::from_slice(body)
-                .map_err(|e| CoreError::invalid("body", format_args!("is not sandbox settings ({e})")))?;
-            sandbox.set_settings(settings).map_err(|e| CoreError::invalid("settings", e))?;
+            let settings: SandboxSettings = serde_json::from_slice(body).map_err(|e| {
+                CoreError::invalid("body", format_args!("is not sandbox settings ({e})"))
+            })?;
+            sandbox
+                .set_settings(settings)
+                .map_err(|e| CoreError::invalid("settings", e))?;
             Ok(success(json!(sandbox.settings())))
         }
         (&hyper::Method::POST, ["orders", id, action]) => {

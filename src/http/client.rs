@@ -56,18 +56,44 @@ impl HttpClient {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| format!("bad request: {e}"))?;
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("bad request: {e}"))?;
         let call = async {
-            let resp = self.inner.request(req).await.map_err(|e| format!("{url}: {e}"))?;
+            let resp = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
             let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?
+                .to_bytes();
             Ok(Answer { status, body })
         };
-        tokio::time::timeout(timeout, call).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
     }
 
     /// POSTs a body of `content_type`.
-    pub async fn post(&self, url: &str, content_type: &str, body: Vec<u8>, timeout: Duration) -> Result<Answer, String> {
-        self.send(hyper::Method::POST, url, &[("content-type", content_type)], body, timeout).await
+    pub async fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Answer, String> {
+        self.send(
+            hyper::Method::POST,
+            url,
+            &[("content-type", content_type)],
+            body,
+            timeout,
+        )
+        .await
     }
 }

@@ -22,14 +22,23 @@ fn page(status: StatusCode, title: &str, head: &str, body: &str) -> HttpResponse
 /// `GET /h5/{pay_order_no}`: amount, subject, QR code and live status; sends the buyer
 /// to the merchant's return_url once paid.
 pub async fn cashier(app: &App, id: &str) -> Result<HttpResponse, ApiError> {
-    let Some(id) = PayOrderNo::parse(id) else { return Err(ApiError::NotFound) };
-    let order = app.router.read(OrderTarget::Id(id), None).await.map_err(|_| ApiError::NotFound)?;
+    let Some(id) = PayOrderNo::parse(id) else {
+        return Err(ApiError::NotFound);
+    };
+    let order = app
+        .router
+        .read(OrderTarget::Id(id), None)
+        .await
+        .map_err(|_| ApiError::NotFound)?;
     let status = order.status;
     let mut head = String::new();
     if status.is_open() {
         head.push_str("<meta http-equiv=\"refresh\" content=\"3\">");
     } else if let (true, Some(ret)) = (status.is_paid(), &order.spec.return_url) {
-        head.push_str(&format!("<meta http-equiv=\"refresh\" content=\"2;url={}\">", attr(ret)));
+        head.push_str(&format!(
+            "<meta http-equiv=\"refresh\" content=\"2;url={}\">",
+            attr(ret)
+        ));
     }
     let qr = match (&order.code_url, status.is_open()) {
         (Some(url), true) => app
@@ -57,14 +66,29 @@ pub async fn sandbox_cashier(app: &App, id: &str, pay: bool) -> Result<HttpRespo
             Ok(()) => "Paid. The gateway is being notified.".to_owned(),
             Err(e) => e.to_string(),
         };
-        return Ok(page(StatusCode::OK, "Sandbox", "", &format!("<h1>Sandbox</h1><p>{}</p>", text(&outcome))));
+        return Ok(page(
+            StatusCode::OK,
+            "Sandbox",
+            "",
+            &format!("<h1>Sandbox</h1><p>{}</p>", text(&outcome)),
+        ));
     }
     let (amount, subject, open) = sandbox.describe(id).ok_or(ApiError::NotFound)?;
     let action = if open {
-        format!("<form method=\"post\" action=\"/sandbox/pay/{}\"><button>Pay {} {}</button></form>", attr(id), amount.currency(), amount)
+        format!(
+            "<form method=\"post\" action=\"/sandbox/pay/{}\"><button>Pay {} {}</button></form>",
+            attr(id),
+            amount.currency(),
+            amount
+        )
     } else {
         "<p>This trade is no longer open.</p>".to_owned()
     };
-    let body = format!("<h1>Sandbox cashier</h1><p>{}</p><p class=\"amount\">{} {}</p>{action}", text(&subject), amount.currency(), amount);
+    let body = format!(
+        "<h1>Sandbox cashier</h1><p>{}</p><p class=\"amount\">{} {}</p>{action}",
+        text(&subject),
+        amount.currency(),
+        amount
+    );
     Ok(page(StatusCode::OK, "Sandbox cashier", "", &body))
 }

@@ -23,14 +23,20 @@ pub fn config_dir() -> PathBuf {
 }
 
 pub fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// The repository's default configuration on a fresh data directory and a free port.
 pub fn test_config(data: &Path) -> Config {
     let mut c = Config::load(
         &config_dir(),
-        &Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(data.to_path_buf()) },
+        &Overrides {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(data.to_path_buf()),
+        },
     )
     .unwrap();
     c.shards.count = 8;
@@ -54,12 +60,20 @@ impl TestNode {
     }
 
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestNode {
-        let dir = tempfile::tempdir().unwrap();
+        TestNode::start_in(tempfile::tempdir().unwrap(), tweak)
+    }
+
+    /// A node on an existing data directory.
+    pub fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestNode {
         let mut config = test_config(dir.path());
         tweak(&mut config);
         let node = paygate::node::start(config).unwrap();
         let url = format!("http://{}", node.addr);
-        TestNode { node: Some(node), dir, url }
+        TestNode {
+            node: Some(node),
+            dir,
+            url,
+        }
     }
 
     pub fn node(&self) -> &Node {
@@ -90,7 +104,11 @@ impl Drop for TestNode {
 
 pub fn journal_bytes(data: &Path) -> u64 {
     std::fs::read_dir(data.join("journal"))
-        .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -112,8 +130,13 @@ impl Answer {
 
 /// POSTs raw bytes; `None` when no answer came (connection refused or cut).
 pub fn post_raw(url: &str, body: &[u8]) -> Option<Answer> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
-    let result = agent.post(url).set("content-type", "application/json").send_bytes(body);
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let result = agent
+        .post(url)
+        .set("content-type", "application/json")
+        .send_bytes(body);
     let resp = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
@@ -136,19 +159,32 @@ pub struct Client {
 pub type Params = BTreeMap<String, String>;
 
 pub fn params(pairs: &[(&str, &str)]) -> Params {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 impl Client {
     pub fn new(base: &str, merchant: &str, secret: &str) -> Client {
-        Client { base: base.into(), merchant: merchant.into(), secret: secret.into() }
+        Client {
+            base: base.into(),
+            merchant: merchant.into(),
+            secret: secret.into(),
+        }
     }
 
     /// Adds merchant_id and timestamp (unless present), then signs.
     pub fn sign(&self, mut p: Params) -> Params {
-        p.entry("merchant_id".into()).or_insert_with(|| self.merchant.clone());
-        p.entry("timestamp".into()).or_insert_with(|| now_secs().to_string());
-        let st = if p.get("sign_type").map(String::as_str) == Some("MD5") { SignType::Md5 } else { SignType::HmacSha256 };
+        p.entry("merchant_id".into())
+            .or_insert_with(|| self.merchant.clone());
+        p.entry("timestamp".into())
+            .or_insert_with(|| now_secs().to_string());
+        let st = if p.get("sign_type").map(String::as_str) == Some("MD5") {
+            SignType::Md5
+        } else {
+            SignType::HmacSha256
+        };
         let s = signing::sign(&p, &self.secret, st);
         p.insert("sign".into(), s);
         p
@@ -164,7 +200,12 @@ impl Client {
     }
 
     pub fn pay_params(order_no: &str, amount: &str) -> Params {
-        params(&[("order_no", order_no), ("amount", amount), ("subject", "tea"), ("pay_method", "SANDBOX")])
+        params(&[
+            ("order_no", order_no),
+            ("amount", amount),
+            ("subject", "tea"),
+            ("pay_method", "SANDBOX"),
+        ])
     }
 
     pub fn pay(&self, order_no: &str, amount: &str) -> Answer {
@@ -172,7 +213,10 @@ impl Client {
     }
 
     pub fn query_id(&self, pay_order_no: &str) -> Answer {
-        self.call("/api/v1/payment/query", params(&[("pay_order_no", pay_order_no)]))
+        self.call(
+            "/api/v1/payment/query",
+            params(&[("pay_order_no", pay_order_no)]),
+        )
     }
 
     pub fn query_no(&self, order_no: &str) -> Answer {
@@ -180,7 +224,10 @@ impl Client {
     }
 
     pub fn close_id(&self, pay_order_no: &str) -> Answer {
-        self.call("/api/v1/payment/close", params(&[("pay_order_no", pay_order_no)]))
+        self.call(
+            "/api/v1/payment/close",
+            params(&[("pay_order_no", pay_order_no)]),
+        )
     }
 }
 
@@ -211,7 +258,11 @@ pub fn wait_status(client: &Client, pay_order_no: &str, status: &str, limit: Dur
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The real `paygate` binary serving a data directory.
@@ -250,7 +301,10 @@ impl BinNode {
             if let Ok(Some(status)) = node.child.try_wait() {
                 panic!("paygate exited during start: {status}");
             }
-            ureq::get(&format!("{}/healthz", node.url)).call().ok().map(|_| ())
+            ureq::get(&format!("{}/healthz", node.url))
+                .call()
+                .ok()
+                .map(|_| ())
         });
         assert!(up.is_some(), "paygate did not start");
         node
@@ -271,5 +325,19 @@ impl Drop for BinNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Copies a directory tree (a stopped node's data directory).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }

@@ -1,0 +1,272 @@
+//! Bad input gets a clear code, message and HTTP status — and stores nothing.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const PAY: &str = "/api/v1/payment/pay";
+
+struct Case {
+    name: &'static str,
+    body: Vec<u8>,
+    status: u16,
+    code: &'static str,
+    /// A word the message must contain (the field or rule it names).
+    mentions: &'static str,
+}
+
+fn signed_with(c: &Client, change: impl FnOnce(&mut Params)) -> Vec<u8> {
+    let mut p = Client::pay_params("BAD-1", "10.00");
+    change(&mut p);
+    serde_json::to_vec(&c.sign(p)).unwrap()
+}
+
+fn cases(c: &Client) -> Vec<Case> {
+    let amount = |a: &'static str| {
+        let body = signed_with(c, |p| {
+            p.insert("amount".into(), a.into());
+        });
+        Case {
+            name: "amount",
+            body,
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "amount",
+        }
+    };
+    let mut v = vec![
+        Case {
+            name: "malformed JSON",
+            body: b"{\"merchant_id\": ".to_vec(),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "JSON",
+        },
+        Case {
+            name: "not an object",
+            body: b"[1,2]".to_vec(),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "object",
+        },
+        Case {
+            name: "empty body",
+            body: Vec::new(),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "JSON",
+        },
+        Case {
+            name: "number where a string belongs",
+            body: serde_json::to_vec(
+                &json!({"merchant_id": MERCHANT, "amount": 100.0, "timestamp": "1", "sign": "x"}),
+            )
+            .unwrap(),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "amount",
+        },
+        Case {
+            name: "missing sign",
+            body: serde_json::to_vec(
+                &json!({"merchant_id": MERCHANT, "timestamp": now_secs().to_string()}),
+            )
+            .unwrap(),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "sign",
+        },
+        Case {
+            name: "missing amount",
+            body: signed_with(c, |p| {
+                p.remove("amount");
+            }),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "amount",
+        },
+        Case {
+            name: "missing order_no",
+            body: signed_with(c, |p| {
+                p.remove("order_no");
+            }),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "order_no",
+        },
+        Case {
+            name: "bad pay_method",
+            body: signed_with(c, |p| {
+                p.insert("pay_method".into(), "BITCOIN".into());
+            }),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "pay_method",
+        },
+        Case {
+            name: "bad currency",
+            body: signed_with(c, |p| {
+                p.insert("currency".into(), "XXX".into());
+            }),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "currency",
+        },
+        Case {
+            name: "bad expire_minutes",
+            body: signed_with(c, |p| {
+                p.insert("expire_minutes".into(), "0".into());
+            }),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "expire_minutes",
+        },
+        Case {
+            name: "bad notify_url",
+            body: signed_with(c, |p| {
+                p.insert("notify_url".into(), "ftp://x".into());
+            }),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "notify_url",
+        },
+        Case {
+            name: "bad order_no",
+            body: signed_with(c, |p| {
+                p.insert("order_no".into(), "has space".into());
+            }),
+            status: 400,
+            code: "INVALID_PARAM",
+            mentions: "order_no",
+        },
+        Case {
+            name: "body over 64 KiB",
+            body: serde_json::to_vec(&json!({"merchant_id": MERCHANT, "body": "x".repeat(70_000)}))
+                .unwrap(),
+            status: 413,
+            code: "INVALID_PARAM",
+            mentions: "65536",
+        },
+        Case {
+            name: "unknown merchant",
+            body: serde_json::to_vec(
+                &Client::new("", "NOPE", "whatever-secret-1234")
+                    .sign(Client::pay_params("BAD-1", "1.00")),
+            )
+            .unwrap(),
+            status: 404,
+            code: "MERCHANT_NOT_FOUND",
+            mentions: "merchant",
+        },
+        Case {
+            name: "bad sign",
+            body: {
+                let mut p = c.sign(Client::pay_params("BAD-1", "10.00"));
+                p.insert("amount".into(), "10.01".into());
+                serde_json::to_vec(&p).unwrap()
+            },
+            status: 401,
+            code: "SIGN_ERROR",
+            mentions: "signature",
+        },
+        Case {
+            name: "stale timestamp",
+            body: signed_with(c, |p| {
+                p.insert("timestamp".into(), (now_secs() - 301).to_string());
+            }),
+            status: 401,
+            code: "TIMESTAMP_EXPIRED",
+            mentions: "timestamp",
+        },
+        Case {
+            name: "timestamp from the future",
+            body: signed_with(c, |p| {
+                p.insert("timestamp".into(), (now_secs() + 400).to_string());
+            }),
+            status: 401,
+            code: "TIMESTAMP_EXPIRED",
+            mentions: "timestamp",
+        },
+    ];
+    for a in [
+        "0",
+        "-1",
+        "1.001",
+        "1e3",
+        "abc",
+        "12345678901234567890",
+        "0.00",
+        " 1.00",
+        "100000000.01",
+    ] {
+        v.push(amount(a));
+    }
+    v
+}
+
+#[test]
+fn every_bad_request_is_refused_with_its_code_and_stores_nothing() {
+    let t = TestNode::start();
+    let c = t.client();
+    let url = format!("{}{PAY}", t.url);
+    let journal_before = t.journal_bytes();
+    for case in cases(&c) {
+        let a = post_raw(&url, &case.body).unwrap_or_else(|| panic!("{}: no answer", case.name));
+        assert_eq!(
+            (a.status, a.code()),
+            (case.status, case.code),
+            "{}: {a:?}",
+            case.name
+        );
+        let message = a.json["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(case.mentions),
+            "{}: message {message:?} should mention {:?}",
+            case.name,
+            case.mentions
+        );
+        assert!(
+            a.json.get("data").is_none(),
+            "{}: an error carries no data",
+            case.name
+        );
+    }
+    assert_eq!(t.order_count(), 0, "no order stored");
+    assert_eq!(t.journal_bytes(), journal_before, "nothing journaled");
+    assert_eq!(c.query_no("BAD-1").code(), "ORDER_NOT_FOUND");
+}
+
+#[test]
+fn a_bad_request_for_an_existing_order_does_not_change_it() {
+    let t = TestNode::start();
+    let c = t.client();
+    let id = c.pay("BAD-2", "10.00").data("pay_order_no").to_owned();
+    let before = c.query_id(&id).json;
+    let url = format!("{}{PAY}", t.url);
+    let bad = signed_with(&c, |p| {
+        p.insert("order_no".into(), "BAD-2".into());
+        p.insert("amount".into(), "1e3".into());
+    });
+    assert_eq!(post_raw(&url, &bad).unwrap().code(), "INVALID_PARAM");
+    assert_eq!(c.query_id(&id).json, before);
+}
+
+#[test]
+fn wrong_methods_and_paths_get_envelopes_not_panics() {
+    let t = TestNode::start();
+    let r = ureq::get(&format!("{}{PAY}", t.url)).call();
+    assert!(matches!(r, Err(ureq::Error::Status(405, _))));
+    let r = ureq::get(&format!("{}/nope", t.url)).call();
+    let Err(ureq::Error::Status(404, resp)) = r else {
+        panic!("expected 404")
+    };
+    let body: serde_json::Value = resp.into_json().unwrap();
+    assert_eq!(body["code"], "NOT_FOUND");
+    let q = post_raw(
+        &format!("{}/api/v1/payment/query", t.url),
+        &serde_json::to_vec(&t.client().sign(params(&[("pay_order_no", "P1")]))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((q.status, q.code()), (400, "INVALID_PARAM"));
+}

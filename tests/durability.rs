@@ -1,0 +1,236 @@
+//! Durability: the real binary killed with SIGKILL mid-load, journals with torn tails
+//! and damaged middles, and expiry timers across a restart.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use paygate::storage::segment::{record_at, segment_path};
+use paygate::storage::{Storage, StorageOptions};
+use paygate_actors::order::{Order, QueryPolicy};
+
+fn open_storage(data: &Path) -> Storage {
+    Storage::open(&StorageOptions {
+        data_dir: data.to_path_buf(),
+        segment_bytes: 64 << 20,
+        max_batch: 1024,
+        queue: 1024,
+        cache_bytes: 16 << 20,
+        query_policy: QueryPolicy::default(),
+    })
+    .unwrap()
+}
+
+fn all_orders(storage: &Storage) -> Vec<Order> {
+    storage.views.orders().map(|o| o.unwrap()).collect()
+}
+
+#[test]
+fn kill_9_mid_load_loses_no_acknowledged_order_and_retries_make_exactly_one() {
+    let data = tempfile::tempdir().unwrap();
+    let node = BinNode::start(data.path(), &[]);
+    let client = node.client();
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let unanswered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (client, acked, unanswered, stop) = (
+                client.clone(),
+                acked.clone(),
+                unanswered.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    let order_no = format!("KILL-{w}-{i}");
+                    match client
+                        .post_signed("/api/v1/payment/pay", Client::pay_params(&order_no, "1.23"))
+                    {
+                        Some(a) if a.code() == "SUCCESS" => {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .insert(order_no, a.data("pay_order_no").to_owned());
+                        }
+                        _ => {
+                            unanswered.lock().unwrap().push(order_no);
+                            if stop.load(Ordering::SeqCst) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let load build up, then kill without warning.
+    eventually(Duration::from_secs(30), || {
+        (acked.lock().unwrap().len() >= 300).then_some(())
+    })
+    .expect("the node acknowledged payments under load");
+    node.kill9();
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let unanswered = unanswered.lock().unwrap().clone();
+    assert!(
+        !unanswered.is_empty(),
+        "requests were in flight when the node died"
+    );
+
+    let node = BinNode::start(data.path(), &[]);
+    let client = node.client();
+    for (order_no, id) in &acked {
+        let q = client.query_no(order_no);
+        assert_eq!(
+            (q.code(), q.data("pay_order_no")),
+            ("SUCCESS", id.as_str()),
+            "acknowledged {order_no} lost"
+        );
+    }
+    for order_no in &unanswered {
+        let a = client.pay(order_no, "1.23");
+        assert_eq!(a.code(), "SUCCESS", "retrying {order_no}: {a:?}");
+        let again = client.pay(order_no, "1.23");
+        assert_eq!(again.data("pay_order_no"), a.data("pay_order_no"));
+    }
+    node.kill9();
+
+    // Exactly one order per order_no, and every acknowledged id is among them.
+    let storage = open_storage(data.path());
+    let orders = all_orders(&storage);
+    let mut seen = HashSet::new();
+    for o in &orders {
+        assert!(
+            seen.insert(o.spec.order_no.clone()),
+            "two orders for {}",
+            o.spec.order_no
+        );
+        if let Some(id) = acked.get(&o.spec.order_no) {
+            assert_eq!(id, o.pay_order_no.as_str());
+        }
+    }
+    assert_eq!(orders.len(), acked.len() + unanswered.len());
+}
+
+/// Makes a data directory with orders A (paid) and B (PAYING); returns where the last
+/// record (B's channel acceptance) starts and ends in segment 0.
+fn journal_with_two_orders() -> (tempfile::TempDir, String, String, usize, usize) {
+    let t = TestNode::start();
+    let c = t.client();
+    let a = c.pay("TORN-A", "1.00").data("pay_order_no").to_owned();
+    t.node().sandbox.as_ref().unwrap().pay(&a).unwrap();
+    wait_status(&c, &a, "SUCCESS", Duration::from_secs(10));
+    let b = c.pay("TORN-B", "2.00").data("pay_order_no").to_owned();
+    let mut t = t;
+    t.node.take().unwrap().stop();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(t.dir.path(), dir.path());
+    let buf = std::fs::read(segment_path(&dir.path().join("journal"), 0)).unwrap();
+    let (mut start, mut end) = (0, 0);
+    while let Some((_, next)) = record_at(&buf, end) {
+        start = end;
+        end = next;
+    }
+    assert_eq!(end, buf.len(), "the journal is intact");
+    (dir, a, b, start, end)
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_the_node_starts_with_everything_before_it() {
+    let (original, a, b, start, end) = journal_with_two_orders();
+    for cut in [start + 1, start + 7, start + 12, start + 20, end - 1] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(original.path(), dir.path());
+        let seg = segment_path(&dir.path().join("journal"), 0);
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut as u64)
+            .unwrap();
+        let t = TestNode::start_in(dir, |_| {});
+        assert_eq!(
+            t.node().recovery.torn_bytes,
+            (cut - start) as u64,
+            "cut at {cut}"
+        );
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            start as u64,
+            "the torn record is gone"
+        );
+        let c = t.client();
+        assert_eq!(c.query_id(&a).data("status"), "SUCCESS", "cut at {cut}");
+        // B's creation survives; only its last (torn) record is lost.
+        assert_eq!(c.query_id(&b).data("status"), "PENDING", "cut at {cut}");
+        // Retrying B's request completes it.
+        assert_eq!(c.pay("TORN-B", "2.00").data("status"), "PAYING");
+    }
+}
+
+#[test]
+fn damage_in_the_middle_of_a_segment_refuses_to_start_naming_segment_and_offset() {
+    let (dir, _, _, _, _) = journal_with_two_orders();
+    let seg = segment_path(&dir.path().join("journal"), 0);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[20] ^= 0x40; // inside the first record's payload
+    std::fs::write(&seg, &bytes).unwrap();
+    let out = BinNode::command(dir.path(), free_port(), &[])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the node must not start on a damaged journal"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("00000000.seg") && stderr.contains("offset 0"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        bytes,
+        "nothing was cut or rewritten"
+    );
+}
+
+#[test]
+fn expiry_timers_survive_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    // One "minute" of expiry lasts one second here.
+    let env = [("PAYGATE_ORDERS__MINUTE_MS", "1000")];
+    let node = BinNode::start(data.path(), &env);
+    let c = node.client();
+    let mut p = Client::pay_params("EXP-1", "4.00");
+    p.insert("expire_minutes".into(), "3".into());
+    let short = c
+        .call("/api/v1/payment/pay", p)
+        .data("pay_order_no")
+        .to_owned();
+    let mut p = Client::pay_params("EXP-2", "4.00");
+    p.insert("expire_minutes".into(), "600".into());
+    let long = c
+        .call("/api/v1/payment/pay", p)
+        .data("pay_order_no")
+        .to_owned();
+    node.kill9();
+    std::thread::sleep(Duration::from_secs(4));
+    let node = BinNode::start(data.path(), &env);
+    let c = node.client();
+    wait_status(&c, &short, "EXPIRED", Duration::from_secs(15));
+    assert_eq!(
+        c.query_id(&long).data("status"),
+        "PAYING",
+        "only the due order expired"
+    );
+}
