@@ -327,3 +327,55 @@ fn healthz_and_metrics_answer() {
         .unwrap();
     assert!(m.contains("paygate_journal_fsync_seconds"), "{m}");
 }
+
+#[test]
+fn finished_orders_leave_memory_and_are_still_served_from_their_snapshot() {
+    let t = TestNode::start_with(|c| c.orders.passivate_final_ms = 100);
+    let c = t.client();
+    let ids: Vec<String> = (0..20)
+        .map(|i| {
+            c.pay(&format!("PASS-{i}"), "1.00")
+                .data("pay_order_no")
+                .to_owned()
+        })
+        .collect();
+    for id in &ids {
+        assert_eq!(c.close_id(id).data("status"), "CLOSED");
+    }
+    let registry = t.node().registry.clone();
+    eventually(Duration::from_secs(10), || {
+        (registry.live_orders() == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{} order actors still live", registry.live_orders()));
+    // Queries read snapshots without activating anything.
+    for id in &ids {
+        assert_eq!(c.query_id(id).data("status"), "CLOSED");
+    }
+    assert_eq!(registry.live_orders(), 0);
+    // A command reactivates the order from its snapshot with its full state.
+    let again = c.close_id(&ids[0]);
+    assert_eq!((again.code(), again.data("status")), ("SUCCESS", "CLOSED"));
+    assert_eq!(c.pay("PASS-3", "1.00").data("pay_order_no"), ids[3]);
+}
+
+#[test]
+fn an_injected_channel_error_is_an_unknown_outcome_not_a_failure() {
+    let t = TestNode::start();
+    let c = t.client();
+    let sandbox = t.node().sandbox.clone().unwrap();
+    sandbox
+        .set_settings(paygate::sandbox::SandboxSettings {
+            error_rate: 1.0,
+            latency_ms: 20,
+            ..Default::default()
+        })
+        .unwrap();
+    let a = c.pay("ERR-1", "1.00");
+    assert_eq!((a.status, a.code()), (502, "CHANNEL_ERROR"));
+    assert_eq!(c.query_no("ERR-1").data("status"), "PAYING");
+    sandbox.set_settings(Default::default()).unwrap();
+    // Repeating the request once the channel is healthy completes it.
+    let again = c.pay("ERR-1", "1.00");
+    assert_eq!((again.code(), again.data("status")), ("SUCCESS", "PAYING"));
+    assert!(!again.data("qr_code").is_empty());
+}

@@ -1,0 +1,320 @@
+//! The order actor's flows against fakes of every port and a fake clock: deterministic,
+//! no I/O, no wall-clock waits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix::Actor;
+use paygate_actors::channel::{ChannelDirectory, ChannelHandle, ChannelProfile, ChannelStatus};
+use paygate_actors::clock::FakeClock;
+use paygate_actors::error::ErrorCode;
+use paygate_actors::ids::{PayOrderNo, ShardId};
+use paygate_actors::money::{Currency, Money};
+use paygate_actors::order::{ChannelNotice, Order, OrderSpec, OrderStatus, PayMethod, QueryPolicy};
+use paygate_actors::order_actor::{OrderContext, OrderRequest, Passivation, PaySubmission};
+use paygate_actors::ports::*;
+use paygate_actors::registry::{OrderTarget, Registry};
+use paygate_actors::router::OrderRouter;
+use paygate_actors::shard::ShardSupervisor;
+
+/// Journal + store in memory: appending applies the record to the snapshot map.
+#[derive(Default)]
+struct MemStore {
+    records: Mutex<Vec<Record>>,
+    orders: Mutex<HashMap<PayOrderNo, Order>>,
+}
+
+impl Journal for MemStore {
+    fn append(&self, record: Record) -> BoxFuture<Result<(), StorageError>> {
+        let Record::Order {
+            pay_order_no,
+            seq,
+            events,
+        } = &record;
+        let mut orders = self.orders.lock().unwrap();
+        let mut state = orders.get(pay_order_no).cloned();
+        assert_eq!(
+            state.as_ref().map_or(0, |o| o.seq) + 1,
+            *seq,
+            "sequence must follow"
+        );
+        for e in events {
+            state = Some(Order::evolve(state, e).unwrap());
+        }
+        let mut order = state.unwrap();
+        order.seq = *seq;
+        orders.insert(pay_order_no.clone(), order);
+        self.records.lock().unwrap().push(record);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl OrderStore for MemStore {
+    fn load(&self, id: &PayOrderNo) -> Result<Option<Order>, StorageError> {
+        Ok(self.orders.lock().unwrap().get(id).cloned())
+    }
+    fn find(&self, m: &str, o: &str) -> Result<Option<PayOrderNo>, StorageError> {
+        let orders = self.orders.lock().unwrap();
+        Ok(orders
+            .values()
+            .find(|x| x.spec.merchant_id == m && x.spec.order_no == o)
+            .map(|x| x.pay_order_no.clone()))
+    }
+    fn due_timers(&self, _: i64, _: usize) -> Result<Vec<PayOrderNo>, StorageError> {
+        Ok(vec![])
+    }
+    fn id_high_water(&self) -> u64 {
+        0
+    }
+}
+
+/// A provider whose trade states the test sets; counts calls.
+#[derive(Default)]
+struct FakeChannel {
+    state: Mutex<HashMap<String, ChannelNotice>>,
+    calls: Mutex<Vec<&'static str>>,
+}
+
+struct Conn(Arc<FakeChannel>);
+
+impl ChannelConnector for Conn {
+    fn create_order(&self, o: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {
+        self.0.calls.lock().unwrap().push("create");
+        self.0
+            .state
+            .lock()
+            .unwrap()
+            .entry(o.pay_order_no.to_string())
+            .or_insert(ChannelNotice::NotPaid);
+        Box::pin(async move {
+            Ok(CreateAccepted {
+                code_url: format!("fake://{}", o.pay_order_no),
+                channel_trade_no: None,
+            })
+        })
+    }
+    fn query_order(&self, t: TradeRef) -> BoxFuture<Result<ChannelNotice, ChannelError>> {
+        self.0.calls.lock().unwrap().push("query");
+        let n = self
+            .0
+            .state
+            .lock()
+            .unwrap()
+            .get(t.pay_order_no.as_str())
+            .cloned()
+            .unwrap_or(ChannelNotice::NotPaid);
+        Box::pin(async move { Ok(n) })
+    }
+    fn close_order(&self, t: TradeRef) -> BoxFuture<Result<ChannelNotice, ChannelError>> {
+        self.0.calls.lock().unwrap().push("close");
+        let mut s = self.0.state.lock().unwrap();
+        let e = s
+            .entry(t.pay_order_no.to_string())
+            .or_insert(ChannelNotice::Closed);
+        if *e == ChannelNotice::NotPaid {
+            *e = ChannelNotice::Closed;
+        }
+        let n = e.clone();
+        Box::pin(async move { Ok(n) })
+    }
+    fn refund(&self, _: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
+        Box::pin(async { Ok(RefundState::Success) })
+    }
+    fn query_refund(&self, _: TradeRef, _: String) -> BoxFuture<Result<RefundState, ChannelError>> {
+        Box::pin(async { Ok(RefundState::Success) })
+    }
+    fn download_bill(&self, _: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+    fn verify_callback(&self, _: &CallbackRequest) -> Option<VerifiedCallback> {
+        None
+    }
+    fn callback_ack(&self) -> CallbackReply {
+        CallbackReply {
+            status: 200,
+            content_type: "text/plain",
+            body: b"success".to_vec(),
+        }
+    }
+    fn callback_nack(&self) -> CallbackReply {
+        CallbackReply {
+            status: 400,
+            content_type: "text/plain",
+            body: b"fail".to_vec(),
+        }
+    }
+}
+
+struct World {
+    router: OrderRouter,
+    clock: Arc<FakeClock>,
+    channel: Arc<FakeChannel>,
+    store: Arc<MemStore>,
+}
+
+fn world() -> World {
+    let clock = Arc::new(FakeClock::at(1_700_000_000_000));
+    let store = Arc::new(MemStore::default());
+    let channel = Arc::new(FakeChannel::default());
+    let profile = ChannelProfile {
+        code: "fake".into(),
+        provider: "fake".into(),
+        methods: vec![PayMethod::Sandbox],
+        weight: 1,
+        status: ChannelStatus::Enabled,
+        single_limit_minor: None,
+        timeout: std::time::Duration::from_secs(1),
+    };
+    let oc = Arc::new(OrderContext {
+        journal: store.clone(),
+        store: store.clone(),
+        channels: ChannelDirectory::new(vec![ChannelHandle::start(
+            profile,
+            Arc::new(Conn(channel.clone())),
+        )]),
+        clock: clock.clone(),
+        registry: Arc::new(Registry::default()),
+        query_policy: QueryPolicy::default(),
+        passivation: Passivation::default(),
+    });
+    let shards = (0..4)
+        .map(|n| ShardSupervisor::new(ShardId(n), oc.clone()).start())
+        .collect();
+    World {
+        router: OrderRouter::new(oc, shards),
+        clock,
+        channel,
+        store,
+    }
+}
+
+fn pay(order_no: &str) -> OrderRequest {
+    let spec = OrderSpec {
+        merchant_id: "M1".into(),
+        order_no: order_no.into(),
+        amount: Money::from_minor(500, Currency::CNY),
+        subject: "s".into(),
+        body: None,
+        notify_url: None,
+        return_url: None,
+        pay_method: PayMethod::Sandbox,
+        expire_minutes: Some(30),
+        client_ip: None,
+        device_id: None,
+        user_id: None,
+    };
+    OrderRequest::Pay(Box::new(PaySubmission {
+        spec,
+        route: Ok("fake".into()),
+        expire_after_ms: 30 * 60_000,
+    }))
+}
+
+fn key(order_no: &str) -> OrderTarget {
+    OrderTarget::Key {
+        merchant_id: "M1".into(),
+        order_no: order_no.into(),
+    }
+}
+
+#[actix_rt::test]
+async fn expiry_queries_then_closes_at_the_channel_then_expires() {
+    let w = world();
+    let o = w
+        .router
+        .dispatch(key("A"), pay("A"), Some("M1".into()))
+        .await
+        .unwrap();
+    assert_eq!(o.status, OrderStatus::Paying);
+    let id = OrderTarget::Id(o.pay_order_no.clone());
+
+    // Not due: a tick does nothing.
+    w.clock.advance(30_000);
+    let o = w
+        .router
+        .dispatch(id.clone(), OrderRequest::Tick, None)
+        .await
+        .unwrap();
+    assert_eq!((o.status, o.query_attempts), (OrderStatus::Paying, 0));
+
+    // 60 s: the first active query.
+    w.clock.advance(30_000);
+    let o = w
+        .router
+        .dispatch(id.clone(), OrderRequest::Tick, None)
+        .await
+        .unwrap();
+    assert_eq!(o.query_attempts, 1);
+
+    // At expiry: query first, then close at the channel, then EXPIRED.
+    w.clock.advance(30 * 60_000);
+    let o = w
+        .router
+        .dispatch(id.clone(), OrderRequest::Tick, None)
+        .await
+        .unwrap();
+    assert_eq!(o.status, OrderStatus::Expired);
+    assert_eq!(
+        *w.channel.calls.lock().unwrap(),
+        ["create", "query", "query", "close"]
+    );
+    assert_eq!(
+        w.store.records.lock().unwrap().len(),
+        4,
+        "created, accepted, queried, expired"
+    );
+}
+
+#[actix_rt::test]
+async fn a_payment_found_at_expiry_wins_over_expiry() {
+    let w = world();
+    let o = w
+        .router
+        .dispatch(key("B"), pay("B"), Some("M1".into()))
+        .await
+        .unwrap();
+    let paid = ChannelNotice::Paid {
+        channel_trade_no: "T1".into(),
+        amount_minor: 500,
+    };
+    w.channel
+        .state
+        .lock()
+        .unwrap()
+        .insert(o.pay_order_no.to_string(), paid);
+    w.clock.advance(31 * 60_000);
+    let o = w
+        .router
+        .dispatch(OrderTarget::Id(o.pay_order_no), OrderRequest::Tick, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (o.status, o.channel_trade_no.as_deref()),
+        (OrderStatus::Success, Some("T1"))
+    );
+    assert!(
+        !w.channel.calls.lock().unwrap().contains(&"close"),
+        "a paid trade is never closed"
+    );
+}
+
+#[actix_rt::test]
+async fn another_merchant_is_answered_not_found_and_changes_nothing() {
+    let w = world();
+    let o = w
+        .router
+        .dispatch(key("C"), pay("C"), Some("M1".into()))
+        .await
+        .unwrap();
+    let id = OrderTarget::Id(o.pay_order_no.clone());
+    let err = w
+        .router
+        .dispatch(id.clone(), OrderRequest::Close, Some("M2".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::OrderNotFound);
+    assert_eq!(
+        w.router.read(id, None).await.unwrap().status,
+        OrderStatus::Paying
+    );
+}
