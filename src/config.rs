@@ -53,8 +53,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long a client may take to send its request head, seconds.
     pub header_timeout_secs: u64,
-    /// Longest a request may wait for its order before the answer is 503, seconds.
+    /// Longest a request may wait for its order, seconds.
     pub request_timeout_secs: u64,
+    /// Most API requests in progress at once; beyond it requests get 429 RATE_LIMITED.
+    pub max_inflight: usize,
 }
 
 /// Storage settings.

@@ -1,4 +1,10 @@
 //! The `paygate` binary.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::process::ExitCode;
 

@@ -283,6 +283,8 @@ fn build(
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
         header_timeout: Duration::from_secs(config.server.header_timeout_secs),
         metrics: metrics_handle(),
+        inflight: Default::default(),
+        max_inflight: config.server.max_inflight,
     });
     for handle in &handles {
         let l = listener.try_clone().map_err(|source| StartError::Listen {

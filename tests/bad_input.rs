@@ -23,138 +23,61 @@ fn signed_with(c: &Client, change: impl FnOnce(&mut Params)) -> Vec<u8> {
 }
 
 fn cases(c: &Client) -> Vec<Case> {
-    let amount = |a: &'static str| {
-        let body = signed_with(c, |p| {
-            p.insert("amount".into(), a.into());
-        });
-        Case {
-            name: "amount",
-            body,
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "amount",
-        }
+    let invalid = |name, body, mentions| Case {
+        name,
+        body,
+        status: 400,
+        code: "INVALID_PARAM",
+        mentions,
     };
+    let with = |field: &'static str, value: &str| {
+        let value = value.to_owned();
+        invalid(
+            field,
+            signed_with(c, |p| drop(p.insert(field.into(), value))),
+            field,
+        )
+    };
+    let without =
+        |field: &'static str| invalid(field, signed_with(c, |p| drop(p.remove(field))), field);
+    let raw = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
     let mut v = vec![
-        Case {
-            name: "malformed JSON",
-            body: b"{\"merchant_id\": ".to_vec(),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "JSON",
-        },
-        Case {
-            name: "not an object",
-            body: b"[1,2]".to_vec(),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "object",
-        },
-        Case {
-            name: "empty body",
-            body: Vec::new(),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "JSON",
-        },
-        Case {
-            name: "number where a string belongs",
-            body: serde_json::to_vec(
-                &json!({"merchant_id": MERCHANT, "amount": 100.0, "timestamp": "1", "sign": "x"}),
-            )
-            .unwrap(),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "amount",
-        },
-        Case {
-            name: "missing sign",
-            body: serde_json::to_vec(
-                &json!({"merchant_id": MERCHANT, "timestamp": now_secs().to_string()}),
-            )
-            .unwrap(),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "sign",
-        },
-        Case {
-            name: "missing amount",
-            body: signed_with(c, |p| {
-                p.remove("amount");
-            }),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "amount",
-        },
-        Case {
-            name: "missing order_no",
-            body: signed_with(c, |p| {
-                p.remove("order_no");
-            }),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "order_no",
-        },
-        Case {
-            name: "bad pay_method",
-            body: signed_with(c, |p| {
-                p.insert("pay_method".into(), "BITCOIN".into());
-            }),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "pay_method",
-        },
-        Case {
-            name: "bad currency",
-            body: signed_with(c, |p| {
-                p.insert("currency".into(), "XXX".into());
-            }),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "currency",
-        },
-        Case {
-            name: "bad expire_minutes",
-            body: signed_with(c, |p| {
-                p.insert("expire_minutes".into(), "0".into());
-            }),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "expire_minutes",
-        },
-        Case {
-            name: "bad notify_url",
-            body: signed_with(c, |p| {
-                p.insert("notify_url".into(), "ftp://x".into());
-            }),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "notify_url",
-        },
-        Case {
-            name: "bad order_no",
-            body: signed_with(c, |p| {
-                p.insert("order_no".into(), "has space".into());
-            }),
-            status: 400,
-            code: "INVALID_PARAM",
-            mentions: "order_no",
-        },
+        invalid("malformed JSON", b"{\"merchant_id\": ".to_vec(), "JSON"),
+        invalid("not an object", b"[1,2]".to_vec(), "object"),
+        invalid("empty body", Vec::new(), "JSON"),
+        invalid(
+            "number where a string belongs",
+            raw(json!({"merchant_id": MERCHANT, "amount": 100.0, "timestamp": "1", "sign": "x"})),
+            "amount",
+        ),
+        invalid(
+            "missing sign",
+            raw(json!({"merchant_id": MERCHANT, "timestamp": now_secs().to_string()})),
+            "sign",
+        ),
+        without("amount"),
+        without("order_no"),
+        without("subject"),
+        without("pay_method"),
+        with("pay_method", "BITCOIN"),
+        with("currency", "XXX"),
+        with("expire_minutes", "0"),
+        with("expire_minutes", "1e3"),
+        with("notify_url", "ftp://x"),
+        with("order_no", "has space"),
+        with("client_ip", "999.1.1.1"),
+        with("subject", "line\nbreak"),
         Case {
             name: "body over 64 KiB",
-            body: serde_json::to_vec(&json!({"merchant_id": MERCHANT, "body": "x".repeat(70_000)}))
-                .unwrap(),
+            body: raw(json!({"merchant_id": MERCHANT, "body": "x".repeat(70_000)})),
             status: 413,
             code: "INVALID_PARAM",
             mentions: "65536",
         },
         Case {
             name: "unknown merchant",
-            body: serde_json::to_vec(
-                &Client::new("", "NOPE", "whatever-secret-1234")
-                    .sign(Client::pay_params("BAD-1", "1.00")),
-            )
-            .unwrap(),
+            body: raw(json!(Client::new("", "NOPE", "whatever-secret-1234")
+                .sign(Client::pay_params("BAD-1", "1.00")))),
             status: 404,
             code: "MERCHANT_NOT_FOUND",
             mentions: "merchant",
@@ -164,31 +87,28 @@ fn cases(c: &Client) -> Vec<Case> {
             body: {
                 let mut p = c.sign(Client::pay_params("BAD-1", "10.00"));
                 p.insert("amount".into(), "10.01".into());
-                serde_json::to_vec(&p).unwrap()
+                raw(json!(p))
             },
             status: 401,
             code: "SIGN_ERROR",
             mentions: "signature",
         },
-        Case {
-            name: "stale timestamp",
-            body: signed_with(c, |p| {
-                p.insert("timestamp".into(), (now_secs() - 301).to_string());
-            }),
-            status: 401,
-            code: "TIMESTAMP_EXPIRED",
-            mentions: "timestamp",
-        },
-        Case {
-            name: "timestamp from the future",
-            body: signed_with(c, |p| {
-                p.insert("timestamp".into(), (now_secs() + 400).to_string());
-            }),
-            status: 401,
-            code: "TIMESTAMP_EXPIRED",
-            mentions: "timestamp",
-        },
     ];
+    for (name, skew) in [
+        ("stale timestamp", -301),
+        ("timestamp from the future", 400),
+    ] {
+        let body = signed_with(c, |p| {
+            drop(p.insert("timestamp".into(), (now_secs() + skew).to_string()))
+        });
+        v.push(Case {
+            name,
+            body,
+            status: 401,
+            code: "TIMESTAMP_EXPIRED",
+            mentions: "timestamp",
+        });
+    }
     for a in [
         "0",
         "-1",
@@ -199,8 +119,9 @@ fn cases(c: &Client) -> Vec<Case> {
         "0.00",
         " 1.00",
         "100000000.01",
+        "NaN",
     ] {
-        v.push(amount(a));
+        v.push(with("amount", a));
     }
     v
 }
@@ -269,4 +190,12 @@ fn wrong_methods_and_paths_get_envelopes_not_panics() {
     )
     .unwrap();
     assert_eq!((q.status, q.code()), (400, "INVALID_PARAM"));
+}
+
+#[test]
+fn beyond_the_in_flight_limit_the_answer_is_429_not_a_queue() {
+    let t = TestNode::start_with(|c| c.server.max_inflight = 0);
+    let a = t.client().pay("LIMIT-1", "1.00");
+    assert_eq!((a.status, a.code()), (429, "RATE_LIMITED"));
+    assert_eq!(t.order_count(), 0);
 }

@@ -11,6 +11,7 @@ pub mod params;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,31 @@ pub struct App {
     pub header_timeout: Duration,
     /// Prometheus rendering.
     pub metrics: Option<PrometheusHandle>,
+    /// API requests being handled now.
+    pub inflight: AtomicUsize,
+    /// Most API requests handled at once; beyond it the answer is 429, not a queue.
+    pub max_inflight: usize,
+}
+
+/// Holds one of the node's in-flight API slots.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl App {
+    fn admit(&self) -> Result<Slot<'_>, ApiError> {
+        if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.max_inflight {
+            self.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::Core(
+                paygate_actors::error::CoreError::overloaded(),
+            ));
+        }
+        Ok(Slot(&self.inflight))
+    }
 }
 
 impl App {
@@ -134,6 +160,7 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.max_body as u64) {
+        drain(body, app.max_body).await;
         return Err(ApiError::TooLarge(app.max_body));
     }
     match Limited::new(body, app.max_body).collect().await {
@@ -146,6 +173,12 @@ async fn read_body(
             format_args!("could not be read ({e})"),
         ))),
     }
+}
+
+/// Reads and drops a refused body (up to a bound), so the client is still reading
+/// when the 413 arrives instead of meeting a reset connection.
+async fn drain(body: Incoming, limit: usize) {
+    let _ = Limited::new(body, limit.saturating_mul(16)).collect().await;
 }
 
 async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
@@ -174,6 +207,7 @@ async fn dispatch(
             if !post {
                 return Err(ApiError::MethodNotAllowed);
             }
+            let _slot = app.admit()?;
             let (_, body) = read_body(app, req).await?;
             match path {
                 "/api/v1/payment/pay" => api::pay(app, &body).await,
