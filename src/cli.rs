@@ -110,11 +110,7 @@ pub enum ClientAction {
 #[derive(Debug, Args)]
 pub struct OrderRef {
     /// Our order number.
-    #[arg(
-        long,
-        conflicts_with = "order_no",
-        required_unless_present = "order_no"
-    )]
+    #[arg(long, conflicts_with = "order_no", required_unless_present = "order_no")]
     pub pay_order_no: Option<String>,
     /// The merchant's order number.
     #[arg(long)]
@@ -177,15 +173,12 @@ pub enum SandboxAction {
 pub type CliResult = Result<(), String>;
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
 fn print_answer(status: u16, body: &[u8], full: bool) -> CliResult {
-    let mut value: Value = serde_json::from_slice(body)
-        .map_err(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(body)))?;
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(body)))?;
     if !full {
         if let Some(Value::String(qr)) = value.pointer_mut("/data/qr_code") {
             if qr.len() > 64 {
@@ -194,10 +187,7 @@ fn print_answer(status: u16, body: &[u8], full: bool) -> CliResult {
             }
         }
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&value).unwrap_or_default()
-    );
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     match value.get("code").and_then(Value::as_str) {
         Some("SUCCESS") => Ok(()),
         _ => Err(format!("HTTP {status}")),
@@ -209,11 +199,9 @@ pub fn client(args: ClientArgs) -> CliResult {
     let config = Config::load(&args.config, &Overrides::default()).ok();
     let merchant = match (&args.merchant, &config) {
         (Some(m), _) => m.clone(),
-        (None, Some(c)) => c
-            .merchants
-            .first()
-            .map(|m| m.merchant_id.clone())
-            .ok_or("no merchant configured; pass --merchant")?,
+        (None, Some(c)) => {
+            c.merchants.first().map(|m| m.merchant_id.clone()).ok_or("no merchant configured; pass --merchant")?
+        }
         (None, None) => return Err("no configuration found; pass --merchant and --secret".into()),
     };
     let secret = match (&args.secret, &config) {
@@ -223,13 +211,10 @@ pub fn client(args: ClientArgs) -> CliResult {
             .iter()
             .find(|m| m.merchant_id == merchant)
             .map(|m| m.secret.clone())
-            .ok_or_else(|| {
-                format!("merchant {merchant} is not in the configuration; pass --secret")
-            })?,
+            .ok_or_else(|| format!("merchant {merchant} is not in the configuration; pass --secret"))?,
         (None, None) => return Err("pass --secret".into()),
     };
-    let sign_type =
-        SignType::parse(&args.sign_type).ok_or("--sign-type must be HMAC-SHA256 or MD5")?;
+    let sign_type = SignType::parse(&args.sign_type).ok_or("--sign-type must be HMAC-SHA256 or MD5")?;
     let now_ms = SystemClock.now_ms();
     let mut p = BTreeMap::new();
     p.insert("merchant_id".to_owned(), merchant);
@@ -243,20 +228,8 @@ pub fn client(args: ClientArgs) -> CliResult {
         }
     };
     let path = match args.action {
-        ClientAction::Pay {
-            amount,
-            order_no,
-            method,
-            subject,
-            currency,
-            expire_minutes,
-            notify_url,
-            return_url,
-        } => {
-            put(
-                "order_no",
-                Some(order_no.unwrap_or_else(|| format!("CLI{now_ms}"))),
-            );
+        ClientAction::Pay { amount, order_no, method, subject, currency, expire_minutes, notify_url, return_url } => {
+            put("order_no", Some(order_no.unwrap_or_else(|| format!("CLI{now_ms}"))));
             put("amount", Some(amount));
             put("pay_method", Some(method));
             put("subject", Some(subject));
@@ -281,12 +254,8 @@ pub fn client(args: ClientArgs) -> CliResult {
     p.insert("sign".to_owned(), sign);
     let body = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
     let url = format!("{}/api/v1/payment/{path}", args.url.trim_end_matches('/'));
-    let answer = runtime()?.block_on(HttpClient::new().post(
-        &url,
-        "application/json",
-        body,
-        Duration::from_secs(30),
-    ))?;
+    let answer =
+        runtime()?.block_on(HttpClient::new().post(&url, "application/json", body, Duration::from_secs(30)))?;
     print_answer(answer.status, &answer.body, args.full)
 }
 
@@ -294,26 +263,14 @@ pub fn client(args: ClientArgs) -> CliResult {
 pub fn sandbox(args: SandboxArgs) -> CliResult {
     let token = match args.token {
         Some(t) => t,
-        None => {
-            Config::load(&args.config, &Overrides::default())
-                .map_err(|e| e.to_string())?
-                .admin
-                .token
-        }
+        None => Config::load(&args.config, &Overrides::default()).map_err(|e| e.to_string())?.admin.token,
     };
     let base = args.url.trim_end_matches('/');
     let (path, body) = match args.action {
         SandboxAction::Pay { id } => (format!("orders/{id}/pay"), Value::Null),
-        SandboxAction::Fail { id, reason } => (
-            format!("orders/{id}/fail"),
-            serde_json::json!({ "reason": reason }),
-        ),
+        SandboxAction::Fail { id, reason } => (format!("orders/{id}/fail"), serde_json::json!({ "reason": reason })),
         SandboxAction::Hang { id } => (format!("orders/{id}/hang"), Value::Null),
-        SandboxAction::Settings {
-            latency_ms,
-            error_rate,
-            hang_rate,
-        } => (
+        SandboxAction::Settings { latency_ms, error_rate, hang_rate } => (
             "settings".to_owned(),
             serde_json::json!({ "latency_ms": latency_ms, "error_rate": error_rate, "hang_rate": hang_rate }),
         ),
@@ -324,10 +281,7 @@ pub fn sandbox(args: SandboxArgs) -> CliResult {
     let answer = runtime()?.block_on(HttpClient::new().send(
         hyper::Method::POST,
         &url,
-        &[
-            ("authorization", auth.as_str()),
-            ("content-type", "application/json"),
-        ],
+        &[("authorization", auth.as_str()), ("content-type", "application/json")],
         body,
         Duration::from_secs(30),
     ))?;

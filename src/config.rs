@@ -196,11 +196,7 @@ impl Config {
             .merge(Toml::file(default))
             .merge(Toml::file(dir.join("merchants.toml")))
             .merge(Toml::file(dir.join("channels.toml")))
-            .merge(
-                Env::prefixed("PAYGATE_")
-                    .split("__")
-                    .ignore(&["master_key"]),
-            );
+            .merge(Env::prefixed("PAYGATE_").split("__").ignore(&["master_key"]));
         if let Some(listen) = &overrides.listen {
             fig = fig.merge(Serialized::default("server.listen", listen));
         }
@@ -214,10 +210,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.shards.count == 0 || self.shards.count > paygate_actors::ids::MAX_SHARDS {
-            return Err(ConfigError(format!(
-                "shards.count must be 1..={}",
-                paygate_actors::ids::MAX_SHARDS
-            )));
+            return Err(ConfigError(format!("shards.count must be 1..={}", paygate_actors::ids::MAX_SHARDS)));
         }
         self.max_amount(Currency::CNY)?;
         for m in &self.merchants {
@@ -236,8 +229,8 @@ impl Config {
 
     /// The largest amount in `currency`'s minor units.
     pub fn max_amount(&self, currency: Currency) -> Result<i64, ConfigError> {
-        let d = Decimal::from_str(&self.orders.max_amount)
-            .map_err(|e| ConfigError(format!("orders.max_amount: {e}")))?;
+        let d =
+            Decimal::from_str(&self.orders.max_amount).map_err(|e| ConfigError(format!("orders.max_amount: {e}")))?;
         (d * Decimal::from(10_i64.pow(currency.decimals())))
             .trunc()
             .try_into()

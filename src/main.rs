@@ -1,10 +1,5 @@
 //! The `paygate` binary.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::process::ExitCode;
 
@@ -15,11 +10,7 @@ use paygate::config::{Config, Overrides};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            data_dir,
-        } => serve(&config, Overrides { listen, data_dir }),
+        Command::Serve { config, listen, data_dir } => serve(&config, Overrides { listen, data_dir }),
         Command::Client(args) => cli::client(args),
         Command::Sandbox(args) => cli::sandbox(args),
     };
@@ -41,10 +32,7 @@ fn serve(dir: &std::path::Path, overrides: Overrides) -> Result<(), String> {
         .init();
     let config = Config::load(dir, &overrides).map_err(|e| e.to_string())?;
     let node = paygate::node::start(config).map_err(|e| e.to_string())?;
-    println!(
-        "paygate listening on http://{} (public URL {})",
-        node.addr, node.public_url
-    );
+    println!("paygate listening on http://{} (public URL {})", node.addr, node.public_url);
     stop_on_signal();
     node.wait();
     Ok(())
@@ -54,16 +42,11 @@ fn serve(dir: &std::path::Path, overrides: Overrides) -> Result<(), String> {
 /// exiting at once loses nothing (crash-only); views are rebuilt from the journal.
 fn stop_on_signal() {
     std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
             return;
         };
         rt.block_on(async {
-            let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            else {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
                 return;
             };
             tokio::select! {

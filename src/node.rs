@@ -120,16 +120,10 @@ pub fn start(config: Config) -> Result<Node, StartError> {
         cache_bytes: config.storage.cache_bytes,
         query_policy: config.query_policy(),
     })?;
-    let listener = std::net::TcpListener::bind(&config.server.listen).map_err(|source| {
-        StartError::Listen {
-            addr: config.server.listen.clone(),
-            source,
-        }
-    })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.server.listen.clone(),
-        source,
-    })?;
+    let listener = std::net::TcpListener::bind(&config.server.listen)
+        .map_err(|source| StartError::Listen { addr: config.server.listen.clone(), source })?;
+    let addr =
+        listener.local_addr().map_err(|source| StartError::Listen { addr: config.server.listen.clone(), source })?;
     let views = Arc::clone(&storage.views);
     let recovery = storage.report.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Started, StartError>>();
@@ -176,12 +170,7 @@ fn build(
     };
     // Worker arbiters run until the system stops them.
     let handles: Vec<_> = (0..workers).map(|_| Arbiter::new().handle()).collect();
-    let pick = |i: usize| {
-        handles
-            .get(i % handles.len().max(1))
-            .cloned()
-            .unwrap_or_else(Arbiter::current)
-    };
+    let pick = |i: usize| handles.get(i % handles.len().max(1)).cloned().unwrap_or_else(Arbiter::current);
     let public_url = match config.server.public_url.trim_end_matches('/') {
         "" => format!("http://{addr}"),
         url => url.to_owned(),
@@ -193,11 +182,7 @@ fn build(
         let connector: Arc<dyn ChannelConnector> = match c.provider.as_str() {
             "sandbox" => {
                 let s = Arc::new(sandbox_from(c)?);
-                s.attach(
-                    format!("http://{addr}/callback/sandbox"),
-                    format!("{public_url}/sandbox/pay/"),
-                    pick(0),
-                );
+                s.attach(format!("http://{addr}/callback/sandbox"), format!("{public_url}/sandbox/pay/"), pick(0));
                 sandbox = Some(Arc::clone(&s));
                 Arc::new(SandboxConnector(s))
             }
@@ -210,19 +195,14 @@ fn build(
     }
     let channels = ChannelDirectory::new(channel_handles);
 
-    let auth = AuthPolicy {
-        timestamp_window_secs: config.auth.timestamp_window_secs,
-        ..AuthPolicy::default()
-    };
+    let auth = AuthPolicy { timestamp_window_secs: config.auth.timestamp_window_secs, ..AuthPolicy::default() };
     let merchants: HashMap<String, Addr<MerchantActor>> = config
         .merchants
         .iter()
         .enumerate()
         .map(|(i, m)| {
             let profile = m.clone();
-            let addr = MerchantActor::start_in_arbiter(&pick(i), move |_| {
-                MerchantActor::new(profile, auth)
-            });
+            let addr = MerchantActor::start_in_arbiter(&pick(i), move |_| MerchantActor::new(profile, auth));
             (m.merchant_id.clone(), addr)
         })
         .collect();
@@ -245,9 +225,7 @@ fn build(
     let shards = (0..config.shards.count)
         .map(|n| {
             let oc = Arc::clone(&oc);
-            ShardSupervisor::start_in_arbiter(&pick(usize::from(n)), move |_| {
-                ShardSupervisor::new(ShardId(n), oc)
-            })
+            ShardSupervisor::start_in_arbiter(&pick(usize::from(n)), move |_| ShardSupervisor::new(ShardId(n), oc))
         })
         .collect();
     let router = OrderRouter::new(oc, shards);
@@ -258,16 +236,10 @@ fn build(
     )
     .start();
 
-    let max_amounts = [
-        Currency::CNY,
-        Currency::HKD,
-        Currency::USD,
-        Currency::EUR,
-        Currency::JPY,
-    ]
-    .into_iter()
-    .map(|c| config.max_amount(c).map(|m| (c, m)))
-    .collect::<Result<HashMap<_, _>, _>>()?;
+    let max_amounts = [Currency::CNY, Currency::HKD, Currency::USD, Currency::EUR, Currency::JPY]
+        .into_iter()
+        .map(|c| config.max_amount(c).map(|m| (c, m)))
+        .collect::<Result<HashMap<_, _>, _>>()?;
     let app = Arc::new(App {
         router,
         merchants: MerchantDirectory::new(merchants),
@@ -287,48 +259,22 @@ fn build(
         max_inflight: config.server.max_inflight,
     });
     for handle in &handles {
-        let l = listener.try_clone().map_err(|source| StartError::Listen {
-            addr: addr.to_string(),
-            source,
-        })?;
+        let l = listener.try_clone().map_err(|source| StartError::Listen { addr: addr.to_string(), source })?;
         let app = Arc::clone(&app);
         handle.spawn(crate::http::serve(l, app));
     }
     tracing::info!(%addr, workers, shards = config.shards.count, "paygate is serving");
-    Ok(Started {
-        addr,
-        public_url,
-        sandbox,
-        registry,
-        system: System::current(),
-    })
+    Ok(Started { addr, public_url, sandbox, registry, system: System::current() })
 }
 
 fn sandbox_from(c: &ChannelConfig) -> Result<Sandbox, crate::config::ConfigError> {
-    let err =
-        |what: &str| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
-    let secret = c
-        .settings
-        .get("notify_secret")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| err("notify_secret is required"))?;
+    let err = |what: &str| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
+    let secret =
+        c.settings.get("notify_secret").and_then(|v| v.as_str()).ok_or_else(|| err("notify_secret is required"))?;
     let settings = SandboxSettings {
-        latency_ms: c
-            .settings
-            .get("latency_ms")
-            .and_then(|v| v.as_integer())
-            .unwrap_or(0)
-            .max(0) as u64,
-        error_rate: c
-            .settings
-            .get("error_rate")
-            .and_then(|v| v.as_float())
-            .unwrap_or(0.0),
-        hang_rate: c
-            .settings
-            .get("hang_rate")
-            .and_then(|v| v.as_float())
-            .unwrap_or(0.0),
+        latency_ms: c.settings.get("latency_ms").and_then(|v| v.as_integer()).unwrap_or(0).max(0) as u64,
+        error_rate: c.settings.get("error_rate").and_then(|v| v.as_float()).unwrap_or(0.0),
+        hang_rate: c.settings.get("hang_rate").and_then(|v| v.as_float()).unwrap_or(0.0),
     };
     settings.validate().map_err(|e| err(&e))?;
     Ok(Sandbox::new(secret.to_owned(), settings))

@@ -18,8 +18,8 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::money::Money;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
-    BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError,
-    ChannelOrder, ChannelRefund, Clock, CreateAccepted, RefundState, TradeRef, VerifiedCallback,
+    BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
+    Clock, CreateAccepted, RefundState, TradeRef, VerifiedCallback,
 };
 use paygate_actors::signing::{self, SignType};
 use serde::{Deserialize, Serialize};
@@ -44,10 +44,7 @@ pub struct SandboxSettings {
 impl SandboxSettings {
     /// Checks the rates are probabilities.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, rate) in [
-            ("error_rate", self.error_rate),
-            ("hang_rate", self.hang_rate),
-        ] {
+        for (name, rate) in [("error_rate", self.error_rate), ("hang_rate", self.hang_rate)] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be between 0 and 1"));
             }
@@ -126,12 +123,7 @@ impl Sandbox {
 
     /// Wires the sandbox to its node: where to send callbacks, where the cashier page
     /// is, and the arbiter that runs callback deliveries.
-    pub fn attach(
-        &self,
-        notify_url: String,
-        cashier_url: String,
-        spawner: actix_rt::ArbiterHandle,
-    ) {
+    pub fn attach(&self, notify_url: String, cashier_url: String, spawner: actix_rt::ArbiterHandle) {
         let _ = self.notify_url.set(notify_url);
         let _ = self.cashier_url.set(cashier_url);
         let _ = self.spawner.set(spawner);
@@ -163,27 +155,19 @@ impl Sandbox {
 
     /// From now on, every call about this trade goes unanswered.
     pub fn hang(&self, id: &str) -> Result<(), SandboxError> {
-        let mut t = self
-            .trades
-            .get_mut(id)
-            .ok_or_else(|| SandboxError::UnknownTrade(id.to_owned()))?;
+        let mut t = self.trades.get_mut(id).ok_or_else(|| SandboxError::UnknownTrade(id.to_owned()))?;
         t.hang = true;
         Ok(())
     }
 
     /// What the sandbox cashier page shows: amount and subject of an open trade.
     pub fn describe(&self, id: &str) -> Option<(Money, String, bool)> {
-        self.trades
-            .get(id)
-            .map(|t| (t.amount, t.subject.clone(), t.status == TradeStatus::Open))
+        self.trades.get(id).map(|t| (t.amount, t.subject.clone(), t.status == TradeStatus::Open))
     }
 
     fn settle(&self, id: &str, to: TradeStatus) -> Result<(), SandboxError> {
         let body = {
-            let mut t = self
-                .trades
-                .get_mut(id)
-                .ok_or_else(|| SandboxError::UnknownTrade(id.to_owned()))?;
+            let mut t = self.trades.get_mut(id).ok_or_else(|| SandboxError::UnknownTrade(id.to_owned()))?;
             if t.status != TradeStatus::Open {
                 return Err(SandboxError::NotOpen(id.to_owned()));
             }
@@ -218,8 +202,7 @@ impl Sandbox {
 
     /// Posts a callback until the gateway answers `success`.
     fn deliver(&self, body: Vec<u8>) {
-        let (Some(url), Some(spawner)) = (self.notify_url.get().cloned(), self.spawner.get())
-        else {
+        let (Some(url), Some(spawner)) = (self.notify_url.get().cloned(), self.spawner.get()) else {
             tracing::warn!("sandbox is not attached to a node; callback not sent");
             return;
         };
@@ -227,20 +210,9 @@ impl Sandbox {
         spawner.spawn(async move {
             for delay in NOTIFY_DELAYS_MS {
                 sleep(Duration::from_millis(delay)).await;
-                match client
-                    .post(
-                        &url,
-                        "application/json",
-                        body.clone(),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                {
+                match client.post(&url, "application/json", body.clone(), Duration::from_secs(5)).await {
                     Ok(a) if a.status == 200 && a.body.as_ref() == b"success" => return,
-                    Ok(a) => tracing::info!(
-                        status = a.status,
-                        "sandbox callback not acknowledged; will retry"
-                    ),
+                    Ok(a) => tracing::info!(status = a.status, "sandbox callback not acknowledged; will retry"),
                     Err(e) => tracing::info!(error = %e, "sandbox callback failed; will retry"),
                 }
             }
@@ -258,9 +230,7 @@ impl Sandbox {
             std::future::pending::<()>().await;
         }
         if s.error_rate > 0.0 && rand::random::<f64>() < s.error_rate {
-            return Err(ChannelError::Unknown(
-                "sandbox: injected error (HTTP 503)".into(),
-            ));
+            return Err(ChannelError::Unknown("sandbox: injected error (HTTP 503)".into()));
         }
         Ok(())
     }
@@ -270,23 +240,17 @@ impl Sandbox {
     }
 
     fn code_url(&self, id: &str) -> String {
-        let base = self
-            .cashier_url
-            .get()
-            .map_or("sandbox://pay/", String::as_str);
+        let base = self.cashier_url.get().map_or("sandbox://pay/", String::as_str);
         format!("{base}{id}")
     }
 
     fn notice(t: &Trade) -> ChannelNotice {
         match &t.status {
             TradeStatus::Open => ChannelNotice::NotPaid,
-            TradeStatus::Paid => ChannelNotice::Paid {
-                channel_trade_no: t.trade_no.clone(),
-                amount_minor: t.amount.minor(),
-            },
-            TradeStatus::Failed(reason) => ChannelNotice::Failed {
-                reason: reason.clone(),
-            },
+            TradeStatus::Paid => {
+                ChannelNotice::Paid { channel_trade_no: t.trade_no.clone(), amount_minor: t.amount.minor() }
+            }
+            TradeStatus::Failed(reason) => ChannelNotice::Failed { reason: reason.clone() },
             TradeStatus::Closed => ChannelNotice::Closed,
         }
     }
@@ -319,10 +283,9 @@ impl ChannelConnector for SandboxConnector {
                     code: "OUT_TRADE_NO_USED".into(),
                     message: "the trade exists with another amount".into(),
                 }),
-                Some((_, trade_no)) => Ok(CreateAccepted {
-                    code_url: s.code_url(&id),
-                    channel_trade_no: Some(trade_no),
-                }),
+                Some((_, trade_no)) => {
+                    Ok(CreateAccepted { code_url: s.code_url(&id), channel_trade_no: Some(trade_no) })
+                }
                 None => Err(ChannelError::Unknown("trade vanished".into())),
             }
         })
@@ -332,9 +295,7 @@ impl ChannelConnector for SandboxConnector {
         let s = Arc::clone(&self.0);
         Box::pin(async move {
             s.faults(s.hangs(&trade.pay_order_no)).await?;
-            Ok(s.trades
-                .get(trade.pay_order_no.as_str())
-                .map_or(ChannelNotice::NotPaid, |t| Sandbox::notice(&t)))
+            Ok(s.trades.get(trade.pay_order_no.as_str()).map_or(ChannelNotice::NotPaid, |t| Sandbox::notice(&t)))
         })
     }
 
@@ -357,56 +318,33 @@ impl ChannelConnector for SandboxConnector {
         Box::pin(async move {
             s.faults(s.hangs(&refund.trade.pay_order_no)).await?;
             let Some(mut t) = s.trades.get_mut(refund.trade.pay_order_no.as_str()) else {
-                return Err(ChannelError::Rejected {
-                    code: "TRADE_NOT_EXIST".into(),
-                    message: "no such trade".into(),
-                });
+                return Err(ChannelError::Rejected { code: "TRADE_NOT_EXIST".into(), message: "no such trade".into() });
             };
             if t.status != TradeStatus::Paid {
-                return Err(ChannelError::Rejected {
-                    code: "TRADE_STATUS_ERROR".into(),
-                    message: "not paid".into(),
-                });
+                return Err(ChannelError::Rejected { code: "TRADE_STATUS_ERROR".into(), message: "not paid".into() });
             }
             if let Some(&done) = t.refunds.get(&refund.refund_no) {
                 return if done == refund.amount.minor() {
                     Ok(RefundState::Success)
                 } else {
-                    Err(ChannelError::Rejected {
-                        code: "REFUND_NO_USED".into(),
-                        message: "other amount".into(),
-                    })
+                    Err(ChannelError::Rejected { code: "REFUND_NO_USED".into(), message: "other amount".into() })
                 };
             }
             let refunded: i64 = t.refunds.values().sum();
             if refunded + refund.amount.minor() > t.amount.minor() {
-                return Err(ChannelError::Rejected {
-                    code: "REFUND_EXCEEDS".into(),
-                    message: "exceeds paid".into(),
-                });
+                return Err(ChannelError::Rejected { code: "REFUND_EXCEEDS".into(), message: "exceeds paid".into() });
             }
             t.refunds.insert(refund.refund_no, refund.amount.minor());
             Ok(RefundState::Success)
         })
     }
 
-    fn query_refund(
-        &self,
-        trade: TradeRef,
-        refund_no: String,
-    ) -> BoxFuture<Result<RefundState, ChannelError>> {
+    fn query_refund(&self, trade: TradeRef, refund_no: String) -> BoxFuture<Result<RefundState, ChannelError>> {
         let s = Arc::clone(&self.0);
         Box::pin(async move {
             s.faults(s.hangs(&trade.pay_order_no)).await?;
-            let known = s
-                .trades
-                .get(trade.pay_order_no.as_str())
-                .is_some_and(|t| t.refunds.contains_key(&refund_no));
-            Ok(if known {
-                RefundState::Success
-            } else {
-                RefundState::Failed("no such refund".into())
-            })
+            let known = s.trades.get(trade.pay_order_no.as_str()).is_some_and(|t| t.refunds.contains_key(&refund_no));
+            Ok(if known { RefundState::Success } else { RefundState::Failed("no such refund".into()) })
         })
     }
 
@@ -444,31 +382,18 @@ impl ChannelConnector for SandboxConnector {
                 channel_trade_no: p.get("trade_no")?.clone(),
                 amount_minor: p.get("amount_minor")?.parse().ok()?,
             },
-            "FAILED" => ChannelNotice::Failed {
-                reason: p.get("reason").cloned().unwrap_or_default(),
-            },
+            "FAILED" => ChannelNotice::Failed { reason: p.get("reason").cloned().unwrap_or_default() },
             "CLOSED" => ChannelNotice::Closed,
             _ => return None,
         };
-        Some(VerifiedCallback {
-            pay_order_no,
-            notice,
-        })
+        Some(VerifiedCallback { pay_order_no, notice })
     }
 
     fn callback_ack(&self) -> CallbackReply {
-        CallbackReply {
-            status: 200,
-            content_type: "text/plain",
-            body: b"success".to_vec(),
-        }
+        CallbackReply { status: 200, content_type: "text/plain", body: b"success".to_vec() }
     }
 
     fn callback_nack(&self) -> CallbackReply {
-        CallbackReply {
-            status: 400,
-            content_type: "text/plain",
-            body: b"fail".to_vec(),
-        }
+        CallbackReply { status: 400, content_type: "text/plain", body: b"fail".to_vec() }
     }
 }

@@ -12,12 +12,8 @@ use common::*;
 const PAY: &str = "/api/v1/payment/pay";
 
 fn decode_qr(data_uri: &str) -> String {
-    let b64 = data_uri
-        .strip_prefix("data:image/png;base64,")
-        .expect("a PNG data URI");
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
+    let b64 = data_uri.strip_prefix("data:image/png;base64,").expect("a PNG data URI");
+    let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size()];
@@ -39,11 +35,7 @@ fn pay_then_sandbox_pays_then_query_shows_success() {
     assert_eq!(a.data("amount"), "100.00");
     let id = a.data("pay_order_no").to_owned();
     assert_eq!(a.data("pay_url"), format!("{}/h5/{id}", t.url));
-    assert_eq!(
-        decode_qr(a.data("qr_code")),
-        a.data("code_url"),
-        "the QR code encodes the channel's code URL"
-    );
+    assert_eq!(decode_qr(a.data("qr_code")), a.data("code_url"), "the QR code encodes the channel's code URL");
 
     // The buyer pays at the sandbox; its signed callback settles the order.
     t.node().sandbox.as_ref().unwrap().pay(&id).unwrap();
@@ -53,26 +45,15 @@ fn pay_then_sandbox_pays_then_query_shows_success() {
     assert_eq!(q.data("channel"), "sandbox");
     assert!(q.data("channel_trade_no").starts_with("SBX"));
     assert!(!q.data("paid_time").is_empty());
-    assert_eq!(
-        c.query_no("HAPPY-1").data("pay_order_no"),
-        id,
-        "query by order_no finds the same order"
-    );
+    assert_eq!(c.query_no("HAPPY-1").data("pay_order_no"), id, "query by order_no finds the same order");
 
     // A paid order cannot be closed.
     let close = c.close_id(&id);
     assert_eq!((close.status, close.code()), (422, "ORDER_STATUS_ERROR"));
 
     // The hosted cashier page shows the paid order.
-    let page = ureq::get(&format!("{}/h5/{id}", t.url))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    assert!(
-        page.contains("SUCCESS") && page.contains("100.00"),
-        "{page}"
-    );
+    let page = ureq::get(&format!("{}/h5/{id}", t.url)).call().unwrap().into_string().unwrap();
+    assert!(page.contains("SUCCESS") && page.contains("100.00"), "{page}");
 }
 
 #[test]
@@ -82,30 +63,16 @@ fn same_request_again_gets_the_same_answer_and_other_parameters_conflict() {
     let first = c.pay("IDEM-1", "12.34");
     let again = c.pay("IDEM-1", "12.34");
     assert_eq!(again.code(), "SUCCESS");
-    for field in [
-        "pay_order_no",
-        "pay_url",
-        "qr_code",
-        "code_url",
-        "status",
-        "amount",
-    ] {
+    for field in ["pay_order_no", "pay_url", "qr_code", "code_url", "status", "amount"] {
         assert_eq!(first.data(field), again.data(field), "{field}");
     }
     let conflict = c.pay("IDEM-1", "12.35");
-    assert_eq!(
-        (conflict.status, conflict.code()),
-        (409, "IDEMPOTENCY_CONFLICT")
-    );
+    assert_eq!((conflict.status, conflict.code()), (409, "IDEMPOTENCY_CONFLICT"));
     let mut p = Client::pay_params("IDEM-1", "12.34");
     p.insert("subject".into(), "coffee".into());
     assert_eq!(c.call(PAY, p).code(), "IDEMPOTENCY_CONFLICT");
     assert_eq!(t.order_count(), 1);
-    assert_eq!(
-        c.query_no("IDEM-1").data("amount"),
-        "12.34",
-        "the conflict changed nothing"
-    );
+    assert_eq!(c.query_no("IDEM-1").data("amount"), "12.34", "the conflict changed nothing");
 }
 
 #[test]
@@ -128,11 +95,7 @@ fn fifty_concurrent_identical_requests_make_one_order() {
     let first = answers[0].data("pay_order_no").to_owned();
     assert!(!first.is_empty(), "{:?}", answers[0]);
     for a in &answers {
-        assert_eq!(
-            (a.code(), a.data("pay_order_no")),
-            ("SUCCESS", first.as_str()),
-            "{a:?}"
-        );
+        assert_eq!((a.code(), a.data("pay_order_no")), ("SUCCESS", first.as_str()), "{a:?}");
     }
     assert_eq!(t.order_count(), 1, "exactly one order stored");
 }
@@ -143,15 +106,8 @@ fn close_an_unpaid_order_and_a_late_payment_is_refused() {
     let c = t.client();
     let id = c.pay("CLOSE-1", "1.00").data("pay_order_no").to_owned();
     let closed = c.close_id(&id);
-    assert_eq!(
-        (closed.code(), closed.data("status")),
-        ("SUCCESS", "CLOSED")
-    );
-    assert_eq!(
-        c.close_id(&id).data("status"),
-        "CLOSED",
-        "closing again is idempotent"
-    );
+    assert_eq!((closed.code(), closed.data("status")), ("SUCCESS", "CLOSED"));
+    assert_eq!(c.close_id(&id).data("status"), "CLOSED", "closing again is idempotent");
     // The trade is closed at the channel too: the buyer can no longer pay it.
     assert!(t.node().sandbox.as_ref().unwrap().pay(&id).is_err());
     assert_eq!(c.query_id(&id).data("status"), "CLOSED");
@@ -160,21 +116,13 @@ fn close_an_unpaid_order_and_a_late_payment_is_refused() {
 #[test]
 fn a_merchant_cannot_see_or_touch_another_merchants_order() {
     let t = TestNode::start();
-    let id = t
-        .client()
-        .pay("MINE-1", "5.00")
-        .data("pay_order_no")
-        .to_owned();
+    let id = t.client().pay("MINE-1", "5.00").data("pay_order_no").to_owned();
     let other = Client::new(&t.url, LEGACY_MERCHANT, LEGACY_SECRET);
     let q = other.query_id(&id);
     assert_eq!((q.status, q.code()), (404, "ORDER_NOT_FOUND"));
     assert_eq!(other.close_id(&id).code(), "ORDER_NOT_FOUND");
     assert_eq!(other.query_no("MINE-1").code(), "ORDER_NOT_FOUND");
-    assert_eq!(
-        t.client().query_id(&id).data("status"),
-        "PAYING",
-        "untouched"
-    );
+    assert_eq!(t.client().query_id(&id).data("status"), "PAYING", "untouched");
     // The same order_no is a different order for another merchant.
     let theirs = other.pay("MINE-1", "5.00");
     assert_eq!(theirs.code(), "SUCCESS");
@@ -185,18 +133,11 @@ fn a_merchant_cannot_see_or_touch_another_merchants_order() {
 fn methods_without_a_configured_channel_answer_no_available_channel() {
     let t = TestNode::start();
     let c = t.client();
-    for (i, method) in ["ALIPAY", "WECHAT_PAY", "UNION_PAY", "BALANCE"]
-        .iter()
-        .enumerate()
-    {
+    for (i, method) in ["ALIPAY", "WECHAT_PAY", "UNION_PAY", "BALANCE"].iter().enumerate() {
         let mut p = Client::pay_params(&format!("NOCH-{i}"), "1.00");
         p.insert("pay_method".into(), method.to_string());
         let a = c.call(PAY, p);
-        assert_eq!(
-            (a.status, a.code()),
-            (503, "NO_AVAILABLE_CHANNEL"),
-            "{method}"
-        );
+        assert_eq!((a.status, a.code()), (503, "NO_AVAILABLE_CHANNEL"), "{method}");
     }
     assert_eq!(t.order_count(), 0);
     // Above the sandbox's single limit, no channel takes it either.
@@ -262,20 +203,11 @@ fn a_channel_that_never_answers_leaves_the_order_paying_until_a_query_settles_it
     });
     let c = t.client();
     let sandbox = t.node().sandbox.clone().unwrap();
-    sandbox
-        .set_settings(paygate::sandbox::SandboxSettings {
-            hang_rate: 1.0,
-            ..Default::default()
-        })
-        .unwrap();
+    sandbox.set_settings(paygate::sandbox::SandboxSettings { hang_rate: 1.0, ..Default::default() }).unwrap();
     let a = c.pay("HANG-1", "3.00");
     assert_eq!((a.status, a.code()), (502, "CHANNEL_ERROR"), "{a:?}");
     let q = c.query_no("HANG-1");
-    assert_eq!(
-        q.data("status"),
-        "PAYING",
-        "an unknown outcome is not a failure"
-    );
+    assert_eq!(q.data("status"), "PAYING", "an unknown outcome is not a failure");
     let id = q.data("pay_order_no").to_owned();
     // The channel recovers; the buyer had paid; the active query finds out.
     sandbox.set_settings(Default::default()).unwrap();
@@ -320,11 +252,7 @@ fn healthz_and_metrics_answer() {
     let r = ureq::get(&format!("{}/healthz", t.url)).call().unwrap();
     assert_eq!(r.status(), 200);
     t.client().pay("MET-1", "1.00");
-    let m = ureq::get(&format!("{}/metrics", t.url))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let m = ureq::get(&format!("{}/metrics", t.url)).call().unwrap().into_string().unwrap();
     assert!(m.contains("paygate_journal_fsync_seconds"), "{m}");
 }
 
@@ -332,21 +260,14 @@ fn healthz_and_metrics_answer() {
 fn finished_orders_leave_memory_and_are_still_served_from_their_snapshot() {
     let t = TestNode::start_with(|c| c.orders.passivate_final_ms = 100);
     let c = t.client();
-    let ids: Vec<String> = (0..20)
-        .map(|i| {
-            c.pay(&format!("PASS-{i}"), "1.00")
-                .data("pay_order_no")
-                .to_owned()
-        })
-        .collect();
+    let ids: Vec<String> =
+        (0..20).map(|i| c.pay(&format!("PASS-{i}"), "1.00").data("pay_order_no").to_owned()).collect();
     for id in &ids {
         assert_eq!(c.close_id(id).data("status"), "CLOSED");
     }
     let registry = t.node().registry.clone();
-    eventually(Duration::from_secs(10), || {
-        (registry.live_orders() == 0).then_some(())
-    })
-    .unwrap_or_else(|| panic!("{} order actors still live", registry.live_orders()));
+    eventually(Duration::from_secs(10), || (registry.live_orders() == 0).then_some(()))
+        .unwrap_or_else(|| panic!("{} order actors still live", registry.live_orders()));
     // Queries read snapshots without activating anything.
     for id in &ids {
         assert_eq!(c.query_id(id).data("status"), "CLOSED");
@@ -364,11 +285,7 @@ fn an_injected_channel_error_is_an_unknown_outcome_not_a_failure() {
     let c = t.client();
     let sandbox = t.node().sandbox.clone().unwrap();
     sandbox
-        .set_settings(paygate::sandbox::SandboxSettings {
-            error_rate: 1.0,
-            latency_ms: 20,
-            ..Default::default()
-        })
+        .set_settings(paygate::sandbox::SandboxSettings { error_rate: 1.0, latency_ms: 20, ..Default::default() })
         .unwrap();
     let a = c.pay("ERR-1", "1.00");
     assert_eq!((a.status, a.code()), (502, "CHANNEL_ERROR"));

@@ -23,23 +23,12 @@ fn signed_with(c: &Client, change: impl FnOnce(&mut Params)) -> Vec<u8> {
 }
 
 fn cases(c: &Client) -> Vec<Case> {
-    let invalid = |name, body, mentions| Case {
-        name,
-        body,
-        status: 400,
-        code: "INVALID_PARAM",
-        mentions,
-    };
+    let invalid = |name, body, mentions| Case { name, body, status: 400, code: "INVALID_PARAM", mentions };
     let with = |field: &'static str, value: &str| {
         let value = value.to_owned();
-        invalid(
-            field,
-            signed_with(c, |p| drop(p.insert(field.into(), value))),
-            field,
-        )
+        invalid(field, signed_with(c, |p| drop(p.insert(field.into(), value))), field)
     };
-    let without =
-        |field: &'static str| invalid(field, signed_with(c, |p| drop(p.remove(field))), field);
+    let without = |field: &'static str| invalid(field, signed_with(c, |p| drop(p.remove(field))), field);
     let raw = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
     let mut v = vec![
         invalid("malformed JSON", b"{\"merchant_id\": ".to_vec(), "JSON"),
@@ -50,11 +39,7 @@ fn cases(c: &Client) -> Vec<Case> {
             raw(json!({"merchant_id": MERCHANT, "amount": 100.0, "timestamp": "1", "sign": "x"})),
             "amount",
         ),
-        invalid(
-            "missing sign",
-            raw(json!({"merchant_id": MERCHANT, "timestamp": now_secs().to_string()})),
-            "sign",
-        ),
+        invalid("missing sign", raw(json!({"merchant_id": MERCHANT, "timestamp": now_secs().to_string()})), "sign"),
         without("amount"),
         without("order_no"),
         without("subject"),
@@ -76,8 +61,7 @@ fn cases(c: &Client) -> Vec<Case> {
         },
         Case {
             name: "unknown merchant",
-            body: raw(json!(Client::new("", "NOPE", "whatever-secret-1234")
-                .sign(Client::pay_params("BAD-1", "1.00")))),
+            body: raw(json!(Client::new("", "NOPE", "whatever-secret-1234").sign(Client::pay_params("BAD-1", "1.00")))),
             status: 404,
             code: "MERCHANT_NOT_FOUND",
             mentions: "merchant",
@@ -94,33 +78,11 @@ fn cases(c: &Client) -> Vec<Case> {
             mentions: "signature",
         },
     ];
-    for (name, skew) in [
-        ("stale timestamp", -301),
-        ("timestamp from the future", 400),
-    ] {
-        let body = signed_with(c, |p| {
-            drop(p.insert("timestamp".into(), (now_secs() + skew).to_string()))
-        });
-        v.push(Case {
-            name,
-            body,
-            status: 401,
-            code: "TIMESTAMP_EXPIRED",
-            mentions: "timestamp",
-        });
+    for (name, skew) in [("stale timestamp", -301), ("timestamp from the future", 400)] {
+        let body = signed_with(c, |p| drop(p.insert("timestamp".into(), (now_secs() + skew).to_string())));
+        v.push(Case { name, body, status: 401, code: "TIMESTAMP_EXPIRED", mentions: "timestamp" });
     }
-    for a in [
-        "0",
-        "-1",
-        "1.001",
-        "1e3",
-        "abc",
-        "12345678901234567890",
-        "0.00",
-        " 1.00",
-        "100000000.01",
-        "NaN",
-    ] {
+    for a in ["0", "-1", "1.001", "1e3", "abc", "12345678901234567890", "0.00", " 1.00", "100000000.01", "NaN"] {
         v.push(with("amount", a));
     }
     v
@@ -134,12 +96,7 @@ fn every_bad_request_is_refused_with_its_code_and_stores_nothing() {
     let journal_before = t.journal_bytes();
     for case in cases(&c) {
         let a = post_raw(&url, &case.body).unwrap_or_else(|| panic!("{}: no answer", case.name));
-        assert_eq!(
-            (a.status, a.code()),
-            (case.status, case.code),
-            "{}: {a:?}",
-            case.name
-        );
+        assert_eq!((a.status, a.code()), (case.status, case.code), "{}: {a:?}", case.name);
         let message = a.json["message"].as_str().unwrap_or("");
         assert!(
             message.contains(case.mentions),
@@ -147,11 +104,7 @@ fn every_bad_request_is_refused_with_its_code_and_stores_nothing() {
             case.name,
             case.mentions
         );
-        assert!(
-            a.json.get("data").is_none(),
-            "{}: an error carries no data",
-            case.name
-        );
+        assert!(a.json.get("data").is_none(), "{}: an error carries no data", case.name);
     }
     assert_eq!(t.order_count(), 0, "no order stored");
     assert_eq!(t.journal_bytes(), journal_before, "nothing journaled");
@@ -179,9 +132,7 @@ fn wrong_methods_and_paths_get_envelopes_not_panics() {
     let r = ureq::get(&format!("{}{PAY}", t.url)).call();
     assert!(matches!(r, Err(ureq::Error::Status(405, _))));
     let r = ureq::get(&format!("{}/nope", t.url)).call();
-    let Err(ureq::Error::Status(404, resp)) = r else {
-        panic!("expected 404")
-    };
+    let Err(ureq::Error::Status(404, resp)) = r else { panic!("expected 404") };
     let body: serde_json::Value = resp.into_json().unwrap();
     assert_eq!(body["code"], "NOT_FOUND");
     let q = post_raw(

@@ -41,23 +41,13 @@ fn kill_9_mid_load_loses_no_acknowledged_order_and_retries_make_exactly_one() {
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..6)
         .map(|w| {
-            let (client, acked, unanswered, stop) = (
-                client.clone(),
-                acked.clone(),
-                unanswered.clone(),
-                stop.clone(),
-            );
+            let (client, acked, unanswered, stop) = (client.clone(), acked.clone(), unanswered.clone(), stop.clone());
             std::thread::spawn(move || {
                 for i in 0.. {
                     let order_no = format!("KILL-{w}-{i}");
-                    match client
-                        .post_signed("/api/v1/payment/pay", Client::pay_params(&order_no, "1.23"))
-                    {
+                    match client.post_signed("/api/v1/payment/pay", Client::pay_params(&order_no, "1.23")) {
                         Some(a) if a.code() == "SUCCESS" => {
-                            acked
-                                .lock()
-                                .unwrap()
-                                .insert(order_no, a.data("pay_order_no").to_owned());
+                            acked.lock().unwrap().insert(order_no, a.data("pay_order_no").to_owned());
                         }
                         _ => {
                             unanswered.lock().unwrap().push(order_no);
@@ -71,10 +61,8 @@ fn kill_9_mid_load_loses_no_acknowledged_order_and_retries_make_exactly_one() {
         })
         .collect();
     // Let load build up, then kill without warning.
-    eventually(Duration::from_secs(30), || {
-        (acked.lock().unwrap().len() >= 300).then_some(())
-    })
-    .expect("the node acknowledged payments under load");
+    eventually(Duration::from_secs(30), || (acked.lock().unwrap().len() >= 300).then_some(()))
+        .expect("the node acknowledged payments under load");
     node.kill9();
     stop.store(true, Ordering::SeqCst);
     for w in workers {
@@ -82,20 +70,13 @@ fn kill_9_mid_load_loses_no_acknowledged_order_and_retries_make_exactly_one() {
     }
     let acked = acked.lock().unwrap().clone();
     let unanswered = unanswered.lock().unwrap().clone();
-    assert!(
-        !unanswered.is_empty(),
-        "requests were in flight when the node died"
-    );
+    assert!(!unanswered.is_empty(), "requests were in flight when the node died");
 
     let node = BinNode::start(data.path(), &[]);
     let client = node.client();
     for (order_no, id) in &acked {
         let q = client.query_no(order_no);
-        assert_eq!(
-            (q.code(), q.data("pay_order_no")),
-            ("SUCCESS", id.as_str()),
-            "acknowledged {order_no} lost"
-        );
+        assert_eq!((q.code(), q.data("pay_order_no")), ("SUCCESS", id.as_str()), "acknowledged {order_no} lost");
     }
     for order_no in &unanswered {
         let a = client.pay(order_no, "1.23");
@@ -110,11 +91,7 @@ fn kill_9_mid_load_loses_no_acknowledged_order_and_retries_make_exactly_one() {
     let orders = all_orders(&storage);
     let mut seen = HashSet::new();
     for o in &orders {
-        assert!(
-            seen.insert(o.spec.order_no.clone()),
-            "two orders for {}",
-            o.spec.order_no
-        );
+        assert!(seen.insert(o.spec.order_no.clone()), "two orders for {}", o.spec.order_no);
         if let Some(id) = acked.get(&o.spec.order_no) {
             assert_eq!(id, o.pay_order_no.as_str());
         }
@@ -152,23 +129,10 @@ fn a_torn_tail_is_cut_and_the_node_starts_with_everything_before_it() {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(original.path(), dir.path());
         let seg = segment_path(&dir.path().join("journal"), 0);
-        OpenOptions::new()
-            .write(true)
-            .open(&seg)
-            .unwrap()
-            .set_len(cut as u64)
-            .unwrap();
+        OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut as u64).unwrap();
         let t = TestNode::start_in(dir, |_| {});
-        assert_eq!(
-            t.node().recovery.torn_bytes,
-            (cut - start) as u64,
-            "cut at {cut}"
-        );
-        assert_eq!(
-            std::fs::metadata(&seg).unwrap().len(),
-            start as u64,
-            "the torn record is gone"
-        );
+        assert_eq!(t.node().recovery.torn_bytes, (cut - start) as u64, "cut at {cut}");
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), start as u64, "the torn record is gone");
         let c = t.client();
         assert_eq!(c.query_id(&a).data("status"), "SUCCESS", "cut at {cut}");
         // B's creation survives; only its last (torn) record is lost.
@@ -185,23 +149,11 @@ fn damage_in_the_middle_of_a_segment_refuses_to_start_naming_segment_and_offset(
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[20] ^= 0x40; // inside the first record's payload
     std::fs::write(&seg, &bytes).unwrap();
-    let out = BinNode::command(dir.path(), free_port(), &[])
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "the node must not start on a damaged journal"
-    );
+    let out = BinNode::command(dir.path(), free_port(), &[]).output().unwrap();
+    assert!(!out.status.success(), "the node must not start on a damaged journal");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("00000000.seg") && stderr.contains("offset 0"),
-        "{stderr}"
-    );
-    assert_eq!(
-        std::fs::read(&seg).unwrap(),
-        bytes,
-        "nothing was cut or rewritten"
-    );
+    assert!(stderr.contains("00000000.seg") && stderr.contains("offset 0"), "{stderr}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was cut or rewritten");
 }
 
 #[test]
@@ -213,24 +165,14 @@ fn expiry_timers_survive_a_restart() {
     let c = node.client();
     let mut p = Client::pay_params("EXP-1", "4.00");
     p.insert("expire_minutes".into(), "3".into());
-    let short = c
-        .call("/api/v1/payment/pay", p)
-        .data("pay_order_no")
-        .to_owned();
+    let short = c.call("/api/v1/payment/pay", p).data("pay_order_no").to_owned();
     let mut p = Client::pay_params("EXP-2", "4.00");
     p.insert("expire_minutes".into(), "600".into());
-    let long = c
-        .call("/api/v1/payment/pay", p)
-        .data("pay_order_no")
-        .to_owned();
+    let long = c.call("/api/v1/payment/pay", p).data("pay_order_no").to_owned();
     node.kill9();
     std::thread::sleep(Duration::from_secs(4));
     let node = BinNode::start(data.path(), &env);
     let c = node.client();
     wait_status(&c, &short, "EXPIRED", Duration::from_secs(15));
-    assert_eq!(
-        c.query_id(&long).data("status"),
-        "PAYING",
-        "only the due order expired"
-    );
+    assert_eq!(c.query_id(&long).data("status"), "PAYING", "only the due order expired");
 }

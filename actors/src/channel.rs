@@ -6,14 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{
-    Actor, ActorFutureExt, Addr, Context, Handler, Message, ResponseActFuture, WrapFuture,
-};
+use actix::{Actor, ActorFutureExt, Addr, Context, Handler, Message, ResponseActFuture, WrapFuture};
 
 use crate::order::{ChannelNotice, PayMethod};
 use crate::ports::{
-    BoxFuture, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund, CreateAccepted,
-    RefundState, TradeRef,
+    BoxFuture, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund, CreateAccepted, RefundState, TradeRef,
 };
 
 /// Whether routing may use a channel.
@@ -66,8 +63,7 @@ impl ChannelStats {
             Err(ChannelError::Unknown(_)) => &self.unknown,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.latency_us_total
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.latency_us_total.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -85,8 +81,7 @@ impl Actor for ChannelActor {
 /// A call to a channel. Calls run concurrently; each is bounded by the channel timeout.
 pub struct ChannelCall<T: 'static>(CallFn<T>);
 
-type CallFn<T> =
-    Box<dyn FnOnce(&dyn ChannelConnector) -> BoxFuture<Result<T, ChannelError>> + Send>;
+type CallFn<T> = Box<dyn FnOnce(&dyn ChannelConnector) -> BoxFuture<Result<T, ChannelError>> + Send>;
 
 impl<T: 'static> Message for ChannelCall<T> {
     type Result = Result<T, ChannelError>;
@@ -102,10 +97,7 @@ impl<T: Send + 'static> Handler<ChannelCall<T>> for ChannelActor {
         let fut = async move {
             match actix::clock::timeout(timeout, call).await {
                 Ok(r) => r,
-                Err(_) => Err(ChannelError::Unknown(format!(
-                    "no answer within {} ms",
-                    timeout.as_millis()
-                ))),
+                Err(_) => Err(ChannelError::Unknown(format!("no answer within {} ms", timeout.as_millis()))),
             }
         };
         Box::pin(fut.into_actor(self).map(move |outcome, act, _| {
@@ -132,18 +124,9 @@ impl ChannelHandle {
     pub fn start(profile: ChannelProfile, connector: Arc<dyn ChannelConnector>) -> ChannelHandle {
         let profile = Arc::new(profile);
         let stats = Arc::new(ChannelStats::default());
-        let addr = ChannelActor {
-            profile: profile.clone(),
-            connector: connector.clone(),
-            stats: stats.clone(),
-        }
-        .start();
-        ChannelHandle {
-            profile,
-            stats,
-            connector,
-            addr,
-        }
+        let addr =
+            ChannelActor { profile: profile.clone(), connector: connector.clone(), stats: stats.clone() }.start();
+        ChannelHandle { profile, stats, connector, addr }
     }
 
     async fn call<T: Send + 'static>(&self, f: CallFn<T>) -> Result<T, ChannelError> {
@@ -185,14 +168,8 @@ impl ChannelDirectory {
     /// A directory of started channels.
     pub fn new(handles: Vec<ChannelHandle>) -> ChannelDirectory {
         let profiles = handles.iter().map(|h| h.profile.clone()).collect();
-        let by_code = handles
-            .into_iter()
-            .map(|h| (h.profile.code.clone(), h))
-            .collect();
-        ChannelDirectory {
-            by_code: Arc::new(by_code),
-            profiles: Arc::new(profiles),
-        }
+        let by_code = handles.into_iter().map(|h| (h.profile.code.clone(), h)).collect();
+        ChannelDirectory { by_code: Arc::new(by_code), profiles: Arc::new(profiles) }
     }
 
     /// A channel by code.
@@ -207,9 +184,6 @@ impl ChannelDirectory {
 
     /// The first channel of a provider (callbacks name the provider, not the channel).
     pub fn by_provider(&self, provider: &str) -> Option<&ChannelHandle> {
-        self.profiles
-            .iter()
-            .find(|p| p.provider == provider)
-            .and_then(|p| self.by_code.get(&p.code))
+        self.profiles.iter().find(|p| p.provider == provider).and_then(|p| self.by_code.get(&p.code))
     }
 }

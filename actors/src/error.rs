@@ -71,10 +71,7 @@ pub struct CoreError {
 impl CoreError {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> CoreError {
-        CoreError {
-            code,
-            message: message.into(),
-        }
+        CoreError { code, message: message.into() }
     }
 
     /// `INVALID_PARAM` naming the field and the rule it broke.
@@ -89,10 +86,7 @@ impl CoreError {
 
     /// The node is saturated: the caller should back off and retry.
     pub fn overloaded() -> CoreError {
-        CoreError::new(
-            ErrorCode::RateLimited,
-            "the node is at capacity; retry shortly",
-        )
+        CoreError::new(ErrorCode::RateLimited, "the node is at capacity; retry shortly")
     }
 }
 

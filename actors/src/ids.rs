@@ -20,11 +20,7 @@ pub struct ShardId(pub u16);
 /// FNV-1a: stable across processes and versions, which `std`'s hasher is not.
 pub fn shard_of(merchant_id: &str, order_no: &str, shard_count: u16) -> ShardId {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in merchant_id
-        .bytes()
-        .chain(std::iter::once(0))
-        .chain(order_no.bytes())
-    {
+    for b in merchant_id.bytes().chain(std::iter::once(0)).chain(order_no.bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -45,9 +41,7 @@ impl PayOrderNo {
 
     /// Parses and checks the shape of an id received from outside.
     pub fn parse(text: &str) -> Option<PayOrderNo> {
-        let ok = text.len() == ID_LEN
-            && text.starts_with('P')
-            && text.bytes().skip(1).all(|b| b.is_ascii_digit());
+        let ok = text.len() == ID_LEN && text.starts_with('P') && text.bytes().skip(1).all(|b| b.is_ascii_digit());
         ok.then(|| PayOrderNo(text.to_owned()))
     }
 
@@ -88,11 +82,7 @@ pub struct IdGenerator {
 impl IdGenerator {
     /// A generator for `shard` that only issues ids after `high_water_millis`.
     pub fn new(shard: ShardId, high_water_millis: u64) -> IdGenerator {
-        IdGenerator {
-            shard,
-            last_millis: high_water_millis,
-            seq: 9999,
-        }
+        IdGenerator { shard, last_millis: high_water_millis, seq: 9999 }
     }
 
     /// The next id, given the wall clock.
@@ -115,10 +105,7 @@ impl IdGenerator {
 /// Checks a merchant's identifier field (`merchant_id`, `order_no`, `refund_no`):
 /// 1..=32 characters of `[A-Za-z0-9_-]`.
 pub fn is_valid_external_id(text: &str) -> bool {
-    (1..=32).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=32).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]

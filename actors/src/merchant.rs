@@ -65,10 +65,7 @@ pub struct AuthPolicy {
 
 impl Default for AuthPolicy {
     fn default() -> Self {
-        AuthPolicy {
-            timestamp_window_secs: 300,
-            max_nonces: 1_000_000,
-        }
+        AuthPolicy { timestamp_window_secs: 300, max_nonces: 1_000_000 }
     }
 }
 
@@ -83,11 +80,7 @@ pub struct MerchantActor {
 impl MerchantActor {
     /// A merchant actor.
     pub fn new(profile: MerchantProfile, policy: AuthPolicy) -> MerchantActor {
-        MerchantActor {
-            profile: Arc::new(profile),
-            policy,
-            nonces: HashMap::new(),
-        }
+        MerchantActor { profile: Arc::new(profile), policy, nonces: HashMap::new() }
     }
 
     /// Checks a signed request at `now_secs`; pure apart from remembering the nonce.
@@ -98,15 +91,13 @@ impl MerchantActor {
     ) -> CoreResult<Arc<MerchantProfile>> {
         let p = &self.profile;
         if p.status != MerchantStatus::Active {
-            return Err(CoreError::new(
-                ErrorCode::MerchantDisabled,
-                "merchant is disabled",
-            ));
+            return Err(CoreError::new(ErrorCode::MerchantDisabled, "merchant is disabled"));
         }
         let sign_type = match params.get("sign_type").map(String::as_str) {
             None | Some("") => SignType::HmacSha256,
-            Some(text) => SignType::parse(text)
-                .ok_or_else(|| CoreError::invalid("sign_type", "must be HMAC-SHA256 or MD5"))?,
+            Some(text) => {
+                SignType::parse(text).ok_or_else(|| CoreError::invalid("sign_type", "must be HMAC-SHA256 or MD5"))?
+            }
         };
         if sign_type == SignType::Md5 && !p.legacy_md5 {
             return Err(CoreError::new(
@@ -115,18 +106,13 @@ impl MerchantActor {
             ));
         }
         if !signing::verify(params, &p.secret, sign_type) {
-            return Err(CoreError::new(
-                ErrorCode::SignError,
-                "signature does not match",
-            ));
+            return Err(CoreError::new(ErrorCode::SignError, "signature does not match"));
         }
         let ts: i64 = params
             .get("timestamp")
             .filter(|t| (1..=12).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|t| t.parse().ok())
-            .ok_or_else(|| {
-                CoreError::invalid("timestamp", "must be unix seconds as a string of digits")
-            })?;
+            .ok_or_else(|| CoreError::invalid("timestamp", "must be unix seconds as a string of digits"))?;
         let window = self.policy.timestamp_window_secs;
         if (now_secs - ts).abs() > window {
             return Err(CoreError::new(
@@ -144,15 +130,8 @@ impl MerchantActor {
         if nonce.len() > 64 {
             return Err(CoreError::invalid("nonce", "must be at most 64 characters"));
         }
-        if self
-            .nonces
-            .get(nonce)
-            .is_some_and(|&until| until >= now_secs)
-        {
-            return Err(CoreError::new(
-                ErrorCode::TimestampExpired,
-                "nonce was already used",
-            ));
+        if self.nonces.get(nonce).is_some_and(|&until| until >= now_secs) {
+            return Err(CoreError::new(ErrorCode::TimestampExpired, "nonce was already used"));
         }
         if self.nonces.len() >= self.policy.max_nonces {
             self.nonces.retain(|_, until| *until >= now_secs);
@@ -162,10 +141,7 @@ impl MerchantActor {
         }
         // Remembered for the whole window either side, since that is how long the
         // signed request stays acceptable.
-        self.nonces.insert(
-            nonce.to_owned(),
-            now_secs + 2 * self.policy.timestamp_window_secs,
-        );
+        self.nonces.insert(nonce.to_owned(), now_secs + 2 * self.policy.timestamp_window_secs);
         Ok(())
     }
 }
@@ -205,9 +181,7 @@ pub struct MerchantDirectory {
 impl MerchantDirectory {
     /// A directory of started merchant actors.
     pub fn new(actors: HashMap<String, Addr<MerchantActor>>) -> MerchantDirectory {
-        MerchantDirectory {
-            actors: Arc::new(actors),
-        }
+        MerchantDirectory { actors: Arc::new(actors) }
     }
 
     /// Authenticates a request with the merchant it names.
@@ -216,14 +190,9 @@ impl MerchantDirectory {
         params: Arc<BTreeMap<String, String>>,
         now_secs: i64,
     ) -> CoreResult<Arc<MerchantProfile>> {
-        let id = params
-            .get("merchant_id")
-            .map(String::as_str)
-            .unwrap_or_default();
-        let addr = self
-            .actors
-            .get(id)
-            .ok_or_else(|| CoreError::new(ErrorCode::MerchantNotFound, "no such merchant"))?;
+        let id = params.get("merchant_id").map(String::as_str).unwrap_or_default();
+        let addr =
+            self.actors.get(id).ok_or_else(|| CoreError::new(ErrorCode::MerchantNotFound, "no such merchant"))?;
         addr.send(Authenticate { params, now_secs })
             .await
             .map_err(|_| CoreError::system("merchant actor unavailable"))?
@@ -268,39 +237,21 @@ mod tests {
     #[test]
     fn checks_sign_time_and_nonce() {
         let mut a = actor(false);
-        assert_eq!(
-            code(a.authenticate(&signed(&[], SignType::HmacSha256), 1_200)),
-            None
-        );
-        assert_eq!(
-            code(a.authenticate(&signed(&[], SignType::HmacSha256), 1_301)),
-            Some(ErrorCode::TimestampExpired)
-        );
-        assert_eq!(
-            code(a.authenticate(&signed(&[], SignType::HmacSha256), 699)),
-            Some(ErrorCode::TimestampExpired)
-        );
+        assert_eq!(code(a.authenticate(&signed(&[], SignType::HmacSha256), 1_200)), None);
+        assert_eq!(code(a.authenticate(&signed(&[], SignType::HmacSha256), 1_301)), Some(ErrorCode::TimestampExpired));
+        assert_eq!(code(a.authenticate(&signed(&[], SignType::HmacSha256), 699)), Some(ErrorCode::TimestampExpired));
         let mut bad = signed(&[], SignType::HmacSha256);
         bad.insert("amount".into(), "1.00".into());
-        assert_eq!(
-            code(a.authenticate(&bad, 1_000)),
-            Some(ErrorCode::SignError)
-        );
+        assert_eq!(code(a.authenticate(&bad, 1_000)), Some(ErrorCode::SignError));
         let n = signed(&[("nonce", "abc")], SignType::HmacSha256);
         assert_eq!(code(a.authenticate(&n, 1_000)), None);
-        assert_eq!(
-            code(a.authenticate(&n, 1_001)),
-            Some(ErrorCode::TimestampExpired)
-        );
+        assert_eq!(code(a.authenticate(&n, 1_001)), Some(ErrorCode::TimestampExpired));
     }
 
     #[test]
     fn md5_only_for_legacy_merchants() {
         let p = signed(&[("sign_type", "MD5")], SignType::Md5);
-        assert_eq!(
-            code(actor(false).authenticate(&p, 1_000)),
-            Some(ErrorCode::SignError)
-        );
+        assert_eq!(code(actor(false).authenticate(&p, 1_000)), Some(ErrorCode::SignError));
         assert_eq!(code(actor(true).authenticate(&p, 1_000)), None);
     }
 }

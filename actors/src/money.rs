@@ -114,11 +114,7 @@ impl Money {
 
     /// Parses a positive decimal amount such as `"100.00"` in `currency`, refusing
     /// exponents, signs, spaces, excess decimals and anything above `max_minor`.
-    pub fn parse_positive(
-        text: &str,
-        currency: Currency,
-        max_minor: i64,
-    ) -> Result<Money, MoneyError> {
+    pub fn parse_positive(text: &str, currency: Currency, max_minor: i64) -> Result<Money, MoneyError> {
         let (int_part, frac_part) = match text.split_once('.') {
             Some((i, f)) => (i, Some(f)),
             None => (text, None),
@@ -163,10 +159,7 @@ impl Money {
         if self.currency != other.currency {
             return None;
         }
-        Some(Money {
-            minor: self.minor.checked_add(other.minor)?,
-            currency: self.currency,
-        })
+        Some(Money { minor: self.minor.checked_add(other.minor)?, currency: self.currency })
     }
 }
 
@@ -187,30 +180,12 @@ mod tests {
 
     #[test]
     fn parses_plain_amounts() {
-        assert_eq!(
-            Money::parse_positive("100.00", Currency::CNY, MAX).map(Money::minor),
-            Ok(10_000)
-        );
-        assert_eq!(
-            Money::parse_positive("0.01", Currency::CNY, MAX).map(Money::minor),
-            Ok(1)
-        );
-        assert_eq!(
-            Money::parse_positive("7", Currency::CNY, MAX).map(Money::minor),
-            Ok(700)
-        );
-        assert_eq!(
-            Money::parse_positive("1.5", Currency::CNY, MAX).map(Money::minor),
-            Ok(150)
-        );
-        assert_eq!(
-            Money::parse_positive("1.500", Currency::CNY, MAX).map(Money::minor),
-            Ok(150)
-        );
-        assert_eq!(
-            Money::parse_positive("500", Currency::JPY, MAX).map(Money::minor),
-            Ok(500)
-        );
+        assert_eq!(Money::parse_positive("100.00", Currency::CNY, MAX).map(Money::minor), Ok(10_000));
+        assert_eq!(Money::parse_positive("0.01", Currency::CNY, MAX).map(Money::minor), Ok(1));
+        assert_eq!(Money::parse_positive("7", Currency::CNY, MAX).map(Money::minor), Ok(700));
+        assert_eq!(Money::parse_positive("1.5", Currency::CNY, MAX).map(Money::minor), Ok(150));
+        assert_eq!(Money::parse_positive("1.500", Currency::CNY, MAX).map(Money::minor), Ok(150));
+        assert_eq!(Money::parse_positive("500", Currency::JPY, MAX).map(Money::minor), Ok(500));
     }
 
     #[test]
@@ -234,16 +209,9 @@ mod tests {
             ("100000000.01", TooLarge),
         ];
         for (text, want) in cases {
-            assert_eq!(
-                Money::parse_positive(text, Currency::CNY, MAX),
-                Err(want),
-                "{text:?}"
-            );
+            assert_eq!(Money::parse_positive(text, Currency::CNY, MAX), Err(want), "{text:?}");
         }
-        assert_eq!(
-            Money::parse_positive("1.5", Currency::JPY, MAX),
-            Err(TooManyDecimals)
-        );
+        assert_eq!(Money::parse_positive("1.5", Currency::JPY, MAX), Err(TooManyDecimals));
     }
 
     proptest! {

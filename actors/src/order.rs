@@ -35,13 +35,8 @@ pub enum PayMethod {
 
 impl PayMethod {
     /// Every method, in wire order.
-    pub const ALL: [PayMethod; 5] = [
-        PayMethod::Alipay,
-        PayMethod::WechatPay,
-        PayMethod::UnionPay,
-        PayMethod::Balance,
-        PayMethod::Sandbox,
-    ];
+    pub const ALL: [PayMethod; 5] =
+        [PayMethod::Alipay, PayMethod::WechatPay, PayMethod::UnionPay, PayMethod::Balance, PayMethod::Sandbox];
 
     /// The wire name.
     pub const fn as_str(self) -> &'static str {
@@ -58,10 +53,7 @@ impl PayMethod {
 impl FromStr for PayMethod {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        PayMethod::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or(())
+        PayMethod::ALL.into_iter().find(|m| m.as_str() == s).ok_or(())
     }
 }
 
@@ -114,21 +106,12 @@ impl OrderStatus {
 
     /// Money was received (and possibly refunded since).
     pub const fn is_paid(self) -> bool {
-        matches!(
-            self,
-            OrderStatus::Success | OrderStatus::PartiallyRefunded | OrderStatus::Refunded
-        )
+        matches!(self, OrderStatus::Success | OrderStatus::PartiallyRefunded | OrderStatus::Refunded)
     }
 
     /// Nothing more can happen to the order except recorded late signals.
     pub const fn is_final(self) -> bool {
-        matches!(
-            self,
-            OrderStatus::Failed
-                | OrderStatus::Closed
-                | OrderStatus::Expired
-                | OrderStatus::Refunded
-        )
+        matches!(self, OrderStatus::Failed | OrderStatus::Closed | OrderStatus::Expired | OrderStatus::Refunded)
     }
 
     /// Position in the lifecycle; an order's rank never decreases.
@@ -136,10 +119,7 @@ impl OrderStatus {
         match self {
             OrderStatus::Pending => 0,
             OrderStatus::Paying => 1,
-            OrderStatus::Success
-            | OrderStatus::Failed
-            | OrderStatus::Closed
-            | OrderStatus::Expired => 2,
+            OrderStatus::Success | OrderStatus::Failed | OrderStatus::Closed | OrderStatus::Expired => 2,
             OrderStatus::PartiallyRefunded => 3,
             OrderStatus::Refunded => 4,
         }
@@ -402,11 +382,7 @@ pub struct QueryPolicy {
 impl Default for QueryPolicy {
     /// SPEC F1: at 60 s, then every 5 minutes, up to 5 times.
     fn default() -> Self {
-        QueryPolicy {
-            first_after_ms: 60_000,
-            interval_ms: 300_000,
-            max_attempts: 5,
-        }
+        QueryPolicy { first_after_ms: 60_000, interval_ms: 300_000, max_attempts: 5 }
     }
 }
 
@@ -446,27 +422,14 @@ impl OrderEvent {
         expire_after_ms: i64,
     ) -> OrderEvent {
         let expire_time = now.saturating_add(expire_after_ms);
-        OrderEvent::Created {
-            pay_order_no,
-            spec: Box::new(spec),
-            channel,
-            at: now,
-            expire_time,
-        }
+        OrderEvent::Created { pay_order_no, spec: Box::new(spec), channel, at: now, expire_time }
     }
 }
 
 impl Order {
     /// The order a `Created` event brings into being.
     pub fn from_created(event: &OrderEvent) -> Option<Order> {
-        let OrderEvent::Created {
-            pay_order_no,
-            spec,
-            channel,
-            at,
-            expire_time,
-        } = event
-        else {
+        let OrderEvent::Created { pay_order_no, spec, channel, at, expire_time } = event else {
             return None;
         };
         Some(Order {
@@ -509,21 +472,10 @@ impl Order {
         use OrderStatus::*;
         let status = self.status;
         let events = match cmd {
-            OrderCommand::Accept {
-                code_url,
-                channel_trade_no,
-            } => match status {
-                Pending => vec![OrderEvent::ChannelAccepted {
-                    code_url,
-                    channel_trade_no,
-                    at: now,
-                }],
+            OrderCommand::Accept { code_url, channel_trade_no } => match status {
+                Pending => vec![OrderEvent::ChannelAccepted { code_url, channel_trade_no, at: now }],
                 Paying if self.code_url.is_none() => {
-                    vec![OrderEvent::ChannelAccepted {
-                        code_url,
-                        channel_trade_no,
-                        at: now,
-                    }]
+                    vec![OrderEvent::ChannelAccepted { code_url, channel_trade_no, at: now }]
                 }
                 _ => vec![],
             },
@@ -559,10 +511,7 @@ impl Order {
                 Pending | Paying => vec![OrderEvent::QueryAttempted { at: now }],
                 _ => vec![],
             },
-            OrderCommand::Refund {
-                refund_no,
-                amount_minor,
-            } => {
+            OrderCommand::Refund { refund_no, amount_minor } => {
                 if !matches!(status, Success | PartiallyRefunded) {
                     return Err(CoreError::new(
                         ErrorCode::OrderStatusError,
@@ -570,23 +519,13 @@ impl Order {
                     ));
                 }
                 if amount_minor <= 0 {
-                    return Err(CoreError::invalid(
-                        "refund_amount",
-                        "must be greater than zero",
-                    ));
+                    return Err(CoreError::invalid("refund_amount", "must be greater than zero"));
                 }
                 let total = self.refunded_minor.checked_add(amount_minor);
                 if total.is_none_or(|t| t > self.spec.amount.minor()) {
-                    return Err(CoreError::new(
-                        ErrorCode::RefundExceedsPaid,
-                        "refunds would exceed the amount paid",
-                    ));
+                    return Err(CoreError::new(ErrorCode::RefundExceedsPaid, "refunds would exceed the amount paid"));
                 }
-                vec![OrderEvent::Refunded {
-                    refund_no,
-                    amount_minor,
-                    at: now,
-                }]
+                vec![OrderEvent::Refunded { refund_no, amount_minor, at: now }]
             }
         };
         Ok(events)
@@ -596,10 +535,7 @@ impl Order {
         use OrderStatus::*;
         let status = self.status;
         Ok(match notice {
-            ChannelNotice::Paid {
-                channel_trade_no,
-                amount_minor,
-            } => {
+            ChannelNotice::Paid { channel_trade_no, amount_minor } => {
                 if amount_minor != self.spec.amount.minor() {
                     return Err(CoreError::new(
                         ErrorCode::ChannelError,
@@ -610,43 +546,25 @@ impl Order {
                     ));
                 }
                 // Already counted: the payment that settled the order, or a late one on file.
-                let known = (status.is_paid()
-                    && self.channel_trade_no.as_deref() == Some(channel_trade_no.as_str()))
-                    || self
-                        .late_payments
-                        .iter()
-                        .any(|p| p.channel_trade_no == channel_trade_no);
+                let known = (status.is_paid() && self.channel_trade_no.as_deref() == Some(channel_trade_no.as_str()))
+                    || self.late_payments.iter().any(|p| p.channel_trade_no == channel_trade_no);
                 match status {
-                    Pending | Paying => vec![OrderEvent::Paid {
-                        channel_trade_no,
-                        amount_minor,
-                        at: now,
-                    }],
+                    Pending | Paying => vec![OrderEvent::Paid { channel_trade_no, amount_minor, at: now }],
                     _ if known => vec![],
                     _ => vec![OrderEvent::LatePaymentRecorded {
-                        payment: LatePayment {
-                            channel_trade_no,
-                            amount_minor,
-                            at: now,
-                        },
+                        payment: LatePayment { channel_trade_no, amount_minor, at: now },
                     }],
                 }
             }
             ChannelNotice::Failed { reason } => match status {
                 Pending | Paying => vec![OrderEvent::PaymentFailed { reason, at: now }],
                 Failed => vec![],
-                _ => vec![OrderEvent::SignalIgnored {
-                    signal: format!("FAILED: {reason}"),
-                    at: now,
-                }],
+                _ => vec![OrderEvent::SignalIgnored { signal: format!("FAILED: {reason}"), at: now }],
             },
             ChannelNotice::Closed => match status {
                 Pending | Paying => vec![OrderEvent::Closed { at: now }],
                 Closed | Expired => vec![],
-                _ => vec![OrderEvent::SignalIgnored {
-                    signal: "CLOSED".into(),
-                    at: now,
-                }],
+                _ => vec![OrderEvent::SignalIgnored { signal: "CLOSED".into(), at: now }],
             },
             ChannelNotice::NotPaid => vec![],
         })
@@ -657,18 +575,11 @@ impl Order {
     pub fn apply(&mut self, event: &OrderEvent) -> Result<(), InvariantViolation> {
         use OrderStatus::*;
         let status = self.status;
-        let violation = || InvariantViolation {
-            pay_order_no: self.pay_order_no.to_string(),
-            status,
-            event: event.name(),
-        };
+        let violation =
+            || InvariantViolation { pay_order_no: self.pay_order_no.to_string(), status, event: event.name() };
         let at = match event {
             OrderEvent::Created { .. } => return Err(violation()),
-            OrderEvent::ChannelAccepted {
-                code_url,
-                channel_trade_no,
-                at,
-            } => {
+            OrderEvent::ChannelAccepted { code_url, channel_trade_no, at } => {
                 if !(status == Pending || (status == Paying && self.code_url.is_none())) {
                     return Err(violation());
                 }
@@ -686,8 +597,7 @@ impl Order {
                 self.status = Paying;
                 *at
             }
-            OrderEvent::ChannelRejected { reason, at }
-            | OrderEvent::PaymentFailed { reason, at } => {
+            OrderEvent::ChannelRejected { reason, at } | OrderEvent::PaymentFailed { reason, at } => {
                 if !status.is_open() {
                     return Err(violation());
                 }
@@ -695,11 +605,7 @@ impl Order {
                 self.failure = Some(reason.clone());
                 *at
             }
-            OrderEvent::Paid {
-                channel_trade_no,
-                amount_minor,
-                at,
-            } => {
+            OrderEvent::Paid { channel_trade_no, amount_minor, at } => {
                 if !status.is_open() || *amount_minor != self.spec.amount.minor() {
                     return Err(violation());
                 }
@@ -737,9 +643,7 @@ impl Order {
                 payment.at
             }
             OrderEvent::SignalIgnored { at, .. } => *at,
-            OrderEvent::Refunded {
-                amount_minor, at, ..
-            } => {
+            OrderEvent::Refunded { amount_minor, at, .. } => {
                 let total = self.refunded_minor.checked_add(*amount_minor);
                 let amount = self.spec.amount.minor();
                 if !matches!(status, Success | PartiallyRefunded)
@@ -749,11 +653,7 @@ impl Order {
                     return Err(violation());
                 }
                 self.refunded_minor = total.unwrap_or(amount);
-                self.status = if self.refunded_minor == amount {
-                    Refunded
-                } else {
-                    PartiallyRefunded
-                };
+                self.status = if self.refunded_minor == amount { Refunded } else { PartiallyRefunded };
                 *at
             }
         };
@@ -818,14 +718,7 @@ mod tests {
 
     fn new_order(amount: i64) -> Order {
         let id = PayOrderNo::parse("P170406720000000010000").unwrap();
-        Order::from_created(&OrderEvent::created(
-            id,
-            spec(amount),
-            "sandbox".into(),
-            1_000,
-            30 * 60_000,
-        ))
-        .unwrap()
+        Order::from_created(&OrderEvent::created(id, spec(amount), "sandbox".into(), 1_000, 30 * 60_000)).unwrap()
     }
 
     fn run(order: &mut Order, cmd: OrderCommand, now: i64) -> Result<usize, CoreError> {
@@ -837,60 +730,22 @@ mod tests {
     }
 
     fn paid(trade: &str, amount: i64) -> OrderCommand {
-        OrderCommand::Notice(ChannelNotice::Paid {
-            channel_trade_no: trade.into(),
-            amount_minor: amount,
-        })
+        OrderCommand::Notice(ChannelNotice::Paid { channel_trade_no: trade.into(), amount_minor: amount })
     }
 
     #[test]
     fn happy_path_to_refunded() {
         let mut o = new_order(10_000);
-        run(
-            &mut o,
-            OrderCommand::Accept {
-                code_url: "sandbox://x".into(),
-                channel_trade_no: None,
-            },
-            2,
-        )
-        .unwrap();
+        run(&mut o, OrderCommand::Accept { code_url: "sandbox://x".into(), channel_trade_no: None }, 2).unwrap();
         assert_eq!(o.status, OrderStatus::Paying);
         run(&mut o, paid("T1", 10_000), 3).unwrap();
         assert_eq!((o.status, o.paid_time), (OrderStatus::Success, Some(3)));
-        assert_eq!(
-            run(&mut o, paid("T1", 10_000), 4),
-            Ok(0),
-            "duplicate callback is a no-op"
-        );
-        run(
-            &mut o,
-            OrderCommand::Refund {
-                refund_no: "R1".into(),
-                amount_minor: 4_000,
-            },
-            5,
-        )
-        .unwrap();
+        assert_eq!(run(&mut o, paid("T1", 10_000), 4), Ok(0), "duplicate callback is a no-op");
+        run(&mut o, OrderCommand::Refund { refund_no: "R1".into(), amount_minor: 4_000 }, 5).unwrap();
         assert_eq!(o.status, OrderStatus::PartiallyRefunded);
-        let over = run(
-            &mut o,
-            OrderCommand::Refund {
-                refund_no: "R2".into(),
-                amount_minor: 6_001,
-            },
-            6,
-        );
+        let over = run(&mut o, OrderCommand::Refund { refund_no: "R2".into(), amount_minor: 6_001 }, 6);
         assert_eq!(over.map_err(|e| e.code), Err(ErrorCode::RefundExceedsPaid));
-        run(
-            &mut o,
-            OrderCommand::Refund {
-                refund_no: "R2".into(),
-                amount_minor: 6_000,
-            },
-            7,
-        )
-        .unwrap();
+        run(&mut o, OrderCommand::Refund { refund_no: "R2".into(), amount_minor: 6_000 }, 7).unwrap();
         assert_eq!(o.status, OrderStatus::Refunded);
     }
 
@@ -898,15 +753,9 @@ mod tests {
     fn late_closed_after_success_is_recorded_not_applied() {
         let mut o = new_order(100);
         run(&mut o, paid("T1", 100), 2).unwrap();
-        assert_eq!(
-            run(&mut o, OrderCommand::Notice(ChannelNotice::Closed), 3),
-            Ok(1)
-        );
+        assert_eq!(run(&mut o, OrderCommand::Notice(ChannelNotice::Closed), 3), Ok(1));
         assert_eq!(o.status, OrderStatus::Success);
-        assert_eq!(
-            run(&mut o, OrderCommand::Close, 4).map_err(|e| e.code),
-            Err(ErrorCode::OrderStatusError)
-        );
+        assert_eq!(run(&mut o, OrderCommand::Close, 4).map_err(|e| e.code), Err(ErrorCode::OrderStatusError));
     }
 
     #[test]
@@ -935,94 +784,47 @@ mod tests {
         assert_eq!(o.due_action(61_000, &policy), Some(TimerAction::Query));
         run(&mut o, OrderCommand::RecordQueryAttempt, 61_000).unwrap();
         assert_eq!(o.next_timer(&policy), Some(1_000 + 60_000 + 300_000));
-        assert_eq!(
-            run(&mut o, OrderCommand::Expire, 500_000),
-            Ok(0),
-            "not yet due"
-        );
-        assert_eq!(
-            o.due_action(1_000 + 1_800_000, &policy),
-            Some(TimerAction::Expire)
-        );
+        assert_eq!(run(&mut o, OrderCommand::Expire, 500_000), Ok(0), "not yet due");
+        assert_eq!(o.due_action(1_000 + 1_800_000, &policy), Some(TimerAction::Expire));
         run(&mut o, OrderCommand::Expire, 1_000 + 1_800_000).unwrap();
-        assert_eq!(
-            (o.status, o.next_timer(&policy)),
-            (OrderStatus::Expired, None)
-        );
+        assert_eq!((o.status, o.next_timer(&policy)), (OrderStatus::Expired, None));
     }
 
     fn any_command() -> impl Strategy<Value = OrderCommand> {
         prop_oneof![
-            Just(OrderCommand::Accept {
-                code_url: "u".into(),
-                channel_trade_no: None
-            }),
+            Just(OrderCommand::Accept { code_url: "u".into(), channel_trade_no: None }),
             Just(OrderCommand::MarkSubmitted),
-            Just(OrderCommand::Reject {
-                reason: "no".into()
-            }),
+            Just(OrderCommand::Reject { reason: "no".into() }),
             Just(OrderCommand::Close),
             Just(OrderCommand::Expire),
             Just(OrderCommand::RecordQueryAttempt),
             Just(OrderCommand::Notice(ChannelNotice::Closed)),
             Just(OrderCommand::Notice(ChannelNotice::NotPaid)),
-            Just(OrderCommand::Notice(ChannelNotice::Failed {
-                reason: "f".into()
-            })),
+            Just(OrderCommand::Notice(ChannelNotice::Failed { reason: "f".into() })),
             (0usize..3, 99i64..=101).prop_map(|(t, a)| paid(["T1", "T2", "T3"][t], a)),
-            (1i64..=120).prop_map(|a| OrderCommand::Refund {
-                refund_no: "R".into(),
-                amount_minor: a
-            }),
+            (1i64..=120).prop_map(|a| OrderCommand::Refund { refund_no: "R".into(), amount_minor: a }),
         ]
     }
 
     fn any_event() -> impl Strategy<Value = OrderEvent> {
         prop_oneof![
-            Just(OrderEvent::ChannelAccepted {
-                code_url: "u".into(),
-                channel_trade_no: None,
-                at: 5
-            }),
+            Just(OrderEvent::ChannelAccepted { code_url: "u".into(), channel_trade_no: None, at: 5 }),
             Just(OrderEvent::ChannelSubmitted { at: 5 }),
-            Just(OrderEvent::ChannelRejected {
-                reason: "r".into(),
-                at: 5
-            }),
-            (99i64..=101).prop_map(|a| OrderEvent::Paid {
-                channel_trade_no: "T".into(),
-                amount_minor: a,
-                at: 5
-            }),
-            Just(OrderEvent::PaymentFailed {
-                reason: "r".into(),
-                at: 5
-            }),
+            Just(OrderEvent::ChannelRejected { reason: "r".into(), at: 5 }),
+            (99i64..=101).prop_map(|a| OrderEvent::Paid { channel_trade_no: "T".into(), amount_minor: a, at: 5 }),
+            Just(OrderEvent::PaymentFailed { reason: "r".into(), at: 5 }),
             Just(OrderEvent::Closed { at: 5 }),
             Just(OrderEvent::Expired { at: 5 }),
             Just(OrderEvent::QueryAttempted { at: 5 }),
             Just(OrderEvent::LatePaymentRecorded {
-                payment: LatePayment {
-                    channel_trade_no: "L".into(),
-                    amount_minor: 100,
-                    at: 5
-                }
+                payment: LatePayment { channel_trade_no: "L".into(), amount_minor: 100, at: 5 }
             }),
-            (-5i64..=120).prop_map(|a| OrderEvent::Refunded {
-                refund_no: "R".into(),
-                amount_minor: a,
-                at: 5
-            }),
+            (-5i64..=120).prop_map(|a| OrderEvent::Refunded { refund_no: "R".into(), amount_minor: a, at: 5 }),
         ]
     }
 
     fn check_step(before: &Order, after: &Order) -> Result<(), TestCaseError> {
-        prop_assert!(
-            after.status.rank() >= before.status.rank(),
-            "{:?} -> {:?}",
-            before.status,
-            after.status
-        );
+        prop_assert!(after.status.rank() >= before.status.rank(), "{:?} -> {:?}", before.status, after.status);
         if before.status.is_final() {
             prop_assert_eq!(after.status, before.status, "a final state moved");
         }

@@ -6,17 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message,
-    WrapFuture,
-};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, WrapFuture};
 
 use crate::channel::{ChannelDirectory, ChannelHandle};
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
-use crate::order::{
-    ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction,
-};
+use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
 use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, TradeRef};
 use crate::registry::{merchant_key, Registry};
 
@@ -31,10 +26,7 @@ pub struct Passivation {
 
 impl Default for Passivation {
     fn default() -> Self {
-        Passivation {
-            idle: Duration::from_secs(60),
-            final_idle: Duration::from_secs(2),
-        }
+        Passivation { idle: Duration::from_secs(60), final_idle: Duration::from_secs(2) }
     }
 }
 
@@ -121,20 +113,8 @@ fn not_found() -> CoreError {
 
 impl OrderActor {
     /// An actor for `pay_order_no`, with its snapshot or `None` for a new order.
-    pub fn new(
-        oc: Arc<OrderContext>,
-        pay_order_no: PayOrderNo,
-        state: Option<Order>,
-    ) -> OrderActor {
-        OrderActor {
-            oc,
-            cell: Some(OrderCell {
-                pay_order_no,
-                state,
-            }),
-            last_active: Instant::now(),
-            passivated: false,
-        }
+    pub fn new(oc: Arc<OrderContext>, pay_order_no: PayOrderNo, state: Option<Order>) -> OrderActor {
+        OrderActor { oc, cell: Some(OrderCell { pay_order_no, state }), last_active: Instant::now(), passivated: false }
     }
 
     fn should_passivate(&self) -> bool {
@@ -149,13 +129,8 @@ impl OrderActor {
     fn passivate(&mut self, ctx: &mut Context<Self>) {
         self.passivated = true;
         if let Some(cell) = &self.cell {
-            let key = cell
-                .state
-                .as_ref()
-                .map(|o| merchant_key(&o.spec.merchant_id, &o.spec.order_no));
-            self.oc
-                .registry
-                .remove(&cell.pay_order_no, key.as_deref(), &ctx.address());
+            let key = cell.state.as_ref().map(|o| merchant_key(&o.spec.merchant_id, &o.spec.order_no));
+            self.oc.registry.remove(&cell.pay_order_no, key.as_deref(), &ctx.address());
         }
         ctx.stop();
     }
@@ -192,19 +167,17 @@ impl Handler<OrderMsg> for OrderActor {
             let reply = cell.run(&oc, msg).await;
             (cell, reply)
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(
-            |(cell, reply), act, ctx| {
-                let never_created = cell.state.is_none();
-                act.cell = Some(cell);
-                act.last_active = Instant::now();
-                if never_created {
-                    // Nothing was journaled (routing refused, or storage failed): leave no
-                    // live actor behind under this merchant key.
-                    act.passivate(ctx);
-                }
-                Delivery::Done(Box::new(reply))
-            },
-        )))
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|(cell, reply), act, ctx| {
+            let never_created = cell.state.is_none();
+            act.cell = Some(cell);
+            act.last_active = Instant::now();
+            if never_created {
+                // Nothing was journaled (routing refused, or storage failed): leave no
+                // live actor behind under this merchant key.
+                act.passivate(ctx);
+            }
+            Delivery::Done(Box::new(reply))
+        })))
     }
 }
 
@@ -239,30 +212,20 @@ impl OrderCell {
         let mut events = Vec::new();
         for cmd in cmds {
             for event in next.handle(cmd, now)? {
-                next.apply(&event)
-                    .map_err(|e| CoreError::system(e.to_string()))?;
+                next.apply(&event).map_err(|e| CoreError::system(e.to_string()))?;
                 events.push(event);
             }
         }
         self.commit(oc, events, next).await
     }
 
-    async fn commit(
-        &mut self,
-        oc: &OrderContext,
-        events: Vec<OrderEvent>,
-        mut next: Order,
-    ) -> CoreResult<()> {
+    async fn commit(&mut self, oc: &OrderContext, events: Vec<OrderEvent>, mut next: Order) -> CoreResult<()> {
         if events.is_empty() {
             return Ok(());
         }
         let seq = self.state.as_ref().map_or(0, |o| o.seq) + 1;
         next.seq = seq;
-        let record = Record::Order {
-            pay_order_no: self.pay_order_no.clone(),
-            seq,
-            events,
-        };
+        let record = Record::Order { pay_order_no: self.pay_order_no.clone(), seq, events };
         oc.journal.append(record).await.map_err(|e| {
             tracing::error!(error = %e, "journal append failed");
             CoreError::system("could not record the order durably")
@@ -271,16 +234,9 @@ impl OrderCell {
         Ok(())
     }
 
-    fn channel<'a>(
-        &self,
-        channels: &'a ChannelDirectory,
-        order: &Order,
-    ) -> CoreResult<&'a ChannelHandle> {
+    fn channel<'a>(&self, channels: &'a ChannelDirectory, order: &Order) -> CoreResult<&'a ChannelHandle> {
         channels.get(&order.channel).ok_or_else(|| {
-            CoreError::new(
-                ErrorCode::ChannelError,
-                format!("channel {} is no longer configured", order.channel),
-            )
+            CoreError::new(ErrorCode::ChannelError, format!("channel {} is no longer configured", order.channel))
         })
     }
 
@@ -295,18 +251,14 @@ impl OrderCell {
                     oc.clock.now_ms(),
                     sub.expire_after_ms,
                 );
-                let next = Order::from_created(&created)
-                    .ok_or_else(|| CoreError::system("bad Created event"))?;
+                let next = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
                 self.commit(oc, vec![created], next).await?;
                 self.current()?
             }
             Some(order) if order.spec != sub.spec => {
                 return Err(CoreError::new(
                     ErrorCode::IdempotencyConflict,
-                    format!(
-                        "order_no {} was used before with other parameters",
-                        order.spec.order_no
-                    ),
+                    format!("order_no {} was used before with other parameters", order.spec.order_no),
                 ))
             }
             Some(order) => order.clone(),
@@ -316,10 +268,7 @@ impl OrderCell {
             return self.submit(oc, order).await;
         }
         if let (crate::order::OrderStatus::Failed, Some(reason)) = (order.status, &order.failure) {
-            return Err(CoreError::new(
-                ErrorCode::ChannelError,
-                format!("payment failed: {reason}"),
-            ));
+            return Err(CoreError::new(ErrorCode::ChannelError, format!("payment failed: {reason}")));
         }
         Ok(order)
     }
@@ -337,26 +286,15 @@ impl OrderCell {
         };
         match channel.create(request).await {
             Ok(accepted) => {
-                let cmd = OrderCommand::Accept {
-                    code_url: accepted.code_url,
-                    channel_trade_no: accepted.channel_trade_no,
-                };
+                let cmd =
+                    OrderCommand::Accept { code_url: accepted.code_url, channel_trade_no: accepted.channel_trade_no };
                 self.execute(oc, vec![cmd]).await?;
                 self.current()
             }
             Err(ChannelError::Rejected { code, message }) => {
                 let reason = format!("{code}: {message}");
-                self.execute(
-                    oc,
-                    vec![OrderCommand::Reject {
-                        reason: reason.clone(),
-                    }],
-                )
-                .await?;
-                Err(CoreError::new(
-                    ErrorCode::ChannelError,
-                    format!("channel refused the payment: {reason}"),
-                ))
+                self.execute(oc, vec![OrderCommand::Reject { reason: reason.clone() }]).await?;
+                Err(CoreError::new(ErrorCode::ChannelError, format!("channel refused the payment: {reason}")))
             }
             Err(ChannelError::Unknown(why)) => {
                 self.execute(oc, vec![OrderCommand::MarkSubmitted]).await?;
@@ -395,10 +333,7 @@ impl OrderCell {
                     format!("order is {} and cannot be closed", now.status),
                 ))
             }
-            Err(e) => Err(CoreError::new(
-                ErrorCode::ChannelError,
-                format!("could not close at the channel: {e}"),
-            )),
+            Err(e) => Err(CoreError::new(ErrorCode::ChannelError, format!("could not close at the channel: {e}"))),
         }
     }
 
@@ -423,10 +358,7 @@ impl OrderCell {
             }
             TimerAction::Expire => {
                 // SPEC F1: query first; if unpaid, close at the channel, then here.
-                let queried = channel
-                    .query(trade.clone())
-                    .await
-                    .map_err(channel_failure)?;
+                let queried = channel.query(trade.clone()).await.map_err(channel_failure)?;
                 let outcome = match queried {
                     ChannelNotice::Closed | ChannelNotice::NotPaid => {
                         channel.close(trade).await.map_err(channel_failure)?

@@ -203,11 +203,7 @@ pub trait ChannelConnector: Send + Sync + 'static {
     /// Refunds part or all of a paid trade.
     fn refund(&self, refund: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>>;
     /// Asks where a refund stands.
-    fn query_refund(
-        &self,
-        trade: TradeRef,
-        refund_no: String,
-    ) -> BoxFuture<Result<RefundState, ChannelError>>;
+    fn query_refund(&self, trade: TradeRef, refund_no: String) -> BoxFuture<Result<RefundState, ChannelError>>;
     /// The bill of a day (`yyyy-MM-dd`).
     fn download_bill(&self, date: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>>;
     /// Checks an inbound callback's signature and reads it. `None`: not trustworthy.

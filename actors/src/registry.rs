@@ -43,13 +43,9 @@ impl Registry {
     pub fn lookup(&self, target: &OrderTarget) -> Option<Addr<OrderActor>> {
         let addr = match target {
             OrderTarget::Id(id) => self.by_id.get(id).map(|a| a.clone()),
-            OrderTarget::Key {
-                merchant_id,
-                order_no,
-            } => self
-                .by_key
-                .get(&merchant_key(merchant_id, order_no))
-                .map(|a| a.clone()),
+            OrderTarget::Key { merchant_id, order_no } => {
+                self.by_key.get(&merchant_key(merchant_id, order_no)).map(|a| a.clone())
+            }
         };
         addr.filter(Addr::connected)
     }

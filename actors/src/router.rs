@@ -25,10 +25,7 @@ pub struct OrderRouter {
 impl OrderRouter {
     /// A router over started shard supervisors (index = shard number).
     pub fn new(oc: Arc<OrderContext>, shards: Vec<Addr<ShardSupervisor>>) -> OrderRouter {
-        OrderRouter {
-            oc,
-            shards: Arc::new(shards),
-        }
+        OrderRouter { oc, shards: Arc::new(shards) }
     }
 
     /// The number of shards.
@@ -39,10 +36,7 @@ impl OrderRouter {
     fn shard(&self, target: &OrderTarget) -> Option<&Addr<ShardSupervisor>> {
         let ShardId(n) = match target {
             OrderTarget::Id(id) => id.shard(),
-            OrderTarget::Key {
-                merchant_id,
-                order_no,
-            } => shard_of(merchant_id, order_no, self.shard_count()),
+            OrderTarget::Key { merchant_id, order_no } => shard_of(merchant_id, order_no, self.shard_count()),
         };
         self.shards.get(usize::from(n))
     }
@@ -58,19 +52,12 @@ impl OrderRouter {
         let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such order");
         let shard = self.shard(&target).ok_or_else(not_found)?;
         for _ in 0..MAX_ROUTES {
-            let msg = OrderMsg {
-                request: request.clone(),
-                caller: caller.clone(),
-            };
+            let msg = OrderMsg { request: request.clone(), caller: caller.clone() };
             let delivery = match self.oc.registry.lookup(&target) {
                 Some(addr) => addr.send(msg).await.unwrap_or(Delivery::Retry),
-                None => shard
-                    .send(Dispatch {
-                        target: target.clone(),
-                        msg,
-                    })
-                    .await
-                    .map_err(|_| CoreError::overloaded())?,
+                None => {
+                    shard.send(Dispatch { target: target.clone(), msg }).await.map_err(|_| CoreError::overloaded())?
+                }
             };
             if let Delivery::Done(result) = delivery {
                 return *result;
@@ -92,22 +79,11 @@ impl OrderRouter {
         let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such order");
         let id = match target {
             OrderTarget::Id(id) => id,
-            OrderTarget::Key {
-                merchant_id,
-                order_no,
-            } => self
-                .oc
-                .store
-                .find(&merchant_id, &order_no)
-                .map_err(storage)?
-                .ok_or_else(not_found)?,
+            OrderTarget::Key { merchant_id, order_no } => {
+                self.oc.store.find(&merchant_id, &order_no).map_err(storage)?.ok_or_else(not_found)?
+            }
         };
-        let order = self
-            .oc
-            .store
-            .load(&id)
-            .map_err(storage)?
-            .ok_or_else(not_found)?;
+        let order = self.oc.store.load(&id).map_err(storage)?.ok_or_else(not_found)?;
         match caller {
             Some(m) if m != order.spec.merchant_id => Err(not_found()),
             _ => Ok(order),

@@ -18,19 +18,13 @@ pub fn select_channel(
         .iter()
         .map(Arc::as_ref)
         .filter(|c| c.status == ChannelStatus::Enabled && c.methods.contains(&method))
-        .filter(|c| {
-            c.single_limit_minor
-                .is_none_or(|limit| amount.minor() <= limit)
-        })
+        .filter(|c| c.single_limit_minor.is_none_or(|limit| amount.minor() <= limit))
         .fold(None::<&ChannelProfile>, |best, c| match best {
             Some(b) if b.weight >= c.weight => Some(b),
             _ => Some(c),
         })
         .ok_or_else(|| {
-            CoreError::new(
-                ErrorCode::NoAvailableChannel,
-                format!("no channel available for pay_method {method}"),
-            )
+            CoreError::new(ErrorCode::NoAvailableChannel, format!("no channel available for pay_method {method}"))
         })
 }
 
@@ -63,30 +57,12 @@ mod tests {
         let cny = |m| Money::from_minor(m, Currency::CNY);
         let chans = vec![
             ch("a", &[PayMethod::Sandbox], 10, None, ChannelStatus::Enabled),
-            ch(
-                "b",
-                &[PayMethod::Sandbox],
-                50,
-                Some(1_000),
-                ChannelStatus::Enabled,
-            ),
-            ch(
-                "c",
-                &[PayMethod::Sandbox],
-                90,
-                None,
-                ChannelStatus::Disabled,
-            ),
+            ch("b", &[PayMethod::Sandbox], 50, Some(1_000), ChannelStatus::Enabled),
+            ch("c", &[PayMethod::Sandbox], 90, None, ChannelStatus::Disabled),
             ch("d", &[PayMethod::Alipay], 99, None, ChannelStatus::Enabled),
         ];
-        assert_eq!(
-            select_channel(&chans, PayMethod::Sandbox, cny(500)).map(|c| c.code.as_str()),
-            Ok("b")
-        );
-        assert_eq!(
-            select_channel(&chans, PayMethod::Sandbox, cny(5_000)).map(|c| c.code.as_str()),
-            Ok("a")
-        );
+        assert_eq!(select_channel(&chans, PayMethod::Sandbox, cny(500)).map(|c| c.code.as_str()), Ok("b"));
+        assert_eq!(select_channel(&chans, PayMethod::Sandbox, cny(5_000)).map(|c| c.code.as_str()), Ok("a"));
         let none = select_channel(&chans, PayMethod::WechatPay, cny(5)).map_err(|e| e.code);
         assert_eq!(none.err(), Some(ErrorCode::NoAvailableChannel));
     }

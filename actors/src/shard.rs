@@ -35,41 +35,28 @@ impl ShardSupervisor {
         let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such order");
         let (id, state) = match target {
             OrderTarget::Id(id) => {
-                let order = self
-                    .oc
-                    .store
-                    .load(id)
-                    .map_err(storage)?
-                    .ok_or_else(not_found)?;
+                let order = self.oc.store.load(id).map_err(storage)?.ok_or_else(not_found)?;
                 (id.clone(), Some(order))
             }
-            OrderTarget::Key {
-                merchant_id,
-                order_no,
-            } => match self.oc.store.find(merchant_id, order_no).map_err(storage)? {
-                Some(id) => {
-                    if let Some(addr) = self.oc.registry.lookup(&OrderTarget::Id(id.clone())) {
-                        return Ok(addr);
+            OrderTarget::Key { merchant_id, order_no } => {
+                match self.oc.store.find(merchant_id, order_no).map_err(storage)? {
+                    Some(id) => {
+                        if let Some(addr) = self.oc.registry.lookup(&OrderTarget::Id(id.clone())) {
+                            return Ok(addr);
+                        }
+                        let order = self.oc.store.load(&id).map_err(storage)?;
+                        let order =
+                            order.ok_or_else(|| CoreError::system("order index points at a missing snapshot"))?;
+                        (id, Some(order))
                     }
-                    let order = self.oc.store.load(&id).map_err(storage)?;
-                    let order = order.ok_or_else(|| {
-                        CoreError::system("order index points at a missing snapshot")
-                    })?;
-                    (id, Some(order))
+                    None if creating => (self.ids.next(self.oc.clock.now_ms().max(0) as u64), None),
+                    None => return Err(not_found()),
                 }
-                None if creating => (self.ids.next(self.oc.clock.now_ms().max(0) as u64), None),
-                None => return Err(not_found()),
-            },
+            }
         };
         let key = match (&state, target) {
             (Some(o), _) => Some(merchant_key(&o.spec.merchant_id, &o.spec.order_no)),
-            (
-                None,
-                OrderTarget::Key {
-                    merchant_id,
-                    order_no,
-                },
-            ) => Some(merchant_key(merchant_id, order_no)),
+            (None, OrderTarget::Key { merchant_id, order_no }) => Some(merchant_key(merchant_id, order_no)),
             (None, OrderTarget::Id(_)) => None,
         };
         let addr = OrderActor::new(Arc::clone(&self.oc), id.clone(), state).start();

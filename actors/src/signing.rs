@@ -96,25 +96,17 @@ mod tests {
     use super::*;
 
     fn params() -> BTreeMap<String, String> {
-        [
-            ("merchant_id", "M1"),
-            ("amount", "100.00"),
-            ("body", ""),
-            ("timestamp", "1704067200"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        [("merchant_id", "M1"), ("amount", "100.00"), ("body", ""), ("timestamp", "1704067200")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn text_skips_sign_and_empty_values_and_sorts() {
         let mut p = params();
         p.insert("sign".into(), "X".into());
-        assert_eq!(
-            sign_text(&p, "s3cret"),
-            "amount=100.00&merchant_id=M1&timestamp=1704067200&key=s3cret"
-        );
+        assert_eq!(sign_text(&p, "s3cret"), "amount=100.00&merchant_id=M1&timestamp=1704067200&key=s3cret");
     }
 
     #[test]
@@ -128,10 +120,7 @@ mod tests {
             sign(&p, "s3cret", SignType::HmacSha256),
             "8A08C84CBCE409B6BE0ABE120EEBAD437D3362A0F1F6911454E7768837809E7C"
         );
-        assert_eq!(
-            sign(&p, "s3cret", SignType::Md5),
-            "AB944CC646113AC201F91A1FF2EE00A2"
-        );
+        assert_eq!(sign(&p, "s3cret", SignType::Md5), "AB944CC646113AC201F91A1FF2EE00A2");
     }
 
     #[test]

@@ -45,11 +45,8 @@ impl TimerActor {
                 return;
             }
         };
-        let fresh: Vec<PayOrderNo> = due
-            .into_iter()
-            .filter(|id| !self.backoff.contains_key(id))
-            .take(self.batch)
-            .collect();
+        let fresh: Vec<PayOrderNo> =
+            due.into_iter().filter(|id| !self.backoff.contains_key(id)).take(self.batch).collect();
         for id in fresh {
             self.backoff.insert(id.clone(), now + self.retry_after_ms);
             let router = self.router.clone();

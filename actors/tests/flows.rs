@@ -26,18 +26,10 @@ struct MemStore {
 
 impl Journal for MemStore {
     fn append(&self, record: Record) -> BoxFuture<Result<(), StorageError>> {
-        let Record::Order {
-            pay_order_no,
-            seq,
-            events,
-        } = &record;
+        let Record::Order { pay_order_no, seq, events } = &record;
         let mut orders = self.orders.lock().unwrap();
         let mut state = orders.get(pay_order_no).cloned();
-        assert_eq!(
-            state.as_ref().map_or(0, |o| o.seq) + 1,
-            *seq,
-            "sequence must follow"
-        );
+        assert_eq!(state.as_ref().map_or(0, |o| o.seq) + 1, *seq, "sequence must follow");
         for e in events {
             state = Some(Order::evolve(state, e).unwrap());
         }
@@ -55,10 +47,7 @@ impl OrderStore for MemStore {
     }
     fn find(&self, m: &str, o: &str) -> Result<Option<PayOrderNo>, StorageError> {
         let orders = self.orders.lock().unwrap();
-        Ok(orders
-            .values()
-            .find(|x| x.spec.merchant_id == m && x.spec.order_no == o)
-            .map(|x| x.pay_order_no.clone()))
+        Ok(orders.values().find(|x| x.spec.merchant_id == m && x.spec.order_no == o).map(|x| x.pay_order_no.clone()))
     }
     fn due_timers(&self, _: i64, _: usize) -> Result<Vec<PayOrderNo>, StorageError> {
         Ok(vec![])
@@ -80,37 +69,20 @@ struct Conn(Arc<FakeChannel>);
 impl ChannelConnector for Conn {
     fn create_order(&self, o: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {
         self.0.calls.lock().unwrap().push("create");
-        self.0
-            .state
-            .lock()
-            .unwrap()
-            .entry(o.pay_order_no.to_string())
-            .or_insert(ChannelNotice::NotPaid);
+        self.0.state.lock().unwrap().entry(o.pay_order_no.to_string()).or_insert(ChannelNotice::NotPaid);
         Box::pin(async move {
-            Ok(CreateAccepted {
-                code_url: format!("fake://{}", o.pay_order_no),
-                channel_trade_no: None,
-            })
+            Ok(CreateAccepted { code_url: format!("fake://{}", o.pay_order_no), channel_trade_no: None })
         })
     }
     fn query_order(&self, t: TradeRef) -> BoxFuture<Result<ChannelNotice, ChannelError>> {
         self.0.calls.lock().unwrap().push("query");
-        let n = self
-            .0
-            .state
-            .lock()
-            .unwrap()
-            .get(t.pay_order_no.as_str())
-            .cloned()
-            .unwrap_or(ChannelNotice::NotPaid);
+        let n = self.0.state.lock().unwrap().get(t.pay_order_no.as_str()).cloned().unwrap_or(ChannelNotice::NotPaid);
         Box::pin(async move { Ok(n) })
     }
     fn close_order(&self, t: TradeRef) -> BoxFuture<Result<ChannelNotice, ChannelError>> {
         self.0.calls.lock().unwrap().push("close");
         let mut s = self.0.state.lock().unwrap();
-        let e = s
-            .entry(t.pay_order_no.to_string())
-            .or_insert(ChannelNotice::Closed);
+        let e = s.entry(t.pay_order_no.to_string()).or_insert(ChannelNotice::Closed);
         if *e == ChannelNotice::NotPaid {
             *e = ChannelNotice::Closed;
         }
@@ -130,18 +102,10 @@ impl ChannelConnector for Conn {
         None
     }
     fn callback_ack(&self) -> CallbackReply {
-        CallbackReply {
-            status: 200,
-            content_type: "text/plain",
-            body: b"success".to_vec(),
-        }
+        CallbackReply { status: 200, content_type: "text/plain", body: b"success".to_vec() }
     }
     fn callback_nack(&self) -> CallbackReply {
-        CallbackReply {
-            status: 400,
-            content_type: "text/plain",
-            body: b"fail".to_vec(),
-        }
+        CallbackReply { status: 400, content_type: "text/plain", body: b"fail".to_vec() }
     }
 }
 
@@ -168,24 +132,14 @@ fn world() -> World {
     let oc = Arc::new(OrderContext {
         journal: store.clone(),
         store: store.clone(),
-        channels: ChannelDirectory::new(vec![ChannelHandle::start(
-            profile,
-            Arc::new(Conn(channel.clone())),
-        )]),
+        channels: ChannelDirectory::new(vec![ChannelHandle::start(profile, Arc::new(Conn(channel.clone())))]),
         clock: clock.clone(),
         registry: Arc::new(Registry::default()),
         query_policy: QueryPolicy::default(),
         passivation: Passivation::default(),
     });
-    let shards = (0..4)
-        .map(|n| ShardSupervisor::new(ShardId(n), oc.clone()).start())
-        .collect();
-    World {
-        router: OrderRouter::new(oc, shards),
-        clock,
-        channel,
-        store,
-    }
+    let shards = (0..4).map(|n| ShardSupervisor::new(ShardId(n), oc.clone()).start()).collect();
+    World { router: OrderRouter::new(oc, shards), clock, channel, store }
 }
 
 fn pay(order_no: &str) -> OrderRequest {
@@ -203,118 +157,56 @@ fn pay(order_no: &str) -> OrderRequest {
         device_id: None,
         user_id: None,
     };
-    OrderRequest::Pay(Box::new(PaySubmission {
-        spec,
-        route: Ok("fake".into()),
-        expire_after_ms: 30 * 60_000,
-    }))
+    OrderRequest::Pay(Box::new(PaySubmission { spec, route: Ok("fake".into()), expire_after_ms: 30 * 60_000 }))
 }
 
 fn key(order_no: &str) -> OrderTarget {
-    OrderTarget::Key {
-        merchant_id: "M1".into(),
-        order_no: order_no.into(),
-    }
+    OrderTarget::Key { merchant_id: "M1".into(), order_no: order_no.into() }
 }
 
 #[actix_rt::test]
 async fn expiry_queries_then_closes_at_the_channel_then_expires() {
     let w = world();
-    let o = w
-        .router
-        .dispatch(key("A"), pay("A"), Some("M1".into()))
-        .await
-        .unwrap();
+    let o = w.router.dispatch(key("A"), pay("A"), Some("M1".into())).await.unwrap();
     assert_eq!(o.status, OrderStatus::Paying);
     let id = OrderTarget::Id(o.pay_order_no.clone());
 
     // Not due: a tick does nothing.
     w.clock.advance(30_000);
-    let o = w
-        .router
-        .dispatch(id.clone(), OrderRequest::Tick, None)
-        .await
-        .unwrap();
+    let o = w.router.dispatch(id.clone(), OrderRequest::Tick, None).await.unwrap();
     assert_eq!((o.status, o.query_attempts), (OrderStatus::Paying, 0));
 
     // 60 s: the first active query.
     w.clock.advance(30_000);
-    let o = w
-        .router
-        .dispatch(id.clone(), OrderRequest::Tick, None)
-        .await
-        .unwrap();
+    let o = w.router.dispatch(id.clone(), OrderRequest::Tick, None).await.unwrap();
     assert_eq!(o.query_attempts, 1);
 
     // At expiry: query first, then close at the channel, then EXPIRED.
     w.clock.advance(30 * 60_000);
-    let o = w
-        .router
-        .dispatch(id.clone(), OrderRequest::Tick, None)
-        .await
-        .unwrap();
+    let o = w.router.dispatch(id.clone(), OrderRequest::Tick, None).await.unwrap();
     assert_eq!(o.status, OrderStatus::Expired);
-    assert_eq!(
-        *w.channel.calls.lock().unwrap(),
-        ["create", "query", "query", "close"]
-    );
-    assert_eq!(
-        w.store.records.lock().unwrap().len(),
-        4,
-        "created, accepted, queried, expired"
-    );
+    assert_eq!(*w.channel.calls.lock().unwrap(), ["create", "query", "query", "close"]);
+    assert_eq!(w.store.records.lock().unwrap().len(), 4, "created, accepted, queried, expired");
 }
 
 #[actix_rt::test]
 async fn a_payment_found_at_expiry_wins_over_expiry() {
     let w = world();
-    let o = w
-        .router
-        .dispatch(key("B"), pay("B"), Some("M1".into()))
-        .await
-        .unwrap();
-    let paid = ChannelNotice::Paid {
-        channel_trade_no: "T1".into(),
-        amount_minor: 500,
-    };
-    w.channel
-        .state
-        .lock()
-        .unwrap()
-        .insert(o.pay_order_no.to_string(), paid);
+    let o = w.router.dispatch(key("B"), pay("B"), Some("M1".into())).await.unwrap();
+    let paid = ChannelNotice::Paid { channel_trade_no: "T1".into(), amount_minor: 500 };
+    w.channel.state.lock().unwrap().insert(o.pay_order_no.to_string(), paid);
     w.clock.advance(31 * 60_000);
-    let o = w
-        .router
-        .dispatch(OrderTarget::Id(o.pay_order_no), OrderRequest::Tick, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        (o.status, o.channel_trade_no.as_deref()),
-        (OrderStatus::Success, Some("T1"))
-    );
-    assert!(
-        !w.channel.calls.lock().unwrap().contains(&"close"),
-        "a paid trade is never closed"
-    );
+    let o = w.router.dispatch(OrderTarget::Id(o.pay_order_no), OrderRequest::Tick, None).await.unwrap();
+    assert_eq!((o.status, o.channel_trade_no.as_deref()), (OrderStatus::Success, Some("T1")));
+    assert!(!w.channel.calls.lock().unwrap().contains(&"close"), "a paid trade is never closed");
 }
 
 #[actix_rt::test]
 async fn another_merchant_is_answered_not_found_and_changes_nothing() {
     let w = world();
-    let o = w
-        .router
-        .dispatch(key("C"), pay("C"), Some("M1".into()))
-        .await
-        .unwrap();
+    let o = w.router.dispatch(key("C"), pay("C"), Some("M1".into())).await.unwrap();
     let id = OrderTarget::Id(o.pay_order_no.clone());
-    let err = w
-        .router
-        .dispatch(id.clone(), OrderRequest::Close, Some("M2".into()))
-        .await
-        .unwrap_err();
+    let err = w.router.dispatch(id.clone(), OrderRequest::Close, Some("M2".into())).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::OrderNotFound);
-    assert_eq!(
-        w.router.read(id, None).await.unwrap().status,
-        OrderStatus::Paying
-    );
+    assert_eq!(w.router.read(id, None).await.unwrap().status, OrderStatus::Paying);
 }

@@ -11,11 +11,8 @@ use super::App;
 use crate::sandbox::{SandboxError, SandboxSettings};
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given =
+        headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(app.admin_token.as_bytes())) && !given.is_empty() {
         Ok(())
     } else {
@@ -45,12 +42,9 @@ pub async fn sandbox(
     match (method, parts.as_slice()) {
         (&hyper::Method::GET, ["settings"]) => Ok(success(json!(sandbox.settings()))),
         (&hyper::Method::POST, ["settings"]) => {
-            let settings: SandboxSettings = serde_json::from_slice(body).map_err(|e| {
-                CoreError::invalid("body", format_args!("is not sandbox settings ({e})"))
-            })?;
-            sandbox
-                .set_settings(settings)
-                .map_err(|e| CoreError::invalid("settings", e))?;
+            let settings: SandboxSettings = serde_json::from_slice(body)
+                .map_err(|e| CoreError::invalid("body", format_args!("is not sandbox settings ({e})")))?;
+            sandbox.set_settings(settings).map_err(|e| CoreError::invalid("settings", e))?;
             Ok(success(json!(sandbox.settings())))
         }
         (&hyper::Method::POST, ["orders", id, action]) => {

@@ -19,25 +19,16 @@ use super::App;
 use crate::time_fmt::rfc3339;
 
 /// Parses and authenticates a signed request body.
-async fn authenticate(
-    app: &App,
-    body: &[u8],
-) -> Result<(Arc<Params>, Arc<MerchantProfile>), ApiError> {
+async fn authenticate(app: &App, body: &[u8]) -> Result<(Arc<Params>, Arc<MerchantProfile>), ApiError> {
     let params = Arc::new(params::parse(body)?);
     params::require_auth_fields(&params)?;
     let now_secs = app.clock.now_ms() / 1000;
-    let merchant = app
-        .merchants
-        .authenticate(Arc::clone(&params), now_secs)
-        .await?;
+    let merchant = app.merchants.authenticate(Arc::clone(&params), now_secs).await?;
     Ok((params, merchant))
 }
 
 /// Bounds how long a request waits for its order.
-async fn bounded<T>(
-    app: &App,
-    fut: impl std::future::Future<Output = CoreResult<T>>,
-) -> CoreResult<T> {
+async fn bounded<T>(app: &App, fut: impl std::future::Future<Output = CoreResult<T>>) -> CoreResult<T> {
     tokio::time::timeout(app.request_timeout, fut).await.unwrap_or_else(|_| {
         Err(CoreError::new(
             ErrorCode::SystemError,
@@ -51,22 +42,13 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body).await?;
     let spec = pay_spec(app, &params, &merchant)?;
     let expire_minutes = spec.expire_minutes.unwrap_or(merchant.expire_minutes);
-    let route = select_channel(app.channels.profiles(), spec.pay_method, spec.amount)
-        .map(|c| c.code.clone());
-    let target = OrderTarget::Key {
-        merchant_id: spec.merchant_id.clone(),
-        order_no: spec.order_no.clone(),
-    };
+    let route = select_channel(app.channels.profiles(), spec.pay_method, spec.amount).map(|c| c.code.clone());
+    let target = OrderTarget::Key { merchant_id: spec.merchant_id.clone(), order_no: spec.order_no.clone() };
     let caller = Some(spec.merchant_id.clone());
     let expire_after_ms = i64::from(expire_minutes) * app.minute_ms;
-    let request = OrderRequest::Pay(Box::new(PaySubmission {
-        spec,
-        route,
-        expire_after_ms,
-    }));
+    let request = OrderRequest::Pay(Box::new(PaySubmission { spec, route, expire_after_ms }));
     let order = bounded(app, app.router.dispatch(target, request, caller)).await?;
-    metrics::counter!("paygate_payments_created_total", "channel" => order.channel.clone())
-        .increment(1);
+    metrics::counter!("paygate_payments_created_total", "channel" => order.channel.clone()).increment(1);
     Ok(success(pay_view(app, &order)))
 }
 
@@ -74,11 +56,7 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
 pub async fn query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body).await?;
     let target = order_target(&params, &merchant)?;
-    let order = bounded(
-        app,
-        app.router.read(target, Some(merchant.merchant_id.clone())),
-    )
-    .await?;
+    let order = bounded(app, app.router.read(target, Some(merchant.merchant_id.clone()))).await?;
     Ok(success(order_view(app, &order)))
 }
 
@@ -87,63 +65,40 @@ pub async fn close(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body).await?;
     let target = order_target(&params, &merchant)?;
     let caller = Some(merchant.merchant_id.clone());
-    let order = bounded(
-        app,
-        app.router.dispatch(target, OrderRequest::Close, caller),
-    )
-    .await?;
+    let order = bounded(app, app.router.dispatch(target, OrderRequest::Close, caller)).await?;
     Ok(success(order_view(app, &order)))
 }
 
 fn order_target(params: &Params, merchant: &MerchantProfile) -> Result<OrderTarget, CoreError> {
     if let Some(id) = params.get("pay_order_no").filter(|v| !v.is_empty()) {
-        let id = PayOrderNo::parse(id)
-            .ok_or_else(|| CoreError::invalid("pay_order_no", "is not a paygate order number"))?;
+        let id =
+            PayOrderNo::parse(id).ok_or_else(|| CoreError::invalid("pay_order_no", "is not a paygate order number"))?;
         return Ok(OrderTarget::Id(id));
     }
     match params.get("order_no").filter(|v| !v.is_empty()) {
-        Some(no) if is_valid_external_id(no) => Ok(OrderTarget::Key {
-            merchant_id: merchant.merchant_id.clone(),
-            order_no: no.clone(),
-        }),
-        Some(_) => Err(CoreError::invalid(
-            "order_no",
-            "must be 1-32 characters of A-Z a-z 0-9 _ -",
-        )),
-        None => Err(CoreError::invalid(
-            "pay_order_no",
-            "or order_no is required",
-        )),
+        Some(no) if is_valid_external_id(no) => {
+            Ok(OrderTarget::Key { merchant_id: merchant.merchant_id.clone(), order_no: no.clone() })
+        }
+        Some(_) => Err(CoreError::invalid("order_no", "must be 1-32 characters of A-Z a-z 0-9 _ -")),
+        None => Err(CoreError::invalid("pay_order_no", "or order_no is required")),
     }
 }
 
 fn url(field: &str, params: &Params) -> Result<Option<String>, CoreError> {
     let v = optional(params, field, 256)?;
     if let Some(u) = &v {
-        if !(u.starts_with("http://") || u.starts_with("https://"))
-            || u.contains(char::is_whitespace)
-        {
-            return Err(CoreError::invalid(
-                field,
-                "must be an http:// or https:// URL",
-            ));
+        if !(u.starts_with("http://") || u.starts_with("https://")) || u.contains(char::is_whitespace) {
+            return Err(CoreError::invalid(field, "must be an http:// or https:// URL"));
         }
     }
     Ok(v)
 }
 
 /// Validates a pay request into the order spec. Every refusal names the field and rule.
-fn pay_spec(
-    app: &App,
-    params: &Params,
-    merchant: &MerchantProfile,
-) -> Result<OrderSpec, CoreError> {
+fn pay_spec(app: &App, params: &Params, merchant: &MerchantProfile) -> Result<OrderSpec, CoreError> {
     let order_no = required(params, "order_no")?;
     if !is_valid_external_id(order_no) {
-        return Err(CoreError::invalid(
-            "order_no",
-            "must be 1-32 characters of A-Z a-z 0-9 _ -",
-        ));
+        return Err(CoreError::invalid("order_no", "must be 1-32 characters of A-Z a-z 0-9 _ -"));
     }
     let currency = match optional(params, "currency", 3)? {
         None => Currency::CNY,
@@ -151,40 +106,28 @@ fn pay_spec(
     };
     let amount_text = required(params, "amount")?;
     let max = app.max_amount(currency);
-    let amount = Money::parse_positive(amount_text, currency, max)
-        .map_err(|e| CoreError::invalid("amount", e))?;
+    let amount = Money::parse_positive(amount_text, currency, max).map_err(|e| CoreError::invalid("amount", e))?;
     let subject = params::text("subject", required(params, "subject")?, 128)?.to_owned();
     let method_text = required(params, "pay_method")?;
     let pay_method = PayMethod::from_str(method_text).map_err(|()| {
         let all: Vec<&str> = PayMethod::ALL.iter().map(|m| m.as_str()).collect();
-        CoreError::invalid(
-            "pay_method",
-            format_args!("must be one of {}", all.join(", ")),
-        )
+        CoreError::invalid("pay_method", format_args!("must be one of {}", all.join(", ")))
     })?;
     let expire_minutes = match optional(params, "expire_minutes", 5)? {
         None => None,
         Some(text) => {
             let max = app.max_expire_minutes;
-            let minutes = text
-                .parse::<u32>()
-                .ok()
-                .filter(|m| (1..=max).contains(m) && text.bytes().all(|b| b.is_ascii_digit()));
+            let minutes =
+                text.parse::<u32>().ok().filter(|m| (1..=max).contains(m) && text.bytes().all(|b| b.is_ascii_digit()));
             Some(minutes.ok_or_else(|| {
-                CoreError::invalid(
-                    "expire_minutes",
-                    format_args!("must be a whole number from 1 to {max}"),
-                )
+                CoreError::invalid("expire_minutes", format_args!("must be a whole number from 1 to {max}"))
             })?)
         }
     };
     let client_ip = optional(params, "client_ip", 45)?;
     if let Some(ip) = &client_ip {
         if ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(CoreError::invalid(
-                "client_ip",
-                "must be an IPv4 or IPv6 address",
-            ));
+            return Err(CoreError::invalid("client_ip", "must be an IPv4 or IPv6 address"));
         }
     }
     Ok(OrderSpec {

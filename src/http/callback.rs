@@ -11,23 +11,12 @@ use super::envelope::{with_body, ApiError, HttpResponse};
 use super::App;
 
 fn reply(r: CallbackReply) -> HttpResponse {
-    with_body(
-        StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK),
-        r.content_type,
-        r.body,
-    )
+    with_body(StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK), r.content_type, r.body)
 }
 
 /// `POST /callback/{provider}`.
-pub async fn handle(
-    app: &App,
-    provider: &str,
-    request: CallbackRequest,
-) -> Result<HttpResponse, ApiError> {
-    let channel = app
-        .channels
-        .by_provider(provider)
-        .ok_or(ApiError::NotFound)?;
+pub async fn handle(app: &App, provider: &str, request: CallbackRequest) -> Result<HttpResponse, ApiError> {
+    let channel = app.channels.by_provider(provider).ok_or(ApiError::NotFound)?;
     let connector = &channel.connector;
     let Some(verified) = connector.verify_callback(&request) else {
         metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "bad_signature")
@@ -38,37 +27,24 @@ pub async fn handle(
     let target = OrderTarget::Id(verified.pay_order_no.clone());
     // The order must be one this channel carries: a well-signed callback about another
     // channel's order is an anomaly, not a payment.
-    let carried = app
-        .router
-        .read(target.clone(), None)
-        .await
-        .is_ok_and(|o| o.channel == channel.profile.code);
+    let carried = app.router.read(target.clone(), None).await.is_ok_and(|o| o.channel == channel.profile.code);
     if !carried {
         metrics::counter!("paygate_alerts_total", "kind" => "callback_foreign_order").increment(1);
         tracing::warn!(provider, pay_order_no = %verified.pay_order_no, "verified callback for an order this channel does not carry");
         return Ok(reply(connector.callback_nack()));
     }
-    match app
-        .router
-        .dispatch(target, OrderRequest::Notice(verified.notice), None)
-        .await
-    {
+    match app.router.dispatch(target, OrderRequest::Notice(verified.notice), None).await {
         Ok(_) => {
             metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "applied")
                 .increment(1);
             Ok(reply(connector.callback_ack()))
         }
         Err(e) => {
-            let result = if e.code == ErrorCode::ChannelError {
-                "mismatch"
-            } else {
-                "refused"
-            };
+            let result = if e.code == ErrorCode::ChannelError { "mismatch" } else { "refused" };
             metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => result)
                 .increment(1);
             if e.code == ErrorCode::ChannelError {
-                metrics::counter!("paygate_alerts_total", "kind" => "callback_mismatch")
-                    .increment(1);
+                metrics::counter!("paygate_alerts_total", "kind" => "callback_mismatch").increment(1);
             }
             tracing::warn!(provider, pay_order_no = %verified.pay_order_no, error = %e, "callback not applied");
             Ok(reply(connector.callback_nack()))

@@ -37,9 +37,7 @@ impl HttpClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         HttpClient { inner }
     }
 
@@ -56,27 +54,14 @@ impl HttpClient {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("bad request: {e}"))?;
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| format!("bad request: {e}"))?;
         let call = async {
-            let resp = self
-                .inner
-                .request(req)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
+            let resp = self.inner.request(req).await.map_err(|e| format!("{url}: {e}"))?;
             let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?
-                .to_bytes();
+            let body = resp.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
             Ok(Answer { status, body })
         };
-        tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
+        tokio::time::timeout(timeout, call).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?
     }
 
     /// POSTs a body of `content_type`.
@@ -87,13 +72,6 @@ impl HttpClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Answer, String> {
-        self.send(
-            hyper::Method::POST,
-            url,
-            &[("content-type", content_type)],
-            body,
-            timeout,
-        )
-        .await
+        self.send(hyper::Method::POST, url, &[("content-type", content_type)], body, timeout).await
     }
 }

@@ -39,9 +39,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::MerchantDisabled | ErrorCode::RiskRejected => StatusCode::FORBIDDEN,
         ErrorCode::MerchantNotFound | ErrorCode::OrderNotFound => StatusCode::NOT_FOUND,
         ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
-        ErrorCode::OrderStatusError | ErrorCode::RefundExceedsPaid => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        ErrorCode::OrderStatusError | ErrorCode::RefundExceedsPaid => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::ChannelError => StatusCode::BAD_GATEWAY,
         ErrorCode::NoAvailableChannel => StatusCode::SERVICE_UNAVAILABLE,
@@ -59,26 +57,15 @@ impl ApiError {
                 ErrorCode::InvalidParam.as_str(),
                 format!("request body exceeds {limit} bytes"),
             ),
-            ApiError::NotFound => (
-                StatusCode::NOT_FOUND,
-                "NOT_FOUND",
-                "no such endpoint".into(),
-            ),
-            ApiError::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "METHOD_NOT_ALLOWED",
-                "method not allowed here".into(),
-            ),
-            ApiError::Unauthorized => (
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "admin token missing or wrong".into(),
-            ),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint".into()),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed here".into())
+            }
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "admin token missing or wrong".into()),
         };
         let mut resp = json_response(status, &json!({ "code": code, "message": message }));
         if status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
@@ -86,10 +73,7 @@ impl ApiError {
 
 /// `{"code":"SUCCESS","message":"success","data":…}`.
 pub fn success(data: Value) -> HttpResponse {
-    json_response(
-        StatusCode::OK,
-        &json!({ "code": "SUCCESS", "message": "success", "data": data }),
-    )
+    json_response(StatusCode::OK, &json!({ "code": "SUCCESS", "message": "success", "data": data }))
 }
 
 /// Any JSON body.
@@ -99,14 +83,9 @@ pub fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
 }
 
 /// Any body.
-pub fn with_body(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> HttpResponse {
+pub fn with_body(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }

@@ -83,9 +83,7 @@ impl App {
     fn admit(&self) -> Result<Slot<'_>, ApiError> {
         if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.max_inflight {
             self.inflight.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::Core(
-                paygate_actors::error::CoreError::overloaded(),
-            ));
+            return Err(ApiError::Core(paygate_actors::error::CoreError::overloaded()));
         }
         Ok(Slot(&self.inflight))
     }
@@ -111,10 +109,7 @@ impl App {
 
 /// Serves HTTP on `listener` until the arbiter stops.
 pub async fn serve(listener: std::net::TcpListener, app: Arc<App>) {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::TcpListener::from_std(listener))
-    {
+    let listener = match listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener)) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "cannot serve on the listener");
@@ -149,25 +144,16 @@ pub async fn serve(listener: std::net::TcpListener, app: Arc<App>) {
     }
 }
 
-async fn read_body(
-    app: &App,
-    req: Request<Incoming>,
-) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.max_body as u64) {
         drain(body, app.max_body).await;
         return Err(ApiError::TooLarge(app.max_body));
     }
     match Limited::new(body, app.max_body).collect().await {
         Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::TooLarge(app.max_body))
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(app.max_body)),
         Err(e) => Err(ApiError::Core(paygate_actors::error::CoreError::invalid(
             "body",
             format_args!("could not be read ({e})"),
@@ -194,12 +180,7 @@ async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
     resp
 }
 
-async fn dispatch(
-    app: &App,
-    req: Request<Incoming>,
-    method: &Method,
-    path: &str,
-) -> Result<HttpResponse, ApiError> {
+async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str) -> Result<HttpResponse, ApiError> {
     let post = method == Method::POST;
     let get = method == Method::GET;
     match path {
@@ -217,11 +198,7 @@ async fn dispatch(
         }
         "/healthz" if get => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
         "/metrics" if get => {
-            let text = app
-                .metrics
-                .as_ref()
-                .map(PrometheusHandle::render)
-                .unwrap_or_default();
+            let text = app.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
             Ok(with_body(StatusCode::OK, "text/plain; version=0.0.4", text))
         }
         _ => {
@@ -235,15 +212,7 @@ async fn dispatch(
                     .iter()
                     .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
                     .collect();
-                return callback::handle(
-                    app,
-                    provider,
-                    CallbackRequest {
-                        headers,
-                        body: body.to_vec(),
-                    },
-                )
-                .await;
+                return callback::handle(app, provider, CallbackRequest { headers, body: body.to_vec() }).await;
             }
             if let Some(rest) = path.strip_prefix("/admin/sandbox/") {
                 let (parts, body) = read_body(app, req).await?;

@@ -25,25 +25,24 @@ pub async fn cashier(app: &App, id: &str) -> Result<HttpResponse, ApiError> {
     let Some(id) = PayOrderNo::parse(id) else {
         return Err(ApiError::NotFound);
     };
-    let order = app
-        .router
-        .read(OrderTarget::Id(id), None)
-        .await
-        .map_err(|_| ApiError::NotFound)?;
+    let order = app.router.read(OrderTarget::Id(id), None).await.map_err(|_| ApiError::NotFound)?;
     let status = order.status;
     let mut head = String::new();
     if status.is_open() {
         head.push_str("<meta http-equiv=\"refresh\" content=\"3\">");
     } else if let (true, Some(ret)) = (status.is_paid(), &order.spec.return_url) {
-        head.push_str(&format!(
-            "<meta http-equiv=\"refresh\" content=\"2;url={}\">",
-            attr(ret)
-        ));
+        head.push_str(&format!("<meta http-equiv=\"refresh\" content=\"2;url={}\">", attr(ret)));
     }
     let qr = match (&order.code_url, status.is_open()) {
         (Some(url), true) => app
             .qr(url)
-            .map(|uri| format!("<p><img alt=\"QR code\" src=\"{}\"></p><p><a href=\"{}\">Open payment page</a></p>", attr(&uri), attr(url)))
+            .map(|uri| {
+                format!(
+                    "<p><img alt=\"QR code\" src=\"{}\"></p><p><a href=\"{}\">Open payment page</a></p>",
+                    attr(&uri),
+                    attr(url)
+                )
+            })
             .unwrap_or_default(),
         _ => String::new(),
     };
@@ -66,12 +65,7 @@ pub async fn sandbox_cashier(app: &App, id: &str, pay: bool) -> Result<HttpRespo
             Ok(()) => "Paid. The gateway is being notified.".to_owned(),
             Err(e) => e.to_string(),
         };
-        return Ok(page(
-            StatusCode::OK,
-            "Sandbox",
-            "",
-            &format!("<h1>Sandbox</h1><p>{}</p>", text(&outcome)),
-        ));
+        return Ok(page(StatusCode::OK, "Sandbox", "", &format!("<h1>Sandbox</h1><p>{}</p>", text(&outcome))));
     }
     let (amount, subject, open) = sandbox.describe(id).ok_or(ApiError::NotFound)?;
     let action = if open {

@@ -22,24 +22,15 @@ pub fn parse(body: &[u8]) -> Result<Params, CoreError> {
         return Err(CoreError::invalid("body", "must be a JSON object"));
     };
     if map.len() > MAX_PARAMS {
-        return Err(CoreError::invalid(
-            "body",
-            format_args!("has more than {MAX_PARAMS} parameters"),
-        ));
+        return Err(CoreError::invalid("body", format_args!("has more than {MAX_PARAMS} parameters")));
     }
     let mut params = Params::new();
     for (k, v) in map {
         let Value::String(s) = v else {
-            return Err(CoreError::invalid(
-                &k,
-                "must be a JSON string (e.g. \"100.00\", \"1704067200\")",
-            ));
+            return Err(CoreError::invalid(&k, "must be a JSON string (e.g. \"100.00\", \"1704067200\")"));
         };
         if s.len() > MAX_VALUE {
-            return Err(CoreError::invalid(
-                &k,
-                format_args!("is longer than {MAX_VALUE} bytes"),
-            ));
+            return Err(CoreError::invalid(&k, format_args!("is longer than {MAX_VALUE} bytes")));
         }
         params.insert(k, s);
     }
@@ -56,11 +47,7 @@ pub fn required<'a>(params: &'a Params, field: &str) -> Result<&'a str, CoreErro
 
 /// An optional parameter (empty counts as absent) of at most `max_chars` characters
 /// and no control characters.
-pub fn optional(
-    params: &Params,
-    field: &str,
-    max_chars: usize,
-) -> Result<Option<String>, CoreError> {
+pub fn optional(params: &Params, field: &str, max_chars: usize) -> Result<Option<String>, CoreError> {
     match params.get(field).filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(v) => text(field, v, max_chars).map(|s| Some(s.to_owned())),
@@ -70,16 +57,10 @@ pub fn optional(
 /// Checks free text: length in characters and no control characters.
 pub fn text<'a>(field: &str, value: &'a str, max_chars: usize) -> Result<&'a str, CoreError> {
     if value.chars().count() > max_chars {
-        return Err(CoreError::invalid(
-            field,
-            format_args!("must be at most {max_chars} characters"),
-        ));
+        return Err(CoreError::invalid(field, format_args!("must be at most {max_chars} characters")));
     }
     if value.chars().any(char::is_control) {
-        return Err(CoreError::invalid(
-            field,
-            "must not contain control characters",
-        ));
+        return Err(CoreError::invalid(field, "must not contain control characters"));
     }
     Ok(value)
 }

@@ -47,11 +47,7 @@ pub enum CodecError {
 }
 
 fn wrap(kind: Kind, payload: &[u8]) -> Result<Vec<u8>, CodecError> {
-    Ok(postcard::to_stdvec(&Envelope {
-        format_version: FORMAT_VERSION,
-        kind: kind as u16,
-        payload,
-    })?)
+    Ok(postcard::to_stdvec(&Envelope { format_version: FORMAT_VERSION, kind: kind as u16, payload })?)
 }
 
 fn unwrap(kind: Kind, bytes: &[u8]) -> Result<&[u8], CodecError> {
@@ -60,10 +56,7 @@ fn unwrap(kind: Kind, bytes: &[u8]) -> Result<&[u8], CodecError> {
         return Err(CodecError::Version(env.format_version));
     }
     if env.kind != kind as u16 {
-        return Err(CodecError::Kind {
-            expected: kind as u16,
-            found: env.kind,
-        });
+        return Err(CodecError::Kind { expected: kind as u16, found: env.kind });
     }
     Ok(env.payload)
 }

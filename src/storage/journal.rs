@@ -53,20 +53,14 @@ fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
 
 impl JournalHandle {
     /// Starts the writer and projector threads, appending at `end` of segment `end.segment`.
-    pub fn start(
-        opts: JournalOptions,
-        end: Position,
-        views: Arc<Views>,
-    ) -> std::io::Result<JournalHandle> {
+    pub fn start(opts: JournalOptions, end: Position, views: Arc<Views>) -> std::io::Result<JournalHandle> {
         let file = open_for_append(&opts.dir, end.segment)?;
         let (tx, rx) = mpsc::sync_channel::<Pending>(opts.queue);
         let (ptx, prx) = mpsc::sync_channel::<(Vec<Pending>, Position)>(4);
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || write_loop(rx, ptx, file, end, opts))?;
-        std::thread::Builder::new()
-            .name("journal-projector".into())
-            .spawn(move || project_loop(prx, views))?;
+        std::thread::Builder::new().name("journal-projector".into()).spawn(move || project_loop(prx, views))?;
         Ok(JournalHandle { tx })
     }
 }
@@ -92,19 +86,14 @@ fn write_loop(
             buf.extend_from_slice(&p.frame);
         }
         if pos.offset > 0 && pos.offset + buf.len() as u64 > opts.segment_bytes {
-            pos = Position {
-                segment: pos.segment + 1,
-                offset: 0,
-            };
-            file = open_for_append(&opts.dir, pos.segment)
-                .unwrap_or_else(|e| fatal("cannot open a new segment", &e));
+            pos = Position { segment: pos.segment + 1, offset: 0 };
+            file = open_for_append(&opts.dir, pos.segment).unwrap_or_else(|e| fatal("cannot open a new segment", &e));
         }
         let started = Instant::now();
         if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
             fatal("journal write failed", &e);
         }
-        metrics::histogram!("paygate_journal_fsync_seconds")
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("paygate_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("paygate_journal_batch_records").record(batch.len() as f64);
         pos.offset += buf.len() as u64;
         if projector.send((batch, pos)).is_err() {
@@ -136,22 +125,14 @@ impl Journal for JournalHandle {
             Err(e) => return Box::pin(std::future::ready(Err(StorageError(e.to_string())))),
         }
         let (done, rx) = oneshot::channel();
-        let queued = match self.tx.try_send(Pending {
-            frame: framed,
-            record,
-            done,
-        }) {
+        let queued = match self.tx.try_send(Pending { frame: framed, record, done }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(StorageError("journal queue is full".into())),
             Err(TrySendError::Disconnected(_)) => Err(StorageError("journal is stopped".into())),
         };
         Box::pin(async move {
             queued?;
-            rx.await.unwrap_or_else(|_| {
-                Err(StorageError(
-                    "journal stopped before the record was durable".into(),
-                ))
-            })
+            rx.await.unwrap_or_else(|_| Err(StorageError("journal stopped before the record was durable".into())))
         })
     }
 }

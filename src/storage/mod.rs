@@ -108,8 +108,7 @@ impl Storage {
         let started = Instant::now();
         let journal_dir = opts.data_dir.join("journal");
         let views_dir = opts.data_dir.join("views");
-        std::fs::create_dir_all(&journal_dir)
-            .map_err(io(format!("creating {}", journal_dir.display())))?;
+        std::fs::create_dir_all(&journal_dir).map_err(io(format!("creating {}", journal_dir.display())))?;
         let mut report = RecoveryReport::default();
         let mut views = match Views::open(&views_dir, opts.query_policy, opts.cache_bytes) {
             Ok(v) => v,
@@ -127,11 +126,8 @@ impl Storage {
                 drop(views);
                 views = fresh_views(&views_dir, opts)?;
                 // The first pass may already have cut a torn tail; keep that in the report.
-                report = RecoveryReport {
-                    rebuilt_views: true,
-                    torn_bytes: report.torn_bytes,
-                    ..RecoveryReport::default()
-                };
+                report =
+                    RecoveryReport { rebuilt_views: true, torn_bytes: report.torn_bytes, ..RecoveryReport::default() };
                 recover(&journal_dir, &views, &mut report).map_err(|e| match e {
                     Recovery::Open(e) => e,
                     Recovery::Views(e) => OpenError::Inconsistent(e.to_string()),
@@ -159,11 +155,7 @@ impl Storage {
             millis = report.millis as u64,
             "storage recovered"
         );
-        Ok(Storage {
-            journal,
-            views,
-            report,
-        })
+        Ok(Storage { journal, views, report })
     }
 }
 
@@ -182,19 +174,14 @@ enum Recovery {
 
 /// Checks every record, cuts a torn tail, replays what the views lack; returns the end.
 fn recover(dir: &Path, views: &Views, report: &mut RecoveryReport) -> Result<Position, Recovery> {
-    let segments = list_segments(dir)
-        .map_err(|e| Recovery::Open(io(format!("listing {}", dir.display()))(e)))?;
+    let segments = list_segments(dir).map_err(|e| Recovery::Open(io(format!("listing {}", dir.display()))(e)))?;
     let applied = views.applied().map_err(Recovery::Views)?;
-    let mut end = Position {
-        segment: segments.last().copied().unwrap_or(0),
-        offset: 0,
-    };
+    let mut end = Position { segment: segments.last().copied().unwrap_or(0), offset: 0 };
     let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
     let mut chunk_end = Position::default();
     for (i, &n) in segments.iter().enumerate() {
         let path = segment_path(dir, n);
-        let buf = read_segment(&path)
-            .map_err(|e| Recovery::Open(io(format!("reading {}", path.display()))(e)))?;
+        let buf = read_segment(&path).map_err(|e| Recovery::Open(io(format!("reading {}", path.display()))(e)))?;
         let last = i + 1 == segments.len();
         let mut offset = 0usize;
         while offset < buf.len() {
@@ -212,10 +199,7 @@ fn recover(dir: &Path, views: &Views, report: &mut RecoveryReport) -> Result<Pos
                 }));
             };
             report.records += 1;
-            let here = Position {
-                segment: n,
-                offset: next as u64,
-            };
+            let here = Position { segment: n, offset: next as u64 };
             if here > applied {
                 let record = decode_record(payload).map_err(|e| {
                     Recovery::Open(OpenError::Corrupt {
@@ -227,24 +211,17 @@ fn recover(dir: &Path, views: &Views, report: &mut RecoveryReport) -> Result<Pos
                 chunk.push(record);
                 chunk_end = here;
                 if chunk.len() >= REPLAY_CHUNK {
-                    views
-                        .project(chunk.iter(), chunk_end)
-                        .map_err(Recovery::Views)?;
+                    views.project(chunk.iter(), chunk_end).map_err(Recovery::Views)?;
                     report.replayed += chunk.len() as u64;
                     chunk.clear();
                 }
             }
             offset = next;
         }
-        end = Position {
-            segment: n,
-            offset: offset as u64,
-        };
+        end = Position { segment: n, offset: offset as u64 };
     }
     if !chunk.is_empty() {
-        views
-            .project(chunk.iter(), chunk_end)
-            .map_err(Recovery::Views)?;
+        views.project(chunk.iter(), chunk_end).map_err(Recovery::Views)?;
         report.replayed += chunk.len() as u64;
     }
     if applied > end {
@@ -256,11 +233,6 @@ fn recover(dir: &Path, views: &Views, report: &mut RecoveryReport) -> Result<Pos
 }
 
 fn cut_tail(path: &Path, at: u64) -> Result<(), OpenError> {
-    let f = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io(format!("opening {}", path.display())))?;
-    f.set_len(at)
-        .and_then(|()| f.sync_all())
-        .map_err(io(format!("truncating {}", path.display())))
+    let f = OpenOptions::new().write(true).open(path).map_err(io(format!("opening {}", path.display())))?;
+    f.set_len(at).and_then(|()| f.sync_all()).map_err(io(format!("truncating {}", path.display())))
 }

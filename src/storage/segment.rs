@@ -34,12 +34,7 @@ pub fn frame(payload: &[u8], out: &mut Vec<u8>) {
 /// `None` if there is no whole, intact record there.
 pub fn record_at(buf: &[u8], offset: usize) -> Option<(&[u8], usize)> {
     let header = buf.get(offset..offset.checked_add(HEADER)?)?;
-    let word = |i: usize| {
-        header
-            .get(i..i + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-    };
+    let word = |i: usize| header.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
     if word(0)? != MAGIC {
         return None;
     }
@@ -72,10 +67,7 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u32>> {
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if let Some(n) = name
-            .strip_suffix(".seg")
-            .and_then(|s| s.parse::<u32>().ok())
-        {
+        if let Some(n) = name.strip_suffix(".seg").and_then(|s| s.parse::<u32>().ok()) {
             found.push(n);
         }
     }
@@ -118,10 +110,7 @@ mod tests {
         let mut bad = buf.clone();
         bad[14] ^= 1;
         assert!(record_at(&bad, 0).is_none());
-        assert!(
-            any_record_after(&bad, 0),
-            "the intact second record is found"
-        );
+        assert!(any_record_after(&bad, 0), "the intact second record is found");
         let torn = &buf[..buf.len() - 3];
         assert!(record_at(torn, next).is_none());
         assert!(!any_record_after(torn, next));

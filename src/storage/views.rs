@@ -83,15 +83,8 @@ impl Views {
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(1000))
             .open()?;
-        let high_water = db
-            .get(ID_HIGH_WATER)?
-            .and_then(|v| v.as_ref().try_into().ok())
-            .map_or(0, u64::from_be_bytes);
-        Ok(Views {
-            db,
-            policy,
-            high_water: AtomicU64::new(high_water),
-        })
+        let high_water = db.get(ID_HIGH_WATER)?.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes);
+        Ok(Views { db, policy, high_water: AtomicU64::new(high_water) })
     }
 
     /// The journal position the views reflect.
@@ -99,19 +92,11 @@ impl Views {
         let Some(v) = self.db.get(APPLIED)? else {
             return Ok(Position::default());
         };
-        let segment = v
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_be_bytes);
-        let offset = v
-            .get(4..12)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes);
+        let segment = v.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+        let offset = v.get(4..12).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
         match (segment, offset) {
             (Some(segment), Some(offset)) => Ok(Position { segment, offset }),
-            _ => Err(ProjectError::Inconsistent(
-                "stored journal position is malformed".into(),
-            )),
+            _ => Err(ProjectError::Inconsistent("stored journal position is malformed".into())),
         }
     }
 
@@ -134,11 +119,7 @@ impl Views {
         let mut batch = sled::Batch::default();
         let mut high_water = self.high_water.load(Ordering::Relaxed);
         for record in records {
-            let Record::Order {
-                pay_order_no: id,
-                seq,
-                events,
-            } = record;
+            let Record::Order { pay_order_no: id, seq, events } = record;
             let prev = match overlay.get(id) {
                 Some(o) => Some(o.clone()),
                 None => self.load_order(id)?,
@@ -155,14 +136,10 @@ impl Views {
             let old_timer = prev.as_ref().and_then(|o| o.next_timer(&self.policy));
             let mut state = prev;
             for event in events {
-                state = Some(
-                    Order::evolve(state, event)
-                        .map_err(|e| ProjectError::Inconsistent(e.to_string()))?,
-                );
+                state = Some(Order::evolve(state, event).map_err(|e| ProjectError::Inconsistent(e.to_string()))?);
             }
-            let mut order = state.ok_or_else(|| {
-                ProjectError::Inconsistent(format!("order {id}: record {seq} has no events"))
-            })?;
+            let mut order =
+                state.ok_or_else(|| ProjectError::Inconsistent(format!("order {id}: record {seq} has no events")))?;
             order.seq = *seq;
             let new_timer = order.next_timer(&self.policy);
             if old_timer != new_timer {
@@ -174,10 +151,7 @@ impl Views {
                 }
             }
             if prev_seq == 0 {
-                batch.insert(
-                    index_key(&order.spec.merchant_id, &order.spec.order_no),
-                    id.as_str().as_bytes(),
-                );
+                batch.insert(index_key(&order.spec.merchant_id, &order.spec.order_no), id.as_str().as_bytes());
             }
             batch.insert(order_key(id), encode_order(&order)?);
             high_water = high_water.max(id.millis());
@@ -211,17 +185,11 @@ impl OrderStore for Views {
     }
 
     fn find(&self, merchant_id: &str, order_no: &str) -> Result<Option<PayOrderNo>, StorageError> {
-        let Some(v) = self
-            .db
-            .get(index_key(merchant_id, order_no))
-            .map_err(storage)?
-        else {
+        let Some(v) = self.db.get(index_key(merchant_id, order_no)).map_err(storage)? else {
             return Ok(None);
         };
         let text = std::str::from_utf8(&v).map_err(storage)?;
-        PayOrderNo::parse(text)
-            .map(Some)
-            .ok_or_else(|| StorageError(format!("malformed index entry {text:?}")))
+        PayOrderNo::parse(text).map(Some).ok_or_else(|| StorageError(format!("malformed index entry {text:?}")))
     }
 
     fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError> {
@@ -232,10 +200,7 @@ impl OrderStore for Views {
         let mut due = Vec::new();
         for item in self.db.range(start..end).take(limit) {
             let (k, _) = item.map_err(storage)?;
-            let id = k
-                .get(9..)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(PayOrderNo::parse);
+            let id = k.get(9..).and_then(|b| std::str::from_utf8(b).ok()).and_then(PayOrderNo::parse);
             due.extend(id);
         }
         Ok(due)
@@ -249,8 +214,6 @@ impl OrderStore for Views {
 impl Views {
     /// Every stored order, in id order (for tools and tests; not a hot path).
     pub fn orders(&self) -> impl Iterator<Item = Result<Order, ProjectError>> + '_ {
-        self.db
-            .scan_prefix([ORDER])
-            .map(|item| Ok(decode_order(&item?.1)?))
+        self.db.scan_prefix([ORDER]).map(|item| Ok(decode_order(&item?.1)?))
     }
 }

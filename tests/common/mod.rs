@@ -23,20 +23,14 @@ pub fn config_dir() -> PathBuf {
 }
 
 pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// The repository's default configuration on a fresh data directory and a free port.
 pub fn test_config(data: &Path) -> Config {
     let mut c = Config::load(
         &config_dir(),
-        &Overrides {
-            listen: Some("127.0.0.1:0".into()),
-            data_dir: Some(data.to_path_buf()),
-        },
+        &Overrides { listen: Some("127.0.0.1:0".into()), data_dir: Some(data.to_path_buf()) },
     )
     .unwrap();
     c.shards.count = 8;
@@ -69,11 +63,7 @@ impl TestNode {
         tweak(&mut config);
         let node = paygate::node::start(config).unwrap();
         let url = format!("http://{}", node.addr);
-        TestNode {
-            node: Some(node),
-            dir,
-            url,
-        }
+        TestNode { node: Some(node), dir, url }
     }
 
     pub fn node(&self) -> &Node {
@@ -104,11 +94,7 @@ impl Drop for TestNode {
 
 pub fn journal_bytes(data: &Path) -> u64 {
     std::fs::read_dir(data.join("journal"))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
+        .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
         .unwrap_or(0)
 }
 
@@ -130,13 +116,8 @@ impl Answer {
 
 /// POSTs raw bytes; `None` when no answer came (connection refused or cut).
 pub fn post_raw(url: &str, body: &[u8]) -> Option<Answer> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build();
-    let result = agent
-        .post(url)
-        .set("content-type", "application/json")
-        .send_bytes(body);
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let result = agent.post(url).set("content-type", "application/json").send_bytes(body);
     let resp = match result {
         Ok(r) => r,
         Err(ureq::Error::Status(_, r)) => r,
@@ -159,32 +140,20 @@ pub struct Client {
 pub type Params = BTreeMap<String, String>;
 
 pub fn params(pairs: &[(&str, &str)]) -> Params {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 impl Client {
     pub fn new(base: &str, merchant: &str, secret: &str) -> Client {
-        Client {
-            base: base.into(),
-            merchant: merchant.into(),
-            secret: secret.into(),
-        }
+        Client { base: base.into(), merchant: merchant.into(), secret: secret.into() }
     }
 
     /// Adds merchant_id and timestamp (unless present), then signs.
     pub fn sign(&self, mut p: Params) -> Params {
-        p.entry("merchant_id".into())
-            .or_insert_with(|| self.merchant.clone());
-        p.entry("timestamp".into())
-            .or_insert_with(|| now_secs().to_string());
-        let st = if p.get("sign_type").map(String::as_str) == Some("MD5") {
-            SignType::Md5
-        } else {
-            SignType::HmacSha256
-        };
+        p.entry("merchant_id".into()).or_insert_with(|| self.merchant.clone());
+        p.entry("timestamp".into()).or_insert_with(|| now_secs().to_string());
+        let st =
+            if p.get("sign_type").map(String::as_str) == Some("MD5") { SignType::Md5 } else { SignType::HmacSha256 };
         let s = signing::sign(&p, &self.secret, st);
         p.insert("sign".into(), s);
         p
@@ -200,12 +169,7 @@ impl Client {
     }
 
     pub fn pay_params(order_no: &str, amount: &str) -> Params {
-        params(&[
-            ("order_no", order_no),
-            ("amount", amount),
-            ("subject", "tea"),
-            ("pay_method", "SANDBOX"),
-        ])
+        params(&[("order_no", order_no), ("amount", amount), ("subject", "tea"), ("pay_method", "SANDBOX")])
     }
 
     pub fn pay(&self, order_no: &str, amount: &str) -> Answer {
@@ -213,10 +177,7 @@ impl Client {
     }
 
     pub fn query_id(&self, pay_order_no: &str) -> Answer {
-        self.call(
-            "/api/v1/payment/query",
-            params(&[("pay_order_no", pay_order_no)]),
-        )
+        self.call("/api/v1/payment/query", params(&[("pay_order_no", pay_order_no)]))
     }
 
     pub fn query_no(&self, order_no: &str) -> Answer {
@@ -224,10 +185,7 @@ impl Client {
     }
 
     pub fn close_id(&self, pay_order_no: &str) -> Answer {
-        self.call(
-            "/api/v1/payment/close",
-            params(&[("pay_order_no", pay_order_no)]),
-        )
+        self.call("/api/v1/payment/close", params(&[("pay_order_no", pay_order_no)]))
     }
 }
 
@@ -258,11 +216,7 @@ pub fn wait_status(client: &Client, pay_order_no: &str, status: &str, limit: Dur
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The real `paygate` binary serving a data directory.
@@ -301,10 +255,7 @@ impl BinNode {
             if let Ok(Some(status)) = node.child.try_wait() {
                 panic!("paygate exited during start: {status}");
             }
-            ureq::get(&format!("{}/healthz", node.url))
-                .call()
-                .ok()
-                .map(|_| ())
+            ureq::get(&format!("{}/healthz", node.url)).call().ok().map(|_| ())
         });
         assert!(up.is_some(), "paygate did not start");
         node

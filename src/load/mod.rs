@@ -1,0 +1,337 @@
+//! `paygate bench`: the load harness. It starts a node (or targets one) with the sandbox
+//! channel, measures a bare-hyper baseline in the same run, drives signed pay / query /
+//! close traffic, and reports throughput, latency percentiles, errors by code and the
+//! node's RSS. `recovery` times a restart over a large journal; `soak` watches RSS over
+//! millions of completed orders.
+
+pub mod baseline;
+pub mod generator;
+pub mod recovery;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use self::generator::{Mix, Op, PhaseResult, Target};
+
+/// A child process (node or baseline) killed when dropped.
+pub struct Process {
+    child: Child,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Process {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn wait_listening(child: &mut Child, addr: std::net::SocketAddr, limit: Duration) -> Result<(), String> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("process exited during start: {status}"));
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(format!("nothing listening on {addr} after {limit:?}"))
+}
+
+/// Starts `paygate serve` on `data_dir` (this same executable).
+pub fn spawn_node(config: &Path, data_dir: &Path, extra_env: &[(&str, String)]) -> Result<Process, String> {
+    let port = free_port()?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("starting the node: {e}"))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(&mut child, addr, Duration::from_secs(120))?;
+    Ok(Process { child, addr })
+}
+
+/// Starts the bare-hyper baseline server.
+pub fn spawn_baseline(workers: usize) -> Result<Process, String> {
+    let port = free_port()?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["bench-baseline", "--listen", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the baseline: {e}"))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(&mut child, addr, Duration::from_secs(30))?;
+    Ok(Process { child, addr })
+}
+
+/// Resident and peak resident memory of a process, MiB (Linux /proc).
+pub fn rss_mb(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+}
+
+/// Options of a throughput run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Configuration directory for the node.
+    pub config: PathBuf,
+    /// Target an already running node instead of starting one.
+    pub url: Option<String>,
+    /// Measured seconds per phase.
+    pub duration: Duration,
+    /// Connections.
+    pub connections: usize,
+    /// Load generator threads.
+    pub threads: usize,
+    /// Node (and baseline) worker threads; 0: one per core.
+    pub workers: usize,
+    /// Weights of the mixed phase.
+    pub mix: Mix,
+    /// Print one JSON object instead of a table.
+    pub json: bool,
+}
+
+struct Phase {
+    name: &'static str,
+    result: PhaseResult,
+}
+
+/// Runs baseline, pay, query and mixed phases; prints the report.
+pub fn run(opts: &RunOptions) -> Result<(), String> {
+    let workers = match opts.workers {
+        0 => std::thread::available_parallelism().map_or(2, usize::from),
+        n => n,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let config = crate::config::Config::load(&opts.config, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
+    let merchant = config.merchants.first().ok_or("the configuration has no merchant")?;
+    let warmup = Duration::from_secs(1);
+    let run_id = format!("B{}", std::process::id());
+
+    // The baseline, alone on the machine.
+    let base_proc = spawn_baseline(workers)?;
+    let base_target = Arc::new(Target {
+        addr: base_proc.addr,
+        merchant: merchant.merchant_id.clone(),
+        secret: merchant.secret.clone(),
+        run: format!("{run_id}base"),
+    });
+    let baseline = rt.block_on(generator::run(base_target, Mix::only(Op::Pay), opts.connections, warmup, opts.duration, Arc::default()));
+    drop(base_proc);
+
+    // The node.
+    let data = std::env::temp_dir().join(format!("paygate-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let node = match &opts.url {
+        Some(_) => None,
+        None => Some(spawn_node(&opts.config, &data, &[("PAYGATE_SERVER__WORKERS", workers.to_string())])?),
+    };
+    let addr = match (&node, &opts.url) {
+        (Some(n), _) => n.addr,
+        (None, Some(url)) => url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| format!("--url must be http://host:port ({e})"))?,
+        (None, None) => return Err("no node".into()),
+    };
+    let target = Arc::new(Target {
+        addr,
+        merchant: merchant.merchant_id.clone(),
+        secret: merchant.secret.clone(),
+        run: run_id,
+    });
+    let phase = |mix: Mix, known: Arc<Vec<String>>| {
+        rt.block_on(generator::run(Arc::clone(&target), mix, opts.connections, warmup, opts.duration, known))
+    };
+    let pay = phase(Mix::only(Op::Pay), Arc::default());
+    let known = Arc::new(pay.created.clone());
+    let query = phase(Mix::only(Op::Query), Arc::clone(&known));
+    let mixed = phase(opts.mix, known);
+    let (rss, peak) = node.as_ref().map_or((0.0, 0.0), |n| rss_mb(n.pid()));
+    drop(node);
+    let _ = std::fs::remove_dir_all(&data);
+
+    let phases = [
+        Phase { name: "baseline", result: baseline },
+        Phase { name: "pay", result: pay },
+        Phase { name: "query", result: query },
+        Phase { name: "mix", result: mixed },
+    ];
+    report(opts, workers, &phases, rss, peak);
+    Ok(())
+}
+
+fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f64) {
+    let get = |name: &str| phases.iter().find(|p| p.name == name).map(|p| &p.result);
+    let rps = |name: &str| get(name).map_or(0.0, PhaseResult::rps);
+    let p99 = |name: &str| get(name).map_or(0.0, |r| r.ms(0.99));
+    let base = rps("baseline").max(1e-9);
+    let mut errors = std::collections::BTreeMap::new();
+    for p in phases.iter().filter(|p| p.name != "baseline") {
+        for (k, v) in &p.result.errors {
+            *errors.entry(format!("{}:{k}", p.name)).or_insert(0u64) += v;
+        }
+    }
+    if opts.json {
+        let phase_json: serde_json::Map<String, serde_json::Value> = phases
+            .iter()
+            .map(|p| {
+                let r = &p.result;
+                (
+                    p.name.to_owned(),
+                    json!({"requests": r.requests, "rps": r.rps(), "p50_ms": r.ms(0.5), "p90_ms": r.ms(0.9),
+                           "p99_ms": r.ms(0.99), "p999_ms": r.ms(0.999), "errors": r.errors}),
+                )
+            })
+            .collect();
+        let out = json!({
+            "pay_rps": rps("pay"), "query_rps": rps("query"), "mix_rps": rps("mix"), "baseline_rps": base,
+            "pay_ratio": rps("pay") / base, "query_ratio": rps("query") / base,
+            "pay_p99_ms": p99("pay"), "query_p99_ms": p99("query"), "errors": errors,
+            "rss_mb": rss, "peak_rss_mb": peak, "connections": opts.connections, "duration_s": opts.duration.as_secs_f64(),
+            "generator_threads": opts.threads, "node_workers": workers, "phases": phase_json,
+        });
+        println!("{out}");
+        return;
+    }
+    println!(
+        "{} connections, {:?} per phase, {} generator thread(s), {workers} node worker(s)\n",
+        opts.connections, opts.duration, opts.threads
+    );
+    println!("{:<9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}  errors", "phase", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9");
+    for p in phases {
+        let r = &p.result;
+        let errs: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<9} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}  {}",
+            p.name,
+            r.requests,
+            r.rps(),
+            r.ms(0.5),
+            r.ms(0.9),
+            r.ms(0.99),
+            r.ms(0.999),
+            if errs.is_empty() { "-".to_owned() } else { errs.join(" ") }
+        );
+    }
+    println!(
+        "\npay/baseline = {:.3}   query/baseline = {:.3}   node RSS {rss:.1} MiB (peak {peak:.1} MiB)",
+        rps("pay") / base,
+        rps("query") / base
+    );
+}
+
+/// Options of the soak run.
+#[derive(Debug, Clone)]
+pub struct SoakOptions {
+    /// Configuration directory.
+    pub config: PathBuf,
+    /// Orders to complete.
+    pub orders: u64,
+    /// Connections.
+    pub connections: usize,
+    /// Seconds between RSS samples.
+    pub sample: Duration,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// Drives pay + close until `orders` orders are complete, sampling the node's RSS.
+pub fn soak(opts: &SoakOptions) -> Result<(), String> {
+    let config = crate::config::Config::load(&opts.config, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
+    let merchant = config.merchants.first().ok_or("the configuration has no merchant")?;
+    let data = std::env::temp_dir().join(format!("paygate-soak-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let node = spawn_node(&opts.config, &data, &[])?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let target = Arc::new(Target {
+        addr: node.addr,
+        merchant: merchant.merchant_id.clone(),
+        secret: merchant.secret.clone(),
+        run: format!("S{}", std::process::id()),
+    });
+    let mut completed = 0u64;
+    let mut samples: Vec<(u64, f64)> = Vec::new();
+    let started = Instant::now();
+    let mut errors = 0u64;
+    while completed < opts.orders {
+        // Each slice: pay and close in equal parts, so every created order completes.
+        let r = rt.block_on(generator::run(
+            Arc::clone(&target),
+            Mix { pay: 1, query: 0, close: 1 },
+            opts.connections,
+            Duration::ZERO,
+            opts.sample,
+            Arc::default(),
+        ));
+        completed += r.requests / 2;
+        errors += r.errors.values().sum::<u64>();
+        let (rss, _) = rss_mb(node.pid());
+        samples.push((completed, rss));
+        if !opts.json {
+            println!("{completed:>10} orders  {rss:>8.1} MiB  ({:.0} req/s)", r.rps());
+        }
+    }
+    // The first sample includes start-up growth (caches, pools); flatness is judged after it.
+    let steady: Vec<f64> = samples.iter().skip(1).map(|s| s.1).collect();
+    let (lo, hi) = steady.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let spread = if steady.is_empty() { 0.0 } else { (hi - lo) / lo.max(1e-9) };
+    let stored = std::fs::read_dir(data.join("journal")).map(|d| d.count()).unwrap_or(0);
+    drop(node);
+    let _ = std::fs::remove_dir_all(&data);
+    let out = json!({
+        "orders": completed, "seconds": started.elapsed().as_secs_f64(), "errors": errors,
+        "rss_samples_mb": samples.iter().map(|s| s.1).collect::<Vec<_>>(),
+        "steady_min_mb": lo, "steady_max_mb": hi, "steady_spread": spread, "journal_segments": stored,
+    });
+    if opts.json {
+        println!("{out}");
+    } else {
+        println!("RSS after warm-up: {lo:.1}..{hi:.1} MiB, spread {:.1}%", spread * 100.0);
+    }
+    Ok(())
+}
