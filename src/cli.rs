@@ -42,6 +42,99 @@ pub enum Command {
     Client(ClientArgs),
     /// Tell the sandbox channel of a running node to pay, fail or hang an order.
     Sandbox(SandboxArgs),
+    /// Load harness: throughput and latency against a same-run baseline; `recovery`
+    /// and `soak` modes.
+    Bench(BenchArgs),
+    /// The bare hyper server the load harness uses as its baseline.
+    #[command(hide = true)]
+    BenchBaseline {
+        /// Listen address.
+        #[arg(long)]
+        listen: String,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+}
+
+/// `paygate bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Configuration directory (the node's, and the merchant that signs).
+    #[arg(long, default_value = "config", global = true)]
+    pub config: PathBuf,
+    /// Print one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Keep-alive connections.
+    #[arg(long, default_value_t = 32, global = true)]
+    pub connections: usize,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Node and baseline worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Weights pay:query:close of the mixed phase.
+    #[arg(long, default_value = "2:7:1")]
+    pub mix: String,
+    /// Target a running node instead of starting one (http://host:port).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Another measurement instead of throughput.
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+}
+
+/// Other measurements.
+#[derive(Debug, Subcommand)]
+pub enum BenchMode {
+    /// Write a journal of N events, then time restarts to the first answer.
+    Recovery {
+        /// Events in the journal.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// Complete N orders (pay + close) and watch the node's RSS.
+    Soak {
+        /// Orders to complete.
+        #[arg(long, default_value_t = 5_000_000)]
+        orders: u64,
+        /// Seconds between RSS samples.
+        #[arg(long, default_value_t = 10)]
+        sample_secs: u64,
+    },
+}
+
+/// Runs `paygate bench …`.
+pub fn bench(args: BenchArgs) -> CliResult {
+    match args.mode {
+        None => crate::load::run(&crate::load::RunOptions {
+            config: args.config,
+            url: args.url,
+            duration: Duration::from_secs(args.duration.max(1)),
+            connections: args.connections.max(1),
+            threads: args.threads.max(1),
+            workers: args.workers,
+            mix: crate::load::generator::Mix::parse(&args.mix)?,
+            json: args.json,
+        }),
+        Some(BenchMode::Recovery { events }) => crate::load::recovery::run(&crate::load::recovery::RecoveryOptions {
+            config: args.config,
+            events,
+            json: args.json,
+        }),
+        Some(BenchMode::Soak { orders, sample_secs }) => crate::load::soak(&crate::load::SoakOptions {
+            config: args.config,
+            orders,
+            connections: args.connections.max(1),
+            sample: Duration::from_secs(sample_secs.max(1)),
+            json: args.json,
+        }),
+    }
 }
 
 /// Where and as whom the client talks.

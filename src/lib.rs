@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod load;
 pub mod node;
 pub mod qr;
 pub mod sandbox;

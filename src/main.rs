@@ -13,6 +13,8 @@ fn main() -> ExitCode {
         Command::Serve { config, listen, data_dir } => serve(&config, Overrides { listen, data_dir }),
         Command::Client(args) => cli::client(args),
         Command::Sandbox(args) => cli::sandbox(args),
+        Command::Bench(args) => cli::bench(args),
+        Command::BenchBaseline { listen, workers } => paygate::load::baseline::serve(&listen, workers),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

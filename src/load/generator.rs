@@ -49,7 +49,8 @@ impl Mix {
 
     /// Parses `pay:query:close`, e.g. `2:7:1`.
     pub fn parse(text: &str) -> Result<Mix, String> {
-        let parts: Vec<u32> = text.split(':').map(|p| p.parse().map_err(|_| format!("bad mix {text:?}"))).collect::<Result<_, _>>()?;
+        let parts: Vec<u32> =
+            text.split(':').map(|p| p.parse().map_err(|_| format!("bad mix {text:?}"))).collect::<Result<_, _>>()?;
         match parts.as_slice() {
             [pay, query, close] if pay + query + close > 0 => Ok(Mix { pay: *pay, query: *query, close: *close }),
             _ => Err(format!("mix must be pay:query:close with a positive sum, not {text:?}")),
@@ -126,7 +127,7 @@ impl Conn {
     }
 
     fn body(&mut self, op: Op, known: &[String]) -> (&'static str, Vec<u8>) {
-        let t = &self.target;
+        let t = Arc::clone(&self.target);
         let mut p = BTreeMap::new();
         p.insert("merchant_id".to_owned(), t.merchant.clone());
         p.insert("timestamp".to_owned(), (SystemClock.now_ms() / 1000).to_string());

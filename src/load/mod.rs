@@ -146,7 +146,8 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let config = crate::config::Config::load(&opts.config, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
+    let config =
+        crate::config::Config::load(&opts.config, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
     let merchant = config.merchants.first().ok_or("the configuration has no merchant")?;
     let warmup = Duration::from_secs(1);
     let run_id = format!("B{}", std::process::id());
@@ -159,7 +160,14 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
         secret: merchant.secret.clone(),
         run: format!("{run_id}base"),
     });
-    let baseline = rt.block_on(generator::run(base_target, Mix::only(Op::Pay), opts.connections, warmup, opts.duration, Arc::default()));
+    let baseline = rt.block_on(generator::run(
+        base_target,
+        Mix::only(Op::Pay),
+        opts.connections,
+        warmup,
+        opts.duration,
+        Arc::default(),
+    ));
     drop(base_proc);
 
     // The node.
@@ -178,12 +186,8 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
             .map_err(|e| format!("--url must be http://host:port ({e})"))?,
         (None, None) => return Err("no node".into()),
     };
-    let target = Arc::new(Target {
-        addr,
-        merchant: merchant.merchant_id.clone(),
-        secret: merchant.secret.clone(),
-        run: run_id,
-    });
+    let target =
+        Arc::new(Target { addr, merchant: merchant.merchant_id.clone(), secret: merchant.secret.clone(), run: run_id });
     let phase = |mix: Mix, known: Arc<Vec<String>>| {
         rt.block_on(generator::run(Arc::clone(&target), mix, opts.connections, warmup, opts.duration, known))
     };
@@ -242,7 +246,10 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
         "{} connections, {:?} per phase, {} generator thread(s), {workers} node worker(s)\n",
         opts.connections, opts.duration, opts.threads
     );
-    println!("{:<9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}  errors", "phase", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9");
+    println!(
+        "{:<9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}  errors",
+        "phase", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9"
+    );
     for p in phases {
         let r = &p.result;
         let errs: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -282,12 +289,17 @@ pub struct SoakOptions {
 
 /// Drives pay + close until `orders` orders are complete, sampling the node's RSS.
 pub fn soak(opts: &SoakOptions) -> Result<(), String> {
-    let config = crate::config::Config::load(&opts.config, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
+    let config =
+        crate::config::Config::load(&opts.config, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
     let merchant = config.merchants.first().ok_or("the configuration has no merchant")?;
     let data = std::env::temp_dir().join(format!("paygate-soak-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let node = spawn_node(&opts.config, &data, &[])?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let target = Arc::new(Target {
         addr: node.addr,
         merchant: merchant.merchant_id.clone(),

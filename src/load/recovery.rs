@@ -67,7 +67,11 @@ pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
     let writers = 512u64;
     let now = paygate_actors::ports::Clock::now_ms(&paygate_actors::clock::SystemClock);
     let generated = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let journal = Arc::new(storage.journal.clone());
     let first_id = rt.block_on(async {
         let mut tasks = Vec::new();
@@ -80,8 +84,13 @@ pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
                 let mut i = w;
                 while i < orders {
                     let id = ids.next(now as u64);
-                    let created = OrderEvent::created(id.clone(), spec(&merchant_id, i), "sandbox".into(), now, 600 * 60_000);
-                    let accepted = OrderEvent::ChannelAccepted { code_url: format!("sandbox://{id}"), channel_trade_no: None, at: now };
+                    let created =
+                        OrderEvent::created(id.clone(), spec(&merchant_id, i), "sandbox".into(), now, 600 * 60_000);
+                    let accepted = OrderEvent::ChannelAccepted {
+                        code_url: format!("sandbox://{id}"),
+                        channel_trade_no: None,
+                        at: now,
+                    };
                     journal.append(Record::Order { pay_order_no: id.clone(), seq: 1, events: vec![created] }).await?;
                     journal.append(Record::Order { pay_order_no: id.clone(), seq: 2, events: vec![accepted] }).await?;
                     first.get_or_insert((id, i));
@@ -121,7 +130,9 @@ pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
         let answered = rt.block_on(async {
             loop {
                 if let Ok(a) = client.post(&url, "application/json", body.clone(), Duration::from_secs(5)).await {
-                    if a.status == 200 && a.body.windows(first_id.as_str().len()).any(|w| w == first_id.as_str().as_bytes()) {
+                    if a.status == 200
+                        && a.body.windows(first_id.as_str().len()).any(|w| w == first_id.as_str().as_bytes())
+                    {
                         return Ok(started.elapsed());
                     }
                 }

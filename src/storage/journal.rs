@@ -53,15 +53,21 @@ fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
 
 impl JournalHandle {
     /// Starts the writer and projector threads, appending at `end` of segment `end.segment`.
-    pub fn start(opts: JournalOptions, end: Position, views: Arc<Views>) -> std::io::Result<JournalHandle> {
+    /// The threads end once every handle is dropped and the last batch is projected.
+    pub fn start(
+        opts: JournalOptions,
+        end: Position,
+        views: Arc<Views>,
+    ) -> std::io::Result<(JournalHandle, Vec<std::thread::JoinHandle<()>>)> {
         let file = open_for_append(&opts.dir, end.segment)?;
         let (tx, rx) = mpsc::sync_channel::<Pending>(opts.queue);
         let (ptx, prx) = mpsc::sync_channel::<(Vec<Pending>, Position)>(4);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || write_loop(rx, ptx, file, end, opts))?;
-        std::thread::Builder::new().name("journal-projector".into()).spawn(move || project_loop(prx, views))?;
-        Ok(JournalHandle { tx })
+        let projector =
+            std::thread::Builder::new().name("journal-projector".into()).spawn(move || project_loop(prx, views))?;
+        Ok((JournalHandle { tx }, vec![writer, projector]))
     }
 }
 

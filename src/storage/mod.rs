@@ -92,6 +92,20 @@ pub struct Storage {
     pub views: Arc<Views>,
     /// What recovery did.
     pub report: RecoveryReport,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Storage {
+    /// Stops the journal once everything appended is durable and projected, and closes
+    /// the views. Every clone of the journal handle must be gone, or this waits for them.
+    pub fn close(self) {
+        let Storage { journal, views, threads, .. } = self;
+        drop(journal);
+        for t in threads {
+            let _ = t.join();
+        }
+        drop(views);
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpenError {
@@ -135,7 +149,7 @@ impl Storage {
             }
         };
         let views = Arc::new(views);
-        let journal = JournalHandle::start(
+        let (journal, threads) = JournalHandle::start(
             JournalOptions {
                 dir: journal_dir.clone(),
                 segment_bytes: opts.segment_bytes,
@@ -155,7 +169,7 @@ impl Storage {
             millis = report.millis as u64,
             "storage recovered"
         );
-        Ok(Storage { journal, views, report })
+        Ok(Storage { journal, views, report, threads })
     }
 }
 
