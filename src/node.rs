@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle};
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::ShardId;
-use paygate_actors::merchant::{AuthPolicy, MerchantActor, MerchantDirectory};
+use paygate_actors::merchant::{AuthPolicy, MerchantActor, MerchantDirectory, MerchantProfile};
 use paygate_actors::money::Currency;
 use paygate_actors::order_actor::{OrderContext, Passivation};
 use paygate_actors::ports::{ChannelConnector, Clock};
@@ -191,20 +191,16 @@ fn build(
                 continue;
             }
         };
-        channel_handles.push(ChannelHandle::start(c.profile()?, connector));
+        channel_handles.push(ChannelHandle::new(c.profile()?, connector));
     }
     let channels = ChannelDirectory::new(channel_handles);
 
     let auth = AuthPolicy { timestamp_window_secs: config.auth.timestamp_window_secs, ..AuthPolicy::default() };
-    let merchants: HashMap<String, Addr<MerchantActor>> = config
+    let merchants: Vec<(MerchantProfile, Addr<MerchantActor>)> = config
         .merchants
         .iter()
         .enumerate()
-        .map(|(i, m)| {
-            let profile = m.clone();
-            let addr = MerchantActor::start_in_arbiter(&pick(i), move |_| MerchantActor::new(profile, auth));
-            (m.merchant_id.clone(), addr)
-        })
+        .map(|(i, m)| (m.clone(), MerchantActor::start_in_arbiter(&pick(i), move |_| MerchantActor::new(auth))))
         .collect();
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -242,7 +238,7 @@ fn build(
         .collect::<Result<HashMap<_, _>, _>>()?;
     let app = Arc::new(App {
         router,
-        merchants: MerchantDirectory::new(merchants),
+        merchants: MerchantDirectory::new(merchants, auth),
         channels,
         clock,
         sandbox: sandbox.clone(),

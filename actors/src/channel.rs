@@ -1,12 +1,14 @@
-//! Channels: their profile, and the actor that owns one channel's connector, its call
-//! timeouts and live statistics (and, later, its circuit breaker and daily limit).
+//! Channels: their profile, and the handle through which orders call a channel's
+//! connector — every call bounded by the channel's timeout and counted in its live
+//! statistics. Calls go straight to the connector from the calling order actor: an
+//! extra actor hop per call cost more than an in-process connector's whole answer, and
+//! the shared state a channel needs (counters; later its breaker and daily limit) is
+//! kept in atomics that every caller updates.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use actix::{Actor, ActorFutureExt, Addr, Context, Handler, Message, ResponseActFuture, WrapFuture};
 
 use crate::order::{ChannelNotice, PayMethod};
 use crate::ports::{
@@ -67,93 +69,54 @@ impl ChannelStats {
     }
 }
 
-/// The actor owning one channel.
-pub struct ChannelActor {
-    profile: Arc<ChannelProfile>,
-    connector: Arc<dyn ChannelConnector>,
-    stats: Arc<ChannelStats>,
-}
-
-impl Actor for ChannelActor {
-    type Context = Context<Self>;
-}
-
-/// A call to a channel. Calls run concurrently; each is bounded by the channel timeout.
-pub struct ChannelCall<T: 'static>(CallFn<T>);
-
-type CallFn<T> = Box<dyn FnOnce(&dyn ChannelConnector) -> BoxFuture<Result<T, ChannelError>> + Send>;
-
-impl<T: 'static> Message for ChannelCall<T> {
-    type Result = Result<T, ChannelError>;
-}
-
-impl<T: Send + 'static> Handler<ChannelCall<T>> for ChannelActor {
-    type Result = ResponseActFuture<Self, Result<T, ChannelError>>;
-
-    fn handle(&mut self, msg: ChannelCall<T>, _: &mut Context<Self>) -> Self::Result {
-        let call = (msg.0)(self.connector.as_ref());
-        let timeout = self.profile.timeout;
-        let started = Instant::now();
-        let fut = async move {
-            match actix::clock::timeout(timeout, call).await {
-                Ok(r) => r,
-                Err(_) => Err(ChannelError::Unknown(format!("no answer within {} ms", timeout.as_millis()))),
-            }
-        };
-        Box::pin(fut.into_actor(self).map(move |outcome, act, _| {
-            act.stats.record(&outcome, started.elapsed());
-            outcome
-        }))
-    }
-}
-
-/// A started channel: its profile, actor and counters.
+/// A channel as orders see it: its profile, its connector and its counters.
 #[derive(Clone)]
 pub struct ChannelHandle {
     /// Configuration.
     pub profile: Arc<ChannelProfile>,
     /// Live counters.
     pub stats: Arc<ChannelStats>,
-    /// The connector, for callback verification (synchronous, no actor hop).
+    /// The connector.
     pub connector: Arc<dyn ChannelConnector>,
-    addr: Addr<ChannelActor>,
 }
 
 impl ChannelHandle {
-    /// Starts the channel's actor in the current arbiter.
-    pub fn start(profile: ChannelProfile, connector: Arc<dyn ChannelConnector>) -> ChannelHandle {
-        let profile = Arc::new(profile);
-        let stats = Arc::new(ChannelStats::default());
-        let addr =
-            ChannelActor { profile: profile.clone(), connector: connector.clone(), stats: stats.clone() }.start();
-        ChannelHandle { profile, stats, connector, addr }
+    /// A handle over `connector`.
+    pub fn new(profile: ChannelProfile, connector: Arc<dyn ChannelConnector>) -> ChannelHandle {
+        ChannelHandle { profile: Arc::new(profile), stats: Arc::default(), connector }
     }
 
-    async fn call<T: Send + 'static>(&self, f: CallFn<T>) -> Result<T, ChannelError> {
-        self.addr
-            .send(ChannelCall(f))
-            .await
-            .unwrap_or_else(|_| Err(ChannelError::Unknown("channel actor unavailable".into())))
+    /// Runs one call, bounded by the channel timeout: no answer in time is an unknown
+    /// outcome, never a failure.
+    async fn call<T>(&self, call: BoxFuture<Result<T, ChannelError>>) -> Result<T, ChannelError> {
+        let timeout = self.profile.timeout;
+        let started = Instant::now();
+        let outcome = match actix::clock::timeout(timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(ChannelError::Unknown(format!("no answer within {} ms", timeout.as_millis()))),
+        };
+        self.stats.record(&outcome, started.elapsed());
+        outcome
     }
 
     /// Opens a trade.
     pub async fn create(&self, order: ChannelOrder) -> Result<CreateAccepted, ChannelError> {
-        self.call(Box::new(move |c| c.create_order(order))).await
+        self.call(self.connector.create_order(order)).await
     }
 
     /// Where a trade stands.
     pub async fn query(&self, trade: TradeRef) -> Result<ChannelNotice, ChannelError> {
-        self.call(Box::new(move |c| c.query_order(trade))).await
+        self.call(self.connector.query_order(trade)).await
     }
 
     /// Closes an unpaid trade.
     pub async fn close(&self, trade: TradeRef) -> Result<ChannelNotice, ChannelError> {
-        self.call(Box::new(move |c| c.close_order(trade))).await
+        self.call(self.connector.close_order(trade)).await
     }
 
     /// Refunds.
     pub async fn refund(&self, refund: ChannelRefund) -> Result<RefundState, ChannelError> {
-        self.call(Box::new(move |c| c.refund(refund))).await
+        self.call(self.connector.refund(refund)).await
     }
 }
 

@@ -69,9 +69,54 @@ impl Default for AuthPolicy {
     }
 }
 
-/// The actor that owns one merchant: its profile and the nonces it has seen.
+/// Checks a signed request against the merchant's profile: status, sign type, signature
+/// and timestamp window. Pure, so it runs on the caller's thread; only the nonce (state)
+/// goes to the merchant's actor.
+pub fn check_request(
+    profile: &MerchantProfile,
+    params: &BTreeMap<String, String>,
+    now_secs: i64,
+    policy: &AuthPolicy,
+) -> CoreResult<()> {
+    if profile.status != MerchantStatus::Active {
+        return Err(CoreError::new(ErrorCode::MerchantDisabled, "merchant is disabled"));
+    }
+    let sign_type = match params.get("sign_type").map(String::as_str) {
+        None | Some("") => SignType::HmacSha256,
+        Some(text) => {
+            SignType::parse(text).ok_or_else(|| CoreError::invalid("sign_type", "must be HMAC-SHA256 or MD5"))?
+        }
+    };
+    if sign_type == SignType::Md5 && !profile.legacy_md5 {
+        return Err(CoreError::new(
+            ErrorCode::SignError,
+            "sign_type MD5 is only accepted for merchants in legacy mode; use HMAC-SHA256",
+        ));
+    }
+    if !signing::verify(params, &profile.secret, sign_type) {
+        return Err(CoreError::new(ErrorCode::SignError, "signature does not match"));
+    }
+    let ts: i64 = params
+        .get("timestamp")
+        .filter(|t| (1..=12).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| CoreError::invalid("timestamp", "must be unix seconds as a string of digits"))?;
+    let window = policy.timestamp_window_secs;
+    if (now_secs - ts).abs() > window {
+        return Err(CoreError::new(
+            ErrorCode::TimestampExpired,
+            format!("timestamp is more than {window} seconds from the server time"),
+        ));
+    }
+    if params.get("nonce").is_some_and(|n| n.len() > 64) {
+        return Err(CoreError::invalid("nonce", "must be at most 64 characters"));
+    }
+    Ok(())
+}
+
+/// The actor that owns one merchant's mutable state: the nonces it has seen (and,
+/// later, its limits and counters).
 pub struct MerchantActor {
-    profile: Arc<MerchantProfile>,
     policy: AuthPolicy,
     /// nonce → unix seconds after which it may be forgotten.
     nonces: HashMap<String, i64>,
@@ -79,57 +124,12 @@ pub struct MerchantActor {
 
 impl MerchantActor {
     /// A merchant actor.
-    pub fn new(profile: MerchantProfile, policy: AuthPolicy) -> MerchantActor {
-        MerchantActor { profile: Arc::new(profile), policy, nonces: HashMap::new() }
+    pub fn new(policy: AuthPolicy) -> MerchantActor {
+        MerchantActor { policy, nonces: HashMap::new() }
     }
 
-    /// Checks a signed request at `now_secs`; pure apart from remembering the nonce.
-    pub fn authenticate(
-        &mut self,
-        params: &BTreeMap<String, String>,
-        now_secs: i64,
-    ) -> CoreResult<Arc<MerchantProfile>> {
-        let p = &self.profile;
-        if p.status != MerchantStatus::Active {
-            return Err(CoreError::new(ErrorCode::MerchantDisabled, "merchant is disabled"));
-        }
-        let sign_type = match params.get("sign_type").map(String::as_str) {
-            None | Some("") => SignType::HmacSha256,
-            Some(text) => {
-                SignType::parse(text).ok_or_else(|| CoreError::invalid("sign_type", "must be HMAC-SHA256 or MD5"))?
-            }
-        };
-        if sign_type == SignType::Md5 && !p.legacy_md5 {
-            return Err(CoreError::new(
-                ErrorCode::SignError,
-                "sign_type MD5 is only accepted for merchants in legacy mode; use HMAC-SHA256",
-            ));
-        }
-        if !signing::verify(params, &p.secret, sign_type) {
-            return Err(CoreError::new(ErrorCode::SignError, "signature does not match"));
-        }
-        let ts: i64 = params
-            .get("timestamp")
-            .filter(|t| (1..=12).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| CoreError::invalid("timestamp", "must be unix seconds as a string of digits"))?;
-        let window = self.policy.timestamp_window_secs;
-        if (now_secs - ts).abs() > window {
-            return Err(CoreError::new(
-                ErrorCode::TimestampExpired,
-                format!("timestamp is more than {window} seconds from the server time"),
-            ));
-        }
-        if let Some(nonce) = params.get("nonce").filter(|n| !n.is_empty()) {
-            self.remember_nonce(nonce, now_secs)?;
-        }
-        Ok(Arc::clone(&self.profile))
-    }
-
-    fn remember_nonce(&mut self, nonce: &str, now_secs: i64) -> CoreResult<()> {
-        if nonce.len() > 64 {
-            return Err(CoreError::invalid("nonce", "must be at most 64 characters"));
-        }
+    /// Accepts a nonce once within the window either side of `now_secs`.
+    pub fn remember_nonce(&mut self, nonce: &str, now_secs: i64) -> CoreResult<()> {
         if self.nonces.get(nonce).is_some_and(|&until| until >= now_secs) {
             return Err(CoreError::new(ErrorCode::TimestampExpired, "nonce was already used"));
         }
@@ -139,8 +139,8 @@ impl MerchantActor {
                 return Err(CoreError::overloaded());
             }
         }
-        // Remembered for the whole window either side, since that is how long the
-        // signed request stays acceptable.
+        // Remembered for the whole window either side: that is how long the signed
+        // request stays acceptable.
         self.nonces.insert(nonce.to_owned(), now_secs + 2 * self.policy.timestamp_window_secs);
         Ok(())
     }
@@ -154,48 +154,63 @@ impl Actor for MerchantActor {
     }
 }
 
-/// Authenticate a signed merchant request.
+/// Accept a nonce once.
 #[derive(Message)]
-#[rtype(result = "CoreResult<Arc<MerchantProfile>>")]
-pub struct Authenticate {
-    /// Every request parameter, `sign` included.
-    pub params: Arc<BTreeMap<String, String>>,
+#[rtype(result = "CoreResult<()>")]
+pub struct UseNonce {
+    /// The nonce.
+    pub nonce: String,
     /// Server time, unix seconds.
     pub now_secs: i64,
 }
 
-impl Handler<Authenticate> for MerchantActor {
-    type Result = CoreResult<Arc<MerchantProfile>>;
+impl Handler<UseNonce> for MerchantActor {
+    type Result = CoreResult<()>;
 
-    fn handle(&mut self, msg: Authenticate, _: &mut Context<Self>) -> Self::Result {
-        self.authenticate(&msg.params, msg.now_secs)
+    fn handle(&mut self, msg: UseNonce, _: &mut Context<Self>) -> Self::Result {
+        self.remember_nonce(&msg.nonce, msg.now_secs)
     }
+}
+
+struct Merchant {
+    profile: Arc<MerchantProfile>,
+    actor: Addr<MerchantActor>,
 }
 
 /// Every merchant of the node, by id.
 #[derive(Clone, Default)]
 pub struct MerchantDirectory {
-    actors: Arc<HashMap<String, Addr<MerchantActor>>>,
+    merchants: Arc<HashMap<String, Merchant>>,
+    policy: AuthPolicy,
 }
 
 impl MerchantDirectory {
-    /// A directory of started merchant actors.
-    pub fn new(actors: HashMap<String, Addr<MerchantActor>>) -> MerchantDirectory {
-        MerchantDirectory { actors: Arc::new(actors) }
+    /// A directory of merchants and their started actors.
+    pub fn new(merchants: Vec<(MerchantProfile, Addr<MerchantActor>)>, policy: AuthPolicy) -> MerchantDirectory {
+        let merchants = merchants
+            .into_iter()
+            .map(|(p, actor)| (p.merchant_id.clone(), Merchant { profile: Arc::new(p), actor }))
+            .collect();
+        MerchantDirectory { merchants: Arc::new(merchants), policy }
     }
 
     /// Authenticates a request with the merchant it names.
     pub async fn authenticate(
         &self,
-        params: Arc<BTreeMap<String, String>>,
+        params: &BTreeMap<String, String>,
         now_secs: i64,
     ) -> CoreResult<Arc<MerchantProfile>> {
         let id = params.get("merchant_id").map(String::as_str).unwrap_or_default();
-        let addr =
-            self.actors.get(id).ok_or_else(|| CoreError::new(ErrorCode::MerchantNotFound, "no such merchant"))?;
-        addr.send(Authenticate { params, now_secs })
-            .await
-            .map_err(|_| CoreError::system("merchant actor unavailable"))?
+        let m =
+            self.merchants.get(id).ok_or_else(|| CoreError::new(ErrorCode::MerchantNotFound, "no such merchant"))?;
+        check_request(&m.profile, params, now_secs, &self.policy)?;
+        if let Some(nonce) = params.get("nonce").filter(|n| !n.is_empty()) {
+            m.actor
+                .send(UseNonce { nonce: nonce.clone(), now_secs })
+                .await
+                .map_err(|_| CoreError::system("merchant actor unavailable"))??;
+        }
+        Ok(Arc::clone(&m.profile))
     }
 }
 
@@ -203,18 +218,15 @@ impl MerchantDirectory {
 mod tests {
     use super::*;
 
-    fn actor(legacy: bool) -> MerchantActor {
-        MerchantActor::new(
-            MerchantProfile {
-                merchant_id: "M1".into(),
-                name: "m".into(),
-                secret: "sec".into(),
-                legacy_md5: legacy,
-                status: MerchantStatus::Active,
-                expire_minutes: 30,
-            },
-            AuthPolicy::default(),
-        )
+    fn profile(legacy: bool) -> MerchantProfile {
+        MerchantProfile {
+            merchant_id: "M1".into(),
+            name: "m".into(),
+            secret: "sec".into(),
+            legacy_md5: legacy,
+            status: MerchantStatus::Active,
+            expire_minutes: 30,
+        }
     }
 
     fn signed(extra: &[(&str, &str)], st: SignType) -> BTreeMap<String, String> {
@@ -230,28 +242,37 @@ mod tests {
         p
     }
 
-    fn code(r: CoreResult<Arc<MerchantProfile>>) -> Option<ErrorCode> {
+    fn code(r: CoreResult<()>) -> Option<ErrorCode> {
         r.err().map(|e| e.code)
     }
 
     #[test]
-    fn checks_sign_time_and_nonce() {
-        let mut a = actor(false);
-        assert_eq!(code(a.authenticate(&signed(&[], SignType::HmacSha256), 1_200)), None);
-        assert_eq!(code(a.authenticate(&signed(&[], SignType::HmacSha256), 1_301)), Some(ErrorCode::TimestampExpired));
-        assert_eq!(code(a.authenticate(&signed(&[], SignType::HmacSha256), 699)), Some(ErrorCode::TimestampExpired));
-        let mut bad = signed(&[], SignType::HmacSha256);
+    fn checks_status_sign_and_time() {
+        let (p, policy) = (profile(false), AuthPolicy::default());
+        let ok = signed(&[], SignType::HmacSha256);
+        assert_eq!(code(check_request(&p, &ok, 1_200, &policy)), None);
+        assert_eq!(code(check_request(&p, &ok, 1_301, &policy)), Some(ErrorCode::TimestampExpired));
+        assert_eq!(code(check_request(&p, &ok, 699, &policy)), Some(ErrorCode::TimestampExpired));
+        let mut bad = ok.clone();
         bad.insert("amount".into(), "1.00".into());
-        assert_eq!(code(a.authenticate(&bad, 1_000)), Some(ErrorCode::SignError));
-        let n = signed(&[("nonce", "abc")], SignType::HmacSha256);
-        assert_eq!(code(a.authenticate(&n, 1_000)), None);
-        assert_eq!(code(a.authenticate(&n, 1_001)), Some(ErrorCode::TimestampExpired));
+        assert_eq!(code(check_request(&p, &bad, 1_000, &policy)), Some(ErrorCode::SignError));
+        let disabled = MerchantProfile { status: MerchantStatus::Disabled, ..profile(false) };
+        assert_eq!(code(check_request(&disabled, &ok, 1_000, &policy)), Some(ErrorCode::MerchantDisabled));
     }
 
     #[test]
     fn md5_only_for_legacy_merchants() {
         let p = signed(&[("sign_type", "MD5")], SignType::Md5);
-        assert_eq!(code(actor(false).authenticate(&p, 1_000)), Some(ErrorCode::SignError));
-        assert_eq!(code(actor(true).authenticate(&p, 1_000)), None);
+        let policy = AuthPolicy::default();
+        assert_eq!(code(check_request(&profile(false), &p, 1_000, &policy)), Some(ErrorCode::SignError));
+        assert_eq!(code(check_request(&profile(true), &p, 1_000, &policy)), None);
+    }
+
+    #[test]
+    fn a_nonce_is_accepted_once_per_window() {
+        let mut a = MerchantActor::new(AuthPolicy::default());
+        assert_eq!(code(a.remember_nonce("n1", 1_000)), None);
+        assert_eq!(code(a.remember_nonce("n1", 1_001)), Some(ErrorCode::TimestampExpired));
+        assert_eq!(code(a.remember_nonce("n1", 1_000 + 601)), None, "forgotten after the window");
     }
 }

@@ -26,7 +26,7 @@ pub struct Passivation {
 
 impl Default for Passivation {
     fn default() -> Self {
-        Passivation { idle: Duration::from_secs(60), final_idle: Duration::from_secs(2) }
+        Passivation { idle: Duration::from_secs(5), final_idle: Duration::from_secs(2) }
     }
 }
 
@@ -117,13 +117,30 @@ impl OrderActor {
         OrderActor { oc, cell: Some(OrderCell { pay_order_no, state }), last_active: Instant::now(), passivated: false }
     }
 
-    fn should_passivate(&self) -> bool {
-        let idle = self.last_active.elapsed();
+    /// How long this order may stay idle in memory.
+    fn idle_limit(&self) -> Duration {
         let p = self.oc.passivation;
         match self.cell.as_ref().and_then(|c| c.state.as_ref()) {
-            Some(o) if o.status.is_open() => idle >= p.idle,
-            _ => idle >= p.final_idle,
+            Some(o) if o.status.is_open() => p.idle,
+            _ => p.final_idle,
         }
+    }
+
+    /// One timer per actor, re-armed for the remaining idle time: no periodic wakeups
+    /// for the many orders that sit waiting for a buyer.
+    fn schedule_passivation(&self, ctx: &mut Context<Self>, after: Duration) {
+        ctx.run_later(after, |act, ctx| {
+            if act.passivated {
+                return;
+            }
+            let limit = act.idle_limit();
+            let idle = act.last_active.elapsed();
+            if idle >= limit {
+                act.passivate(ctx);
+            } else {
+                act.schedule_passivation(ctx, limit - idle);
+            }
+        });
     }
 
     fn passivate(&mut self, ctx: &mut Context<Self>) {
@@ -141,12 +158,7 @@ impl Actor for OrderActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(256);
-        let every = (self.oc.passivation.final_idle / 2).max(Duration::from_millis(50));
-        ctx.run_interval(every, |act, ctx| {
-            if !act.passivated && act.should_passivate() {
-                act.passivate(ctx);
-            }
-        });
+        self.schedule_passivation(ctx, self.idle_limit());
     }
 }
 
@@ -207,9 +219,20 @@ impl OrderCell {
 
     /// Decides the events of `cmds` in turn, journals them as one record, then applies.
     async fn execute(&mut self, oc: &OrderContext, cmds: Vec<OrderCommand>) -> CoreResult<()> {
-        let mut next = self.current()?;
+        let current = self.current()?;
+        self.execute_from(oc, current, Vec::new(), cmds).await
+    }
+
+    /// Like [`Self::execute`], starting from `next`, which `prior` events (not yet
+    /// journaled) already produced; all of them go into one record.
+    async fn execute_from(
+        &mut self,
+        oc: &OrderContext,
+        mut next: Order,
+        mut events: Vec<OrderEvent>,
+        cmds: Vec<OrderCommand>,
+    ) -> CoreResult<()> {
         let now = oc.clock.now_ms();
-        let mut events = Vec::new();
         for cmd in cmds {
             for event in next.handle(cmd, now)? {
                 next.apply(&event).map_err(|e| CoreError::system(e.to_string()))?;
@@ -251,9 +274,12 @@ impl OrderCell {
                     oc.clock.now_ms(),
                     sub.expire_after_ms,
                 );
-                let next = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
-                self.commit(oc, vec![created], next).await?;
-                self.current()?
+                let order = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
+                // The trade is opened before the order is journaled, and both are
+                // journaled as one record. Nobody holds the code URL until we answer,
+                // so a crash in between leaves at most an unpaid orphan trade at the
+                // channel; the repeated request opens a new one under a new id.
+                return self.submit(oc, order, vec![created]).await;
             }
             Some(order) if order.spec != sub.spec => {
                 return Err(CoreError::new(
@@ -263,9 +289,8 @@ impl OrderCell {
             }
             Some(order) => order.clone(),
         };
-        let awaiting_channel = order.status.is_open() && order.code_url.is_none();
-        if awaiting_channel {
-            return self.submit(oc, order).await;
+        if order.status.is_open() && order.code_url.is_none() {
+            return self.submit(oc, order, Vec::new()).await;
         }
         if let (crate::order::OrderStatus::Failed, Some(reason)) = (order.status, &order.failure) {
             return Err(CoreError::new(ErrorCode::ChannelError, format!("payment failed: {reason}")));
@@ -273,9 +298,10 @@ impl OrderCell {
         Ok(order)
     }
 
-    /// Opens the trade at the channel. Only a definite refusal fails the order; an
-    /// unknown outcome leaves it PAYING, to be settled by query or a repeated request.
-    async fn submit(&mut self, oc: &OrderContext, order: Order) -> CoreResult<Order> {
+    /// Opens the trade at the channel and journals `prior` (the creation, for a new
+    /// order) with what the channel said, as one record. Only a definite refusal fails
+    /// the order; an unknown outcome leaves it PAYING, settled by query or a repeat.
+    async fn submit(&mut self, oc: &OrderContext, order: Order, prior: Vec<OrderEvent>) -> CoreResult<Order> {
         let channel = self.channel(&oc.channels, &order)?;
         let request = ChannelOrder {
             pay_order_no: order.pay_order_no.clone(),
@@ -284,30 +310,30 @@ impl OrderCell {
             expire_time: order.expire_time,
             client_ip: order.spec.client_ip.clone(),
         };
-        match channel.create(request).await {
-            Ok(accepted) => {
-                let cmd =
-                    OrderCommand::Accept { code_url: accepted.code_url, channel_trade_no: accepted.channel_trade_no };
-                self.execute(oc, vec![cmd]).await?;
-                self.current()
-            }
+        let (cmd, refusal) = match channel.create(request).await {
+            Ok(accepted) => (
+                OrderCommand::Accept { code_url: accepted.code_url, channel_trade_no: accepted.channel_trade_no },
+                None,
+            ),
             Err(ChannelError::Rejected { code, message }) => {
                 let reason = format!("{code}: {message}");
-                self.execute(oc, vec![OrderCommand::Reject { reason: reason.clone() }]).await?;
-                Err(CoreError::new(ErrorCode::ChannelError, format!("channel refused the payment: {reason}")))
+                let refusal = format!("channel refused the payment: {reason}");
+                (OrderCommand::Reject { reason }, Some(refusal))
             }
             Err(ChannelError::Unknown(why)) => {
-                self.execute(oc, vec![OrderCommand::MarkSubmitted]).await?;
                 tracing::warn!(pay_order_no = %order.pay_order_no, %why, "channel create outcome unknown");
-                Err(CoreError::new(
-                    ErrorCode::ChannelError,
-                    format!(
-                        "the channel did not answer ({why}); order {} is PAYING and will be settled by query; \
-                         repeat the same request for its payment URL",
-                        order.pay_order_no
-                    ),
-                ))
+                let refusal = format!(
+                    "the channel did not answer ({why}); order {} is PAYING and will be settled by query; \
+                     repeat the same request for its payment URL",
+                    order.pay_order_no
+                );
+                (OrderCommand::MarkSubmitted, Some(refusal))
             }
+        };
+        self.execute_from(oc, order, prior, vec![cmd]).await?;
+        match refusal {
+            Some(message) => Err(CoreError::new(ErrorCode::ChannelError, message)),
+            None => self.current(),
         }
     }
 

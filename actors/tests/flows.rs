@@ -132,7 +132,7 @@ fn world() -> World {
     let oc = Arc::new(OrderContext {
         journal: store.clone(),
         store: store.clone(),
-        channels: ChannelDirectory::new(vec![ChannelHandle::start(profile, Arc::new(Conn(channel.clone())))]),
+        channels: ChannelDirectory::new(vec![ChannelHandle::new(profile, Arc::new(Conn(channel.clone())))]),
         clock: clock.clone(),
         registry: Arc::new(Registry::default()),
         query_policy: QueryPolicy::default(),
@@ -186,7 +186,7 @@ async fn expiry_queries_then_closes_at_the_channel_then_expires() {
     let o = w.router.dispatch(id.clone(), OrderRequest::Tick, None).await.unwrap();
     assert_eq!(o.status, OrderStatus::Expired);
     assert_eq!(*w.channel.calls.lock().unwrap(), ["create", "query", "query", "close"]);
-    assert_eq!(w.store.records.lock().unwrap().len(), 4, "created, accepted, queried, expired");
+    assert_eq!(w.store.records.lock().unwrap().len(), 3, "created with the channel's answer, queried, expired");
 }
 
 #[actix_rt::test]

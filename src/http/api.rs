@@ -23,7 +23,7 @@ async fn authenticate(app: &App, body: &[u8]) -> Result<(Arc<Params>, Arc<Mercha
     let params = Arc::new(params::parse(body)?);
     params::require_auth_fields(&params)?;
     let now_secs = app.clock.now_ms() / 1000;
-    let merchant = app.merchants.authenticate(Arc::clone(&params), now_secs).await?;
+    let merchant = app.merchants.authenticate(&params, now_secs).await?;
     Ok((params, merchant))
 }
 
