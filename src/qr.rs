@@ -51,17 +51,15 @@ pub fn png_bytes(text: &str) -> Result<Vec<u8>, QrError> {
     let (colors, width) = modules(text)?;
     let size = (width + 2 * QUIET) * SCALE;
     let row_bytes = size.div_ceil(8);
-    let mut pixels = Vec::with_capacity(row_bytes * size);
+    let mut pixels = vec![0xffu8; row_bytes * SCALE * QUIET];
     let mut row = vec![0u8; row_bytes];
-    for my in 0..width + 2 * QUIET {
-        row.fill(0);
-        for px in 0..size {
-            let mx = px / SCALE;
-            let inside = (QUIET..QUIET + width).contains(&mx) && (QUIET..QUIET + width).contains(&my);
-            let dark = inside && colors.get((my - QUIET) * width + (mx - QUIET)) == Some(&Color::Dark);
-            if !dark {
+    for line in colors.chunks(width) {
+        // White everywhere, then clear the bits of each dark module's SCALE pixels.
+        row.fill(0xff);
+        for (mx, _) in line.iter().enumerate().filter(|(_, c)| **c == Color::Dark) {
+            for px in (QUIET + mx) * SCALE..(QUIET + mx + 1) * SCALE {
                 if let Some(byte) = row.get_mut(px / 8) {
-                    *byte |= 0x80 >> (px % 8);
+                    *byte &= !(0x80 >> (px % 8));
                 }
             }
         }
@@ -69,6 +67,7 @@ pub fn png_bytes(text: &str) -> Result<Vec<u8>, QrError> {
             pixels.extend_from_slice(&row);
         }
     }
+    pixels.resize(row_bytes * size, 0xff);
     let mut out = Vec::with_capacity(1024);
     let mut encoder = png::Encoder::new(&mut out, size as u32, size as u32);
     encoder.set_color(png::ColorType::Grayscale);

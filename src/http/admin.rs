@@ -40,12 +40,12 @@ pub async fn sandbox(
     let sandbox = app.sandbox.as_ref().ok_or(ApiError::NotFound)?;
     let parts: Vec<&str> = rest.split('/').collect();
     match (method, parts.as_slice()) {
-        (&hyper::Method::GET, ["settings"]) => Ok(success(json!(sandbox.settings()))),
+        (&hyper::Method::GET, ["settings"]) => Ok(success(&sandbox.settings())),
         (&hyper::Method::POST, ["settings"]) => {
             let settings: SandboxSettings = serde_json::from_slice(body)
                 .map_err(|e| CoreError::invalid("body", format_args!("is not sandbox settings ({e})")))?;
             sandbox.set_settings(settings).map_err(|e| CoreError::invalid("settings", e))?;
-            Ok(success(json!(sandbox.settings())))
+            Ok(success(&sandbox.settings()))
         }
         (&hyper::Method::POST, ["orders", id, action]) => {
             match *action {
@@ -61,7 +61,7 @@ pub async fn sandbox(
                 _ => return Err(ApiError::NotFound),
             }
             .map_err(sandbox_error)?;
-            Ok(success(json!({ "pay_order_no": id, "action": action })))
+            Ok(success(&json!({ "pay_order_no": id, "action": action })))
         }
         (_, ["settings"] | ["orders", _, _]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),

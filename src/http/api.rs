@@ -11,7 +11,7 @@ use paygate_actors::order::{Order, OrderSpec, PayMethod};
 use paygate_actors::order_actor::{OrderRequest, PaySubmission};
 use paygate_actors::registry::OrderTarget;
 use paygate_actors::routing::select_channel;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::envelope::{success, ApiError, HttpResponse};
 use super::params::{self, optional, required, Params};
@@ -49,7 +49,7 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let request = OrderRequest::Pay(Box::new(PaySubmission { spec, route, expire_after_ms }));
     let order = bounded(app, app.router.dispatch(target, request, caller)).await?;
     metrics::counter!("paygate_payments_created_total", "channel" => order.channel.clone()).increment(1);
-    Ok(success(pay_view(app, &order)))
+    Ok(success(&pay_view(app, &order)))
 }
 
 /// `POST /api/v1/payment/query`.
@@ -57,7 +57,7 @@ pub async fn query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body).await?;
     let target = order_target(&params, &merchant)?;
     let order = bounded(app, app.router.read(target, Some(merchant.merchant_id.clone()))).await?;
-    Ok(success(order_view(app, &order)))
+    Ok(success(&order_view(app, &order)))
 }
 
 /// `POST /api/v1/payment/close`.
@@ -66,7 +66,7 @@ pub async fn close(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let target = order_target(&params, &merchant)?;
     let caller = Some(merchant.merchant_id.clone());
     let order = bounded(app, app.router.dispatch(target, OrderRequest::Close, caller)).await?;
-    Ok(success(order_view(app, &order)))
+    Ok(success(&order_view(app, &order)))
 }
 
 fn order_target(params: &Params, merchant: &MerchantProfile) -> Result<OrderTarget, CoreError> {
@@ -151,40 +151,76 @@ pub fn pay_url(app: &App, order: &Order) -> String {
     format!("{}/h5/{}", app.public_url, order.pay_order_no)
 }
 
-fn pay_view(app: &App, order: &Order) -> Value {
-    json!({
-        "pay_order_no": order.pay_order_no.as_str(),
-        "order_no": order.spec.order_no,
-        "status": order.status.as_str(),
-        "amount": order.spec.amount.to_string(),
-        "currency": order.spec.amount.currency().code(),
-        "channel": order.channel,
-        "pay_url": pay_url(app, order),
-        "code_url": order.code_url,
-        "qr_code": order.code_url.as_deref().and_then(|u| app.qr(u)),
-        "expire_time": rfc3339(order.expire_time),
-    })
+/// The pay answer.
+#[derive(Serialize)]
+struct PayView<'a> {
+    pay_order_no: &'a str,
+    order_no: &'a str,
+    status: &'static str,
+    amount: String,
+    currency: &'static str,
+    channel: &'a str,
+    pay_url: String,
+    code_url: Option<&'a str>,
+    qr_code: Option<String>,
+    expire_time: String,
+}
+
+fn pay_view<'a>(app: &App, order: &'a Order) -> PayView<'a> {
+    PayView {
+        pay_order_no: order.pay_order_no.as_str(),
+        order_no: &order.spec.order_no,
+        status: order.status.as_str(),
+        amount: order.spec.amount.to_string(),
+        currency: order.spec.amount.currency().code(),
+        channel: &order.channel,
+        pay_url: pay_url(app, order),
+        code_url: order.code_url.as_deref(),
+        qr_code: order.code_url.as_deref().and_then(|u| app.qr(u)),
+        expire_time: rfc3339(order.expire_time),
+    }
 }
 
 /// The order as the query and close answers show it.
-pub fn order_view(app: &App, order: &Order) -> Value {
+#[derive(Serialize)]
+pub struct OrderView<'a> {
+    pay_order_no: &'a str,
+    order_no: &'a str,
+    merchant_id: &'a str,
+    amount: String,
+    currency: &'static str,
+    status: &'static str,
+    channel: &'a str,
+    pay_method: &'static str,
+    subject: &'a str,
+    channel_trade_no: Option<&'a str>,
+    pay_url: String,
+    refunded_amount: String,
+    create_time: String,
+    update_time: String,
+    expire_time: String,
+    paid_time: Option<String>,
+}
+
+/// The order as the query and close answers show it.
+pub fn order_view<'a>(app: &App, order: &'a Order) -> OrderView<'a> {
     let refunded = Money::from_minor(order.refunded_minor, order.spec.amount.currency());
-    json!({
-        "pay_order_no": order.pay_order_no.as_str(),
-        "order_no": order.spec.order_no,
-        "merchant_id": order.spec.merchant_id,
-        "amount": order.spec.amount.to_string(),
-        "currency": order.spec.amount.currency().code(),
-        "status": order.status.as_str(),
-        "channel": order.channel,
-        "pay_method": order.spec.pay_method.as_str(),
-        "subject": order.spec.subject,
-        "channel_trade_no": order.channel_trade_no,
-        "pay_url": pay_url(app, order),
-        "refunded_amount": refunded.to_string(),
-        "create_time": rfc3339(order.create_time),
-        "update_time": rfc3339(order.update_time),
-        "expire_time": rfc3339(order.expire_time),
-        "paid_time": order.paid_time.map(rfc3339),
-    })
+    OrderView {
+        pay_order_no: order.pay_order_no.as_str(),
+        order_no: &order.spec.order_no,
+        merchant_id: &order.spec.merchant_id,
+        amount: order.spec.amount.to_string(),
+        currency: order.spec.amount.currency().code(),
+        status: order.status.as_str(),
+        channel: &order.channel,
+        pay_method: order.spec.pay_method.as_str(),
+        subject: &order.spec.subject,
+        channel_trade_no: order.channel_trade_no.as_deref(),
+        pay_url: pay_url(app, order),
+        refunded_amount: refunded.to_string(),
+        create_time: rfc3339(order.create_time),
+        update_time: rfc3339(order.update_time),
+        expire_time: rfc3339(order.expire_time),
+        paid_time: order.paid_time.map(rfc3339),
+    }
 }

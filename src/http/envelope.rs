@@ -5,7 +5,7 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use paygate_actors::error::{CoreError, ErrorCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The response type of every handler.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -71,13 +71,20 @@ impl ApiError {
     }
 }
 
-/// `{"code":"SUCCESS","message":"success","data":…}`.
-pub fn success(data: Value) -> HttpResponse {
-    json_response(StatusCode::OK, &json!({ "code": "SUCCESS", "message": "success", "data": data }))
+#[derive(serde::Serialize)]
+struct Success<'a, T> {
+    code: &'static str,
+    message: &'static str,
+    data: &'a T,
+}
+
+/// `{"code":"SUCCESS","message":"success","data":…}`, serialized straight from `data`.
+pub fn success<T: serde::Serialize>(data: &T) -> HttpResponse {
+    json_response(StatusCode::OK, &Success { code: "SUCCESS", message: "success", data })
 }
 
 /// Any JSON body.
-pub fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> HttpResponse {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     with_body(status, "application/json; charset=utf-8", bytes)
 }

@@ -61,7 +61,7 @@ impl JournalHandle {
     ) -> std::io::Result<(JournalHandle, Vec<std::thread::JoinHandle<()>>)> {
         let file = open_for_append(&opts.dir, end.segment)?;
         let (tx, rx) = mpsc::sync_channel::<Pending>(opts.queue);
-        let (ptx, prx) = mpsc::sync_channel::<(Vec<Pending>, Position)>(4);
+        let (ptx, prx) = mpsc::sync_channel::<(Vec<Pending>, Position)>(64);
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || write_loop(rx, ptx, file, end, opts))?;
@@ -109,7 +109,13 @@ fn write_loop(
 }
 
 fn project_loop(rx: Receiver<(Vec<Pending>, Position)>, views: Arc<Views>) {
-    while let Ok((batch, end)) = rx.recv() {
+    while let Ok((mut batch, mut end)) = rx.recv() {
+        // Fold every synced batch already waiting into one views batch: sled's cost is
+        // mostly per batch, and the writer never waits for us.
+        while let Ok((more, more_end)) = rx.try_recv() {
+            batch.extend(more);
+            end = more_end;
+        }
         if let Err(e) = views.project(batch.iter().map(|p| &p.record), end) {
             // The record is durable; the views are derived and will be rebuilt on start.
             fatal("projecting the journal into the views failed", &e);
