@@ -1,5 +1,6 @@
 //! The merchant API: pay, query, close (SPEC F2).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -40,7 +41,7 @@ async fn bounded<T>(app: &App, fut: impl std::future::Future<Output = CoreResult
 /// `POST /api/v1/payment/pay`.
 pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body).await?;
-    let spec = pay_spec(app, &params, &merchant)?;
+    let spec = pay_spec(&app.limits, &params, &merchant)?;
     let expire_minutes = spec.expire_minutes.unwrap_or(merchant.expire_minutes);
     let route = select_channel(app.channels.profiles(), spec.pay_method, spec.amount).map(|c| c.code.clone());
     let target = OrderTarget::Key { merchant_id: spec.merchant_id.clone(), order_no: spec.order_no.clone() };
@@ -94,8 +95,17 @@ fn url(field: &str, params: &Params) -> Result<Option<String>, CoreError> {
     Ok(v)
 }
 
+/// What a pay request may ask for.
+#[derive(Debug, Clone)]
+pub struct PayLimits {
+    /// Largest amount per currency, minor units.
+    pub max_amounts: HashMap<Currency, i64>,
+    /// Longest order lifetime a request may ask for, minutes.
+    pub max_expire_minutes: u32,
+}
+
 /// Validates a pay request into the order spec. Every refusal names the field and rule.
-fn pay_spec(app: &App, params: &Params, merchant: &MerchantProfile) -> Result<OrderSpec, CoreError> {
+pub fn pay_spec(limits: &PayLimits, params: &Params, merchant: &MerchantProfile) -> Result<OrderSpec, CoreError> {
     let order_no = required(params, "order_no")?;
     if !is_valid_external_id(order_no) {
         return Err(CoreError::invalid("order_no", "must be 1-32 characters of A-Z a-z 0-9 _ -"));
@@ -105,7 +115,7 @@ fn pay_spec(app: &App, params: &Params, merchant: &MerchantProfile) -> Result<Or
         Some(c) => Currency::from_str(&c).map_err(|e| CoreError::invalid("currency", e))?,
     };
     let amount_text = required(params, "amount")?;
-    let max = app.max_amount(currency);
+    let max = limits.max_amounts.get(&currency).copied().unwrap_or(0);
     let amount = Money::parse_positive(amount_text, currency, max).map_err(|e| CoreError::invalid("amount", e))?;
     let subject = params::text("subject", required(params, "subject")?, 128)?.to_owned();
     let method_text = required(params, "pay_method")?;
@@ -116,7 +126,7 @@ fn pay_spec(app: &App, params: &Params, merchant: &MerchantProfile) -> Result<Or
     let expire_minutes = match optional(params, "expire_minutes", 5)? {
         None => None,
         Some(text) => {
-            let max = app.max_expire_minutes;
+            let max = limits.max_expire_minutes;
             let minutes =
                 text.parse::<u32>().ok().filter(|m| (1..=max).contains(m) && text.bytes().all(|b| b.is_ascii_digit()));
             Some(minutes.ok_or_else(|| {

@@ -9,7 +9,6 @@ pub mod envelope;
 pub mod pages;
 pub mod params;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,7 +25,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use paygate_actors::channel::ChannelDirectory;
 use paygate_actors::merchant::MerchantDirectory;
-use paygate_actors::money::Currency;
 use paygate_actors::ports::{CallbackRequest, Clock};
 use paygate_actors::router::OrderRouter;
 use serde_json::json;
@@ -52,10 +50,8 @@ pub struct App {
     pub admin_token: String,
     /// Largest request body.
     pub max_body: usize,
-    /// Largest amount per currency, minor units.
-    pub max_amounts: HashMap<Currency, i64>,
-    /// Longest order lifetime a request may ask for.
-    pub max_expire_minutes: u32,
+    /// What a pay request may ask for.
+    pub limits: api::PayLimits,
     /// Length of one expire minute, millis (60000; shorter only in tests).
     pub minute_ms: i64,
     /// Longest a request waits for its order.
@@ -90,11 +86,6 @@ impl App {
 }
 
 impl App {
-    /// Largest amount in `currency`.
-    pub fn max_amount(&self, currency: Currency) -> i64 {
-        self.max_amounts.get(&currency).copied().unwrap_or(0)
-    }
-
     /// A QR data URI for `text` (`None` if it cannot be encoded).
     pub fn qr(&self, text: &str) -> Option<String> {
         match crate::qr::png_data_uri(text) {

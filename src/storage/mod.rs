@@ -157,7 +157,7 @@ impl Storage {
                 queue: opts.queue,
             },
             end,
-            Arc::clone(&views),
+            Some(Arc::clone(&views)),
         )
         .map_err(io("starting the journal writer"))?;
         report.millis = started.elapsed().as_millis();

@@ -108,8 +108,8 @@ impl Views {
     }
 
     /// Applies `records` (which end at `end`) atomically: snapshots, index, timers and
-    /// position move together. Records already reflected (by their sequence) are
-    /// skipped, so replaying an overlap is harmless.
+    /// position move together, so a record past the stored position was never applied.
+    /// Each order's records must follow its stored sequence exactly.
     pub fn project<'a>(
         &self,
         records: impl IntoIterator<Item = &'a Record>,
@@ -120,14 +120,14 @@ impl Views {
         let mut high_water = self.high_water.load(Ordering::Relaxed);
         for record in records {
             let Record::Order { pay_order_no: id, seq, events } = record;
+            // A first record needs no lookup: the position moves atomically with the
+            // data, so a record past it has never been applied.
             let prev = match overlay.get(id) {
                 Some(o) => Some(o.clone()),
+                None if *seq == 1 => None,
                 None => self.load_order(id)?,
             };
             let prev_seq = prev.as_ref().map_or(0, |o| o.seq);
-            if *seq <= prev_seq {
-                continue;
-            }
             if *seq != prev_seq + 1 {
                 return Err(ProjectError::Inconsistent(format!(
                     "order {id}: journal record {seq} follows stored record {prev_seq}"
