@@ -79,7 +79,7 @@ pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
             let journal = Arc::clone(&journal);
             let merchant_id = merchant.merchant_id.clone();
             tasks.push(tokio::spawn(async move {
-                let mut ids = IdGenerator::new(ShardId(w as u16 % 64), 0);
+                let mut ids = IdGenerator::new(ShardId(w as u16), 0);
                 let mut first = None;
                 let mut i = w;
                 while i < orders {
