@@ -253,11 +253,8 @@ fn build(
         inflight: Default::default(),
         max_inflight: config.server.max_inflight,
     });
-    for handle in &handles {
-        let l = listener.try_clone().map_err(|source| StartError::Listen { addr: addr.to_string(), source })?;
-        let app = Arc::clone(&app);
-        handle.spawn(crate::http::serve(l, app));
-    }
+    // The acceptor runs on the system arbiter; connections are served by the workers.
+    actix_rt::spawn(crate::http::serve(listener, app, handles.clone()));
     tracing::info!(%addr, workers, shards = config.shards.count, "paygate is serving");
     Ok(Started { addr, public_url, sandbox, registry, system: System::current() })
 }

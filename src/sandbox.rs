@@ -303,13 +303,23 @@ impl ChannelConnector for SandboxConnector {
         let s = Arc::clone(&self.0);
         Box::pin(async move {
             s.faults(s.hangs(&trade.pay_order_no)).await?;
-            let Some(mut t) = s.trades.get_mut(trade.pay_order_no.as_str()) else {
-                return Ok(ChannelNotice::Closed);
+            let id = trade.pay_order_no.as_str();
+            let notice = match s.trades.get_mut(id) {
+                None => return Ok(ChannelNotice::Closed),
+                Some(mut t) => {
+                    if t.status == TradeStatus::Open {
+                        t.status = TradeStatus::Closed;
+                    }
+                    Sandbox::notice(&t)
+                }
             };
-            if t.status == TradeStatus::Open {
-                t.status = TradeStatus::Closed;
+            if notice == ChannelNotice::Closed {
+                // A closed trade needs nothing more from the sandbox (queries of unknown
+                // trades answer "not paid", closes answer "closed"): forgetting it keeps
+                // the in-process provider's memory flat over long runs.
+                s.trades.remove(id);
             }
-            Ok(Sandbox::notice(&t))
+            Ok(notice)
         })
     }
 

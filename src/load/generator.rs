@@ -95,6 +95,8 @@ pub struct PhaseResult {
     pub errors: BTreeMap<String, u64>,
     /// pay_order_nos created.
     pub created: Vec<String>,
+    /// Orders closed successfully.
+    pub closed: u64,
 }
 
 impl PhaseResult {
@@ -108,6 +110,9 @@ impl PhaseResult {
         self.latency.value_at_quantile(q) as f64 / 1000.0
     }
 }
+
+/// Most orders one connection keeps open when its mix also closes orders.
+const MAX_OPEN: usize = 8;
 
 struct Conn {
     target: Arc<Target>,
@@ -193,6 +198,7 @@ pub async fn run(
         latency: new_histogram(),
         errors: BTreeMap::new(),
         created: Vec::new(),
+        closed: 0,
     };
     for t in tasks {
         if let Ok(r) = t.await {
@@ -202,6 +208,7 @@ pub async fn run(
                 *total.errors.entry(k).or_default() += v;
             }
             total.created.extend(r.created);
+            total.closed += r.closed;
         }
     }
     total
@@ -229,6 +236,7 @@ async fn drive(mut conn: Conn, mix: Mix, start: Instant, end: Instant, known: Ar
         latency: new_histogram(),
         errors: BTreeMap::new(),
         created: Vec::new(),
+        closed: 0,
     };
     let host = conn.target.addr.to_string();
     let mut sender = None;
@@ -245,7 +253,13 @@ async fn drive(mut conn: Conn, mix: Mix, start: Instant, end: Instant, known: Ar
             }
             continue;
         };
-        let op = mix.pick(conn.next_rand() as u32);
+        // Close only orders this connection opened, and keep few open at once, so the
+        // mix never sends intended-to-fail requests.
+        let op = match mix.pick(conn.next_rand() as u32) {
+            Op::Close if conn.own.is_empty() => Op::Pay,
+            Op::Pay if mix.close > 0 && conn.own.len() >= MAX_OPEN => Op::Close,
+            op => op,
+        };
         let (path, body) = conn.body(op, &known);
         let Ok(req) = Request::post(path)
             .header("host", host.as_str())
@@ -273,6 +287,9 @@ async fn drive(mut conn: Conn, mix: Mix, start: Instant, end: Instant, known: Ar
                 conn.own.push(id.to_owned());
                 r.created.push(id.to_owned());
             }
+        }
+        if op == Op::Close && code == "SUCCESS" {
+            r.closed += 1;
         }
         if measured {
             r.requests += 1;

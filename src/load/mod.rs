@@ -320,7 +320,7 @@ pub fn soak(opts: &SoakOptions) -> Result<(), String> {
             opts.sample,
             Arc::default(),
         ));
-        completed += r.requests / 2;
+        completed += r.closed;
         errors += r.errors.values().sum::<u64>();
         let (rss, _) = rss_mb(node.pid());
         samples.push((completed, rss));
