@@ -84,6 +84,11 @@ impl CoreError {
         CoreError::new(ErrorCode::SystemError, message)
     }
 
+    /// `ORDER_NOT_FOUND`: also the answer about another merchant's order.
+    pub fn order_not_found() -> CoreError {
+        CoreError::new(ErrorCode::OrderNotFound, "no such order")
+    }
+
     /// The node is saturated: the caller should back off and retry.
     pub fn overloaded() -> CoreError {
         CoreError::new(ErrorCode::RateLimited, "the node is at capacity; retry shortly")

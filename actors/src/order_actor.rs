@@ -107,10 +107,6 @@ struct OrderCell {
     state: Option<Order>,
 }
 
-fn not_found() -> CoreError {
-    CoreError::new(ErrorCode::OrderNotFound, "no such order")
-}
-
 impl OrderActor {
     /// An actor for `pay_order_no`, with its snapshot or `None` for a new order.
     pub fn new(oc: Arc<OrderContext>, pay_order_no: PayOrderNo, state: Option<Order>) -> OrderActor {
@@ -195,13 +191,13 @@ impl Handler<OrderMsg> for OrderActor {
 
 impl OrderCell {
     fn current(&self) -> CoreResult<Order> {
-        self.state.clone().ok_or_else(not_found)
+        self.state.clone().ok_or_else(CoreError::order_not_found)
     }
 
     async fn run(&mut self, oc: &OrderContext, msg: OrderMsg) -> CoreResult<Order> {
         if let (Some(caller), Some(order)) = (&msg.caller, &self.state) {
             if &order.spec.merchant_id != caller {
-                return Err(not_found());
+                return Err(CoreError::order_not_found());
             }
         }
         match msg.request {

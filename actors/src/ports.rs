@@ -34,6 +34,14 @@ pub enum Record {
 #[error("storage: {0}")]
 pub struct StorageError(pub String);
 
+impl StorageError {
+    /// Logs the failure and answers `SYSTEM_ERROR` (the detail stays in the log).
+    pub fn into_core(self) -> crate::error::CoreError {
+        tracing::error!(error = %self, "storage failed");
+        crate::error::CoreError::system("storage is unavailable")
+    }
+}
+
 /// The journal: the source of truth.
 pub trait Journal: Send + Sync + 'static {
     /// Appends `record`. Resolves once the record is on disk (fsync'd) and the derived

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use actix::Addr;
 
-use crate::error::{CoreError, CoreResult, ErrorCode};
+use crate::error::{CoreError, CoreResult};
 use crate::ids::{shard_of, ShardId};
 use crate::order::Order;
 use crate::order_actor::{Delivery, OrderContext, OrderMsg, OrderRequest};
+use crate::ports::StorageError;
 use crate::registry::OrderTarget;
 use crate::shard::{Dispatch, ShardSupervisor};
 
@@ -49,8 +50,7 @@ impl OrderRouter {
         request: OrderRequest,
         caller: Option<String>,
     ) -> CoreResult<Order> {
-        let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such order");
-        let shard = self.shard(&target).ok_or_else(not_found)?;
+        let shard = self.shard(&target).ok_or_else(CoreError::order_not_found)?;
         for _ in 0..MAX_ROUTES {
             let msg = OrderMsg { request: request.clone(), caller: caller.clone() };
             let delivery = match self.oc.registry.lookup(&target) {
@@ -72,20 +72,18 @@ impl OrderRouter {
         if self.oc.registry.lookup(&target).is_some() {
             return self.dispatch(target, OrderRequest::Query, caller).await;
         }
-        let storage = |e: crate::ports::StorageError| {
-            tracing::error!(error = %e, "snapshot read failed");
-            CoreError::system("could not read the order")
-        };
-        let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such order");
         let id = match target {
             OrderTarget::Id(id) => id,
-            OrderTarget::Key { merchant_id, order_no } => {
-                self.oc.store.find(&merchant_id, &order_no).map_err(storage)?.ok_or_else(not_found)?
-            }
+            OrderTarget::Key { merchant_id, order_no } => self
+                .oc
+                .store
+                .find(&merchant_id, &order_no)
+                .map_err(StorageError::into_core)?
+                .ok_or_else(CoreError::order_not_found)?,
         };
-        let order = self.oc.store.load(&id).map_err(storage)?.ok_or_else(not_found)?;
+        let order = self.oc.store.load(&id).map_err(StorageError::into_core)?.ok_or_else(CoreError::order_not_found)?;
         match caller {
-            Some(m) if m != order.spec.merchant_id => Err(not_found()),
+            Some(m) if m != order.spec.merchant_id => Err(CoreError::order_not_found()),
             _ => Ok(order),
         }
     }

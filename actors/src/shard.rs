@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 
-use crate::error::{CoreError, CoreResult, ErrorCode};
+use crate::error::{CoreError, CoreResult};
 use crate::ids::{IdGenerator, ShardId};
 use crate::order_actor::{Delivery, OrderActor, OrderContext, OrderMsg, OrderRequest};
+use crate::ports::StorageError;
 use crate::registry::{merchant_key, OrderTarget};
 
 /// The supervisor of one shard.
@@ -28,29 +29,25 @@ impl ShardSupervisor {
         if let Some(addr) = self.oc.registry.lookup(target) {
             return Ok(addr);
         }
-        let storage = |e: crate::ports::StorageError| {
-            tracing::error!(error = %e, "snapshot read failed");
-            CoreError::system("could not read the order")
-        };
-        let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such order");
         let (id, state) = match target {
             OrderTarget::Id(id) => {
-                let order = self.oc.store.load(id).map_err(storage)?.ok_or_else(not_found)?;
+                let order =
+                    self.oc.store.load(id).map_err(StorageError::into_core)?.ok_or_else(CoreError::order_not_found)?;
                 (id.clone(), Some(order))
             }
             OrderTarget::Key { merchant_id, order_no } => {
-                match self.oc.store.find(merchant_id, order_no).map_err(storage)? {
+                match self.oc.store.find(merchant_id, order_no).map_err(StorageError::into_core)? {
                     Some(id) => {
                         if let Some(addr) = self.oc.registry.lookup(&OrderTarget::Id(id.clone())) {
                             return Ok(addr);
                         }
-                        let order = self.oc.store.load(&id).map_err(storage)?;
+                        let order = self.oc.store.load(&id).map_err(StorageError::into_core)?;
                         let order =
                             order.ok_or_else(|| CoreError::system("order index points at a missing snapshot"))?;
                         (id, Some(order))
                     }
                     None if creating => (self.ids.next(self.oc.clock.now_ms().max(0) as u64), None),
-                    None => return Err(not_found()),
+                    None => return Err(CoreError::order_not_found()),
                 }
             }
         };
