@@ -150,3 +150,15 @@ fn beyond_the_in_flight_limit_the_answer_is_429_not_a_queue() {
     assert_eq!((a.status, a.code()), (429, "RATE_LIMITED"));
     assert_eq!(t.order_count(), 0);
 }
+
+#[test]
+fn a_chunked_body_over_the_limit_is_refused_with_413() {
+    let t = TestNode::start();
+    let body = serde_json::to_vec(&json!({"merchant_id": MERCHANT, "body": "x".repeat(70_000)})).unwrap();
+    // A reader makes ureq send the body chunked, without a Content-Length.
+    let r = ureq::post(&format!("{}{PAY}", t.url)).send(std::io::Cursor::new(body));
+    let Err(ureq::Error::Status(413, resp)) = r else { panic!("expected 413, got {r:?}") };
+    let answer: serde_json::Value = resp.into_json().unwrap();
+    assert_eq!(answer["code"], "INVALID_PARAM");
+    assert_eq!(t.order_count(), 0);
+}

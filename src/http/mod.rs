@@ -156,24 +156,29 @@ async fn serve_connection(stream: tokio::net::TcpStream, app: Arc<App>) {
 }
 
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
-    let (parts, body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.max_body as u64) {
         drain(body, app.max_body).await;
         return Err(ApiError::TooLarge(app.max_body));
     }
-    match Limited::new(body, app.max_body).collect().await {
-        Ok(collected) => Ok((parts, collected.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(app.max_body)),
-        Err(e) => Err(ApiError::Core(paygate_actors::error::CoreError::invalid(
-            "body",
-            format_args!("could not be read ({e})"),
-        ))),
+    let mut collected = bytes::BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::Core(paygate_actors::error::CoreError::invalid("body", format_args!("could not be read ({e})")))
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        if collected.len() + data.len() > app.max_body {
+            drain(body, app.max_body).await;
+            return Err(ApiError::TooLarge(app.max_body));
+        }
+        collected.extend_from_slice(&data);
     }
+    Ok((parts, collected.freeze()))
 }
 
-/// Reads and drops a refused body (up to a bound), so the client is still reading
-/// when the 413 arrives instead of meeting a reset connection.
+/// Reads and drops the rest of a refused body (up to a bound), so the client is still
+/// reading when the 413 arrives instead of meeting a reset connection.
 async fn drain(body: Incoming, limit: usize) {
     let _ = Limited::new(body, limit.saturating_mul(16)).collect().await;
 }
