@@ -258,6 +258,8 @@ fn healthz_and_metrics_answer() {
     t.client().pay("MET-1", "1.00");
     let m = ureq::get(&format!("{}/metrics", t.url)).call().unwrap().into_string().unwrap();
     assert!(m.contains("paygate_journal_fsync_seconds"), "{m}");
+    assert!(m.contains("paygate_live_order_actors"), "{m}");
+    assert!(m.contains(r#"paygate_channel_calls{channel="sandbox",outcome="ok"} 1"#), "{m}");
 }
 
 #[test]

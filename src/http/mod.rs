@@ -86,6 +86,21 @@ impl App {
 }
 
 impl App {
+    /// Samples what lives in actors and atomics into gauges, just before a scrape.
+    fn record_gauges(&self) {
+        let oc = self.router.context();
+        metrics::gauge!("paygate_live_order_actors").set(oc.registry.live_orders() as f64);
+        metrics::gauge!("paygate_api_requests_in_flight").set(self.inflight.load(Ordering::Relaxed) as f64);
+        for p in self.channels.profiles() {
+            let Some(ch) = self.channels.get(&p.code) else { continue };
+            let s = &ch.stats;
+            for (outcome, counter) in [("ok", &s.ok), ("rejected", &s.rejected), ("unknown", &s.unknown)] {
+                metrics::gauge!("paygate_channel_calls", "channel" => p.code.clone(), "outcome" => outcome)
+                    .set(counter.load(Ordering::Relaxed) as f64);
+            }
+        }
+    }
+
     /// A QR data URI for `text` (`None` if it cannot be encoded).
     pub fn qr(&self, text: &str) -> Option<String> {
         match crate::qr::png_data_uri(text) {
@@ -214,6 +229,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
         }
         "/healthz" if get => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
         "/metrics" if get => {
+            app.record_gauges();
             let text = app.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
             Ok(with_body(StatusCode::OK, "text/plain; version=0.0.4", text))
         }

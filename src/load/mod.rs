@@ -272,6 +272,22 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
     );
 }
 
+/// The node's `paygate_live_order_actors` gauge (-1 if it cannot be read).
+async fn live_order_actors(addr: std::net::SocketAddr) -> i64 {
+    let url = format!("http://{addr}/metrics");
+    let Ok(answer) = crate::http::client::HttpClient::new()
+        .send(hyper::Method::GET, &url, &[], Vec::new(), Duration::from_secs(5))
+        .await
+    else {
+        return -1;
+    };
+    String::from_utf8_lossy(&answer.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("paygate_live_order_actors "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(-1, |v| v as i64)
+}
+
 /// Options of the soak run.
 #[derive(Debug, Clone)]
 pub struct SoakOptions {
@@ -323,9 +339,10 @@ pub fn soak(opts: &SoakOptions) -> Result<(), String> {
         completed += r.closed;
         errors += r.errors.values().sum::<u64>();
         let (rss, _) = rss_mb(node.pid());
+        let live = rt.block_on(live_order_actors(node.addr));
         samples.push((completed, rss));
         if !opts.json {
-            println!("{completed:>10} orders  {rss:>8.1} MiB  ({:.0} req/s)", r.rps());
+            println!("{completed:>10} orders  {rss:>8.1} MiB  {live:>7} live order actors  ({:.0} req/s)", r.rps());
         }
     }
     // The first sample includes start-up growth (caches, pools); flatness is judged after it.
