@@ -232,7 +232,7 @@ fn build(
     )
     .start();
 
-    let max_amounts = [Currency::CNY, Currency::HKD, Currency::USD, Currency::EUR, Currency::JPY]
+    let max_amounts = Currency::ALL
         .into_iter()
         .map(|c| config.max_amount(c).map(|m| (c, m)))
         .collect::<Result<HashMap<_, _>, _>>()?;

@@ -36,6 +36,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::InvalidParam,
+        ErrorCode::SignError,
+        ErrorCode::TimestampExpired,
+        ErrorCode::MerchantNotFound,
+        ErrorCode::MerchantDisabled,
+        ErrorCode::OrderNotFound,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::OrderStatusError,
+        ErrorCode::RefundExceedsPaid,
+        ErrorCode::RiskRejected,
+        ErrorCode::NoAvailableChannel,
+        ErrorCode::RateLimited,
+        ErrorCode::ChannelError,
+        ErrorCode::SystemError,
+    ];
+
     /// The code as it appears on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -25,6 +25,9 @@ pub enum Currency {
 }
 
 impl Currency {
+    /// Every supported currency.
+    pub const ALL: [Currency; 5] = [Currency::CNY, Currency::HKD, Currency::USD, Currency::EUR, Currency::JPY];
+
     /// Number of decimals of the currency's minor unit.
     pub const fn decimals(self) -> u32 {
         match self {

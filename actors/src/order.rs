@@ -85,6 +85,18 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Every status.
+    pub const ALL: [OrderStatus; 8] = [
+        OrderStatus::Pending,
+        OrderStatus::Paying,
+        OrderStatus::Success,
+        OrderStatus::Failed,
+        OrderStatus::Closed,
+        OrderStatus::Expired,
+        OrderStatus::PartiallyRefunded,
+        OrderStatus::Refunded,
+    ];
+
     /// The wire name.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -32,6 +32,9 @@ use serde_json::json;
 use self::envelope::{json_response, with_body, ApiError, HttpResponse};
 use crate::sandbox::Sandbox;
 
+/// The OpenAPI document of the merchant API (kept true by `tests/openapi.rs`).
+const OPENAPI: &str = include_str!("openapi.json");
+
 /// Everything a request handler needs.
 pub struct App {
     /// Orders.
@@ -228,6 +231,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
             }
         }
         "/healthz" if get => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
+        "/openapi.json" if get => Ok(with_body(StatusCode::OK, "application/json", OPENAPI)),
         "/metrics" if get => {
             app.record_gauges();
             let text = app.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();

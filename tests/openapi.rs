@@ -1,0 +1,73 @@
+//! `/openapi.json` is kept true: its paths answer, its enums are the code's enums, the
+//! request fields it calls required are refused when missing, and the response fields
+//! it lists are exactly what the server sends.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use paygate_actors::error::ErrorCode;
+use paygate_actors::money::Currency;
+use paygate_actors::order::{OrderStatus, PayMethod};
+use serde_json::Value;
+
+fn strings(v: &Value) -> BTreeSet<String> {
+    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
+}
+
+fn set<'a>(items: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    items.into_iter().map(str::to_owned).collect()
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn the_openapi_document_matches_the_server() {
+    let t = TestNode::start();
+    let doc: Value = ureq::get(&format!("{}/openapi.json", t.url)).call().unwrap().into_json().unwrap();
+    let schemas = &doc["components"]["schemas"];
+
+    // Enums are the code's enums.
+    let codes = strings(&schemas["Error"]["properties"]["code"]["enum"]);
+    assert_eq!(codes, set(ErrorCode::ALL.iter().map(|c| c.as_str())));
+    assert_eq!(strings(&schemas["Status"]["enum"]), set(OrderStatus::ALL.iter().map(|s| s.as_str())));
+    let pay = &schemas["PayRequest"]["allOf"][1];
+    assert_eq!(strings(&pay["properties"]["pay_method"]["enum"]), set(PayMethod::ALL.iter().map(|m| m.as_str())));
+    assert_eq!(strings(&pay["properties"]["currency"]["enum"]), set(Currency::ALL.iter().map(|c| c.code())));
+
+    // Every documented path answers a signed request (not "no such endpoint").
+    let c = t.client();
+    for path in keys(&doc["paths"]) {
+        let a = c.call(&path, Client::pay_params("DOC-PATH", "1.00"));
+        assert_ne!(a.code(), "NOT_FOUND", "{path}");
+    }
+
+    // Fields documented as required are refused when missing, naming the field.
+    let signed_required = strings(&schemas["Signed"]["required"]);
+    let pay_required = strings(&pay["required"]);
+    for field in signed_required.iter().chain(&pay_required) {
+        let mut p = c.sign(Client::pay_params("DOC-REQ", "1.00"));
+        p.remove(field);
+        if !signed_required.contains(field) {
+            p = c.sign({
+                p.remove("sign");
+                p
+            });
+        }
+        let a = post_raw(&format!("{}/api/v1/payment/pay", t.url), &serde_json::to_vec(&p).unwrap()).unwrap();
+        assert_eq!(a.code(), "INVALID_PARAM", "{field}: {a:?}");
+        assert!(a.json["message"].as_str().unwrap().contains(field.as_str()), "{field}: {a:?}");
+    }
+
+    // Response fields are exactly the documented ones.
+    let paid = c.pay("DOC-1", "1.00");
+    assert_eq!(keys(&paid.json["data"]), strings(&schemas["PayData"]["required"]));
+    assert_eq!(keys(&paid.json), strings(&schemas["PayAnswer"]["required"]));
+    let queried = c.query_id(paid.data("pay_order_no"));
+    assert_eq!(keys(&queried.json["data"]), strings(&schemas["OrderData"]["required"]));
+    let error = c.query_id("P000000000000000000000");
+    assert_eq!(keys(&error.json), strings(&schemas["Error"]["required"]));
+}
