@@ -13,7 +13,7 @@ use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
 use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, TradeRef};
-use crate::registry::{merchant_key, Registry};
+use crate::registry::Registry;
 
 /// When idle order actors leave memory.
 #[derive(Debug, Clone, Copy)]
@@ -104,13 +104,22 @@ pub struct OrderActor {
 
 struct OrderCell {
     pay_order_no: PayOrderNo,
+    /// The registry key it was registered under: known before the order exists.
+    key: Option<String>,
     state: Option<Order>,
 }
 
 impl OrderActor {
-    /// An actor for `pay_order_no`, with its snapshot or `None` for a new order.
-    pub fn new(oc: Arc<OrderContext>, pay_order_no: PayOrderNo, state: Option<Order>) -> OrderActor {
-        OrderActor { oc, cell: Some(OrderCell { pay_order_no, state }), last_active: Instant::now(), passivated: false }
+    /// An actor for `pay_order_no`, with its snapshot or `None` for a new order, registered
+    /// under the merchant `key` too when it has one.
+    pub fn new(
+        oc: Arc<OrderContext>,
+        pay_order_no: PayOrderNo,
+        key: Option<String>,
+        state: Option<Order>,
+    ) -> OrderActor {
+        let cell = OrderCell { pay_order_no, key, state };
+        OrderActor { oc, cell: Some(cell), last_active: Instant::now(), passivated: false }
     }
 
     /// How long this order may stay idle in memory.
@@ -142,8 +151,7 @@ impl OrderActor {
     fn passivate(&mut self, ctx: &mut Context<Self>) {
         self.passivated = true;
         if let Some(cell) = &self.cell {
-            let key = cell.state.as_ref().map(|o| merchant_key(&o.spec.merchant_id, &o.spec.order_no));
-            self.oc.registry.remove(&cell.pay_order_no, key.as_deref(), &ctx.address());
+            self.oc.registry.remove(&cell.pay_order_no, cell.key.as_deref(), &ctx.address());
         }
         ctx.stop();
     }

@@ -56,7 +56,7 @@ impl ShardSupervisor {
             (None, OrderTarget::Key { merchant_id, order_no }) => Some(merchant_key(merchant_id, order_no)),
             (None, OrderTarget::Id(_)) => None,
         };
-        let addr = OrderActor::new(Arc::clone(&self.oc), id.clone(), state).start();
+        let addr = OrderActor::new(Arc::clone(&self.oc), id.clone(), key.clone(), state).start();
         self.oc.registry.register(&id, key, &addr);
         Ok(addr)
     }

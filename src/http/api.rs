@@ -20,8 +20,8 @@ use super::App;
 use crate::time_fmt::rfc3339;
 
 /// Parses and authenticates a signed request body.
-async fn authenticate(app: &App, body: &[u8]) -> Result<(Arc<Params>, Arc<MerchantProfile>), ApiError> {
-    let params = Arc::new(params::parse(body)?);
+async fn authenticate(app: &App, body: &[u8]) -> Result<(Params, Arc<MerchantProfile>), ApiError> {
+    let params = params::parse(body)?;
     params::require_auth_fields(&params)?;
     let now_secs = app.clock.now_ms() / 1000;
     let merchant = app.merchants.authenticate(&params, now_secs).await?;
