@@ -54,6 +54,9 @@ pub enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Make each request durable in a journal here before answering (the durable floor).
+        #[arg(long)]
+        journal_dir: Option<PathBuf>,
     },
 }
 

@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         Command::Client(args) => cli::client(args),
         Command::Sandbox(args) => cli::sandbox(args),
         Command::Bench(args) => cli::bench(args),
-        Command::BenchBaseline { listen, workers } => paygate::load::baseline::serve(&listen, workers),
+        Command::BenchBaseline { listen, workers, journal_dir } => {
+            paygate::load::baseline::serve(&listen, workers, journal_dir.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

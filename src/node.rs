@@ -7,12 +7,12 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Arbiter, System};
+use actix::{Actor, Arbiter, System};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle};
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::ShardId;
-use paygate_actors::merchant::{AuthPolicy, MerchantActor, MerchantDirectory, MerchantProfile};
+use paygate_actors::merchant::{AuthPolicy, MerchantDirectory, MerchantProfile};
 use paygate_actors::money::Currency;
 use paygate_actors::order_actor::{OrderContext, Passivation};
 use paygate_actors::ports::{ChannelConnector, Clock};
@@ -196,12 +196,7 @@ fn build(
     let channels = ChannelDirectory::new(channel_handles);
 
     let auth = AuthPolicy { timestamp_window_secs: config.auth.timestamp_window_secs, ..AuthPolicy::default() };
-    let merchants: Vec<(MerchantProfile, Addr<MerchantActor>)> = config
-        .merchants
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.clone(), MerchantActor::start_in_arbiter(&pick(i), move |_| MerchantActor::new(auth))))
-        .collect();
+    let merchants: Vec<MerchantProfile> = config.merchants.clone();
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let registry = Arc::new(Registry::default());

@@ -1,10 +1,12 @@
-//! Merchants: their profile, and the actor that authenticates their requests
-//! (signature, timestamp window, nonce replay) and will own their limits.
+//! Merchants: their profile, and the authentication of their requests (signature,
+//! timestamp window, nonce replay).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Addr, Context, Handler, Message};
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::signing::{self, SignType};
@@ -114,67 +116,54 @@ pub fn check_request(
     Ok(())
 }
 
-/// The actor that owns one merchant's mutable state: the nonces it has seen (and,
-/// later, its limits and counters).
-pub struct MerchantActor {
+/// The nonces one merchant's signed requests have used. Concurrent, so the check runs on
+/// the caller's thread: a hop to an actor per request cost more than the check itself.
+pub struct NonceBook {
     policy: AuthPolicy,
     /// nonce → unix seconds after which it may be forgotten.
-    nonces: HashMap<String, i64>,
+    seen: DashMap<String, i64>,
+    /// Entries, counted on insert and recounted when expired ones are dropped.
+    entries: AtomicUsize,
 }
 
-impl MerchantActor {
-    /// A merchant actor.
-    pub fn new(policy: AuthPolicy) -> MerchantActor {
-        MerchantActor { policy, nonces: HashMap::new() }
+impl NonceBook {
+    /// An empty book.
+    pub fn new(policy: AuthPolicy) -> NonceBook {
+        NonceBook { policy, seen: DashMap::new(), entries: AtomicUsize::new(0) }
     }
 
     /// Accepts a nonce once within the window either side of `now_secs`.
-    pub fn remember_nonce(&mut self, nonce: &str, now_secs: i64) -> CoreResult<()> {
-        if self.nonces.get(nonce).is_some_and(|&until| until >= now_secs) {
-            return Err(CoreError::new(ErrorCode::TimestampExpired, "nonce was already used"));
-        }
-        if self.nonces.len() >= self.policy.max_nonces {
-            self.nonces.retain(|_, until| *until >= now_secs);
-            if self.nonces.len() >= self.policy.max_nonces {
+    pub fn use_once(&self, nonce: &str, now_secs: i64) -> CoreResult<()> {
+        if self.entries.load(Ordering::Relaxed) >= self.policy.max_nonces {
+            self.seen.retain(|_, until| *until >= now_secs);
+            self.entries.store(self.seen.len(), Ordering::Relaxed);
+            if self.seen.len() >= self.policy.max_nonces {
                 return Err(CoreError::overloaded());
             }
         }
         // Remembered for the whole window either side: that is how long the signed
         // request stays acceptable.
-        self.nonces.insert(nonce.to_owned(), now_secs + 2 * self.policy.timestamp_window_secs);
-        Ok(())
-    }
-}
-
-impl Actor for MerchantActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(4096);
-    }
-}
-
-/// Accept a nonce once.
-#[derive(Message)]
-#[rtype(result = "CoreResult<()>")]
-pub struct UseNonce {
-    /// The nonce.
-    pub nonce: String,
-    /// Server time, unix seconds.
-    pub now_secs: i64,
-}
-
-impl Handler<UseNonce> for MerchantActor {
-    type Result = CoreResult<()>;
-
-    fn handle(&mut self, msg: UseNonce, _: &mut Context<Self>) -> Self::Result {
-        self.remember_nonce(&msg.nonce, msg.now_secs)
+        let until = now_secs + 2 * self.policy.timestamp_window_secs;
+        match self.seen.entry(nonce.to_owned()) {
+            Entry::Occupied(e) if *e.get() >= now_secs => {
+                Err(CoreError::new(ErrorCode::TimestampExpired, "nonce was already used"))
+            }
+            Entry::Occupied(mut e) => {
+                e.insert(until);
+                Ok(())
+            }
+            Entry::Vacant(e) => {
+                e.insert(until);
+                self.entries.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
 }
 
 struct Merchant {
     profile: Arc<MerchantProfile>,
-    actor: Addr<MerchantActor>,
+    nonces: NonceBook,
 }
 
 /// Every merchant of the node, by id.
@@ -185,30 +174,23 @@ pub struct MerchantDirectory {
 }
 
 impl MerchantDirectory {
-    /// A directory of merchants and their started actors.
-    pub fn new(merchants: Vec<(MerchantProfile, Addr<MerchantActor>)>, policy: AuthPolicy) -> MerchantDirectory {
+    /// A directory of merchants.
+    pub fn new(merchants: Vec<MerchantProfile>, policy: AuthPolicy) -> MerchantDirectory {
         let merchants = merchants
             .into_iter()
-            .map(|(p, actor)| (p.merchant_id.clone(), Merchant { profile: Arc::new(p), actor }))
+            .map(|p| (p.merchant_id.clone(), Merchant { profile: Arc::new(p), nonces: NonceBook::new(policy) }))
             .collect();
         MerchantDirectory { merchants: Arc::new(merchants), policy }
     }
 
     /// Authenticates a request with the merchant it names.
-    pub async fn authenticate(
-        &self,
-        params: &BTreeMap<String, String>,
-        now_secs: i64,
-    ) -> CoreResult<Arc<MerchantProfile>> {
+    pub fn authenticate(&self, params: &BTreeMap<String, String>, now_secs: i64) -> CoreResult<Arc<MerchantProfile>> {
         let id = params.get("merchant_id").map(String::as_str).unwrap_or_default();
         let m =
             self.merchants.get(id).ok_or_else(|| CoreError::new(ErrorCode::MerchantNotFound, "no such merchant"))?;
         check_request(&m.profile, params, now_secs, &self.policy)?;
         if let Some(nonce) = params.get("nonce").filter(|n| !n.is_empty()) {
-            m.actor
-                .send(UseNonce { nonce: nonce.clone(), now_secs })
-                .await
-                .map_err(|_| CoreError::system("merchant actor unavailable"))??;
+            m.nonces.use_once(nonce, now_secs)?;
         }
         Ok(Arc::clone(&m.profile))
     }
@@ -270,9 +252,19 @@ mod tests {
 
     #[test]
     fn a_nonce_is_accepted_once_per_window() {
-        let mut a = MerchantActor::new(AuthPolicy::default());
-        assert_eq!(code(a.remember_nonce("n1", 1_000)), None);
-        assert_eq!(code(a.remember_nonce("n1", 1_001)), Some(ErrorCode::TimestampExpired));
-        assert_eq!(code(a.remember_nonce("n1", 1_000 + 601)), None, "forgotten after the window");
+        let book = NonceBook::new(AuthPolicy::default());
+        assert_eq!(code(book.use_once("n1", 1_000)), None);
+        assert_eq!(code(book.use_once("n1", 1_001)), Some(ErrorCode::TimestampExpired));
+        assert_eq!(code(book.use_once("n1", 1_000 + 601)), None, "forgotten after the window");
+    }
+
+    #[test]
+    fn a_full_book_drops_expired_nonces_and_refuses_only_when_all_are_live() {
+        let book = NonceBook::new(AuthPolicy { max_nonces: 2, ..AuthPolicy::default() });
+        assert_eq!(code(book.use_once("a", 1_000)), None);
+        assert_eq!(code(book.use_once("b", 1_000)), None);
+        assert_eq!(code(book.use_once("c", 1_001)), Some(ErrorCode::RateLimited));
+        assert_eq!(code(book.use_once("c", 2_000)), None, "a and b expired and were dropped");
+        assert_eq!(code(book.use_once("a", 2_000)), None);
     }
 }

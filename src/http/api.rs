@@ -20,11 +20,11 @@ use super::App;
 use crate::time_fmt::rfc3339;
 
 /// Parses and authenticates a signed request body.
-async fn authenticate(app: &App, body: &[u8]) -> Result<(Params, Arc<MerchantProfile>), ApiError> {
+fn authenticate(app: &App, body: &[u8]) -> Result<(Params, Arc<MerchantProfile>), ApiError> {
     let params = params::parse(body)?;
     params::require_auth_fields(&params)?;
     let now_secs = app.clock.now_ms() / 1000;
-    let merchant = app.merchants.authenticate(&params, now_secs).await?;
+    let merchant = app.merchants.authenticate(&params, now_secs)?;
     Ok((params, merchant))
 }
 
@@ -40,7 +40,7 @@ async fn bounded<T>(app: &App, fut: impl std::future::Future<Output = CoreResult
 
 /// `POST /api/v1/payment/pay`.
 pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
-    let (params, merchant) = authenticate(app, body).await?;
+    let (params, merchant) = authenticate(app, body)?;
     let spec = pay_spec(&app.limits, &params, &merchant)?;
     let expire_minutes = spec.expire_minutes.unwrap_or(merchant.expire_minutes);
     let route = select_channel(app.channels.profiles(), spec.pay_method, spec.amount).map(|c| c.code.clone());
@@ -55,7 +55,7 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
 
 /// `POST /api/v1/payment/query`.
 pub async fn query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
-    let (params, merchant) = authenticate(app, body).await?;
+    let (params, merchant) = authenticate(app, body)?;
     let target = order_target(&params, &merchant)?;
     let order = bounded(app, app.router.read(target, Some(merchant.merchant_id.clone()))).await?;
     Ok(success(&order_view(app, &order)))
@@ -63,7 +63,7 @@ pub async fn query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
 
 /// `POST /api/v1/payment/close`.
 pub async fn close(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
-    let (params, merchant) = authenticate(app, body).await?;
+    let (params, merchant) = authenticate(app, body)?;
     let target = order_target(&params, &merchant)?;
     let caller = Some(merchant.merchant_id.clone());
     let order = bounded(app, app.router.dispatch(target, OrderRequest::Close, caller)).await?;

@@ -81,15 +81,16 @@ pub fn spawn_node(config: &Path, data_dir: &Path, extra_env: &[(&str, String)]) 
     Ok(Process { child, addr })
 }
 
-/// Starts the bare-hyper baseline server.
-pub fn spawn_baseline(workers: usize) -> Result<Process, String> {
+/// Starts the bare-hyper baseline server; with `journal_dir`, the durable floor.
+pub fn spawn_baseline(workers: usize, journal_dir: Option<&Path>) -> Result<Process, String> {
     let port = free_port()?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .args(["bench-baseline", "--listen", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting the baseline: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench-baseline", "--listen", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()]);
+    if let Some(dir) = journal_dir {
+        cmd.arg("--journal-dir").arg(dir);
+    }
+    let mut child = cmd.stdout(Stdio::null()).spawn().map_err(|e| format!("starting the baseline: {e}"))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     wait_listening(&mut child, addr, Duration::from_secs(30))?;
     Ok(Process { child, addr })
@@ -152,27 +153,33 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
     let warmup = Duration::from_secs(1);
     let run_id = format!("B{}", std::process::id());
 
-    // The baseline, alone on the machine.
-    let base_proc = spawn_baseline(workers)?;
-    let base_target = Arc::new(Target {
-        addr: base_proc.addr,
-        merchant: merchant.merchant_id.clone(),
-        secret: merchant.secret.clone(),
-        run: format!("{run_id}base"),
-    });
-    let baseline = rt.block_on(generator::run(
-        base_target,
-        Mix::only(Op::Pay),
-        opts.connections,
-        warmup,
-        opts.duration,
-        Arc::default(),
-    ));
-    drop(base_proc);
-
-    // The node.
     let data = std::env::temp_dir().join(format!("paygate-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
+    // The baseline, then the durable floor (the baseline plus one fsync'd journal
+    // record per request), each alone on the machine.
+    let bare = |journal: Option<&Path>, run: &str| -> Result<PhaseResult, String> {
+        let process = spawn_baseline(workers, journal)?;
+        let target = Arc::new(Target {
+            addr: process.addr,
+            merchant: merchant.merchant_id.clone(),
+            secret: merchant.secret.clone(),
+            run: format!("{run_id}{run}"),
+        });
+        Ok(rt.block_on(generator::run(
+            target,
+            Mix::only(Op::Pay),
+            opts.connections,
+            warmup,
+            opts.duration,
+            Arc::default(),
+        )))
+    };
+    let baseline = bare(None, "base")?;
+    let floor_dir = data.join("floor");
+    let floor = bare(Some(&floor_dir), "floor")?;
+    let _ = std::fs::remove_dir_all(&floor_dir);
+
+    // The node.
     let node = match &opts.url {
         Some(_) => None,
         None => Some(spawn_node(&opts.config, &data, &[("PAYGATE_SERVER__WORKERS", workers.to_string())])?),
@@ -201,6 +208,7 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
 
     let phases = [
         Phase { name: "baseline", result: baseline },
+        Phase { name: "floor", result: floor },
         Phase { name: "pay", result: pay },
         Phase { name: "query", result: query },
         Phase { name: "mix", result: mixed },
@@ -215,7 +223,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
     let p99 = |name: &str| get(name).map_or(0.0, |r| r.ms(0.99));
     let base = rps("baseline").max(1e-9);
     let mut errors = std::collections::BTreeMap::new();
-    for p in phases.iter().filter(|p| p.name != "baseline") {
+    for p in phases.iter().filter(|p| p.name != "baseline" && p.name != "floor") {
         for (k, v) in &p.result.errors {
             *errors.entry(format!("{}:{k}", p.name)).or_insert(0u64) += v;
         }
@@ -235,6 +243,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
         let out = json!({
             "pay_rps": rps("pay"), "query_rps": rps("query"), "mix_rps": rps("mix"), "baseline_rps": base,
             "pay_ratio": rps("pay") / base, "query_ratio": rps("query") / base,
+            "floor_rps": rps("floor"), "floor_ratio": rps("floor") / base, "pay_to_floor": rps("pay") / rps("floor").max(1e-9),
             "pay_p99_ms": p99("pay"), "query_p99_ms": p99("query"), "errors": errors,
             "rss_mb": rss, "peak_rss_mb": peak, "connections": opts.connections, "duration_s": opts.duration.as_secs_f64(),
             "generator_threads": opts.threads, "node_workers": workers, "phases": phase_json,
@@ -266,9 +275,12 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
         );
     }
     println!(
-        "\npay/baseline = {:.3}   query/baseline = {:.3}   node RSS {rss:.1} MiB (peak {peak:.1} MiB)",
+        "\npay/baseline = {:.3}   query/baseline = {:.3}   floor/baseline = {:.3}   pay/floor = {:.3}\n\
+         node RSS {rss:.1} MiB (peak {peak:.1} MiB)",
         rps("pay") / base,
-        rps("query") / base
+        rps("query") / base,
+        rps("floor") / base,
+        rps("pay") / rps("floor").max(1e-9),
     );
 }
 
