@@ -64,7 +64,7 @@ fn bench_group(c: &mut Criterion, name: &str, journal: Arc<JournalHandle>) {
     group.throughput(Throughput::Elements(1));
     let mut ids = IdGenerator::new(ShardId(1), 0);
     let mut n = 0u64;
-    for concurrency in [1usize, 10, 100, 1000] {
+    for concurrency in [1usize, 10, 100, 1000, 4000] {
         let stats = journal.stats();
         let (syncs_before, records_before) =
             (stats.syncs.load(Ordering::Relaxed), stats.records.load(Ordering::Relaxed));
