@@ -24,6 +24,7 @@ use paygate_actors::timers::TimerActor;
 use crate::config::{ChannelConfig, Config};
 use crate::http::App;
 use crate::sandbox::{Sandbox, SandboxConnector, SandboxSettings};
+use crate::storage::journal::JournalHandle;
 use crate::storage::views::Views;
 use crate::storage::{RecoveryReport, Storage, StorageOptions};
 
@@ -61,6 +62,8 @@ pub struct Node {
     pub recovery: RecoveryReport,
     /// The views (for inspection in tests and tools).
     pub views: Arc<Views>,
+    /// The journal (for inspection in tests and tools).
+    pub journal: JournalHandle,
     /// Live order actors.
     pub registry: Arc<Registry>,
     system: System,
@@ -126,6 +129,7 @@ pub fn start(config: Config) -> Result<Node, StartError> {
         listener.local_addr().map_err(|source| StartError::Listen { addr: config.server.listen.clone(), source })?;
     let views = Arc::clone(&storage.views);
     let recovery = storage.report.clone();
+    let journal = storage.journal.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Started, StartError>>();
     let thread = std::thread::Builder::new()
         .name("paygate-node".into())
@@ -151,6 +155,7 @@ pub fn start(config: Config) -> Result<Node, StartError> {
         sandbox: started.sandbox,
         recovery,
         views,
+        journal,
         registry: started.registry,
         system: started.system,
         thread: Some(thread),

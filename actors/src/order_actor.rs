@@ -12,7 +12,7 @@ use crate::channel::{ChannelDirectory, ChannelHandle};
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
-use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, TradeRef};
+use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, Ticket, TradeRef};
 use crate::registry::Registry;
 
 /// When idle order actors leave memory.
@@ -94,6 +94,9 @@ pub struct OrderMsg {
     pub caller: Option<String>,
 }
 
+/// How soon an idle actor looks again whether the views have caught up with it.
+const VIEWS_LAG_RECHECK: Duration = Duration::from_millis(20);
+
 /// The actor owning one order.
 pub struct OrderActor {
     oc: Arc<OrderContext>,
@@ -107,6 +110,9 @@ struct OrderCell {
     /// The registry key it was registered under: known before the order exists.
     key: Option<String>,
     state: Option<Order>,
+    /// The journal ticket of its last record: until the views show it, this actor is the
+    /// only place that knows the order's state, so it must not passivate.
+    last_ticket: Option<Ticket>,
 }
 
 impl OrderActor {
@@ -118,7 +124,7 @@ impl OrderActor {
         key: Option<String>,
         state: Option<Order>,
     ) -> OrderActor {
-        let cell = OrderCell { pay_order_no, key, state };
+        let cell = OrderCell { pay_order_no, key, state, last_ticket: None };
         OrderActor { oc, cell: Some(cell), last_active: Instant::now(), passivated: false }
     }
 
@@ -140,10 +146,14 @@ impl OrderActor {
             }
             let limit = act.idle_limit();
             let idle = act.last_active.elapsed();
-            if idle >= limit {
-                act.passivate(ctx);
-            } else {
+            let unprojected =
+                act.cell.as_ref().and_then(|c| c.last_ticket).is_some_and(|t| !act.oc.journal.is_projected(t));
+            if idle < limit {
                 act.schedule_passivation(ctx, limit - idle);
+            } else if unprojected {
+                act.schedule_passivation(ctx, VIEWS_LAG_RECHECK);
+            } else {
+                act.passivate(ctx);
             }
         });
     }
@@ -253,11 +263,12 @@ impl OrderCell {
         let seq = self.state.as_ref().map_or(0, |o| o.seq) + 1;
         next.seq = seq;
         let record = Record::Order { pay_order_no: self.pay_order_no.clone(), seq, events };
-        oc.journal.append(record).await.map_err(|e| {
+        let ticket = oc.journal.append(record).await.map_err(|e| {
             tracing::error!(error = %e, "journal append failed");
             CoreError::system("could not record the order durably")
         })?;
         self.state = Some(next);
+        self.last_ticket = Some(ticket);
         Ok(())
     }
 

@@ -42,11 +42,21 @@ impl StorageError {
     }
 }
 
+/// Where a record stands in the journal's order of appends in this process: the views
+/// show a record once [`Journal::is_projected`] says so for its ticket.
+pub type Ticket = u64;
+
 /// The journal: the source of truth.
+///
+/// A record is acknowledged once it is on disk (fsync'd); the derived views (snapshot,
+/// indexes, timers) follow shortly after. Whoever acknowledges a change to a caller must
+/// therefore answer reads of that order itself until the views have caught up: an order
+/// actor stays live until its last ticket is projected.
 pub trait Journal: Send + Sync + 'static {
-    /// Appends `record`. Resolves once the record is on disk (fsync'd) and the derived
-    /// views (snapshot, indexes, timers) reflect it.
-    fn append(&self, record: Record) -> BoxFuture<Result<(), StorageError>>;
+    /// Appends `record`. Resolves once the record is durable, with its ticket.
+    fn append(&self, record: Record) -> BoxFuture<Result<Ticket, StorageError>>;
+    /// Whether the views show the record with `ticket` (and every record before it).
+    fn is_projected(&self, ticket: Ticket) -> bool;
 }
 
 /// Read side of the derived views: snapshots, the order index and timers.

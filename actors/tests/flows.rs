@@ -1,8 +1,10 @@
 //! The order actor's flows against fakes of every port and a fake clock: deterministic,
-//! no I/O, no wall-clock waits.
+//! no I/O. Only the passivation test waits on real (actix) timers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix::Actor;
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle, ChannelProfile, ChannelStatus};
@@ -22,10 +24,12 @@ use paygate_actors::shard::ShardSupervisor;
 struct MemStore {
     records: Mutex<Vec<Record>>,
     orders: Mutex<HashMap<PayOrderNo, Order>>,
+    /// Pretend the views have not caught up with the journal.
+    lagging: AtomicBool,
 }
 
 impl Journal for MemStore {
-    fn append(&self, record: Record) -> BoxFuture<Result<(), StorageError>> {
+    fn append(&self, record: Record) -> BoxFuture<Result<u64, StorageError>> {
         let Record::Order { pay_order_no, seq, events } = &record;
         let mut orders = self.orders.lock().unwrap();
         let mut state = orders.get(pay_order_no).cloned();
@@ -36,8 +40,14 @@ impl Journal for MemStore {
         let mut order = state.unwrap();
         order.seq = *seq;
         orders.insert(pay_order_no.clone(), order);
-        self.records.lock().unwrap().push(record);
-        Box::pin(async { Ok(()) })
+        let mut records = self.records.lock().unwrap();
+        records.push(record);
+        let ticket = records.len() as u64;
+        Box::pin(async move { Ok(ticket) })
+    }
+
+    fn is_projected(&self, _: u64) -> bool {
+        !self.lagging.load(Ordering::SeqCst)
     }
 }
 
@@ -117,6 +127,10 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(Passivation::default())
+}
+
+fn world_with(passivation: Passivation) -> World {
     let clock = Arc::new(FakeClock::at(1_700_000_000_000));
     let store = Arc::new(MemStore::default());
     let channel = Arc::new(FakeChannel::default());
@@ -136,7 +150,7 @@ fn world() -> World {
         clock: clock.clone(),
         registry: Arc::new(Registry::default()),
         query_policy: QueryPolicy::default(),
-        passivation: Passivation::default(),
+        passivation,
     });
     let shards = (0..4).map(|n| ShardSupervisor::new(ShardId(n), oc.clone()).start()).collect();
     World { router: OrderRouter::new(oc, shards), clock, channel, store }
@@ -209,4 +223,24 @@ async fn another_merchant_is_answered_not_found_and_changes_nothing() {
     let err = w.router.dispatch(id.clone(), OrderRequest::Close, Some("M2".into())).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::OrderNotFound);
     assert_eq!(w.router.read(id, None).await.unwrap().status, OrderStatus::Paying);
+}
+
+#[actix_rt::test]
+async fn an_order_stays_live_until_the_views_show_its_last_record() {
+    let quick = Duration::from_millis(20);
+    let w = world_with(Passivation { idle: quick, final_idle: quick });
+    let live = || w.router.context().registry.live_orders();
+    w.store.lagging.store(true, Ordering::SeqCst);
+    w.router.dispatch(key("L"), pay("L"), Some("M1".into())).await.unwrap();
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(live(), 1, "idle far past its limit, but the views do not show it yet");
+
+    w.store.lagging.store(false, Ordering::SeqCst);
+    for _ in 0..500 {
+        if live() == 0 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(live(), 0, "passivated once the views caught up");
 }

@@ -1,13 +1,9 @@
 //! The journal writer: one per node. Records from every shard are queued; a writer
-//! thread encodes whatever has accumulated into one buffer and appends it with one
-//! `fdatasync` (group commit), then a projector thread folds the batch into the views
-//! and acknowledges each caller. The two threads pipeline: batch N is projected while
-//! N+1 is synced.
-//!
-//! Allocation is kept off the threads that do not own it: the writer encodes into
-//! buffers it reuses, and each record goes back to its caller with the acknowledgement,
-//! to be freed on the thread that built it (a cross-thread free costs several times a
-//! local one).
+//! thread encodes whatever has accumulated into one reused buffer, appends it with one
+//! `fdatasync` (group commit) and acknowledges each caller with its ticket. A projector
+//! thread then folds the batch into the views and publishes how far it got, so the
+//! views' cost is off the answer's path; order actors stay live until the views show
+//! their last record (see [`Journal`]).
 //!
 //! An I/O error on the journal aborts the process: durability can no longer be
 //! promised, and recovery on restart restores exactly what was acknowledged.
@@ -20,7 +16,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use paygate_actors::ports::{BoxFuture, Journal, Record, StorageError};
+use paygate_actors::ports::{BoxFuture, Journal, Record, StorageError, Ticket};
 use tokio::sync::oneshot;
 
 use super::codec::encode_record_into;
@@ -42,7 +38,7 @@ pub struct JournalOptions {
 
 struct Pending {
     record: Record,
-    done: oneshot::Sender<Result<Record, StorageError>>,
+    done: oneshot::Sender<Result<Ticket, StorageError>>,
 }
 
 /// Counters of the writer: group commits and the records they carried.
@@ -59,6 +55,8 @@ pub struct JournalStats {
 pub struct JournalHandle {
     tx: SyncSender<Pending>,
     stats: Arc<JournalStats>,
+    /// The highest ticket the views show.
+    projected: Arc<AtomicU64>,
 }
 
 fn fatal(what: &str, e: &dyn std::fmt::Display) -> ! {
@@ -79,32 +77,49 @@ impl JournalHandle {
     ) -> std::io::Result<(JournalHandle, Vec<std::thread::JoinHandle<()>>)> {
         let file = open_for_append(&opts.dir, end.segment)?;
         let (tx, rx) = mpsc::sync_channel::<Pending>(opts.queue);
-        let (ptx, prx) = mpsc::sync_channel::<(Vec<Pending>, Position)>(64);
+        let (ptx, prx) = mpsc::sync_channel::<Synced>(1024);
         let stats = Arc::new(JournalStats::default());
+        let projected = Arc::new(AtomicU64::new(0));
         let counters = Arc::clone(&stats);
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || write_loop(rx, ptx, file, end, opts, &counters))?;
-        let projector =
-            std::thread::Builder::new().name("journal-projector".into()).spawn(move || project_loop(prx, views))?;
-        Ok((JournalHandle { tx, stats }, vec![writer, projector]))
+        let published = Arc::clone(&projected);
+        let projector = std::thread::Builder::new()
+            .name("journal-projector".into())
+            .spawn(move || project_loop(prx, views, &published))?;
+        Ok((JournalHandle { tx, stats, projected }, vec![writer, projector]))
     }
 
     /// The writer's counters.
     pub fn stats(&self) -> &JournalStats {
         &self.stats
     }
+
+    /// Whether the views show every durable record.
+    pub fn caught_up(&self) -> bool {
+        self.projected.load(Ordering::Acquire) >= self.stats.records.load(Ordering::Acquire)
+    }
+}
+
+/// A durable batch on its way to the views: its records, the last ticket among them
+/// and the journal position after them.
+struct Synced {
+    records: Vec<Record>,
+    last_ticket: Ticket,
+    end: Position,
 }
 
 fn write_loop(
     rx: Receiver<Pending>,
-    projector: SyncSender<(Vec<Pending>, Position)>,
+    projector: SyncSender<Synced>,
     mut file: File,
     mut pos: Position,
     opts: JournalOptions,
     stats: &JournalStats,
 ) {
     let (mut buf, mut scratch, mut envelope) = (Vec::with_capacity(1 << 20), Vec::new(), Vec::new());
+    let mut ticket: Ticket = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(opts.max_batch.min(1024));
         batch.push(first);
@@ -142,27 +157,33 @@ fn write_loop(
         stats.syncs.fetch_add(1, Ordering::Relaxed);
         stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
         pos.offset += buf.len() as u64;
-        if projector.send((batch, pos)).is_err() {
+        let mut records = Vec::with_capacity(batch.len());
+        for p in batch {
+            ticket += 1;
+            let _ = p.done.send(Ok(ticket));
+            records.push(p.record);
+        }
+        if projector.send(Synced { records, last_ticket: ticket, end: pos }).is_err() {
             return;
         }
     }
 }
 
-fn project_loop(rx: Receiver<(Vec<Pending>, Position)>, views: Option<Arc<Views>>) {
-    while let Ok((mut batch, mut end)) = rx.recv() {
+fn project_loop(rx: Receiver<Synced>, views: Option<Arc<Views>>, projected: &AtomicU64) {
+    while let Ok(Synced { mut records, mut last_ticket, mut end }) = rx.recv() {
         // Fold every synced batch already waiting into one views batch: sled's cost is
         // mostly per batch, and the writer never waits for us.
-        while let Ok((more, more_end)) = rx.try_recv() {
-            batch.extend(more);
-            end = more_end;
+        while let Ok(more) = rx.try_recv() {
+            records.extend(more.records);
+            (last_ticket, end) = (more.last_ticket, more.end);
         }
-        if let Some(Err(e)) = views.as_ref().map(|v| v.project(batch.iter().map(|p| &p.record), end)) {
-            // The record is durable; the views are derived and will be rebuilt on start.
+        let started = Instant::now();
+        if let Some(Err(e)) = views.as_ref().map(|v| v.project(records.iter(), end)) {
+            // The records are durable; the views are derived and are rebuilt on start.
             fatal("projecting the journal into the views failed", &e);
         }
-        for p in batch {
-            let _ = p.done.send(Ok(p.record));
-        }
+        metrics::histogram!("paygate_views_project_seconds").record(started.elapsed().as_secs_f64());
+        projected.store(last_ticket, Ordering::Release);
     }
     if let Some(Err(e)) = views.map(|v| v.flush()) {
         tracing::error!(error = %e, "flushing views on shutdown failed");
@@ -170,20 +191,23 @@ fn project_loop(rx: Receiver<(Vec<Pending>, Position)>, views: Option<Arc<Views>
 }
 
 impl Journal for JournalHandle {
-    fn append(&self, record: Record) -> BoxFuture<Result<(), StorageError>> {
+    fn is_projected(&self, ticket: Ticket) -> bool {
+        self.projected.load(Ordering::Acquire) >= ticket
+    }
+
+    fn append(&self, record: Record) -> BoxFuture<Result<Ticket, StorageError>> {
         let (done, rx) = oneshot::channel();
         let queued = match self.tx.try_send(Pending { record, done }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(StorageError("journal queue is full".into())),
             Err(TrySendError::Disconnected(_)) => Err(StorageError("journal is stopped".into())),
         };
+        let started = Instant::now();
         Box::pin(async move {
             queued?;
-            match rx.await {
-                // Dropped here, on the thread that built it.
-                Ok(answer) => answer.map(drop),
-                Err(_) => Err(StorageError("journal stopped before the record was durable".into())),
-            }
+            let answer = rx.await;
+            metrics::histogram!("paygate_journal_append_seconds").record(started.elapsed().as_secs_f64());
+            answer.unwrap_or_else(|_| Err(StorageError("journal stopped before the record was durable".into())))
         })
     }
 }

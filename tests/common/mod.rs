@@ -74,8 +74,16 @@ impl TestNode {
         Client::new(&self.url, MERCHANT, SECRET)
     }
 
+    /// Orders in the views, once they show every durable record (they trail the
+    /// acknowledgements by a few milliseconds).
     pub fn order_count(&self) -> usize {
-        self.node().views.order_count()
+        let node = self.node();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !node.journal.caught_up() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(node.journal.caught_up(), "the views did not catch up with the journal");
+        node.views.order_count()
     }
 
     /// Size of the journal on disk.
