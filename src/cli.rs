@@ -37,7 +37,12 @@ pub enum Command {
         /// Data directory (overrides storage.data_dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Refuse to start with the public demo master key or the demo admin token.
+        #[arg(long)]
+        production: bool,
     },
+    /// Seal a secret for the configuration files, or make a new master key.
+    Secret(SecretArgs),
     /// Sign and send a merchant API request.
     Client(ClientArgs),
     /// Tell the sandbox channel of a running node to pay, fail or hang an order.
@@ -292,23 +297,24 @@ fn print_answer(status: u16, body: &[u8], full: bool) -> CliResult {
 
 /// Runs `paygate client …`.
 pub fn client(args: ClientArgs) -> CliResult {
-    let config = Config::load(&args.config, &Overrides::default()).ok();
+    let config = Config::load(&args.config, &Overrides::default());
+    let unusable = |e: &crate::config::ConfigError| format!("{e} (or pass --merchant and --secret)");
     let merchant = match (&args.merchant, &config) {
         (Some(m), _) => m.clone(),
-        (None, Some(c)) => {
+        (None, Ok(c)) => {
             c.merchants.first().map(|m| m.merchant_id.clone()).ok_or("no merchant configured; pass --merchant")?
         }
-        (None, None) => return Err("no configuration found; pass --merchant and --secret".into()),
+        (None, Err(e)) => return Err(unusable(e)),
     };
     let secret = match (&args.secret, &config) {
         (Some(s), _) => s.clone(),
-        (None, Some(c)) => c
+        (None, Ok(c)) => c
             .merchants
             .iter()
             .find(|m| m.merchant_id == merchant)
             .map(|m| m.secret.clone())
             .ok_or_else(|| format!("merchant {merchant} is not in the configuration; pass --secret"))?,
-        (None, None) => return Err("pass --secret".into()),
+        (None, Err(e)) => return Err(unusable(e)),
     };
     let sign_type = SignType::parse(&args.sign_type).ok_or("--sign-type must be HMAC-SHA256 or MD5")?;
     let now_ms = SystemClock.now_ms();
@@ -382,4 +388,52 @@ pub fn sandbox(args: SandboxArgs) -> CliResult {
         Duration::from_secs(30),
     ))?;
     print_answer(answer.status, &answer.body, true)
+}
+
+/// `paygate secret`.
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: SecretCommand,
+}
+
+/// Secret subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Print a new random master key (64 hex digits) for PAYGATE_MASTER_KEY or a key file.
+    NewKey,
+    /// Seal a value (read from stdin, so it stays out of shell history) under the master
+    /// key from PAYGATE_MASTER_KEY, --key-file, or the demo key; prints `enc:v1:…`.
+    Seal {
+        /// A file holding the master key.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
+}
+
+/// `paygate secret …`.
+pub fn secret(args: SecretArgs) -> Result<(), String> {
+    use std::io::Read;
+
+    use crate::secrets::MasterKey;
+    match args.command {
+        SecretCommand::NewKey => {
+            let mut key = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+            println!("{}", hex::encode(key));
+        }
+        SecretCommand::Seal { key_file } => {
+            let env_key = std::env::var("PAYGATE_MASTER_KEY").ok();
+            let key = MasterKey::resolve(env_key.as_deref(), key_file.as_deref()).map_err(|e| e.to_string())?;
+            if key.is_demo() {
+                eprintln!("paygate: sealing with the PUBLIC demo key: fine for the demo configuration only");
+            }
+            let mut value = String::new();
+            std::io::stdin().read_to_string(&mut value).map_err(|e| e.to_string())?;
+            let value = value.strip_suffix('\n').unwrap_or(&value);
+            println!("{}", key.seal(value));
+        }
+    }
+    Ok(())
 }

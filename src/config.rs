@@ -15,6 +15,8 @@ use paygate_actors::order::{PayMethod, QueryPolicy};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
+use crate::secrets::{is_secret_setting, MasterKey, SecretError, SEALED_PREFIX};
+
 /// The whole node configuration.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -36,6 +38,20 @@ pub struct Config {
     /// Channels (`channels.toml`).
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
+    /// Where the master key is.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    /// Whether the secrets were opened with the public demo key.
+    #[serde(skip)]
+    pub demo_master_key: bool,
+}
+
+/// Where the master key that opens the sealed secrets comes from.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SecretsConfig {
+    /// A file holding the key as 64 hex digits; `PAYGATE_MASTER_KEY` wins over it.
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// HTTP settings.
@@ -114,6 +130,9 @@ pub struct AuthConfig {
     /// Accepted timestamp skew, seconds.
     pub timestamp_window_secs: i64,
 }
+
+/// The admin token of the shipped configuration.
+pub const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
 
 /// The admin API.
 #[derive(Clone, Deserialize)]
@@ -203,9 +222,35 @@ impl Config {
         if let Some(data) = &overrides.data_dir {
             fig = fig.merge(Serialized::default("storage.data_dir", data));
         }
-        let config: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        let mut config: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        let env_key = std::env::var("PAYGATE_MASTER_KEY").ok();
+        let key = MasterKey::resolve(env_key.as_deref(), config.secrets.master_key_file.as_deref())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        config.open_secrets(&key)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Replaces every sealed secret by its plain text, in memory only. A secret in plain
+    /// text in the files is refused: secrets are stored sealed.
+    fn open_secrets(&mut self, key: &MasterKey) -> Result<(), ConfigError> {
+        let fail = |e: SecretError| ConfigError(e.to_string());
+        for m in &mut self.merchants {
+            m.secret = key.open(&format!("merchant {} secret", m.merchant_id), &m.secret).map_err(fail)?;
+        }
+        for c in &mut self.channels {
+            for (name, value) in c.settings.iter_mut() {
+                let toml::Value::String(text) = value else { continue };
+                let what = format!("channel {} setting {name}", c.code);
+                if text.starts_with(SEALED_PREFIX) {
+                    *text = key.open(&what, text).map_err(fail)?;
+                } else if is_secret_setting(name) {
+                    return Err(fail(SecretError::Plain(what)));
+                }
+            }
+        }
+        self.demo_master_key = key.is_demo();
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -225,6 +270,21 @@ impl Config {
             c.profile()?;
         }
         Ok(())
+    }
+
+    /// Why this configuration must not run in production, if it must not: the public
+    /// demo master key, or the demo admin token.
+    pub fn production_refusal(&self) -> Option<&'static str> {
+        if self.demo_master_key {
+            return Some(
+                "the secrets are sealed with the public demo master key; set PAYGATE_MASTER_KEY \
+                 (or secrets.master_key_file) and re-seal them with `paygate secret seal`",
+            );
+        }
+        if self.admin.token == DEMO_ADMIN_TOKEN {
+            return Some("admin.token is the demo token; set PAYGATE_ADMIN__TOKEN");
+        }
+        None
     }
 
     /// The largest amount in `currency`'s minor units.

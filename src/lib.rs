@@ -9,5 +9,6 @@ pub mod load;
 pub mod node;
 pub mod qr;
 pub mod sandbox;
+pub mod secrets;
 pub mod storage;
 pub mod time_fmt;

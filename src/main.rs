@@ -15,7 +15,10 @@ use paygate::config::{Config, Overrides};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, listen, data_dir } => serve(&config, Overrides { listen, data_dir }),
+        Command::Serve { config, listen, data_dir, production } => {
+            serve(&config, Overrides { listen, data_dir }, production)
+        }
+        Command::Secret(args) => cli::secret(args),
         Command::Client(args) => cli::client(args),
         Command::Sandbox(args) => cli::sandbox(args),
         Command::Bench(args) => cli::bench(args),
@@ -32,7 +35,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(dir: &std::path::Path, overrides: Overrides) -> Result<(), String> {
+fn serve(dir: &std::path::Path, overrides: Overrides, production: bool) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -40,6 +43,12 @@ fn serve(dir: &std::path::Path, overrides: Overrides) -> Result<(), String> {
         )
         .init();
     let config = Config::load(dir, &overrides).map_err(|e| e.to_string())?;
+    if let Some(refusal) = config.production_refusal().filter(|_| production) {
+        return Err(format!("--production: {refusal}"));
+    }
+    if config.demo_master_key {
+        tracing::warn!("secrets are sealed with the PUBLIC demo master key: for local trials only");
+    }
     let node = paygate::node::start(config).map_err(|e| e.to_string())?;
     println!("paygate listening on http://{} (public URL {})", node.addr, node.public_url);
     stop_on_signal();

@@ -235,9 +235,13 @@ pub struct BinNode {
 
 impl BinNode {
     pub fn command(data: &Path, port: u16, env: &[(&str, &str)]) -> Command {
+        BinNode::command_with_config(&config_dir(), data, port, env)
+    }
+
+    pub fn command_with_config(config: &Path, data: &Path, port: u16, env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_paygate"));
         cmd.args(["serve", "--config"])
-            .arg(config_dir())
+            .arg(config)
             .arg("--data-dir")
             .arg(data)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -255,8 +259,13 @@ impl BinNode {
 
     /// Starts the binary and waits until /healthz answers.
     pub fn start(data: &Path, env: &[(&str, &str)]) -> BinNode {
+        BinNode::start_with_config(&config_dir(), data, env)
+    }
+
+    /// Starts the binary on another configuration directory.
+    pub fn start_with_config(config: &Path, data: &Path, env: &[(&str, &str)]) -> BinNode {
         let port = free_port();
-        let child = BinNode::command(data, port, env).spawn().unwrap();
+        let child = BinNode::command_with_config(config, data, port, env).spawn().unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let mut node = BinNode { child, url };
         let up = eventually(Duration::from_secs(30), || {

@@ -1,0 +1,139 @@
+//! Secrets at rest: the shipped configuration is sealed under the public demo key and
+//! runs as is; `serve --production` refuses it; a configuration sealed under a real key
+//! runs only with that key; plain-text secrets are refused; secrets never reach the log.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use paygate::secrets::MasterKey;
+
+fn paygate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_paygate"))
+}
+
+/// The repository's configuration with every sealed value re-sealed under `key`.
+fn config_sealed_with(key: &MasterKey, dir: &Path) {
+    copy_dir(&config_dir(), dir);
+    let demo = MasterKey::demo();
+    for file in ["merchants.toml", "channels.toml"] {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let resealed: Vec<String> = text
+            .lines()
+            .map(|line| match line.split_once("\"enc:v1:") {
+                Some((head, rest)) => {
+                    let sealed = format!("enc:v1:{}", rest.trim_end_matches('"'));
+                    let plain = demo.open("test", &sealed).unwrap();
+                    format!("{head}\"{}\"", key.seal(&plain))
+                }
+                None => line.to_owned(),
+            })
+            .collect();
+        std::fs::write(&path, resealed.join("\n")).unwrap();
+    }
+}
+
+/// `paygate client … query` against nothing: enough to load the configuration.
+fn load_config(config: &Path, key: Option<&str>) -> std::process::Output {
+    let mut cmd = paygate();
+    cmd.args(["client", "--config"]).arg(config).args(["--url", "http://127.0.0.1:1", "query", "--order-no", "x"]);
+    match key {
+        Some(k) => cmd.env("PAYGATE_MASTER_KEY", k),
+        None => cmd.env_remove("PAYGATE_MASTER_KEY"),
+    };
+    cmd.output().unwrap()
+}
+
+#[test]
+fn production_mode_refuses_the_demo_key_and_token() {
+    let data = tempfile::tempdir().unwrap();
+    let out = BinNode::command(data.path(), free_port(), &[]).arg("--production").output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("demo master key"), "{err}");
+
+    // A real key, but still the demo admin token.
+    let key_hex = "5a".repeat(32);
+    let config = tempfile::tempdir().unwrap();
+    config_sealed_with(&MasterKey::from_hex(&key_hex).unwrap(), config.path());
+    let env = [("PAYGATE_MASTER_KEY", key_hex.as_str())];
+    let out = BinNode::command_with_config(config.path(), data.path(), free_port(), &env)
+        .arg("--production")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin.token"));
+}
+
+#[test]
+fn a_configuration_sealed_under_a_real_key_runs_only_with_that_key() {
+    let key_hex = "7c".repeat(32);
+    let config = tempfile::tempdir().unwrap();
+    config_sealed_with(&MasterKey::from_hex(&key_hex).unwrap(), config.path());
+    // Without the key (so with the demo key) the sealed values do not open.
+    let err = String::from_utf8_lossy(&load_config(config.path(), None).stderr).into_owned();
+    assert!(err.contains("cannot be opened with this master key"), "{err}");
+    assert!(err.contains("merchant M20240101001 secret"), "names what failed: {err}");
+    // With it, they do (the request then fails to connect, which is fine here).
+    let err = String::from_utf8_lossy(&load_config(config.path(), Some(&key_hex)).stderr).into_owned();
+    assert!(!err.contains("master key"), "{err}");
+
+    // And a node started with it, in production mode, serves requests signed with the
+    // opened secret.
+    let data = tempfile::tempdir().unwrap();
+    let env = [("PAYGATE_MASTER_KEY", key_hex.as_str()), ("PAYGATE_ADMIN__TOKEN", "a-real-admin-token-0123456789")];
+    let node = BinNode::start_with_config(config.path(), data.path(), &env);
+    let a = node.client().pay("SEALED1", "1.00");
+    assert_eq!(a.code(), "SUCCESS", "{:?}", a.json);
+}
+
+#[test]
+fn plain_text_secrets_are_refused() {
+    let config = tempfile::tempdir().unwrap();
+    copy_dir(&config_dir(), config.path());
+    let path = config.path().join("merchants.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let first = text.lines().find(|l| l.starts_with("secret = ")).unwrap().to_owned();
+    std::fs::write(&path, text.replace(&first, "secret = \"plain-text-secret-0123456789\"")).unwrap();
+    let out = load_config(config.path(), None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("must be sealed"), "{err}");
+    assert!(!err.contains("plain-text-secret"), "the value itself is never echoed: {err}");
+}
+
+#[test]
+fn secrets_never_reach_the_log_or_any_answer() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = BinNode::command(data.path(), port, &[("RUST_LOG", "debug")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut node = BinNode { child, url: format!("http://127.0.0.1:{port}") };
+    let up = eventually(std::time::Duration::from_secs(30), || ureq::get(&format!("{}/healthz", node.url)).call().ok());
+    assert!(up.is_some());
+    let c = node.client();
+    let a = c.pay("LOG1", "1.00");
+    assert_eq!(a.code(), "SUCCESS");
+    let q = c.query_no("LOG1");
+    let wrong = Client::new(&node.url, MERCHANT, "wrong-secret-wrong-secret").query_no("LOG1");
+    assert_eq!(wrong.code(), "SIGN_ERROR");
+    let openapi = ureq::get(&format!("{}/openapi.json", node.url)).call().unwrap().into_string().unwrap();
+    let metrics = ureq::get(&format!("{}/metrics", node.url)).call().unwrap().into_string().unwrap();
+    node.child.kill().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(node.child.stdout.as_mut().unwrap(), &mut log).unwrap();
+    std::io::Read::read_to_string(node.child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(log.contains("DEBUG"), "the debug log was captured");
+    let answers = [a.json.to_string(), q.json.to_string(), wrong.json.to_string(), openapi, metrics];
+    for text in answers.iter().chain(std::iter::once(&log)) {
+        for secret in [SECRET, LEGACY_SECRET, "sandbox-notify-secret-0123456789"] {
+            assert!(!text.contains(secret), "a secret leaked");
+        }
+    }
+}
