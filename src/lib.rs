@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod http;
 pub mod load;
 pub mod node;
