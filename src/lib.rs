@@ -2,6 +2,7 @@
 //! (journal + sled), channel connectors (the sandbox so far), configuration and CLI.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -226,6 +226,12 @@ pub trait ChannelConnector: Send + Sync + 'static {
     fn download_bill(&self, date: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>>;
     /// Checks an inbound callback's signature and reads it. `None`: not trustworthy.
     fn verify_callback(&self, request: &CallbackRequest) -> Option<VerifiedCallback>;
+    /// The order a callback names, read without trusting it: when the callback cannot be
+    /// verified, the node asks the channel about that order instead of ignoring it.
+    fn unverified_order(&self, request: &CallbackRequest) -> Option<PayOrderNo> {
+        let _ = request;
+        None
+    }
     /// The answer that tells the provider a callback was taken.
     fn callback_ack(&self) -> CallbackReply;
     /// The answer that tells the provider to retry.

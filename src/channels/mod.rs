@@ -1,0 +1,4 @@
+//! Channel adapters: one payment provider's wire protocol each, behind the
+//! `ChannelConnector` port.
+
+pub mod alipay;
