@@ -41,6 +41,9 @@ pub struct Config {
     /// Where the master key is.
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// The channel simulator (`sim.toml`).
+    #[serde(default)]
+    pub sim: Option<crate::sim::SimConfig>,
     /// Whether the secrets were opened with the public demo key.
     #[serde(skip)]
     pub demo_master_key: bool,
@@ -215,6 +218,7 @@ impl Config {
             .merge(Toml::file(default))
             .merge(Toml::file(dir.join("merchants.toml")))
             .merge(Toml::file(dir.join("channels.toml")))
+            .merge(Toml::file(dir.join("sim.toml")))
             .merge(Env::prefixed("PAYGATE_").split("__").ignore(&["master_key"]));
         if let Some(listen) = &overrides.listen {
             fig = fig.merge(Serialized::default("server.listen", listen));
@@ -248,6 +252,9 @@ impl Config {
                     return Err(fail(SecretError::Plain(what)));
                 }
             }
+        }
+        if let Some(a) = self.sim.as_mut().and_then(|s| s.alipay.as_mut()) {
+            a.alipay_private_key = key.open("sim.alipay.alipay_private_key", &a.alipay_private_key).map_err(fail)?;
         }
         self.demo_master_key = key.is_demo();
         Ok(())

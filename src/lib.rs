@@ -12,5 +12,6 @@ pub mod node;
 pub mod qr;
 pub mod sandbox;
 pub mod secrets;
+pub mod sim;
 pub mod storage;
 pub mod time_fmt;

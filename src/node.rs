@@ -23,6 +23,8 @@ use paygate_actors::timers::TimerActor;
 
 use crate::config::{ChannelConfig, Config};
 use crate::http::App;
+use crate::channels::alipay::{AlipayConnector, AlipaySettings};
+use crate::crypto::{RsaSigner, RsaVerifier};
 use crate::sandbox::{Sandbox, SandboxConnector, SandboxSettings};
 use crate::storage::journal::JournalHandle;
 use crate::storage::views::Views;
@@ -58,6 +60,8 @@ pub struct Node {
     pub public_url: String,
     /// The sandbox provider, when configured.
     pub sandbox: Option<Arc<Sandbox>>,
+    /// The in-process channel simulator, when a channel uses it.
+    pub sim: Option<crate::sim::SimHandle>,
     /// What recovery did on start.
     pub recovery: RecoveryReport,
     /// The views (for inspection in tests and tools).
@@ -109,6 +113,7 @@ struct Started {
     addr: SocketAddr,
     public_url: String,
     sandbox: Option<Arc<Sandbox>>,
+    sim: Option<crate::sim::SimHandle>,
     registry: Arc<Registry>,
     system: System,
 }
@@ -153,6 +158,7 @@ pub fn start(config: Config) -> Result<Node, StartError> {
         addr: started.addr,
         public_url: started.public_url,
         sandbox: started.sandbox,
+        sim: started.sim,
         recovery,
         views,
         journal,
@@ -183,8 +189,20 @@ fn build(
 
     let mut sandbox = None;
     let mut channel_handles = Vec::new();
+    let builtin = config.channels.iter().any(|c| setting(c, "gateway_url") == Some(BUILTIN));
+    let sim = match (&config.sim, builtin) {
+        (Some(sim_config), true) => {
+            Some(crate::sim::start(sim_config, "127.0.0.1:0").map_err(crate::config::ConfigError)?)
+        }
+        (None, true) => {
+            return Err(crate::config::ConfigError("a channel uses the builtin gateway but [sim] is not configured".into())
+                .into())
+        }
+        _ => None,
+    };
     for c in &config.channels {
         let connector: Arc<dyn ChannelConnector> = match c.provider.as_str() {
+            "alipay" => Arc::new(AlipayConnector::new(alipay_from(c, sim.as_ref(), &public_url)?)),
             "sandbox" => {
                 let s = Arc::new(sandbox_from(c)?);
                 s.attach(format!("http://{addr}/callback/sandbox"), format!("{public_url}/sandbox/pay/"), pick(0));
@@ -256,7 +274,39 @@ fn build(
     // The acceptor runs on the system arbiter; connections are served by the workers.
     actix_rt::spawn(crate::http::serve(listener, app, handles.clone()));
     tracing::info!(%addr, workers, shards = config.shards.count, "paygate is serving");
-    Ok(Started { addr, public_url, sandbox, registry, system: System::current() })
+    Ok(Started { addr, public_url, sandbox, sim, registry, system: System::current() })
+}
+
+/// The `gateway_url` that means "the simulator this node runs".
+const BUILTIN: &str = "builtin";
+
+fn setting<'a>(c: &'a ChannelConfig, name: &str) -> Option<&'a str> {
+    c.settings.get(name).and_then(|v| v.as_str())
+}
+
+fn alipay_from(
+    c: &ChannelConfig,
+    sim: Option<&crate::sim::SimHandle>,
+    public_url: &str,
+) -> Result<AlipaySettings, crate::config::ConfigError> {
+    let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
+    let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
+    let gateway_url = match (required("gateway_url")?, sim) {
+        (BUILTIN, Some(sim)) => format!("{}/alipay/gateway.do", sim.base_url),
+        (BUILTIN, None) => return Err(err("gateway_url is builtin but no simulator runs".into())),
+        (url, _) => url.to_owned(),
+    };
+    Ok(AlipaySettings {
+        app_id: required("app_id")?.to_owned(),
+        gateway_url,
+        app_private_key: RsaSigner::from_text("app_private_key", required("app_private_key")?)
+            .map_err(|e| err(e.to_string()))?,
+        alipay_public_key: RsaVerifier::from_text("alipay_public_key", required("alipay_public_key")?)
+            .map_err(|e| err(e.to_string()))?,
+        notify_url: setting(c, "notify_url")
+            .map_or_else(|| format!("{public_url}/callback/alipay"), str::to_owned),
+        timeout: Duration::from_millis(c.timeout_ms),
+    })
 }
 
 fn sandbox_from(c: &ChannelConfig) -> Result<Sandbox, crate::config::ConfigError> {

@@ -73,6 +73,9 @@ pub enum OrderRequest {
     Notice(ChannelNotice),
     /// A timer is due: expire or query.
     Tick,
+    /// Ask the channel now where an open order's trade stands (e.g. after a callback
+    /// that could not be verified), and apply the answer.
+    Reconcile,
 }
 
 /// How a message to an order actor ended.
@@ -228,6 +231,7 @@ impl OrderCell {
                 self.current()
             }
             OrderRequest::Tick => self.tick(oc).await,
+            OrderRequest::Reconcile => self.reconcile(oc).await,
         }
     }
 
@@ -376,6 +380,17 @@ impl OrderCell {
             }
             Err(e) => Err(CoreError::new(ErrorCode::ChannelError, format!("could not close at the channel: {e}"))),
         }
+    }
+
+    async fn reconcile(&mut self, oc: &OrderContext) -> CoreResult<Order> {
+        let order = self.current()?;
+        if !order.status.is_open() {
+            return Ok(order);
+        }
+        let channel = self.channel(&oc.channels, &order)?;
+        let notice = channel.query(TradeRef::of(&order)).await.map_err(channel_failure)?;
+        self.execute(oc, vec![OrderCommand::Notice(notice)]).await?;
+        self.current()
     }
 
     async fn tick(&mut self, oc: &OrderContext) -> CoreResult<Order> {

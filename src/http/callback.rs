@@ -21,7 +21,20 @@ pub async fn handle(app: &App, provider: &str, request: CallbackRequest) -> Resu
     let Some(verified) = connector.verify_callback(&request) else {
         metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "bad_signature")
             .increment(1);
-        tracing::warn!(provider, "callback failed verification; ignored");
+        tracing::warn!(provider, "callback failed verification; it changes nothing");
+        // What it claims is not believed, but the channel is asked about the order it
+        // names (if it is one this channel carries): a real notification whose
+        // signature we could not check must not leave a paid order waiting.
+        if let Some(id) = connector.unverified_order(&request) {
+            let router = app.router.clone();
+            let code = channel.profile.code.clone();
+            tokio::spawn(async move {
+                let target = OrderTarget::Id(id);
+                if router.read(target.clone(), None).await.is_ok_and(|o| o.channel == code) {
+                    let _ = router.dispatch(target, OrderRequest::Reconcile, None).await;
+                }
+            });
+        }
         return Ok(reply(connector.callback_nack()));
     };
     let target = OrderTarget::Id(verified.pay_order_no.clone());

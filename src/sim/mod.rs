@@ -1,0 +1,312 @@
+//! The channel simulator: the providers' gateways on loopback, speaking their wire
+//! protocols (CHANNELS.md) with their own keys, holding trades, paying them when a
+//! "buyer" does, notifying the merchant on the provider's retry schedule, producing
+//! bills, and failing on request. `paygate sim` runs it alone; a node whose channels say
+//! `gateway_url = "builtin"` runs one in-process.
+//!
+//! Routes: `/alipay/gateway.do` (the API), `/alipay/qr/{code}` (the cashier a QR code
+//! leads to), `/alipay/bill/{token}` (bill files); control: `POST /sim/{provider}/pay`,
+//! `POST /sim/{provider}/faults`, `POST /sim/clock`, `GET /sim/{provider}/trades/{id}`.
+
+pub mod alipay;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::http::client::HttpClient;
+
+/// The simulator's configuration (`[sim]`, in `config/sim.toml`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SimConfig {
+    /// Provider retry delays are multiplied by this (1.0: the providers' own schedule).
+    #[serde(default = "one")]
+    pub time_scale: f64,
+    /// The Alipay gateway, if simulated.
+    #[serde(default)]
+    pub alipay: Option<alipay::AlipaySimConfig>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Injected failures of one provider, set through `POST /sim/{provider}/faults`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Faults {
+    /// Added to every API answer.
+    pub latency_ms: u64,
+    /// Share of API calls answered HTTP 500.
+    pub error_rate: f64,
+    /// Share of API calls carried out but never answered (the caller times out).
+    pub timeout_rate: f64,
+    /// Share of API calls answered with a body that is not the protocol's.
+    pub malformed_rate: f64,
+    /// Share of API answers whose signature is wrong.
+    pub bad_signature_rate: f64,
+    /// Every API call answered 503.
+    pub outage: bool,
+}
+
+/// What the faults decided for one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer normally.
+    None,
+    /// HTTP 503.
+    Outage,
+    /// HTTP 500.
+    Error,
+    /// Carry the call out, never answer.
+    Hang,
+    /// A body that is not the protocol's.
+    Malformed,
+    /// A wrong signature.
+    BadSignature,
+}
+
+impl Faults {
+    /// Rolls the dice for one call, after the added latency.
+    pub async fn roll(&self) -> Fault {
+        if self.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.latency_ms)).await;
+        }
+        let mut rng = rand::thread_rng();
+        let mut hit = |rate: f64| rate > 0.0 && rng.gen::<f64>() < rate;
+        if self.outage {
+            Fault::Outage
+        } else if hit(self.error_rate) {
+            Fault::Error
+        } else if hit(self.timeout_rate) {
+            Fault::Hang
+        } else if hit(self.malformed_rate) {
+            Fault::Malformed
+        } else if hit(self.bad_signature_rate) {
+            Fault::BadSignature
+        } else {
+            Fault::None
+        }
+    }
+}
+
+/// State every provider shares: the clock (which tests may move forward), the outbound
+/// client for notifications and the time scale of retry schedules.
+pub struct SimCore {
+    /// Added to the wall clock, millis.
+    offset_ms: AtomicI64,
+    /// Notifications.
+    pub http: HttpClient,
+    /// Retry delays are multiplied by this.
+    pub time_scale: f64,
+    /// Where the simulator is reached, e.g. `http://127.0.0.1:9100`.
+    pub base_url: String,
+}
+
+impl SimCore {
+    /// Simulated now, unix millis.
+    pub fn now_ms(&self) -> i64 {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        wall.saturating_add(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// A provider retry delay, scaled.
+    pub fn scaled(&self, delay: Duration) -> Duration {
+        delay.mul_f64(self.time_scale.clamp(0.0, 1.0e6))
+    }
+}
+
+/// Locks a mutex; a poisoned one (a panic elsewhere — impossible in release, which
+/// aborts) still holds consistent data for a simulator.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A running simulator.
+pub struct Simulator {
+    core: Arc<SimCore>,
+    /// The Alipay gateway, when configured.
+    pub alipay: Option<Arc<alipay::AlipaySim>>,
+}
+
+/// An HTTP answer of the simulator.
+pub type SimResponse = Response<Full<Bytes>>;
+
+/// An answer with a body.
+pub fn answer(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> SimResponse {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    r
+}
+
+/// A JSON answer.
+pub fn json_answer(status: StatusCode, v: &serde_json::Value) -> SimResponse {
+    answer(status, "application/json", v.to_string())
+}
+
+/// A request as the simulator's routes see it.
+pub struct SimRequest {
+    /// Method.
+    pub method: Method,
+    /// Path.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// A started simulator: where it listens, and its state for in-process use.
+pub struct SimHandle {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its base URL.
+    pub base_url: String,
+    /// The simulator.
+    pub sim: Arc<Simulator>,
+}
+
+impl Simulator {
+    /// Builds the simulator for `base_url`.
+    pub fn new(config: &SimConfig, base_url: String) -> Result<Simulator, String> {
+        let core = Arc::new(SimCore {
+            offset_ms: AtomicI64::new(0),
+            http: HttpClient::new(),
+            time_scale: config.time_scale,
+            base_url,
+        });
+        let alipay = match &config.alipay {
+            Some(c) => Some(Arc::new(alipay::AlipaySim::new(c, Arc::clone(&core))?)),
+            None => None,
+        };
+        Ok(Simulator { core, alipay })
+    }
+
+    /// Moves the simulated clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.core.offset_ms.fetch_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    async fn route(self: Arc<Self>, req: SimRequest) -> SimResponse {
+        let path = req.path.clone();
+        if path == "/sim/clock" && req.method == Method::POST {
+            #[derive(Deserialize)]
+            struct Advance {
+                advance_secs: u64,
+            }
+            return match serde_json::from_slice::<Advance>(&req.body) {
+                Ok(a) => {
+                    self.advance(Duration::from_secs(a.advance_secs));
+                    json_answer(StatusCode::OK, &serde_json::json!({ "now_ms": self.core.now_ms() }))
+                }
+                Err(e) => json_answer(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": e.to_string() })),
+            };
+        }
+        if let (Some(a), true) = (&self.alipay, path.starts_with("/alipay/") || path.starts_with("/sim/alipay/")) {
+            return Arc::clone(a).route(req).await;
+        }
+        answer(StatusCode::NOT_FOUND, "text/plain", "no such simulator route")
+    }
+}
+
+/// Binds `listen` and serves the simulator on its own thread and runtime.
+pub fn start(config: &SimConfig, listen: &str) -> Result<SimHandle, String> {
+    let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("simulator {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let base_url = format!("http://{addr}");
+    let sim = Arc::new(Simulator::new(config, base_url.clone())?);
+    let served = Arc::clone(&sim);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("paygate-sim")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("paygate-sim".into())
+        .spawn(move || rt.block_on(serve(listener, served)))
+        .map_err(|e| e.to_string())?;
+    Ok(SimHandle { addr, base_url, sim })
+}
+
+async fn serve(listener: std::net::TcpListener, sim: Arc<Simulator>) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        tracing::error!("simulator: cannot listen");
+        return;
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let sim = Arc::clone(&sim);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let sim = Arc::clone(&sim);
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = match Limited::new(body, 1 << 20).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => return Ok::<_, Infallible>(answer(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "")),
+                    };
+                    let req = SimRequest {
+                        method: parts.method,
+                        path: parts.uri.path().to_owned(),
+                        query: parts.uri.query().unwrap_or_default().to_owned(),
+                        body,
+                    };
+                    Ok(sim.route(req).await)
+                }
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// A random lowercase hex string of `bytes` bytes.
+pub fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..bytes).map(|_| format!("{:02x}", rng.gen::<u8>())).collect()
+}
+
+/// Posts notifications until one is acknowledged with exactly `ack`, waiting the scaled
+/// `schedule` between attempts (the first attempt is immediate).
+pub fn notify_until_acknowledged(
+    core: Arc<SimCore>,
+    url: String,
+    content_type: &'static str,
+    body: Vec<u8>,
+    ack: &'static [u8],
+    schedule: &'static [Duration],
+) {
+    tokio::spawn(async move {
+        for attempt in 0..=schedule.len() {
+            if attempt > 0 {
+                let delay = schedule.get(attempt - 1).copied().unwrap_or_default();
+                tokio::time::sleep(core.scaled(delay)).await;
+            }
+            let answer = core.http.post(&url, content_type, body.clone(), Duration::from_secs(10)).await;
+            if matches!(&answer, Ok(a) if a.status == 200 && a.body.as_ref() == ack) {
+                return;
+            }
+            tracing::debug!(url, attempt, "notification not acknowledged");
+        }
+        tracing::warn!(url, "notification never acknowledged; giving up as the provider does");
+    });
+}
+
+/// Trades by key, shared by a provider's routes.
+pub type Book<T> = Mutex<HashMap<String, T>>;
