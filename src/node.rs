@@ -21,10 +21,10 @@ use paygate_actors::router::OrderRouter;
 use paygate_actors::shard::ShardSupervisor;
 use paygate_actors::timers::TimerActor;
 
-use crate::config::{ChannelConfig, Config};
-use crate::http::App;
 use crate::channels::alipay::{AlipayConnector, AlipaySettings};
+use crate::config::{ChannelConfig, Config};
 use crate::crypto::{RsaSigner, RsaVerifier};
+use crate::http::App;
 use crate::sandbox::{Sandbox, SandboxConnector, SandboxSettings};
 use crate::storage::journal::JournalHandle;
 use crate::storage::views::Views;
@@ -195,8 +195,10 @@ fn build(
             Some(crate::sim::start(sim_config, "127.0.0.1:0").map_err(crate::config::ConfigError)?)
         }
         (None, true) => {
-            return Err(crate::config::ConfigError("a channel uses the builtin gateway but [sim] is not configured".into())
-                .into())
+            return Err(crate::config::ConfigError(
+                "a channel uses the builtin gateway but [sim] is not configured".into(),
+            )
+            .into())
         }
         _ => None,
     };
@@ -303,8 +305,7 @@ fn alipay_from(
             .map_err(|e| err(e.to_string()))?,
         alipay_public_key: RsaVerifier::from_text("alipay_public_key", required("alipay_public_key")?)
             .map_err(|e| err(e.to_string()))?,
-        notify_url: setting(c, "notify_url")
-            .map_or_else(|| format!("{public_url}/callback/alipay"), str::to_owned),
+        notify_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/alipay"), str::to_owned),
         timeout: Duration::from_millis(c.timeout_ms),
     })
 }

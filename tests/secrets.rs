@@ -18,7 +18,7 @@ fn paygate() -> Command {
 fn config_sealed_with(key: &MasterKey, dir: &Path) {
     copy_dir(&config_dir(), dir);
     let demo = MasterKey::demo();
-    for file in ["merchants.toml", "channels.toml"] {
+    for file in ["merchants.toml", "channels.toml", "sim.toml"] {
         let path = dir.join(file);
         let text = std::fs::read_to_string(&path).unwrap();
         let resealed: Vec<String> = text

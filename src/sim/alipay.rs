@@ -193,9 +193,15 @@ impl AlipaySim {
         let path = req.path.as_str();
         match (&req.method, path) {
             (_, "/alipay/gateway.do") => self.gateway(&req).await,
-            (&Method::GET, p) if p.starts_with("/alipay/qr/") => self.cashier(p.trim_start_matches("/alipay/qr/"), false),
-            (&Method::POST, p) if p.starts_with("/alipay/qr/") => self.cashier(p.trim_start_matches("/alipay/qr/"), true),
-            (&Method::GET, p) if p.starts_with("/alipay/bill/") => self.bill_file(p.trim_start_matches("/alipay/bill/")),
+            (&Method::GET, p) if p.starts_with("/alipay/qr/") => {
+                self.cashier(p.trim_start_matches("/alipay/qr/"), false)
+            }
+            (&Method::POST, p) if p.starts_with("/alipay/qr/") => {
+                self.cashier(p.trim_start_matches("/alipay/qr/"), true)
+            }
+            (&Method::GET, p) if p.starts_with("/alipay/bill/") => {
+                self.bill_file(p.trim_start_matches("/alipay/bill/"))
+            }
             (&Method::POST, "/sim/alipay/pay") => {
                 #[derive(Deserialize)]
                 struct Pay {
@@ -326,7 +332,9 @@ impl AlipaySim {
                 Status::Success => Err(business("ACQ.TRADE_HAS_SUCCESS", "the trade is paid")),
                 Status::Closed => Err(business("ACQ.TRADE_HAS_CLOSE", "the trade is closed")),
                 _ if t.total_fen != total_fen => Err(business("ACQ.INVALID_PARAMETER", "total_amount differs")),
-                _ => Ok(fields(json!({ "out_trade_no": t.out_trade_no, "qr_code": t.qr_code, "qr_token": code_of(&t.qr_code) }))),
+                _ => Ok(fields(
+                    json!({ "out_trade_no": t.out_trade_no, "qr_code": t.qr_code, "qr_token": code_of(&t.qr_code) }),
+                )),
             };
         }
         let token = random_hex(12);
@@ -358,16 +366,16 @@ impl AlipaySim {
         let now = self.core.now_ms();
         let t = find(&mut book, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
         expire_if_due(t, now);
-        let mut f = json!({
+        let mut f = fields(json!({
             "trade_no": t.trade_no, "out_trade_no": t.out_trade_no, "trade_status": t.status.as_str(),
             "total_amount": wire::yuan(t.total_fen), "buyer_user_id": "2088102177846880",
-        });
+        }));
         if let Some(paid) = t.paid_at {
-            f["receipt_amount"] = json!(wire::yuan(t.total_fen));
-            f["buyer_pay_amount"] = json!(wire::yuan(t.total_fen));
-            f["send_pay_date"] = json!(wire::timestamp(paid));
+            f.insert("receipt_amount".into(), json!(wire::yuan(t.total_fen)));
+            f.insert("buyer_pay_amount".into(), json!(wire::yuan(t.total_fen)));
+            f.insert("send_pay_date".into(), json!(wire::timestamp(paid)));
         }
-        Ok(fields(f))
+        Ok(f)
     }
 
     fn close(&self, biz: &Value) -> Outcome {
@@ -441,13 +449,14 @@ impl AlipaySim {
             "" => t.out_trade_no.clone(),
             n => n.to_owned(),
         };
-        let mut f = json!({ "trade_no": t.trade_no, "out_trade_no": t.out_trade_no, "out_request_no": request_no });
+        let mut f =
+            fields(json!({ "trade_no": t.trade_no, "out_trade_no": t.out_trade_no, "out_request_no": request_no }));
         if let Some(r) = t.refunds.iter().find(|r| r.out_request_no == request_no) {
-            f["refund_amount"] = json!(wire::yuan(r.fen));
-            f["total_amount"] = json!(wire::yuan(t.total_fen));
-            f["refund_status"] = json!("REFUND_SUCCESS");
+            f.insert("refund_amount".into(), json!(wire::yuan(r.fen)));
+            f.insert("total_amount".into(), json!(wire::yuan(t.total_fen)));
+            f.insert("refund_status".into(), json!("REFUND_SUCCESS"));
         }
-        Ok(fields(f))
+        Ok(f)
     }
 
     fn bill_url(&self, biz: &Value) -> Outcome {
@@ -472,9 +481,7 @@ impl AlipaySim {
             return answer(StatusCode::NOT_FOUND, "text/plain", "the link has expired");
         };
         let _ = until;
-        let fee = |fen: i64| -> i64 {
-            (Decimal::from(fen) * self.fee_rate).round().to_i64().unwrap_or(0)
-        };
+        let fee = |fen: i64| -> i64 { (Decimal::from(fen) * self.fee_rate).round().to_i64().unwrap_or(0) };
         let mut rows = Vec::new();
         let mut trades: Vec<&Trade> = book.trades.values().collect();
         trades.sort_by_key(|t| t.created);

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use paygate::config::{Config, Overrides};
 use paygate::node::Node;
 use paygate_actors::signing::{self, SignType};
@@ -308,4 +309,23 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// The text a `data:image/png;base64,…` QR code encodes, read back with a QR reader.
+pub fn decode_qr(data_uri: &str) -> String {
+    let b64 = data_uri.strip_prefix("data:image/png;base64,").expect("a PNG data URI");
+    let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
+    // Expand the 1-bit image to 8-bit greyscale for the QR reader.
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    let (w, h) = (info.width as usize, info.height as usize);
+    let stride = info.line_size;
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[y * stride + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in the image");
+    grids[0].decode().unwrap().1
 }

@@ -117,9 +117,8 @@ fn rejected_with(e: &ChannelError, sub_code: &str) -> bool {
 
 /// Where a trade stands, from its `trade_status` and amounts.
 fn notice(status: &str, trade_no: &str, total_amount: &str, refunded: bool) -> Option<ChannelNotice> {
-    let paid = || {
-        Some(ChannelNotice::Paid { channel_trade_no: trade_no.to_owned(), amount_minor: wire::fen(total_amount)? })
-    };
+    let paid =
+        || Some(ChannelNotice::Paid { channel_trade_no: trade_no.to_owned(), amount_minor: wire::fen(total_amount)? });
     match status {
         "WAIT_BUYER_PAY" => Some(ChannelNotice::NotPaid),
         "TRADE_SUCCESS" | "TRADE_FINISHED" => paid(),
@@ -219,7 +218,8 @@ impl ChannelConnector for AlipayConnector {
 
     fn verify_callback(&self, request: &CallbackRequest) -> Option<VerifiedCallback> {
         let p = wire::parse_form(&request.body);
-        if p.get("app_id") != Some(&self.settings.app_id) || !wire::verify_notification(&p, &self.settings.alipay_public_key)
+        if p.get("app_id") != Some(&self.settings.app_id)
+            || !wire::verify_notification(&p, &self.settings.alipay_public_key)
         {
             return None;
         }
@@ -245,13 +245,8 @@ impl ChannelConnector for AlipayConnector {
 
 async fn query(s: &AlipaySettings, http: &HttpClient, id: &PayOrderNo) -> Result<ChannelNotice, ChannelError> {
     match call(s, http, "alipay.trade.query", json!({ "out_trade_no": id.as_str() })).await {
-        Ok(node) => notice(
-            &text(&node, "trade_status"),
-            &text(&node, "trade_no"),
-            &text(&node, "total_amount"),
-            false,
-        )
-        .ok_or_else(|| unknown("alipay.trade.query: unknown trade_status")),
+        Ok(node) => notice(&text(&node, "trade_status"), &text(&node, "trade_no"), &text(&node, "total_amount"), false)
+            .ok_or_else(|| unknown("alipay.trade.query: unknown trade_status")),
         // Not scanned yet: the buyer has not paid.
         Err(e) if rejected_with(&e, "ACQ.TRADE_NOT_EXIST") => Ok(ChannelNotice::NotPaid),
         Err(e) => Err(e),

@@ -190,10 +190,7 @@ mod tests {
             ("timestamp", "2026-11-23 12:00:00"),
             ("version", "1.0"),
             ("notify_url", ""),
-            (
-                "biz_content",
-                r#"{"out_trade_no":"P17000000000000001000001","total_amount":"88.88","subject":"测试"}"#,
-            ),
+            ("biz_content", r#"{"out_trade_no":"P17000000000000001000001","total_amount":"88.88","subject":"测试"}"#),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,0 +1,325 @@
+//! Alipay end to end: a node with its in-process simulator, real RSA2 signatures both
+//! ways, real HTTP. Merchant pays → the buyer pays at the simulator's cashier → signed
+//! notification → SUCCESS; close, refund, refund query and the bill through the real
+//! adapter; hostile callbacks; a create whose answer is lost, settled by query.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::*;
+use paygate::channels::alipay::wire::{self, Params};
+use paygate::channels::alipay::{AlipayConnector, AlipaySettings};
+use paygate::config::Config;
+use paygate::crypto::{RsaSigner, RsaVerifier};
+use paygate_actors::ids::PayOrderNo;
+use paygate_actors::money::{Currency, Money};
+use paygate_actors::ports::{ChannelConnector, ChannelRefund, Clock, RefundState, TradeRef};
+use serde_json::{json, Value};
+
+const PAY: &str = "/api/v1/payment/pay";
+const LONG: Duration = Duration::from_secs(20);
+
+fn alipay_node(tweak: impl FnOnce(&mut Config)) -> TestNode {
+    TestNode::start_with(|c| {
+        if let Some(sim) = c.sim.as_mut() {
+            // Alipay retries after 4 min, 10 min, …: a thousandth of that here.
+            sim.time_scale = 0.001;
+        }
+        tweak(c);
+    })
+}
+
+fn pay_alipay(c: &Client, order_no: &str, amount: &str) -> Answer {
+    let mut p = Client::pay_params(order_no, amount);
+    p.insert("pay_method".into(), "ALIPAY".into());
+    c.call(PAY, p)
+}
+
+fn sim_url(t: &TestNode) -> String {
+    t.node().sim.as_ref().expect("the in-process simulator").base_url.clone()
+}
+
+fn sim_post(t: &TestNode, path: &str, body: Value) -> Value {
+    let r = ureq::post(&format!("{}{path}", sim_url(t))).send_json(body);
+    match r {
+        Ok(r) => r.into_json().unwrap(),
+        Err(ureq::Error::Status(_, r)) => r.into_json().unwrap(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn sim_trade(t: &TestNode, pay_order_no: &str) -> Value {
+    match ureq::get(&format!("{}/sim/alipay/trades/{pay_order_no}", sim_url(t))).call() {
+        Ok(r) => r.into_json().unwrap(),
+        Err(ureq::Error::Status(_, r)) => r.into_json().unwrap(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn channel_settings(t: &TestNode) -> Config {
+    let mut c = test_config(t.dir.path());
+    c.channels.retain(|ch| ch.provider == "alipay");
+    c
+}
+
+/// The real adapter, configured as the node's channel is, for the calls the merchant
+/// API does not expose yet (refunds, bills).
+fn adapter(t: &TestNode) -> AlipayConnector {
+    let config = channel_settings(t);
+    let ch = &config.channels[0];
+    let s = |k: &str| ch.settings[k].as_str().unwrap().to_owned();
+    AlipayConnector::new(AlipaySettings {
+        app_id: s("app_id"),
+        gateway_url: format!("{}/alipay/gateway.do", sim_url(t)),
+        app_private_key: RsaSigner::from_text("app", &s("app_private_key")).unwrap(),
+        alipay_public_key: RsaVerifier::from_text("alipay", &s("alipay_public_key")).unwrap(),
+        notify_url: format!("{}/callback/alipay", t.url),
+        timeout: Duration::from_secs(5),
+    })
+}
+
+/// Signs a notification as the simulator (Alipay) would, with its private key.
+fn forged_by_alipay(t: &TestNode, mut p: Params) -> Vec<u8> {
+    let config = test_config(t.dir.path());
+    let key = config.sim.unwrap().alipay.unwrap().alipay_private_key;
+    wire::sign_notification(&mut p, &RsaSigner::from_text("sim", &key).unwrap());
+    wire::form(&p).into_bytes()
+}
+
+fn callback(t: &TestNode, body: &[u8]) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let r = agent
+        .post(&format!("{}/callback/alipay", t.url))
+        .set("content-type", "application/x-www-form-urlencoded; charset=utf-8")
+        .send_bytes(body);
+    let r = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    (r.status(), r.into_string().unwrap())
+}
+
+fn metric(t: &TestNode, line_start: &str) -> f64 {
+    let text = ureq::get(&format!("{}/metrics", t.url)).call().unwrap().into_string().unwrap();
+    text.lines().find_map(|l| l.strip_prefix(line_start)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+fn trade_ref(id: &str, fen: i64) -> TradeRef {
+    TradeRef {
+        pay_order_no: PayOrderNo::parse(id).unwrap(),
+        channel_trade_no: None,
+        amount: Money::from_minor(fen, Currency::CNY),
+        create_time: 0,
+    }
+}
+
+#[test]
+fn buyer_pays_at_the_alipay_cashier_and_the_signed_notification_settles_the_order() {
+    let t = alipay_node(|_| {});
+    let c = t.client();
+    let a = pay_alipay(&c, "ALI-E2E-1", "88.88");
+    assert_eq!((a.status, a.code()), (200, "SUCCESS"), "{a:?}");
+    assert_eq!((a.data("status"), a.data("channel")), ("PAYING", "alipay-sim"));
+    let id = a.data("pay_order_no").to_owned();
+    // The QR code is Alipay's own code URL, and it leads to the simulator's cashier.
+    let code_url = a.data("code_url").to_owned();
+    assert!(code_url.starts_with(&format!("{}/alipay/qr/", sim_url(&t))), "{code_url}");
+    assert_eq!(decode_qr(a.data("qr_code")), code_url);
+    // Until the buyer scans, Alipay does not know the trade.
+    assert_eq!(sim_trade(&t, &id)["scanned"], false);
+
+    // The buyer scans (opens the page) and pays.
+    let page = ureq::get(&code_url).call().unwrap().into_string().unwrap();
+    assert!(page.contains("88.88"), "{page}");
+    let paid = ureq::post(&code_url).send_string("").unwrap().into_string().unwrap();
+    assert!(paid.contains("TRADE_SUCCESS"), "{paid}");
+
+    let q = wait_status(&c, &id, "SUCCESS", LONG);
+    let trade = sim_trade(&t, &id);
+    assert_eq!(q.data("channel_trade_no"), trade["trade_no"].as_str().unwrap());
+    assert!(!q.data("paid_time").is_empty());
+    assert_eq!(c.query_no("ALI-E2E-1").data("status"), "SUCCESS");
+}
+
+#[test]
+fn close_refund_refund_query_and_the_bill_through_the_real_adapter() {
+    let t = alipay_node(|_| {});
+    let c = t.client();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let alipay = adapter(&t);
+
+    // Close: the merchant closes an unpaid order; the code no longer pays.
+    let a = pay_alipay(&c, "ALI-CLOSE-1", "5.00");
+    let closing = a.data("pay_order_no").to_owned();
+    ureq::get(a.data("code_url")).call().unwrap(); // scanned, not paid
+    let closed = c.close_id(&closing);
+    assert_eq!(closed.data("status"), "CLOSED", "{closed:?}");
+    assert_eq!(sim_trade(&t, &closing)["status"], "TRADE_CLOSED");
+    let refused = sim_post(&t, "/sim/alipay/pay", json!({ "out_trade_no": closing }));
+    assert!(refused["error"].as_str().unwrap().contains("closed"));
+
+    // Pay, then refund in two parts, idempotently.
+    let a = pay_alipay(&c, "ALI-REFUND-1", "100.00");
+    let id = a.data("pay_order_no").to_owned();
+    sim_post(&t, "/sim/alipay/pay", json!({ "out_trade_no": id }));
+    wait_status(&c, &id, "SUCCESS", LONG);
+    let refund = |no: &str, fen: i64| {
+        rt.block_on(alipay.refund(ChannelRefund {
+            trade: trade_ref(&id, 10_000),
+            refund_no: no.into(),
+            amount: Money::from_minor(fen, Currency::CNY),
+        }))
+        .unwrap()
+    };
+    assert_eq!(refund("R-1", 3_000), RefundState::Success);
+    assert_eq!(refund("R-1", 3_000), RefundState::Success, "the same out_request_no again: no second refund");
+    assert!(matches!(refund("R-2", 8_000), RefundState::Failed(_)), "more than what is left");
+    assert_eq!(refund("R-2", 7_000), RefundState::Success);
+    assert_eq!(sim_trade(&t, &id)["refunded_amount"], "100.00");
+    assert_eq!(sim_trade(&t, &id)["status"], "TRADE_CLOSED", "fully refunded");
+    let asked = rt.block_on(alipay.query_refund(trade_ref(&id, 10_000), "R-2".into())).unwrap();
+    assert_eq!(asked, RefundState::Success);
+    let unknown = rt.block_on(alipay.query_refund(trade_ref(&id, 10_000), "R-9".into())).unwrap();
+    assert_eq!(unknown, RefundState::Processing, "code 10000 alone is not a refund");
+    // The refund notifications (TRADE_CLOSED with refund_fee) never move the order back.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.query_id(&id).data("status"), "SUCCESS");
+
+    // Today's bill does not exist yet; after midnight (the simulator's clock moved) it
+    // lists the payment and both refunds, fees included.
+    let today = wire::date(paygate_actors::clock::SystemClock.now_ms());
+    assert!(rt.block_on(alipay.download_bill(today.clone())).unwrap().is_empty());
+    sim_post(&t, "/sim/clock", json!({ "advance_secs": 86_400 }));
+    let lines = rt.block_on(alipay.download_bill(today)).unwrap();
+    let mine: Vec<_> = lines.iter().filter(|l| l.pay_order_no == id).collect();
+    assert_eq!(mine.len(), 3, "{lines:?}");
+    assert_eq!(mine.iter().map(|l| l.amount_minor).sum::<i64>(), 0, "paid 100.00, refunded 30.00 + 70.00");
+    assert_eq!(mine[0].amount_minor, 10_000);
+    assert_eq!(mine[0].fee_minor, 60, "0.6%");
+    assert!(mine.iter().all(|l| l.channel_trade_no == sim_trade(&t, &id)["trade_no"].as_str().unwrap()));
+}
+
+#[test]
+fn hostile_callbacks_change_nothing_and_are_answered_fail() {
+    let t = alipay_node(|_| {});
+    let c = t.client();
+    let a = pay_alipay(&c, "ALI-HOSTILE-1", "10.00");
+    let id = a.data("pay_order_no").to_owned();
+    let app_id = channel_settings(&t).channels[0].settings["app_id"].as_str().unwrap().to_owned();
+    let notice = |amount: &str, app: &str| -> Params {
+        [
+            ("notify_time", "2026-11-23 12:00:00"),
+            ("notify_type", "trade_status_sync"),
+            ("notify_id", "n1"),
+            ("app_id", app),
+            ("charset", "utf-8"),
+            ("version", "1.0"),
+            ("trade_no", "2026112322001000000099"),
+            ("out_trade_no", id.as_str()),
+            ("trade_status", "TRADE_SUCCESS"),
+            ("total_amount", amount),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    };
+    let alerts_before = metric(&t, "paygate_alerts_total{kind=\"callback_mismatch\"} ");
+
+    // Signed by someone else (our own app key is not Alipay's).
+    let mut p = notice("10.00", &app_id);
+    let app_key = channel_settings(&t).channels[0].settings["app_private_key"].as_str().unwrap().to_owned();
+    wire::sign_notification(&mut p, &RsaSigner::from_text("app", &app_key).unwrap());
+    assert_eq!(callback(&t, wire::form(&p).as_bytes()), (200, "fail".into()));
+    // Tampered after signing.
+    let mut p = notice("10.00", &app_id);
+    let good = forged_by_alipay(&t, p.clone());
+    p = wire::parse_form(&good);
+    p.insert("total_amount".into(), "0.01".into());
+    assert_eq!(callback(&t, wire::form(&p).as_bytes()), (200, "fail".into()));
+    // Well signed, but the amount is not the order's: an alert, no change.
+    let wrong_amount = forged_by_alipay(&t, notice("0.01", &app_id));
+    assert_eq!(callback(&t, &wrong_amount), (200, "fail".into()));
+    assert!(metric(&t, "paygate_alerts_total{kind=\"callback_mismatch\"} ") > alerts_before);
+    // Well signed, another app (merchant): not ours.
+    let other_app = forged_by_alipay(&t, notice("10.00", "2021000000009999"));
+    assert_eq!(callback(&t, &other_app), (200, "fail".into()));
+    // Malformed and huge bodies.
+    assert_eq!(callback(&t, b"%%%&&&=="), (200, "fail".into()));
+    assert_eq!(callback(&t, &vec![b'a'; 200 * 1024]).0, 413);
+    assert_eq!(c.query_id(&id).data("status"), "PAYING", "nothing above changed the order");
+
+    // Ten identical, valid notifications at once: one state change, ten "success".
+    let valid = Arc::new(forged_by_alipay(&t, notice("10.00", &app_id)));
+    let barrier = Arc::new(Barrier::new(10));
+    let url = t.url.clone();
+    let threads: Vec<_> = (0..10)
+        .map(|_| {
+            let (valid, barrier, url) = (Arc::clone(&valid), Arc::clone(&barrier), url.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let r = ureq::post(&format!("{url}/callback/alipay"))
+                    .set("content-type", "application/x-www-form-urlencoded")
+                    .send_bytes(&valid)
+                    .unwrap();
+                r.into_string().unwrap()
+            })
+        })
+        .collect();
+    let replies: Vec<String> = threads.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(replies.iter().all(|r| r == "success"), "{replies:?}");
+    assert_eq!(c.query_id(&id).data("status"), "SUCCESS");
+    let paid_time = c.query_id(&id).data("paid_time").to_owned();
+    // Replayed later, and a late TRADE_CLOSED: the order does not move.
+    assert_eq!(callback(&t, &valid), (200, "success".into()));
+    let mut closed = notice("10.00", &app_id);
+    closed.insert("trade_status".into(), "TRADE_CLOSED".into());
+    let _ = callback(&t, &forged_by_alipay(&t, closed));
+    let q = c.query_id(&id);
+    assert_eq!((q.data("status"), q.data("paid_time")), ("SUCCESS", paid_time.as_str()));
+}
+
+#[test]
+fn a_create_whose_answer_is_lost_stays_paying_and_a_query_settles_it() {
+    let t = alipay_node(|c| {
+        for ch in c.channels.iter_mut().filter(|ch| ch.provider == "alipay") {
+            ch.timeout_ms = 500;
+            // Notifications go nowhere: only the active query can settle the order.
+            ch.settings.insert("notify_url".into(), toml::Value::String("http://127.0.0.1:9/nowhere".into()));
+        }
+        c.orders.query_first_after_secs = 1;
+    });
+    let c = t.client();
+    sim_post(&t, "/sim/alipay/faults", json!({ "timeout_rate": 1.0 }));
+    let a = pay_alipay(&c, "ALI-LOST-1", "3.00");
+    sim_post(&t, "/sim/alipay/faults", json!({}));
+    // The merchant learns the outcome is unknown; the order is PAYING, not failed.
+    assert_eq!((a.status, a.code()), (502, "CHANNEL_ERROR"), "{a:?}");
+    assert!(a.json["message"].as_str().unwrap().contains("PAYING"), "{a:?}");
+    let q = c.query_no("ALI-LOST-1");
+    assert_eq!(q.data("status"), "PAYING", "an unknown outcome is not a failure");
+    let id = q.data("pay_order_no").to_owned();
+    // The trade was made at Alipay although its answer was lost; the buyer pays it.
+    sim_post(&t, "/sim/alipay/pay", json!({ "out_trade_no": id }));
+    let q = wait_status(&c, &id, "SUCCESS", LONG);
+    assert_eq!(q.data("channel_trade_no"), sim_trade(&t, &id)["trade_no"].as_str().unwrap());
+}
+
+#[test]
+fn an_unverifiable_callback_makes_the_node_ask_alipay() {
+    let t = alipay_node(|c| {
+        for ch in c.channels.iter_mut().filter(|ch| ch.provider == "alipay") {
+            ch.settings.insert("notify_url".into(), toml::Value::String("http://127.0.0.1:9/nowhere".into()));
+        }
+    });
+    let c = t.client();
+    let a = pay_alipay(&c, "ALI-UNVERIFIED-1", "2.00");
+    let id = a.data("pay_order_no").to_owned();
+    sim_post(&t, "/sim/alipay/pay", json!({ "out_trade_no": id }));
+    // A notification whose signature cannot be checked: refused, but Alipay is asked.
+    let body = format!("out_trade_no={id}&trade_status=TRADE_SUCCESS&total_amount=2.00&sign=bad");
+    assert_eq!(callback(&t, body.as_bytes()), (200, "fail".into()));
+    wait_status(&c, &id, "SUCCESS", LONG);
+}
