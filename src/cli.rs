@@ -43,6 +43,16 @@ pub enum Command {
     },
     /// Seal a secret for the configuration files, or make a new master key.
     Secret(SecretArgs),
+    /// Run the channel simulator alone (the providers' gateways on loopback), for a
+    /// gateway whose channels point at it.
+    Sim {
+        /// Configuration directory (reads sim.toml and the master key settings).
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: String,
+    },
     /// Sign and send a merchant API request.
     Client(ClientArgs),
     /// Tell the sandbox channel of a running node to pay, fail or hang an order.
@@ -436,4 +446,18 @@ pub fn secret(args: SecretArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `paygate sim`: serves the simulator until killed.
+pub fn sim(config: &std::path::Path, listen: &str) -> CliResult {
+    let config = Config::load(config, &Overrides::default()).map_err(|e| e.to_string())?;
+    let sim_config = config.sim.ok_or("the configuration has no [sim] section (config/sim.toml)")?;
+    let handle = crate::sim::start(&sim_config, listen)?;
+    println!("paygate sim listening on {}", handle.base_url);
+    if handle.sim.alipay.is_some() {
+        println!("  Alipay gateway: {}/alipay/gateway.do", handle.base_url);
+    }
+    loop {
+        std::thread::park();
+    }
 }

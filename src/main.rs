@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             serve(&config, Overrides { listen, data_dir }, production)
         }
         Command::Secret(args) => cli::secret(args),
+        Command::Sim { config, listen } => cli::sim(&config, &listen),
         Command::Client(args) => cli::client(args),
         Command::Sandbox(args) => cli::sandbox(args),
         Command::Bench(args) => cli::bench(args),

@@ -323,3 +323,34 @@ fn an_unverifiable_callback_makes_the_node_ask_alipay() {
     assert_eq!(callback(&t, body.as_bytes()), (200, "fail".into()));
     wait_status(&c, &id, "SUCCESS", LONG);
 }
+
+#[test]
+fn a_gateway_talks_to_a_standalone_paygate_sim() {
+    let port = free_port();
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
+        .args(["sim", "--config"])
+        .arg(config_dir())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let up = eventually(LONG, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    assert!(up.is_some(), "paygate sim did not start");
+    let t = TestNode::start_with(|c| {
+        for ch in c.channels.iter_mut().filter(|ch| ch.provider == "alipay") {
+            ch.settings.insert("gateway_url".into(), toml::Value::String(format!("{base}/alipay/gateway.do")));
+        }
+    });
+    assert!(t.node().sim.is_none(), "no in-process simulator when no channel asks for it");
+    let c = t.client();
+    let a = pay_alipay(&c, "ALI-STANDALONE-1", "7.00");
+    assert_eq!(a.code(), "SUCCESS", "{a:?}");
+    let id = a.data("pay_order_no").to_owned();
+    assert!(a.data("code_url").starts_with(&base));
+    let r = ureq::post(&format!("{base}/sim/alipay/pay")).send_json(json!({ "out_trade_no": id })).unwrap();
+    assert_eq!(r.status(), 200);
+    wait_status(&c, &id, "SUCCESS", LONG);
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
