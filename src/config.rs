@@ -256,6 +256,9 @@ impl Config {
         if let Some(a) = self.sim.as_mut().and_then(|s| s.alipay.as_mut()) {
             a.alipay_private_key = key.open("sim.alipay.alipay_private_key", &a.alipay_private_key).map_err(fail)?;
         }
+        for m in self.sim.iter_mut().flat_map(|s| s.wechat.iter_mut()).flat_map(|w| w.merchants.iter_mut()) {
+            m.api_key = key.open(&format!("sim.wechat merchant {} api_key", m.mch_id), &m.api_key).map_err(fail)?;
+        }
         self.demo_master_key = key.is_demo();
         Ok(())
     }

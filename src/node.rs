@@ -19,9 +19,11 @@ use paygate_actors::ports::{ChannelConnector, Clock};
 use paygate_actors::registry::Registry;
 use paygate_actors::router::OrderRouter;
 use paygate_actors::shard::ShardSupervisor;
+use paygate_actors::signing::SignType;
 use paygate_actors::timers::TimerActor;
 
 use crate::channels::alipay::{AlipayConnector, AlipaySettings};
+use crate::channels::wechat::v2::{WechatV2Connector, WechatV2Settings};
 use crate::config::{ChannelConfig, Config};
 use crate::crypto::{RsaSigner, RsaVerifier};
 use crate::http::App;
@@ -205,6 +207,7 @@ fn build(
     for c in &config.channels {
         let connector: Arc<dyn ChannelConnector> = match c.provider.as_str() {
             "alipay" => Arc::new(AlipayConnector::new(alipay_from(c, sim.as_ref(), &public_url)?)),
+            "wechat_v2" => Arc::new(WechatV2Connector::new(wechat_v2_from(c, sim.as_ref(), &public_url)?)),
             "sandbox" => {
                 let s = Arc::new(sandbox_from(c)?);
                 s.attach(format!("http://{addr}/callback/sandbox"), format!("{public_url}/sandbox/pay/"), pick(0));
@@ -306,6 +309,34 @@ fn alipay_from(
         alipay_public_key: RsaVerifier::from_text("alipay_public_key", required("alipay_public_key")?)
             .map_err(|e| err(e.to_string()))?,
         notify_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/alipay"), str::to_owned),
+        timeout: Duration::from_millis(c.timeout_ms),
+    })
+}
+
+fn wechat_v2_from(
+    c: &ChannelConfig,
+    sim: Option<&crate::sim::SimHandle>,
+    public_url: &str,
+) -> Result<WechatV2Settings, crate::config::ConfigError> {
+    let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
+    let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
+    let base_url = match (required("gateway_url")?, sim) {
+        (BUILTIN, Some(sim)) => format!("{}/wechat", sim.base_url),
+        (BUILTIN, None) => return Err(err("gateway_url is builtin but no simulator runs".into())),
+        (url, _) => url.trim_end_matches('/').to_owned(),
+    };
+    let sign_type = match setting(c, "sign_type").unwrap_or("HMAC-SHA256") {
+        "MD5" => SignType::Md5,
+        "HMAC-SHA256" => SignType::HmacSha256,
+        other => return Err(err(format!("sign_type {other:?} must be MD5 or HMAC-SHA256"))),
+    };
+    Ok(WechatV2Settings {
+        appid: required("appid")?.to_owned(),
+        mch_id: required("mch_id")?.to_owned(),
+        api_key: required("api_key")?.to_owned(),
+        sign_type,
+        base_url,
+        notify_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/wechat/v2"), str::to_owned),
         timeout: Duration::from_millis(c.timeout_ms),
     })
 }

@@ -2,3 +2,4 @@
 //! `ChannelConnector` port.
 
 pub mod alipay;
+pub mod wechat;

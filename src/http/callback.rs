@@ -15,7 +15,10 @@ fn reply(r: CallbackReply) -> HttpResponse {
 }
 
 /// `POST /callback/{provider}`.
-pub async fn handle(app: &App, provider: &str, request: CallbackRequest) -> Result<HttpResponse, ApiError> {
+pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<HttpResponse, ApiError> {
+    // `/callback/wechat/v2` is the provider `wechat_v2`.
+    let provider = path.replace('/', "_");
+    let provider = provider.as_str();
     let channel = app.channels.by_provider(provider).ok_or(ApiError::NotFound)?;
     let connector = &channel.connector;
     let Some(verified) = connector.verify_callback(&request) else {

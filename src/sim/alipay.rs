@@ -622,7 +622,7 @@ impl AlipaySim {
             url,
             "application/x-www-form-urlencoded; charset=utf-8",
             body,
-            b"success",
+            |answer| answer == b"success",
             &RETRIES,
         );
     }

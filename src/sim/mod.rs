@@ -5,10 +5,13 @@
 //! `gateway_url = "builtin"` runs one in-process.
 //!
 //! Routes: `/alipay/gateway.do` (the API), `/alipay/qr/{code}` (the cashier a QR code
-//! leads to), `/alipay/bill/{token}` (bill files); control: `POST /sim/{provider}/pay`,
-//! `POST /sim/{provider}/faults`, `POST /sim/clock`, `GET /sim/{provider}/trades/{id}`.
+//! leads to), `/alipay/bill/{token}` (bill files); `/wechat/pay/…` and
+//! `/wechat/secapi/pay/refund` (WeChat Pay v2), `/wechat/cashier/{pr}`; control:
+//! `POST /sim/{provider}/pay`, `POST /sim/{provider}/faults`, `POST /sim/clock`,
+//! `GET /sim/{provider}/trades/{id}`.
 
 pub mod alipay;
+pub mod wechat;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -37,6 +40,9 @@ pub struct SimConfig {
     /// The Alipay gateway, if simulated.
     #[serde(default)]
     pub alipay: Option<alipay::AlipaySimConfig>,
+    /// WeChat Pay API v2, if simulated.
+    #[serde(default)]
+    pub wechat: Option<wechat::WechatSimConfig>,
 }
 
 fn one() -> f64 {
@@ -141,6 +147,8 @@ pub struct Simulator {
     core: Arc<SimCore>,
     /// The Alipay gateway, when configured.
     pub alipay: Option<Arc<alipay::AlipaySim>>,
+    /// WeChat Pay v2, when configured.
+    pub wechat: Option<Arc<wechat::WechatSim>>,
 }
 
 /// An HTTP answer of the simulator.
@@ -194,7 +202,11 @@ impl Simulator {
             Some(c) => Some(Arc::new(alipay::AlipaySim::new(c, Arc::clone(&core))?)),
             None => None,
         };
-        Ok(Simulator { core, alipay })
+        let wechat = match &config.wechat {
+            Some(c) => Some(Arc::new(wechat::WechatSim::new(c, Arc::clone(&core))?)),
+            None => None,
+        };
+        Ok(Simulator { core, alipay, wechat })
     }
 
     /// Moves the simulated clock forward.
@@ -219,6 +231,9 @@ impl Simulator {
         }
         if let (Some(a), true) = (&self.alipay, path.starts_with("/alipay/") || path.starts_with("/sim/alipay/")) {
             return Arc::clone(a).route(req).await;
+        }
+        if let (Some(w), true) = (&self.wechat, path.starts_with("/wechat/") || path.starts_with("/sim/wechat/")) {
+            return Arc::clone(w).route(req).await;
         }
         answer(StatusCode::NOT_FOUND, "text/plain", "no such simulator route")
     }
@@ -282,14 +297,15 @@ pub fn random_hex(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", rng.gen::<u8>())).collect()
 }
 
-/// Posts notifications until one is acknowledged with exactly `ack`, waiting the scaled
-/// `schedule` between attempts (the first attempt is immediate).
+/// Posts notifications until an answer is `acknowledged` (HTTP 200 and the provider's
+/// rule for the body), waiting the scaled `schedule` between attempts (the first attempt
+/// is immediate).
 pub fn notify_until_acknowledged(
     core: Arc<SimCore>,
     url: String,
     content_type: &'static str,
     body: Vec<u8>,
-    ack: &'static [u8],
+    acknowledged: fn(&[u8]) -> bool,
     schedule: &'static [Duration],
 ) {
     tokio::spawn(async move {
@@ -299,7 +315,7 @@ pub fn notify_until_acknowledged(
                 tokio::time::sleep(core.scaled(delay)).await;
             }
             let answer = core.http.post(&url, content_type, body.clone(), Duration::from_secs(10)).await;
-            if matches!(&answer, Ok(a) if a.status == 200 && a.body.as_ref() == ack) {
+            if matches!(&answer, Ok(a) if a.status == 200 && acknowledged(&a.body)) {
                 return;
             }
             tracing::debug!(url, attempt, "notification not acknowledged");

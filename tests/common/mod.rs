@@ -329,3 +329,32 @@ pub fn decode_qr(data_uri: &str) -> String {
     assert_eq!(grids.len(), 1, "one QR code in the image");
     grids[0].decode().unwrap().1
 }
+
+/// The in-process channel simulator's base URL.
+pub fn sim_url(t: &TestNode) -> String {
+    t.node().sim.as_ref().expect("the in-process simulator").base_url.clone()
+}
+
+fn sim_json(r: Result<ureq::Response, ureq::Error>) -> Value {
+    match r {
+        Ok(r) => r.into_json().unwrap(),
+        Err(ureq::Error::Status(_, r)) => r.into_json().unwrap(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// POSTs JSON to a simulator control route.
+pub fn sim_post(t: &TestNode, path: &str, body: Value) -> Value {
+    sim_json(ureq::post(&format!("{}{path}", sim_url(t))).send_json(body))
+}
+
+/// GETs a simulator control route.
+pub fn sim_get(t: &TestNode, path: &str) -> Value {
+    sim_json(ureq::get(&format!("{}{path}", sim_url(t))).call())
+}
+
+/// The value of the first Prometheus line starting with `line_start` (0 when absent).
+pub fn metric(url: &str, line_start: &str) -> f64 {
+    let text = ureq::get(&format!("{url}/metrics")).call().unwrap().into_string().unwrap();
+    text.lines().find_map(|l| l.strip_prefix(line_start)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
