@@ -289,6 +289,20 @@ fn setting<'a>(c: &'a ChannelConfig, name: &str) -> Option<&'a str> {
     c.settings.get(name).and_then(|v| v.as_str())
 }
 
+/// A channel's `gateway_url`; `builtin` is the in-process simulator's `sim_path`.
+fn gateway_url(
+    c: &ChannelConfig,
+    sim: Option<&crate::sim::SimHandle>,
+    sim_path: &str,
+) -> Result<String, crate::config::ConfigError> {
+    let err = |what: &str| crate::config::ConfigError(format!("channel {:?}: settings.gateway_url {what}", c.code));
+    match (setting(c, "gateway_url").ok_or_else(|| err("is required"))?, sim) {
+        (BUILTIN, Some(sim)) => Ok(format!("{}{sim_path}", sim.base_url)),
+        (BUILTIN, None) => Err(err("is builtin but no simulator runs")),
+        (url, _) => Ok(url.to_owned()),
+    }
+}
+
 fn alipay_from(
     c: &ChannelConfig,
     sim: Option<&crate::sim::SimHandle>,
@@ -296,14 +310,9 @@ fn alipay_from(
 ) -> Result<AlipaySettings, crate::config::ConfigError> {
     let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
     let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
-    let gateway_url = match (required("gateway_url")?, sim) {
-        (BUILTIN, Some(sim)) => format!("{}/alipay/gateway.do", sim.base_url),
-        (BUILTIN, None) => return Err(err("gateway_url is builtin but no simulator runs".into())),
-        (url, _) => url.to_owned(),
-    };
     Ok(AlipaySettings {
         app_id: required("app_id")?.to_owned(),
-        gateway_url,
+        gateway_url: gateway_url(c, sim, "/alipay/gateway.do")?,
         app_private_key: RsaSigner::from_text("app_private_key", required("app_private_key")?)
             .map_err(|e| err(e.to_string()))?,
         alipay_public_key: RsaVerifier::from_text("alipay_public_key", required("alipay_public_key")?)
@@ -320,11 +329,7 @@ fn wechat_v2_from(
 ) -> Result<WechatV2Settings, crate::config::ConfigError> {
     let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
     let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
-    let base_url = match (required("gateway_url")?, sim) {
-        (BUILTIN, Some(sim)) => format!("{}/wechat", sim.base_url),
-        (BUILTIN, None) => return Err(err("gateway_url is builtin but no simulator runs".into())),
-        (url, _) => url.trim_end_matches('/').to_owned(),
-    };
+    let base_url = gateway_url(c, sim, "/wechat")?.trim_end_matches('/').to_owned();
     let sign_type = match setting(c, "sign_type").unwrap_or("HMAC-SHA256") {
         "MD5" => SignType::Md5,
         "HMAC-SHA256" => SignType::HmacSha256,

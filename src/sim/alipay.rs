@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{answer, json_answer, lock, random_hex, Fault, Faults, SimCore, SimRequest, SimResponse};
+use super::{answer, lock, random_hex, Fault, Faults, SimCore, SimRequest, SimResponse};
 use crate::channels::alipay::bill::{self, BillRow};
 use crate::channels::alipay::wire::{self, Params};
 use crate::crypto::{RsaSigner, RsaVerifier};
@@ -179,17 +179,10 @@ impl AlipaySim {
         })
     }
 
-    /// The current faults.
-    pub fn faults(&self) -> Faults {
-        lock(&self.faults).clone()
-    }
-
-    /// Replaces the faults.
-    pub fn set_faults(&self, f: Faults) {
-        *lock(&self.faults) = f;
-    }
-
     pub(super) async fn route(self: Arc<Self>, req: SimRequest) -> SimResponse {
+        if let Some(answer) = super::control(self.as_ref(), "alipay", &req) {
+            return answer;
+        }
         let path = req.path.as_str();
         match (&req.method, path) {
             (_, "/alipay/gateway.do") => self.gateway(&req).await,
@@ -202,41 +195,6 @@ impl AlipaySim {
             (&Method::GET, p) if p.starts_with("/alipay/bill/") => {
                 self.bill_file(p.trim_start_matches("/alipay/bill/"))
             }
-            (&Method::POST, "/sim/alipay/pay") => {
-                #[derive(Deserialize)]
-                struct Pay {
-                    out_trade_no: String,
-                }
-                match serde_json::from_slice::<Pay>(&req.body) {
-                    Ok(p) => match self.pay(&p.out_trade_no) {
-                        Ok(trade_no) => json_answer(StatusCode::OK, &json!({ "trade_no": trade_no })),
-                        Err(e) => json_answer(StatusCode::CONFLICT, &json!({ "error": e })),
-                    },
-                    Err(e) => json_answer(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() })),
-                }
-            }
-            (&Method::GET, "/sim/alipay/faults") => json_answer(StatusCode::OK, &json!(self.faults())),
-            (&Method::POST, "/sim/alipay/faults") => match serde_json::from_slice::<Faults>(&req.body) {
-                Ok(f) => {
-                    self.set_faults(f);
-                    json_answer(StatusCode::OK, &json!(self.faults()))
-                }
-                Err(e) => json_answer(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() })),
-            },
-            (&Method::GET, p) if p.starts_with("/sim/alipay/trades/") => {
-                let book = lock(&self.book);
-                match book.trades.get(p.trim_start_matches("/sim/alipay/trades/")) {
-                    Some(t) => json_answer(
-                        StatusCode::OK,
-                        &json!({
-                            "out_trade_no": t.out_trade_no, "trade_no": t.trade_no, "status": t.status.as_str(),
-                            "scanned": t.scanned, "total_amount": wire::yuan(t.total_fen),
-                            "refunded_amount": wire::yuan(t.refunded_fen()),
-                        }),
-                    ),
-                    None => json_answer(StatusCode::NOT_FOUND, &json!({ "error": "no such trade" })),
-                }
-            }
             _ => answer(StatusCode::NOT_FOUND, "text/plain", "no such route"),
         }
     }
@@ -244,7 +202,8 @@ impl AlipaySim {
     async fn gateway(&self, req: &SimRequest) -> SimResponse {
         let mut params = wire::parse_form(req.query.as_bytes());
         params.extend(wire::parse_form(&req.body));
-        let fault = self.faults().roll().await;
+        let faults = lock(&self.faults).clone();
+        let fault = faults.roll().await;
         match fault {
             Fault::Outage => return answer(StatusCode::SERVICE_UNAVAILABLE, "text/html", "<html>503</html>"),
             Fault::Error => return answer(StatusCode::INTERNAL_SERVER_ERROR, "text/html", "<html>500</html>"),
@@ -477,10 +436,9 @@ impl AlipaySim {
     fn bill_file(&self, token: &str) -> SimResponse {
         let now = self.core.now_ms();
         let book = lock(&self.book);
-        let Some((date, until)) = book.bills.get(token).filter(|(_, until)| *until >= now).cloned() else {
+        let Some((date, _)) = book.bills.get(token).filter(|(_, until)| *until >= now).cloned() else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "the link has expired");
         };
-        let _ = until;
         let fee = |fen: i64| -> i64 { (Decimal::from(fen) * self.fee_rate).round().to_i64().unwrap_or(0) };
         let mut rows = Vec::new();
         let mut trades: Vec<&Trade> = book.trades.values().collect();
@@ -534,7 +492,7 @@ impl AlipaySim {
             id
         };
         let message = if pay {
-            match self.pay(&out_trade_no) {
+            match self.pay_trade(&out_trade_no) {
                 Ok(_) => "支付成功 — paid".to_owned(),
                 Err(e) => format!("无法支付 — {e}"),
             }
@@ -559,7 +517,7 @@ impl AlipaySim {
     }
 
     /// The buyer pays: the trade succeeds and the merchant is notified.
-    pub fn pay(&self, out_trade_no: &str) -> Result<String, String> {
+    fn pay_trade(&self, out_trade_no: &str) -> Result<String, String> {
         let now = self.core.now_ms();
         let (url, params, trade_no) = {
             let mut book = lock(&self.book);
@@ -625,6 +583,26 @@ impl AlipaySim {
             |answer| answer == b"success",
             &RETRIES,
         );
+    }
+}
+
+impl super::Controlled for AlipaySim {
+    fn pay(&self, out_trade_no: &str) -> Result<Value, String> {
+        self.pay_trade(out_trade_no).map(|trade_no| json!({ "trade_no": trade_no }))
+    }
+
+    fn trade(&self, out_trade_no: &str) -> Option<Value> {
+        let book = lock(&self.book);
+        let t = book.trades.get(out_trade_no)?;
+        Some(json!({
+            "out_trade_no": t.out_trade_no, "trade_no": t.trade_no, "status": t.status.as_str(),
+            "scanned": t.scanned, "total_amount": wire::yuan(t.total_fen),
+            "refunded_amount": wire::yuan(t.refunded_fen()),
+        }))
+    }
+
+    fn faults(&self) -> &Mutex<Faults> {
+        &self.faults
     }
 }
 

@@ -13,7 +13,6 @@
 pub mod alipay;
 pub mod wechat;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -324,5 +323,49 @@ pub fn notify_until_acknowledged(
     });
 }
 
-/// Trades by key, shared by a provider's routes.
-pub type Book<T> = Mutex<HashMap<String, T>>;
+/// What the control routes need from a simulated provider.
+pub trait Controlled {
+    /// The buyer pays `out_trade_no`; answers the fields to report (the provider's
+    /// trade number) or why it cannot be paid.
+    fn pay(&self, out_trade_no: &str) -> Result<serde_json::Value, String>;
+    /// The provider's view of a trade, if it has one.
+    fn trade(&self, out_trade_no: &str) -> Option<serde_json::Value>;
+    /// Its injected failures.
+    fn faults(&self) -> &Mutex<Faults>;
+}
+
+/// The control routes every provider has, under `/sim/{name}/`: `POST pay`,
+/// `GET`/`POST faults`, `GET trades/{out_trade_no}`. `None`: not a control route.
+pub fn control(provider: &dyn Controlled, name: &str, req: &SimRequest) -> Option<SimResponse> {
+    let rest = req.path.strip_prefix("/sim/")?.strip_prefix(name)?.strip_prefix('/')?;
+    let bad =
+        |e: serde_json::Error| json_answer(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": e.to_string() }));
+    Some(match (&req.method, rest) {
+        (&Method::POST, "pay") => {
+            #[derive(Deserialize)]
+            struct Pay {
+                out_trade_no: String,
+            }
+            match serde_json::from_slice::<Pay>(&req.body) {
+                Ok(p) => match provider.pay(&p.out_trade_no) {
+                    Ok(paid) => json_answer(StatusCode::OK, &paid),
+                    Err(e) => json_answer(StatusCode::CONFLICT, &serde_json::json!({ "error": e })),
+                },
+                Err(e) => bad(e),
+            }
+        }
+        (&Method::GET, "faults") => json_answer(StatusCode::OK, &serde_json::json!(*lock(provider.faults()))),
+        (&Method::POST, "faults") => match serde_json::from_slice::<Faults>(&req.body) {
+            Ok(f) => {
+                *lock(provider.faults()) = f.clone();
+                json_answer(StatusCode::OK, &serde_json::json!(f))
+            }
+            Err(e) => bad(e),
+        },
+        (&Method::GET, r) if r.starts_with("trades/") => match provider.trade(r.trim_start_matches("trades/")) {
+            Some(t) => json_answer(StatusCode::OK, &t),
+            None => json_answer(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "no such trade" })),
+        },
+        _ => return None,
+    })
+}

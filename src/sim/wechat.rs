@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{answer, json_answer, lock, random_hex, Fault, Faults, SimCore, SimRequest, SimResponse};
+use super::{answer, lock, random_hex, Fault, Faults, SimCore, SimRequest, SimResponse};
 use crate::channels::alipay::wire::date;
 use crate::channels::wechat::v2::bill::{self, BillRow};
 use crate::channels::wechat::v2::wire::{self, Params};
@@ -138,6 +138,9 @@ impl WechatSim {
     }
 
     pub(super) async fn route(self: Arc<Self>, req: SimRequest) -> SimResponse {
+        if let Some(answer) = super::control(self.as_ref(), "wechat", &req) {
+            return answer;
+        }
         let path = req.path.as_str();
         match (&req.method, path) {
             (&Method::POST, p) if p.starts_with("/wechat/pay/") || p.starts_with("/wechat/secapi/") => {
@@ -145,38 +148,6 @@ impl WechatSim {
             }
             (m, p) if p.starts_with("/wechat/cashier/") => {
                 self.cashier(p.trim_start_matches("/wechat/cashier/"), m == Method::POST)
-            }
-            (&Method::POST, "/sim/wechat/pay") => {
-                #[derive(Deserialize)]
-                struct Pay {
-                    out_trade_no: String,
-                }
-                match serde_json::from_slice::<Pay>(&req.body) {
-                    Ok(p) => match self.pay(&p.out_trade_no) {
-                        Ok(id) => json_answer(StatusCode::OK, &json!({ "transaction_id": id })),
-                        Err(e) => json_answer(StatusCode::CONFLICT, &json!({ "error": e })),
-                    },
-                    Err(e) => json_answer(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() })),
-                }
-            }
-            (&Method::POST, "/sim/wechat/faults") => match serde_json::from_slice::<Faults>(&req.body) {
-                Ok(f) => {
-                    *lock(&self.faults) = f.clone();
-                    json_answer(StatusCode::OK, &json!(f))
-                }
-                Err(e) => json_answer(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() })),
-            },
-            (&Method::GET, p) if p.starts_with("/sim/wechat/trades/") => {
-                let book = lock(&self.book);
-                match book.trades.get(p.trim_start_matches("/sim/wechat/trades/")) {
-                    Some(t) => json_answer(
-                        StatusCode::OK,
-                        &json!({ "out_trade_no": t.out_trade_no, "transaction_id": t.transaction_id,
-                                 "trade_state": t.state.as_str(), "total_fee": t.total_fee,
-                                 "refunded_fee": t.refunds.iter().map(|r| r.1).sum::<i64>() }),
-                    ),
-                    None => json_answer(StatusCode::NOT_FOUND, &json!({ "error": "no such trade" })),
-                }
             }
             _ => answer(StatusCode::NOT_FOUND, "text/plain", "no such route"),
         }
@@ -419,7 +390,7 @@ impl WechatSim {
             return answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "二维码已失效 (no such code)");
         };
         let message = if pay {
-            self.pay(&out).map_or_else(|e| format!("支付失败 — {e}"), |_| "支付成功 — paid".into())
+            self.pay_trade(&out).map_or_else(|e| format!("支付失败 — {e}"), |_| "支付成功 — paid".into())
         } else {
             String::new()
         };
@@ -441,7 +412,7 @@ impl WechatSim {
     }
 
     /// The buyer pays: the trade succeeds and the merchant is notified.
-    pub fn pay(&self, out_trade_no: &str) -> Result<String, String> {
+    fn pay_trade(&self, out_trade_no: &str) -> Result<String, String> {
         let now = self.core.now_ms();
         let (url, doc, key, sign_type, id) = {
             let mut book = lock(&self.book);
@@ -488,6 +459,24 @@ impl WechatSim {
             );
         }
         Ok(id)
+    }
+}
+
+impl super::Controlled for WechatSim {
+    fn pay(&self, out_trade_no: &str) -> Result<serde_json::Value, String> {
+        self.pay_trade(out_trade_no).map(|id| json!({ "transaction_id": id }))
+    }
+
+    fn trade(&self, out_trade_no: &str) -> Option<serde_json::Value> {
+        let book = lock(&self.book);
+        let t = book.trades.get(out_trade_no)?;
+        Some(json!({ "out_trade_no": t.out_trade_no, "transaction_id": t.transaction_id,
+                     "trade_state": t.state.as_str(), "total_fee": t.total_fee,
+                     "refunded_fee": t.refunds.iter().map(|r| r.1).sum::<i64>() }))
+    }
+
+    fn faults(&self) -> &Mutex<Faults> {
+        &self.faults
     }
 }
 

@@ -87,7 +87,7 @@ pub fn write_zip(account: &str, date: &str, rows: &[BillRow]) -> Result<Vec<u8>,
             String::new(),
             "buyer***@example.com".to_owned(),
             wire::yuan(r.order_fen),
-            signed_yuan(r.net_fen),
+            wire::signed_yuan(r.net_fen),
             "0.00".into(),
             "0.00".into(),
             "0.00".into(),
@@ -97,7 +97,7 @@ pub fn write_zip(account: &str, date: &str, rows: &[BillRow]) -> Result<Vec<u8>,
             "0.00".into(),
             "0.00".into(),
             r.refund_no.clone(),
-            signed_yuan(r.fee_fen),
+            wire::signed_yuan(r.fee_fen),
             "0.00".into(),
             String::new(),
         ];
@@ -120,24 +120,6 @@ pub fn write_zip(account: &str, date: &str, rows: &[BillRow]) -> Result<Vec<u8>,
     zip.start_file(format!("{account}_{compact}_业务明细(汇总).csv"), options).map_err(err)?;
     zip.write_all(&summary_gbk).map_err(|e| e.to_string())?;
     Ok(zip.finish().map_err(err)?.into_inner())
-}
-
-fn signed_yuan(fen: i64) -> String {
-    if fen < 0 {
-        format!("-{}", wire::yuan(fen.saturating_neg()))
-    } else {
-        wire::yuan(fen)
-    }
-}
-
-fn signed_fen(text: &str) -> Option<i64> {
-    let t = text.trim();
-    match t.strip_prefix('-') {
-        Some(abs) if abs.trim() == "0.00" => Some(0),
-        Some(abs) => wire::fen(abs).map(i64::saturating_neg),
-        None if t == "0.00" || t == "0" => Some(0),
-        None => wire::fen(t),
-    }
 }
 
 /// Reads the detail rows out of a bill zip.
@@ -179,7 +161,7 @@ pub fn parse_detail(text: &str) -> Result<Vec<BillLine>, String> {
             continue;
         }
         let field = |i: usize| fields.get(i).copied().ok_or_else(|| format!("bill line {}: too few columns", n + 1));
-        let amount = |i: usize| signed_fen(field(i)?).ok_or_else(|| format!("bill line {}: bad amount", n + 1));
+        let amount = |i: usize| wire::signed_fen(field(i)?).ok_or_else(|| format!("bill line {}: bad amount", n + 1));
         lines.push(BillLine {
             pay_order_no: field(1)?.to_owned(),
             channel_trade_no: field(0)?.to_owned(),

@@ -158,6 +158,27 @@ pub fn fen(yuan: &str) -> Option<i64> {
     Money::parse_positive(yuan.trim(), Currency::CNY, MAX_AMOUNT_FEN).ok().map(|m| m.minor())
 }
 
+/// Yuan with two decimals and a sign, as bills write refunds and fees.
+pub fn signed_yuan(fen: i64) -> String {
+    if fen < 0 {
+        format!("-{}", yuan(fen.saturating_neg()))
+    } else {
+        yuan(fen)
+    }
+}
+
+/// Fen from a bill's signed yuan text (exactly two decimals).
+pub fn signed_fen(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let (neg, abs) = t.strip_prefix('-').map_or((false, t), |a| (true, a));
+    let (whole, frac) = abs.split_once('.').unwrap_or((abs, "00"));
+    if whole.is_empty() || frac.len() != 2 || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let fen = whole.parse::<i64>().ok()?.checked_mul(100)?.checked_add(frac.parse::<i64>().ok()?)?;
+    Some(if neg { -fen } else { fen })
+}
+
 /// An `application/x-www-form-urlencoded` body.
 pub fn form(params: &Params) -> String {
     form_urlencoded::Serializer::new(String::new()).extend_pairs(params.iter()).finish()

@@ -4,7 +4,7 @@
 
 use paygate_actors::ports::BillLine;
 
-use crate::channels::alipay::wire::{parse_timestamp, timestamp, yuan};
+use crate::channels::alipay::wire::{parse_timestamp, signed_fen, signed_yuan, timestamp, yuan};
 
 /// The column row.
 pub const HEADER: &str =
@@ -33,25 +33,6 @@ pub struct BillRow {
     pub fee_fen: i64,
     /// The product description.
     pub body: String,
-}
-
-fn signed_yuan(fen: i64) -> String {
-    if fen < 0 {
-        format!("-{}", yuan(fen.saturating_neg()))
-    } else {
-        yuan(fen)
-    }
-}
-
-fn signed_fen(text: &str) -> Option<i64> {
-    let t = text.trim();
-    let (neg, abs) = t.strip_prefix('-').map_or((false, t), |a| (true, a));
-    let (whole, frac) = abs.split_once('.').unwrap_or((abs, "00"));
-    if whole.is_empty() || frac.len() != 2 || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let fen = whole.parse::<i64>().ok()?.checked_mul(100)?.checked_add(frac.parse::<i64>().ok()?)?;
-    Some(if neg { -fen } else { fen })
 }
 
 /// The bill text of `rows`.
