@@ -13,7 +13,7 @@ use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
 use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, Ticket, TradeRef};
-use crate::registry::Registry;
+use crate::registry::{Published, Registry};
 
 /// When idle order actors leave memory.
 #[derive(Debug, Clone, Copy)]
@@ -116,18 +116,22 @@ struct OrderCell {
     /// The journal ticket of its last record: until the views show it, this actor is the
     /// only place that knows the order's state, so it must not passivate.
     last_ticket: Option<Ticket>,
+    /// Where readers find `state` without asking this actor.
+    published: Arc<Published>,
 }
 
 impl OrderActor {
     /// An actor for `pay_order_no`, with its snapshot or `None` for a new order, registered
-    /// under the merchant `key` too when it has one.
+    /// under the merchant `key` too when it has one; it publishes every new state to
+    /// `published`.
     pub fn new(
         oc: Arc<OrderContext>,
         pay_order_no: PayOrderNo,
         key: Option<String>,
         state: Option<Order>,
+        published: Arc<Published>,
     ) -> OrderActor {
-        let cell = OrderCell { pay_order_no, key, state, last_ticket: None };
+        let cell = OrderCell { pay_order_no, key, state, last_ticket: None, published };
         OrderActor { oc, cell: Some(cell), last_active: Instant::now(), passivated: false }
     }
 
@@ -271,6 +275,7 @@ impl OrderCell {
             tracing::error!(error = %e, "journal append failed");
             CoreError::system("could not record the order durably")
         })?;
+        self.published.set(Arc::new(next.clone()));
         self.state = Some(next);
         self.last_ticket = Some(ticket);
         Ok(())

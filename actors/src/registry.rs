@@ -1,11 +1,14 @@
 //! The sharded registry of live order actors, for the hot path: an id or a merchant's
-//! order number to the actor's address. Shard supervisors own activation; actors
-//! remove themselves when they passivate.
+//! order number to the actor's address and its published state. Shard supervisors own
+//! activation; actors remove themselves when they passivate.
+
+use std::sync::{Arc, RwLock};
 
 use actix::Addr;
 use dashmap::DashMap;
 
 use crate::ids::PayOrderNo;
+use crate::order::Order;
 use crate::order_actor::OrderActor;
 
 /// Which order a request is about.
@@ -31,39 +34,88 @@ pub fn merchant_key(merchant_id: &str, order_no: &str) -> String {
     k
 }
 
+/// The last durable state of a live order, which its actor publishes after every
+/// journaled change. Reads take it without a hop to the actor, so a query neither waits
+/// behind a channel call in progress nor wakes the actor's arbiter; it can never see a
+/// state that is not yet durable, because the actor publishes only after the append.
+#[derive(Debug, Default)]
+pub struct Published(RwLock<Option<Arc<Order>>>);
+
+impl Published {
+    /// Published with `state` (`None` for an order not created yet).
+    pub fn new(state: Option<Order>) -> Published {
+        Published(RwLock::new(state.map(Arc::new)))
+    }
+
+    /// The last published state.
+    pub fn get(&self) -> Option<Arc<Order>> {
+        // A poisoned lock only means a writer panicked mid-assignment of an Arc, which
+        // leaves either the old or the new value: both are whole, durable states.
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Publishes `state`.
+    pub fn set(&self, state: Arc<Order>) {
+        match self.0.write() {
+            Ok(mut g) => *g = Some(state),
+            Err(poisoned) => *poisoned.into_inner() = Some(state),
+        }
+    }
+}
+
+/// A live order: its actor and what the actor has published.
+#[derive(Clone)]
+struct Live {
+    addr: Addr<OrderActor>,
+    published: Arc<Published>,
+}
+
 /// Live order actors by id and by merchant key.
 #[derive(Default)]
 pub struct Registry {
-    by_id: DashMap<PayOrderNo, Addr<OrderActor>>,
-    by_key: DashMap<String, Addr<OrderActor>>,
+    by_id: DashMap<PayOrderNo, Live>,
+    by_key: DashMap<String, Live>,
 }
 
 impl Registry {
-    /// The live actor for `target`, if any.
-    pub fn lookup(&self, target: &OrderTarget) -> Option<Addr<OrderActor>> {
-        let addr = match target {
-            OrderTarget::Id(id) => self.by_id.get(id).map(|a| a.clone()),
+    fn live(&self, target: &OrderTarget) -> Option<Live> {
+        let live = match target {
+            OrderTarget::Id(id) => self.by_id.get(id).map(|l| l.clone()),
             OrderTarget::Key { merchant_id, order_no } => {
-                self.by_key.get(&merchant_key(merchant_id, order_no)).map(|a| a.clone())
+                self.by_key.get(&merchant_key(merchant_id, order_no)).map(|l| l.clone())
             }
         };
-        addr.filter(Addr::connected)
+        live.filter(|l| l.addr.connected())
+    }
+
+    /// The live actor for `target`, if any.
+    pub fn lookup(&self, target: &OrderTarget) -> Option<Addr<OrderActor>> {
+        self.live(target).map(|l| l.addr)
+    }
+
+    /// The state the live actor for `target` last published, if it is live and has one.
+    pub fn published(&self, target: &OrderTarget) -> Option<Arc<Order>> {
+        self.live(target).and_then(|l| l.published.get())
     }
 
     /// Registers a live actor under its id and, when known, its merchant key.
-    pub fn register(&self, id: &PayOrderNo, key: Option<String>, addr: &Addr<OrderActor>) {
-        self.by_id.insert(id.clone(), addr.clone());
+    pub fn register(&self, id: &PayOrderNo, key: Option<String>, addr: &Addr<OrderActor>, published: Arc<Published>) {
+        let live = Live { addr: addr.clone(), published };
         if let Some(k) = key {
-            self.by_key.insert(k, addr.clone());
+            self.by_key.insert(k, live.clone());
         }
+        self.by_id.insert(id.clone(), live);
     }
 
     /// Removes the entries that point at `addr` (and only those: a newer activation
     /// under the same keys stays).
     pub fn remove(&self, id: &PayOrderNo, key: Option<&str>, addr: &Addr<OrderActor>) {
-        self.by_id.remove_if(id, |_, a| a == addr);
+        self.by_id.remove_if(id, |_, l| &l.addr == addr);
         if let Some(k) = key {
-            self.by_key.remove_if(k, |_, a| a == addr);
+            self.by_key.remove_if(k, |_, l| &l.addr == addr);
         }
     }
 

@@ -66,22 +66,29 @@ impl OrderRouter {
         Err(CoreError::overloaded())
     }
 
-    /// Reads an order: from its live actor, or straight from its snapshot without
-    /// activating it (queries must not fill memory with idle orders).
-    pub async fn read(&self, target: OrderTarget, caller: Option<String>) -> CoreResult<Order> {
-        if self.oc.registry.lookup(&target).is_some() {
-            return self.dispatch(target, OrderRequest::Query, caller).await;
-        }
-        let id = match target {
-            OrderTarget::Id(id) => id,
-            OrderTarget::Key { merchant_id, order_no } => self
-                .oc
-                .store
-                .find(&merchant_id, &order_no)
-                .map_err(StorageError::into_core)?
-                .ok_or_else(CoreError::order_not_found)?,
+    /// Reads an order: the state its live actor last published, or straight from its
+    /// snapshot without activating it (queries must not fill memory with idle orders).
+    /// Only an order whose first record is still being written is asked through its actor.
+    pub async fn read(&self, target: OrderTarget, caller: Option<String>) -> CoreResult<Arc<Order>> {
+        let order = match self.oc.registry.published(&target) {
+            Some(order) => order,
+            None if self.oc.registry.lookup(&target).is_some() => {
+                return self.dispatch(target, OrderRequest::Query, caller).await.map(Arc::new);
+            }
+            None => {
+                let id = match target {
+                    OrderTarget::Id(id) => id,
+                    OrderTarget::Key { merchant_id, order_no } => self
+                        .oc
+                        .store
+                        .find(&merchant_id, &order_no)
+                        .map_err(StorageError::into_core)?
+                        .ok_or_else(CoreError::order_not_found)?,
+                };
+                let order = self.oc.store.load(&id).map_err(StorageError::into_core)?;
+                Arc::new(order.ok_or_else(CoreError::order_not_found)?)
+            }
         };
-        let order = self.oc.store.load(&id).map_err(StorageError::into_core)?.ok_or_else(CoreError::order_not_found)?;
         match caller {
             Some(m) if m != order.spec.merchant_id => Err(CoreError::order_not_found()),
             _ => Ok(order),

@@ -9,7 +9,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::ids::{IdGenerator, ShardId};
 use crate::order_actor::{Delivery, OrderActor, OrderContext, OrderMsg, OrderRequest};
 use crate::ports::StorageError;
-use crate::registry::{merchant_key, OrderTarget};
+use crate::registry::{merchant_key, OrderTarget, Published};
 
 /// The supervisor of one shard.
 pub struct ShardSupervisor {
@@ -56,8 +56,10 @@ impl ShardSupervisor {
             (None, OrderTarget::Key { merchant_id, order_no }) => Some(merchant_key(merchant_id, order_no)),
             (None, OrderTarget::Id(_)) => None,
         };
-        let addr = OrderActor::new(Arc::clone(&self.oc), id.clone(), key.clone(), state).start();
-        self.oc.registry.register(&id, key, &addr);
+        let published = Arc::new(Published::new(state.clone()));
+        let addr =
+            OrderActor::new(Arc::clone(&self.oc), id.clone(), key.clone(), state, Arc::clone(&published)).start();
+        self.oc.registry.register(&id, key, &addr, published);
         Ok(addr)
     }
 }

@@ -72,6 +72,8 @@ impl OrderStore for MemStore {
 struct FakeChannel {
     state: Mutex<HashMap<String, ChannelNotice>>,
     calls: Mutex<Vec<&'static str>>,
+    /// While set, a close call does not return (a slow channel).
+    hold_close: Arc<AtomicBool>,
 }
 
 struct Conn(Arc<FakeChannel>);
@@ -97,7 +99,13 @@ impl ChannelConnector for Conn {
             *e = ChannelNotice::Closed;
         }
         let n = e.clone();
-        Box::pin(async move { Ok(n) })
+        let hold = Arc::clone(&self.0.hold_close);
+        Box::pin(async move {
+            while hold.load(Ordering::SeqCst) {
+                actix_rt::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok(n)
+        })
     }
     fn refund(&self, _: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
         Box::pin(async { Ok(RefundState::Success) })
@@ -141,7 +149,7 @@ fn world_with(passivation: Passivation) -> World {
         weight: 1,
         status: ChannelStatus::Enabled,
         single_limit_minor: None,
-        timeout: std::time::Duration::from_secs(1),
+        timeout: std::time::Duration::from_secs(30),
     };
     let oc = Arc::new(OrderContext {
         journal: store.clone(),
@@ -243,4 +251,32 @@ async fn an_order_stays_live_until_the_views_show_its_last_record() {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(live(), 0, "passivated once the views caught up");
+}
+
+#[actix_rt::test]
+async fn a_read_does_not_wait_behind_a_slow_channel_call_and_sees_only_durable_states() {
+    let w = Arc::new(world());
+    let o = w.router.dispatch(key("R"), pay("R"), Some("M1".into())).await.unwrap();
+    let id = OrderTarget::Id(o.pay_order_no.clone());
+    w.channel.hold_close.store(true, Ordering::SeqCst);
+    let closing = {
+        let (w, id) = (Arc::clone(&w), id.clone());
+        actix_rt::spawn(async move { w.router.dispatch(id, OrderRequest::Close, Some("M1".into())).await })
+    };
+    while !w.channel.calls.lock().unwrap().contains(&"close") {
+        actix_rt::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    // The actor is inside the close call: reads answer from what it last published.
+    for target in [id.clone(), key("R")] {
+        let read = w.router.read(target, Some("M1".into()));
+        let order = actix_rt::time::timeout(Duration::from_secs(5), read).await.expect("read waited").unwrap();
+        assert_eq!(order.status, OrderStatus::Paying);
+    }
+    let other = w.router.read(id.clone(), Some("M2".into())).await.unwrap_err();
+    assert_eq!(other.code, ErrorCode::OrderNotFound, "published state is still the caller's own only");
+
+    w.channel.hold_close.store(false, Ordering::SeqCst);
+    assert_eq!(closing.await.unwrap().unwrap().status, OrderStatus::Closed);
+    assert_eq!(w.router.read(id, None).await.unwrap().status, OrderStatus::Closed, "published after the append");
 }
