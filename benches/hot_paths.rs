@@ -71,6 +71,7 @@ fn order() -> Order {
         notify_url: Some("https://merchant.example/notify".into()),
         return_url: None,
         pay_method: PayMethod::Sandbox,
+        pay_scene: Default::default(),
         expire_minutes: None,
         client_ip: Some("203.0.113.7".into()),
         device_id: None,

@@ -27,6 +27,7 @@ fn record(ids: &mut IdGenerator, i: u64) -> Record {
         notify_url: None,
         return_url: None,
         pay_method: PayMethod::Sandbox,
+        pay_scene: Default::default(),
         expire_minutes: None,
         client_ip: None,
         device_id: None,

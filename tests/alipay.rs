@@ -123,6 +123,53 @@ fn buyer_pays_at_the_alipay_cashier_and_the_signed_notification_settles_the_orde
 }
 
 #[test]
+fn web_and_wap_scenes_send_the_buyer_to_a_signed_alipay_page_and_the_payment_settles() {
+    let t = alipay_node(|_| {});
+    let c = t.client();
+    let gateway = format!("{}/alipay/gateway.do?", sim_url(&t));
+    for (scene, method, product) in
+        [("WEB", "alipay.trade.page.pay", "FAST_INSTANT_TRADE_PAY"), ("WAP", "alipay.trade.wap.pay", "QUICK_WAP_WAY")]
+    {
+        let order_no = format!("ALI-{scene}-1");
+        let mut p = Client::pay_params(&order_no, "12.34");
+        p.insert("pay_method".into(), "ALIPAY".into());
+        p.insert("pay_scene".into(), scene.into());
+        p.insert("return_url".into(), "https://shop.example/done".into());
+        let a = c.call(PAY, p);
+        assert_eq!((a.status, a.code(), a.data("status")), (200, "SUCCESS", "PAYING"), "{a:?}");
+        assert_eq!(a.data("pay_scene"), scene);
+        assert!(a.data("code_url").is_empty() && a.data("qr_code").is_empty(), "a page is not a code: {a:?}");
+        let id = a.data("pay_order_no").to_owned();
+
+        // pay_url is the signed gateway request itself, which the buyer's browser opens.
+        let pay_url = a.data("pay_url").to_owned();
+        let query = pay_url.strip_prefix(&gateway).unwrap_or_else(|| panic!("{pay_url}"));
+        let params = wire::parse_form(query.as_bytes());
+        assert_eq!(params["method"], method);
+        assert_eq!(params["return_url"], "https://shop.example/done");
+        let biz: Value = serde_json::from_str(&params["biz_content"]).unwrap();
+        assert_eq!((biz["out_trade_no"].as_str(), biz["product_code"].as_str()), (Some(id.as_str()), Some(product)));
+        assert_eq!(biz["total_amount"], "12.34");
+
+        // A buyer who edits the amount in the URL is refused by Alipay: it is signed.
+        let tampered = pay_url.replace("12.34", "0.01");
+        assert_ne!(tampered, pay_url);
+        let refused = ureq::get(&tampered).call();
+        assert!(matches!(refused, Err(ureq::Error::Status(400, _))), "{refused:?}");
+        assert_eq!(c.query_id(&id).data("status"), "PAYING");
+
+        // The real page shows the order; paying there notifies the gateway.
+        let page = ureq::get(&pay_url).call().unwrap().into_string().unwrap();
+        assert!(page.contains("12.34"), "{page}");
+        let action = page.split("action=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+        let paid = ureq::post(&format!("{}{action}", sim_url(&t))).send_string("").unwrap().into_string().unwrap();
+        assert!(paid.contains("TRADE_SUCCESS"), "{paid}");
+        let q = wait_status(&c, &id, "SUCCESS", LONG);
+        assert_eq!((q.data("pay_scene"), q.data("pay_url")), (scene, pay_url.as_str()));
+    }
+}
+
+#[test]
 fn close_refund_refund_query_and_the_bill_through_the_real_adapter() {
     let t = alipay_node(|_| {});
     let c = t.client();

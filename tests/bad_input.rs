@@ -52,6 +52,16 @@ fn cases(c: &Client) -> Vec<Case> {
         with("order_no", "has space"),
         with("client_ip", "999.1.1.1"),
         with("subject", "line\nbreak"),
+        with("pay_scene", "WEB"),
+        with("pay_scene", "qr"),
+        invalid(
+            "a scene the method does not offer",
+            signed_with(c, |p| {
+                p.insert("pay_method".into(), "WECHAT_PAY".into());
+                p.insert("pay_scene".into(), "WAP".into());
+            }),
+            "pay_scene",
+        ),
         Case {
             name: "body over 64 KiB",
             body: raw(json!({"merchant_id": MERCHANT, "body": "x".repeat(70_000)})),

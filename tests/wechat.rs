@@ -110,8 +110,14 @@ fn native_pay_then_the_buyer_pays_and_the_notification_settles_it_in_both_sign_t
     for sign_type in ["HMAC-SHA256", "MD5"] {
         let t = wechat_node(sign_type, |_| {});
         let c = t.client();
-        let a = pay_wechat(&c, "WX-E2E-1", "12.34");
+        // NATIVE is WeChat's name for the scan product, which is also what no scene means.
+        let scene = if sign_type == "MD5" { "NATIVE" } else { "" };
+        let mut p = Client::pay_params("WX-E2E-1", "12.34");
+        p.insert("pay_method".into(), "WECHAT_PAY".into());
+        p.insert("pay_scene".into(), scene.into());
+        let a = c.call(PAY, p);
         assert_eq!((a.code(), a.data("status"), a.data("channel")), ("SUCCESS", "PAYING", "wechat-sim"), "{a:?}");
+        assert_eq!(a.data("pay_scene"), if scene.is_empty() { "QR" } else { scene });
         let id = a.data("pay_order_no").to_owned();
         let code_url = a.data("code_url").to_owned();
         assert!(code_url.starts_with("weixin://wxpay/bizpayurl?pr="), "{code_url}");

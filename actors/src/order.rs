@@ -63,6 +63,58 @@ impl fmt::Display for PayMethod {
     }
 }
 
+/// Which of a method's products the buyer pays with (the optional `pay_scene`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum PayScene {
+    /// A code the buyer scans (the default).
+    #[default]
+    Qr,
+    /// A desktop browser page at the channel (Alipay page pay, UnionPay front form).
+    Web,
+    /// A mobile browser page at the channel (Alipay wap pay).
+    Wap,
+    /// WeChat's own name for its scan-to-pay product.
+    Native,
+}
+
+impl PayScene {
+    /// Every scene, in wire order.
+    pub const ALL: [PayScene; 4] = [PayScene::Qr, PayScene::Web, PayScene::Wap, PayScene::Native];
+
+    /// The wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PayScene::Qr => "QR",
+            PayScene::Web => "WEB",
+            PayScene::Wap => "WAP",
+            PayScene::Native => "NATIVE",
+        }
+    }
+
+    /// The scenes `method` offers; the first is what an absent `pay_scene` means.
+    pub fn offered_by(method: PayMethod) -> &'static [PayScene] {
+        match method {
+            PayMethod::Alipay => &[PayScene::Qr, PayScene::Web, PayScene::Wap],
+            PayMethod::WechatPay => &[PayScene::Qr, PayScene::Native],
+            PayMethod::UnionPay => &[PayScene::Web],
+            PayMethod::Balance | PayMethod::Sandbox => &[PayScene::Qr],
+        }
+    }
+
+    /// True when the buyer is sent to a page at the channel rather than shown a code:
+    /// the channel's URL is then the order's pay_url.
+    pub const fn is_page(self) -> bool {
+        matches!(self, PayScene::Web | PayScene::Wap)
+    }
+}
+
+impl FromStr for PayScene {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        PayScene::ALL.into_iter().find(|m| m.as_str() == s).ok_or(())
+    }
+}
+
 /// Order status (SPEC F1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OrderStatus {
@@ -164,6 +216,8 @@ pub struct OrderSpec {
     pub return_url: Option<String>,
     /// The requested method.
     pub pay_method: PayMethod,
+    /// The method's product, one of [`PayScene::offered_by`] the method.
+    pub pay_scene: PayScene,
     /// Requested lifetime; `None` means the merchant's default.
     pub expire_minutes: Option<u32>,
     /// Buyer's IP, for risk.
@@ -721,6 +775,7 @@ mod tests {
             notify_url: None,
             return_url: None,
             pay_method: PayMethod::Sandbox,
+            pay_scene: Default::default(),
             expire_minutes: Some(30),
             client_ip: None,
             device_id: None,

@@ -333,6 +333,8 @@ impl OrderCell {
             subject: order.spec.subject.clone(),
             expire_time: order.expire_time,
             client_ip: order.spec.client_ip.clone(),
+            scene: order.spec.pay_scene,
+            return_url: order.spec.return_url.clone(),
         };
         let (cmd, refusal) = match channel.create(request).await {
             Ok(accepted) => (

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::PayOrderNo;
 use crate::money::Money;
-use crate::order::{ChannelNotice, Order, OrderEvent};
+use crate::order::{ChannelNotice, Order, OrderEvent, PayScene};
 
 /// A boxed, sendable future: the shape of every asynchronous port method.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -90,6 +90,10 @@ pub struct ChannelOrder {
     pub expire_time: i64,
     /// Buyer's IP, when known.
     pub client_ip: Option<String>,
+    /// Which product: a code to scan, or a page at the channel.
+    pub scene: PayScene,
+    /// Where the channel's page sends the buyer back to, when the merchant gave one.
+    pub return_url: Option<String>,
 }
 
 /// Names a trade at the channel.

@@ -174,6 +174,7 @@ fn pay(order_no: &str) -> OrderRequest {
         notify_url: None,
         return_url: None,
         pay_method: PayMethod::Sandbox,
+        pay_scene: Default::default(),
         expire_minutes: Some(30),
         client_ip: None,
         device_id: None,

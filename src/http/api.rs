@@ -8,7 +8,7 @@ use paygate_actors::error::{CoreError, CoreResult, ErrorCode};
 use paygate_actors::ids::{is_valid_external_id, PayOrderNo};
 use paygate_actors::merchant::MerchantProfile;
 use paygate_actors::money::{Currency, Money};
-use paygate_actors::order::{Order, OrderSpec, PayMethod};
+use paygate_actors::order::{Order, OrderSpec, PayMethod, PayScene};
 use paygate_actors::order_actor::{OrderRequest, PaySubmission};
 use paygate_actors::registry::OrderTarget;
 use paygate_actors::routing::select_channel;
@@ -123,6 +123,7 @@ pub fn pay_spec(limits: &PayLimits, params: &Params, merchant: &MerchantProfile)
         let all: Vec<&str> = PayMethod::ALL.iter().map(|m| m.as_str()).collect();
         CoreError::invalid("pay_method", format_args!("must be one of {}", all.join(", ")))
     })?;
+    let pay_scene = scene(params, pay_method)?;
     let expire_minutes = match optional(params, "expire_minutes", 5)? {
         None => None,
         Some(text) => {
@@ -149,6 +150,7 @@ pub fn pay_spec(limits: &PayLimits, params: &Params, merchant: &MerchantProfile)
         notify_url: url("notify_url", params)?,
         return_url: url("return_url", params)?,
         pay_method,
+        pay_scene,
         expire_minutes,
         client_ip,
         device_id: optional(params, "device_id", 64)?,
@@ -156,9 +158,31 @@ pub fn pay_spec(limits: &PayLimits, params: &Params, merchant: &MerchantProfile)
     })
 }
 
-/// The hosted cashier page of an order.
+/// The `pay_scene` asked for, which `method` must offer; absent means the method's first.
+fn scene(params: &Params, method: PayMethod) -> Result<PayScene, CoreError> {
+    let offered = PayScene::offered_by(method);
+    let names = || offered.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+    match params.get("pay_scene").filter(|v| !v.is_empty()) {
+        None => offered.first().copied().ok_or_else(|| CoreError::invalid("pay_method", "offers no pay_scene")),
+        Some(text) => PayScene::from_str(text)
+            .ok()
+            .filter(|s| offered.contains(s))
+            .ok_or_else(|| CoreError::invalid("pay_scene", format_args!("for {method} must be one of {}", names()))),
+    }
+}
+
+/// Where the buyer goes to pay: the channel's own page for a page scene, else our hosted
+/// cashier page (which shows the channel's code).
 pub fn pay_url(app: &App, order: &Order) -> String {
-    format!("{}/h5/{}", app.public_url, order.pay_order_no)
+    match (order.spec.pay_scene.is_page(), &order.code_url) {
+        (true, Some(url)) => url.clone(),
+        _ => format!("{}/h5/{}", app.public_url, order.pay_order_no),
+    }
+}
+
+/// The channel's code to scan, when the scene is one (a page URL is not a code).
+fn scan_code(order: &Order) -> Option<&str> {
+    order.code_url.as_deref().filter(|_| !order.spec.pay_scene.is_page())
 }
 
 /// The pay answer.
@@ -170,6 +194,7 @@ struct PayView<'a> {
     amount: String,
     currency: &'static str,
     channel: &'a str,
+    pay_scene: &'static str,
     pay_url: String,
     code_url: Option<&'a str>,
     qr_code: Option<String>,
@@ -184,9 +209,10 @@ fn pay_view<'a>(app: &App, order: &'a Order) -> PayView<'a> {
         amount: order.spec.amount.to_string(),
         currency: order.spec.amount.currency().code(),
         channel: &order.channel,
+        pay_scene: order.spec.pay_scene.as_str(),
         pay_url: pay_url(app, order),
-        code_url: order.code_url.as_deref(),
-        qr_code: order.code_url.as_deref().and_then(|u| app.qr(u)),
+        code_url: scan_code(order),
+        qr_code: scan_code(order).and_then(|u| app.qr(u)),
         expire_time: rfc3339(order.expire_time),
     }
 }
@@ -202,6 +228,7 @@ pub struct OrderView<'a> {
     status: &'static str,
     channel: &'a str,
     pay_method: &'static str,
+    pay_scene: &'static str,
     subject: &'a str,
     channel_trade_no: Option<&'a str>,
     pay_url: String,
@@ -224,6 +251,7 @@ pub fn order_view<'a>(app: &App, order: &'a Order) -> OrderView<'a> {
         status: order.status.as_str(),
         channel: &order.channel,
         pay_method: order.spec.pay_method.as_str(),
+        pay_scene: order.spec.pay_scene.as_str(),
         subject: &order.spec.subject,
         channel_trade_no: order.channel_trade_no.as_deref(),
         pay_url: pay_url(app, order),

@@ -41,6 +41,7 @@ fn spec(merchant: &str, i: u64) -> OrderSpec {
         notify_url: None,
         return_url: None,
         pay_method: PayMethod::Sandbox,
+        pay_scene: Default::default(),
         expire_minutes: Some(600),
         client_ip: None,
         device_id: None,

@@ -266,7 +266,19 @@ impl AlipaySim {
         let notify_url = params.get("notify_url").cloned().unwrap_or_default();
         match method {
             "alipay.trade.precreate" => self.create(&app_id, &biz, notify_url, false),
-            "alipay.trade.page.pay" | "alipay.trade.wap.pay" => self.create(&app_id, &biz, notify_url, true),
+            "alipay.trade.page.pay" | "alipay.trade.wap.pay" => {
+                let product = text(&biz, "product_code");
+                let expected: &[&str] = if method == "alipay.trade.page.pay" {
+                    &["FAST_INSTANT_TRADE_PAY"]
+                } else {
+                    // SDKs send either name for the wap product.
+                    &["QUICK_WAP_WAY", "QUICK_WAP_PAY"]
+                };
+                if !expected.contains(&product) {
+                    return Err(business("ACQ.INVALID_PARAMETER", format!("product_code {product:?} for {method}")));
+                }
+                self.create(&app_id, &biz, notify_url, true)
+            }
             "alipay.trade.query" => self.query(&biz),
             "alipay.trade.close" => self.close(&biz),
             "alipay.trade.refund" => self.refund(&biz),
@@ -506,11 +518,12 @@ impl AlipaySim {
         let page = format!(
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>支付宝 (simulated)</title></head><body>\
              <h1>支付宝 — simulated cashier</h1><p>{}</p><p>¥ {}</p><p>status: {}</p><p>{}</p>\
-             <form method=\"post\"><button type=\"submit\">Pay ¥ {}</button></form></body></html>",
+             <form method=\"post\" action=\"/alipay/qr/{}\"><button type=\"submit\">Pay ¥ {}</button></form></body></html>",
             html_escape::encode_text(&t.subject),
             wire::yuan(t.total_fen),
             t.status.as_str(),
             html_escape::encode_text(&message),
+            html_escape::encode_double_quoted_attribute(token),
             wire::yuan(t.total_fen),
         );
         answer(StatusCode::OK, "text/html; charset=utf-8", page)

@@ -6,8 +6,9 @@ use paygate_actors::order::Order;
 use paygate_actors::ports::Record;
 use serde::{Deserialize, Serialize};
 
-/// The format this build writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format this build writes. 2: the order spec carries `pay_scene`. No build that
+/// wrote version 1 was released, so there is no reader for it.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// What the payload holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::PayOrderNo;
-use paygate_actors::order::ChannelNotice;
+use paygate_actors::order::{ChannelNotice, PayScene};
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
     Clock, CreateAccepted, RefundState, TradeRef, VerifiedCallback,
@@ -63,7 +63,8 @@ fn text(node: &Value, field: &str) -> String {
 
 /// Calls `method` with `biz` and returns the verified response node of a successful
 /// call (code 10000).
-async fn call(s: &AlipaySettings, http: &HttpClient, method: &str, biz: Value) -> Result<Value, ChannelError> {
+/// The signed common parameters of a call to `method` with `biz` as biz_content.
+fn signed_params(s: &AlipaySettings, method: &str, biz: &Value, return_url: Option<&str>) -> Params {
     let mut params: Params = [
         ("app_id", s.app_id.as_str()),
         ("method", method),
@@ -77,7 +78,34 @@ async fn call(s: &AlipaySettings, http: &HttpClient, method: &str, biz: Value) -
     .collect();
     params.insert("timestamp".into(), wire::timestamp(SystemClock.now_ms()));
     params.insert("biz_content".into(), biz.to_string());
+    if let Some(url) = return_url {
+        params.insert("return_url".into(), url.to_owned());
+    }
     wire::sign_request(&mut params, &s.app_private_key);
+    params
+}
+
+/// Page and wap pay are not server calls: the buyer's browser opens the gateway with a
+/// signed request, so the order's pay_url is that request as a GET URL.
+fn page_pay_url(s: &AlipaySettings, order: &ChannelOrder) -> String {
+    let (method, product) = match order.scene {
+        PayScene::Wap => ("alipay.trade.wap.pay", "QUICK_WAP_WAY"),
+        _ => ("alipay.trade.page.pay", "FAST_INSTANT_TRADE_PAY"),
+    };
+    let biz = json!({
+        "out_trade_no": order.pay_order_no.as_str(),
+        "total_amount": wire::yuan(order.amount.minor()),
+        "subject": order.subject,
+        "product_code": product,
+        "time_expire": wire::timestamp(order.expire_time),
+    });
+    let params = signed_params(s, method, &biz, order.return_url.as_deref());
+    let sep = if s.gateway_url.contains('?') { '&' } else { '?' };
+    format!("{}{sep}{}", s.gateway_url, wire::form(&params))
+}
+
+async fn call(s: &AlipaySettings, http: &HttpClient, method: &str, biz: Value) -> Result<Value, ChannelError> {
+    let params = signed_params(s, method, &biz, None);
     let answer = http
         .post(
             &s.gateway_url,
@@ -131,6 +159,10 @@ fn notice(status: &str, trade_no: &str, total_amount: &str, refunded: bool) -> O
 
 impl ChannelConnector for AlipayConnector {
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {
+        if order.scene.is_page() {
+            let url = page_pay_url(&self.settings, &order);
+            return Box::pin(async move { Ok(CreateAccepted { code_url: url, channel_trade_no: None }) });
+        }
         let (s, http) = (Arc::clone(&self.settings), self.http.clone());
         Box::pin(async move {
             let biz = json!({
