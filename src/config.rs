@@ -256,8 +256,16 @@ impl Config {
         if let Some(a) = self.sim.as_mut().and_then(|s| s.alipay.as_mut()) {
             a.alipay_private_key = key.open("sim.alipay.alipay_private_key", &a.alipay_private_key).map_err(fail)?;
         }
-        for m in self.sim.iter_mut().flat_map(|s| s.wechat.iter_mut()).flat_map(|w| w.merchants.iter_mut()) {
-            m.api_key = key.open(&format!("sim.wechat merchant {} api_key", m.mch_id), &m.api_key).map_err(fail)?;
+        if let Some(w) = self.sim.as_mut().and_then(|s| s.wechat.as_mut()) {
+            for m in &mut w.merchants {
+                m.api_key = key.open(&format!("sim.wechat merchant {} api_key", m.mch_id), &m.api_key).map_err(fail)?;
+                if let Some(k) = m.api_v3_key.as_mut() {
+                    *k = key.open(&format!("sim.wechat merchant {} api_v3_key", m.mch_id), k).map_err(fail)?;
+                }
+            }
+            if let Some(p) = w.platform.as_mut() {
+                p.private_key = key.open("sim.wechat.platform.private_key", &p.private_key).map_err(fail)?;
+            }
         }
         self.demo_master_key = key.is_demo();
         Ok(())

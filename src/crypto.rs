@@ -89,6 +89,45 @@ impl RsaVerifier {
     }
 }
 
+/// An X.509 certificate as the providers use them: to name a key by its serial and
+/// carry the key.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    /// The serial, uppercase hex without leading zero bytes (WeChat's `serial_no`).
+    pub serial_hex: String,
+    /// The serial in decimal (UnionPay's `certId`).
+    pub serial_decimal: String,
+    /// Its RSA public key.
+    pub key: RsaVerifier,
+    /// Valid from, unix seconds.
+    pub not_before: i64,
+    /// Valid until, unix seconds.
+    pub not_after: i64,
+}
+
+impl Certificate {
+    /// Reads one PEM certificate whose key is RSA; `what` names it in errors.
+    pub fn from_pem(what: &str, pem: &str) -> Result<Certificate, KeyError> {
+        use x509_cert::der::{DecodePem, Encode};
+        let err = || KeyError(what.to_owned());
+        let cert = x509_cert::Certificate::from_pem(pem.trim().as_bytes()).map_err(|_| err())?;
+        let tbs = &cert.tbs_certificate;
+        let serial = tbs.serial_number.as_bytes();
+        let first = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+        let serial = serial.get(first..).unwrap_or_default();
+        let spki = tbs.subject_public_key_info.to_der().map_err(|_| err())?;
+        let key = RsaPublicKey::from_public_key_der(&spki).map_err(|_| err())?;
+        let secs = |t: x509_cert::time::Time| i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX);
+        Ok(Certificate {
+            serial_hex: hex::encode_upper(serial),
+            serial_decimal: rsa::BigUint::from_bytes_be(serial).to_string(),
+            key: RsaVerifier(VerifyingKey::new(key)),
+            not_before: secs(tbs.validity.not_before),
+            not_after: secs(tbs.validity.not_after),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +163,16 @@ mod tests {
         let bare: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         assert!(RsaSigner::from_text("bare", &bare).is_ok());
         assert!(RsaSigner::from_text("junk", "not a key").is_err());
+    }
+
+    #[test]
+    fn reads_a_certificates_serial_key_and_validity() {
+        // tests/fixtures/rsa/README.md has the openssl command that made it.
+        let cert = Certificate::from_pem("cert", &fixture("app_cert.pem")).unwrap();
+        assert_eq!(cert.serial_hex, "0123456789ABCDEF01");
+        assert_eq!(cert.serial_decimal, "20988295479420645121");
+        assert!(cert.key.verify_base64(fixture("message.txt").as_bytes(), &fixture("message.sig.b64")));
+        assert_eq!(cert.not_after - cert.not_before, 3650 * 86_400);
+        assert!(Certificate::from_pem("junk", &fixture("app_public.pem")).is_err());
     }
 }

@@ -24,8 +24,9 @@ use paygate_actors::timers::TimerActor;
 
 use crate::channels::alipay::{AlipayConnector, AlipaySettings};
 use crate::channels::wechat::v2::{WechatV2Connector, WechatV2Settings};
+use crate::channels::wechat::v3::{WechatV3Connector, WechatV3Settings};
 use crate::config::{ChannelConfig, Config};
-use crate::crypto::{RsaSigner, RsaVerifier};
+use crate::crypto::{Certificate, RsaSigner, RsaVerifier};
 use crate::http::App;
 use crate::sandbox::{Sandbox, SandboxConnector, SandboxSettings};
 use crate::storage::journal::JournalHandle;
@@ -208,6 +209,7 @@ fn build(
         let connector: Arc<dyn ChannelConnector> = match c.provider.as_str() {
             "alipay" => Arc::new(AlipayConnector::new(alipay_from(c, sim.as_ref(), &public_url)?)),
             "wechat_v2" => Arc::new(WechatV2Connector::new(wechat_v2_from(c, sim.as_ref(), &public_url)?)),
+            "wechat_v3" => Arc::new(WechatV3Connector::new(wechat_v3_from(c, sim.as_ref(), &public_url)?)),
             "sandbox" => {
                 let s = Arc::new(sandbox_from(c)?);
                 s.attach(format!("http://{addr}/callback/sandbox"), format!("{public_url}/sandbox/pay/"), pick(0));
@@ -342,6 +344,45 @@ fn wechat_v2_from(
         sign_type,
         base_url,
         notify_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/wechat/v2"), str::to_owned),
+        timeout: Duration::from_millis(c.timeout_ms),
+    })
+}
+
+fn wechat_v3_from(
+    c: &ChannelConfig,
+    sim: Option<&crate::sim::SimHandle>,
+    public_url: &str,
+) -> Result<WechatV3Settings, crate::config::ConfigError> {
+    let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
+    let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
+    // The platform's key: from its certificate (whose serial it is), or WeChat's
+    // public-key mode (a key and the serial WeChat names it by).
+    let (platform_serial, platform_key) = match setting(c, "platform_certificate") {
+        Some(pem) => {
+            let cert = Certificate::from_pem("platform_certificate", pem).map_err(|e| err(e.to_string()))?;
+            if setting(c, "platform_serial").is_some_and(|s| s != cert.serial_hex) {
+                return Err(err(format!("platform_serial is not the certificate's ({})", cert.serial_hex)));
+            }
+            (cert.serial_hex, cert.key)
+        }
+        None => (
+            required("platform_serial")?.to_owned(),
+            RsaVerifier::from_text("platform_public_key", required("platform_public_key")?)
+                .map_err(|e| err(e.to_string()))?,
+        ),
+    };
+    Ok(WechatV3Settings {
+        appid: required("appid")?.to_owned(),
+        mchid: required("mchid")?.to_owned(),
+        merchant_serial: required("merchant_serial")?.to_owned(),
+        merchant_key: RsaSigner::from_text("merchant_private_key", required("merchant_private_key")?)
+            .map_err(|e| err(e.to_string()))?,
+        platform_serial,
+        platform_key,
+        api_v3_key: crate::channels::wechat::v3::wire::api_v3_key(required("api_v3_key")?)
+            .ok_or_else(|| err("api_v3_key must be 32 bytes".into()))?,
+        base_url: gateway_url(c, sim, "")?.trim_end_matches('/').to_owned(),
+        notify_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/wechat/v3"), str::to_owned),
         timeout: Duration::from_millis(c.timeout_ms),
     })
 }

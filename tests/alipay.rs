@@ -13,9 +13,8 @@ use paygate::channels::alipay::wire::{self, Params};
 use paygate::channels::alipay::{AlipayConnector, AlipaySettings};
 use paygate::config::Config;
 use paygate::crypto::{RsaSigner, RsaVerifier};
-use paygate_actors::ids::PayOrderNo;
 use paygate_actors::money::{Currency, Money};
-use paygate_actors::ports::{ChannelConnector, ChannelRefund, Clock, RefundState, TradeRef};
+use paygate_actors::ports::{ChannelConnector, ChannelRefund, Clock, RefundState};
 use serde_json::{json, Value};
 
 const PAY: &str = "/api/v1/payment/pay";
@@ -29,12 +28,6 @@ fn alipay_node(tweak: impl FnOnce(&mut Config)) -> TestNode {
         }
         tweak(c);
     })
-}
-
-fn pay_alipay(c: &Client, order_no: &str, amount: &str) -> Answer {
-    let mut p = Client::pay_params(order_no, amount);
-    p.insert("pay_method".into(), "ALIPAY".into());
-    c.call(PAY, p)
 }
 
 fn sim_trade(t: &TestNode, pay_order_no: &str) -> Value {
@@ -85,20 +78,11 @@ fn callback(t: &TestNode, body: &[u8]) -> (u16, String) {
     (r.status(), r.into_string().unwrap())
 }
 
-fn trade_ref(id: &str, fen: i64) -> TradeRef {
-    TradeRef {
-        pay_order_no: PayOrderNo::parse(id).unwrap(),
-        channel_trade_no: None,
-        amount: Money::from_minor(fen, Currency::CNY),
-        create_time: 0,
-    }
-}
-
 #[test]
 fn buyer_pays_at_the_alipay_cashier_and_the_signed_notification_settles_the_order() {
     let t = alipay_node(|_| {});
     let c = t.client();
-    let a = pay_alipay(&c, "ALI-E2E-1", "88.88");
+    let a = c.pay_by("ALIPAY", "ALI-E2E-1", "88.88");
     assert_eq!((a.status, a.code()), (200, "SUCCESS"), "{a:?}");
     assert_eq!((a.data("status"), a.data("channel")), ("PAYING", "alipay-sim"));
     let id = a.data("pay_order_no").to_owned();
@@ -177,7 +161,7 @@ fn close_refund_refund_query_and_the_bill_through_the_real_adapter() {
     let alipay = adapter(&t);
 
     // Close: the merchant closes an unpaid order; the code no longer pays.
-    let a = pay_alipay(&c, "ALI-CLOSE-1", "5.00");
+    let a = c.pay_by("ALIPAY", "ALI-CLOSE-1", "5.00");
     let closing = a.data("pay_order_no").to_owned();
     ureq::get(a.data("code_url")).call().unwrap(); // scanned, not paid
     let closed = c.close_id(&closing);
@@ -187,7 +171,7 @@ fn close_refund_refund_query_and_the_bill_through_the_real_adapter() {
     assert!(refused["error"].as_str().unwrap().contains("closed"));
 
     // Pay, then refund in two parts, idempotently.
-    let a = pay_alipay(&c, "ALI-REFUND-1", "100.00");
+    let a = c.pay_by("ALIPAY", "ALI-REFUND-1", "100.00");
     let id = a.data("pay_order_no").to_owned();
     sim_post(&t, "/sim/alipay/pay", json!({ "out_trade_no": id }));
     wait_status(&c, &id, "SUCCESS", LONG);
@@ -231,7 +215,7 @@ fn close_refund_refund_query_and_the_bill_through_the_real_adapter() {
 fn hostile_callbacks_change_nothing_and_are_answered_fail() {
     let t = alipay_node(|_| {});
     let c = t.client();
-    let a = pay_alipay(&c, "ALI-HOSTILE-1", "10.00");
+    let a = c.pay_by("ALIPAY", "ALI-HOSTILE-1", "10.00");
     let id = a.data("pay_order_no").to_owned();
     let app_id = channel_settings(&t).channels[0].settings["app_id"].as_str().unwrap().to_owned();
     let notice = |amount: &str, app: &str| -> Params {
@@ -318,7 +302,7 @@ fn a_create_whose_answer_is_lost_stays_paying_and_a_query_settles_it() {
     });
     let c = t.client();
     sim_post(&t, "/sim/alipay/faults", json!({ "timeout_rate": 1.0 }));
-    let a = pay_alipay(&c, "ALI-LOST-1", "3.00");
+    let a = c.pay_by("ALIPAY", "ALI-LOST-1", "3.00");
     sim_post(&t, "/sim/alipay/faults", json!({}));
     // The merchant learns the outcome is unknown; the order is PAYING, not failed.
     assert_eq!((a.status, a.code()), (502, "CHANNEL_ERROR"), "{a:?}");
@@ -340,7 +324,7 @@ fn an_unverifiable_callback_makes_the_node_ask_alipay() {
         }
     });
     let c = t.client();
-    let a = pay_alipay(&c, "ALI-UNVERIFIED-1", "2.00");
+    let a = c.pay_by("ALIPAY", "ALI-UNVERIFIED-1", "2.00");
     let id = a.data("pay_order_no").to_owned();
     sim_post(&t, "/sim/alipay/pay", json!({ "out_trade_no": id }));
     // A notification whose signature cannot be checked: refused, but Alipay is asked.
@@ -368,7 +352,7 @@ fn a_gateway_talks_to_a_standalone_paygate_sim() {
         }
     });
     let c = t.client();
-    let a = pay_alipay(&c, "ALI-STANDALONE-1", "7.00");
+    let a = c.pay_by("ALIPAY", "ALI-STANDALONE-1", "7.00");
     assert_eq!(a.code(), "SUCCESS", "{a:?}");
     let id = a.data("pay_order_no").to_owned();
     assert!(a.data("code_url").starts_with(&base));

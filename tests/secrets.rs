@@ -120,6 +120,12 @@ fn secrets_never_reach_the_log_or_any_answer() {
     let c = node.client();
     let a = c.pay("LOG1", "1.00");
     assert_eq!(a.code(), "SUCCESS");
+    // Through every real channel too, so their keys are in use while the log is watched.
+    for (no, method) in [("LOG2", "ALIPAY"), ("LOG3", "WECHAT_PAY"), ("LOG4", "WECHAT_PAY"), ("LOG5", "WECHAT_PAY")] {
+        let mut p = Client::pay_params(no, "1.00");
+        p.insert("pay_method".into(), method.into());
+        assert_eq!(c.call("/api/v1/payment/pay", p).code(), "SUCCESS");
+    }
     let q = c.query_no("LOG1");
     let wrong = Client::new(&node.url, MERCHANT, "wrong-secret-wrong-secret").query_no("LOG1");
     assert_eq!(wrong.code(), "SIGN_ERROR");
@@ -131,9 +137,20 @@ fn secrets_never_reach_the_log_or_any_answer() {
     std::io::Read::read_to_string(node.child.stderr.as_mut().unwrap(), &mut log).unwrap();
     assert!(log.contains("DEBUG"), "the debug log was captured");
     let answers = [a.json.to_string(), q.json.to_string(), wrong.json.to_string(), openapi, metrics];
+    // Every channel secret as opened, and for a PEM key a line of its body.
+    let config = test_config(data.path());
+    let mut secrets: Vec<String> = vec![SECRET.into(), LEGACY_SECRET.into(), "sandbox-notify-secret-0123456789".into()];
+    for ch in &config.channels {
+        for (name, value) in &ch.settings {
+            if let (true, Some(v)) = (paygate::secrets::is_secret_setting(name), value.as_str()) {
+                secrets.push(v.lines().nth(3).unwrap_or(v).to_owned());
+            }
+        }
+    }
+    assert!(secrets.len() >= 7, "the sandbox, Alipay and both WeChat channels' secrets: {}", secrets.len());
     for text in answers.iter().chain(std::iter::once(&log)) {
-        for secret in [SECRET, LEGACY_SECRET, "sandbox-notify-secret-0123456789"] {
-            assert!(!text.contains(secret), "a secret leaked");
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a secret leaked");
         }
     }
 }

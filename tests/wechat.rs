@@ -25,6 +25,8 @@ fn wechat_node(sign_type: &str, tweak: impl FnOnce(&mut Config)) -> TestNode {
         if let Some(sim) = c.sim.as_mut() {
             sim.time_scale = 0.001;
         }
+        // The v3 channel of the same account is tested in tests/wechat_v3.rs.
+        c.channels.retain(|ch| ch.provider != "wechat_v3");
         for ch in c.channels.iter_mut().filter(|ch| ch.provider == "wechat_v2") {
             ch.settings.insert("sign_type".into(), toml::Value::String(sign_type.clone()));
         }
@@ -36,12 +38,6 @@ fn setting(t: &TestNode, name: &str) -> String {
     let c = test_config(t.dir.path());
     let ch = c.channels.iter().find(|ch| ch.provider == "wechat_v2").unwrap();
     ch.settings[name].as_str().unwrap().to_owned()
-}
-
-fn pay_wechat(c: &Client, order_no: &str, amount: &str) -> Answer {
-    let mut p = Client::pay_params(order_no, amount);
-    p.insert("pay_method".into(), "WECHAT_PAY".into());
-    c.call(PAY, p)
 }
 
 fn trade(t: &TestNode, id: &str) -> Value {
@@ -97,7 +93,7 @@ fn adapter(t: &TestNode) -> WechatV2Connector {
 }
 
 fn pay_and_settle(t: &TestNode, c: &Client, order_no: &str, amount: &str) -> String {
-    let a = pay_wechat(c, order_no, amount);
+    let a = c.pay_by("WECHAT_PAY", order_no, amount);
     assert_eq!(a.code(), "SUCCESS", "{a:?}");
     let id = a.data("pay_order_no").to_owned();
     sim_post(t, "/sim/wechat/pay", json!({ "out_trade_no": id }));
@@ -139,7 +135,7 @@ fn close_refunds_refund_query_and_the_bill_through_the_real_adapter() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let wx = adapter(&t);
 
-    let a = pay_wechat(&c, "WX-CLOSE-1", "1.00");
+    let a = c.pay_by("WECHAT_PAY", "WX-CLOSE-1", "1.00");
     let closing = a.data("pay_order_no").to_owned();
     assert_eq!(c.close_id(&closing).data("status"), "CLOSED");
     assert_eq!(trade(&t, &closing)["trade_state"], "CLOSED");
@@ -180,7 +176,7 @@ fn close_refunds_refund_query_and_the_bill_through_the_real_adapter() {
 fn hostile_notifications_change_nothing() {
     let t = wechat_node("HMAC-SHA256", |_| {});
     let c = t.client();
-    let a = pay_wechat(&c, "WX-HOSTILE-1", "10.00");
+    let a = c.pay_by("WECHAT_PAY", "WX-HOSTILE-1", "10.00");
     let id = a.data("pay_order_no").to_owned();
     let fail =
         |(status, reply): (u16, Params)| status == 200 && reply.get("return_code").map(String::as_str) == Some("FAIL");
@@ -220,7 +216,7 @@ fn a_create_whose_answer_is_lost_is_settled_by_query() {
     });
     let c = t.client();
     sim_post(&t, "/sim/wechat/faults", json!({ "timeout_rate": 1.0 }));
-    let a = pay_wechat(&c, "WX-LOST-1", "3.00");
+    let a = c.pay_by("WECHAT_PAY", "WX-LOST-1", "3.00");
     sim_post(&t, "/sim/wechat/faults", json!({}));
     assert_eq!((a.status, a.code()), (502, "CHANNEL_ERROR"), "{a:?}");
     let q = c.query_no("WX-LOST-1");

@@ -16,13 +16,22 @@ pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
 }
 
-/// An answer: status and body.
+/// An answer: status, headers and body.
 #[derive(Debug)]
 pub struct Answer {
     /// HTTP status.
     pub status: u16,
+    /// Header names (lowercase) and values; values that are not text are left out.
+    pub headers: Vec<(String, String)>,
     /// Body bytes.
     pub body: Bytes,
+}
+
+impl Answer {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 impl Default for HttpClient {
@@ -58,8 +67,13 @@ impl HttpClient {
         let call = async {
             let resp = self.inner.request(req).await.map_err(|e| format!("{url}: {e}"))?;
             let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect();
             let body = resp.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
-            Ok(Answer { status, body })
+            Ok(Answer { status, headers, body })
         };
         tokio::time::timeout(timeout, call).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?
     }

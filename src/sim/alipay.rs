@@ -588,12 +588,13 @@ impl AlipaySim {
         }
         wire::sign_notification(&mut params, &self.key);
         let body = wire::form(&params).into_bytes();
+        let headers = vec![("content-type", "application/x-www-form-urlencoded; charset=utf-8".to_owned())];
+        let n = super::Notification { url, headers, body, sign: None };
+        // Exactly the 7 bytes `success`; anything else is retried.
         super::notify_until_acknowledged(
             Arc::clone(&self.core),
-            url,
-            "application/x-www-form-urlencoded; charset=utf-8",
-            body,
-            |answer| answer == b"success",
+            n,
+            |status, body| status == 200 && body == b"success",
             &RETRIES,
         );
     }

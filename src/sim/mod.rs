@@ -6,7 +6,8 @@
 //!
 //! Routes: `/alipay/gateway.do` (the API), `/alipay/qr/{code}` (the cashier a QR code
 //! leads to), `/alipay/bill/{token}` (bill files); `/wechat/pay/…` and
-//! `/wechat/secapi/pay/refund` (WeChat Pay v2), `/wechat/cashier/{pr}`; control:
+//! `/wechat/secapi/pay/refund` (WeChat Pay v2), `/v3/…` (WeChat Pay v3),
+//! `/wechat/cashier/{pr}`; control:
 //! `POST /sim/{provider}/pay`, `POST /sim/{provider}/faults`, `POST /sim/clock`,
 //! `GET /sim/{provider}/trades/{id}`.
 
@@ -170,12 +171,21 @@ pub fn json_answer(status: StatusCode, v: &serde_json::Value) -> SimResponse {
 pub struct SimRequest {
     /// Method.
     pub method: Method,
+    /// Header names (lowercase) and values.
+    pub headers: Vec<(String, String)>,
     /// Path.
     pub path: String,
     /// Raw query string.
     pub query: String,
     /// Body.
     pub body: Bytes,
+}
+
+impl SimRequest {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// A started simulator: where it listens, and its state for in-process use.
@@ -231,7 +241,8 @@ impl Simulator {
         if let (Some(a), true) = (&self.alipay, path.starts_with("/alipay/") || path.starts_with("/sim/alipay/")) {
             return Arc::clone(a).route(req).await;
         }
-        if let (Some(w), true) = (&self.wechat, path.starts_with("/wechat/") || path.starts_with("/sim/wechat/")) {
+        let wechat = path.starts_with("/wechat/") || path.starts_with("/v3/") || path.starts_with("/sim/wechat/");
+        if let (Some(w), true) = (&self.wechat, wechat) {
             return Arc::clone(w).route(req).await;
         }
         answer(StatusCode::NOT_FOUND, "text/plain", "no such simulator route")
@@ -276,8 +287,14 @@ async fn serve(listener: std::net::TcpListener, sim: Arc<Simulator>) {
                         Ok(b) => b.to_bytes(),
                         Err(_) => return Ok::<_, Infallible>(answer(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "")),
                     };
+                    let headers = parts
+                        .headers
+                        .iter()
+                        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                        .collect();
                     let req = SimRequest {
                         method: parts.method,
+                        headers,
                         path: parts.uri.path().to_owned(),
                         query: parts.uri.query().unwrap_or_default().to_owned(),
                         body,
@@ -296,15 +313,29 @@ pub fn random_hex(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", rng.gen::<u8>())).collect()
 }
 
-/// Posts notifications until an answer is `acknowledged` (HTTP 200 and the provider's
-/// rule for the body), waiting the scaled `schedule` between attempts (the first attempt
-/// is immediate).
+/// Signs a notification body afresh (headers to add), for providers whose signatures
+/// carry a time the receiver checks.
+pub type Resign = Arc<dyn Fn(&[u8]) -> Vec<(&'static str, String)> + Send + Sync>;
+
+/// A notification to deliver: where, its headers and its body.
+pub struct Notification {
+    /// The merchant's notify URL.
+    pub url: String,
+    /// Headers, the content type among them.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Signs each attempt, when the provider does.
+    pub sign: Option<Resign>,
+}
+
+/// Posts `n` until an answer is `acknowledged` (the provider's rule for status and
+/// body), waiting the scaled `schedule` between attempts (the first attempt is
+/// immediate).
 pub fn notify_until_acknowledged(
     core: Arc<SimCore>,
-    url: String,
-    content_type: &'static str,
-    body: Vec<u8>,
-    acknowledged: fn(&[u8]) -> bool,
+    n: Notification,
+    acknowledged: fn(u16, &[u8]) -> bool,
     schedule: &'static [Duration],
 ) {
     tokio::spawn(async move {
@@ -313,13 +344,15 @@ pub fn notify_until_acknowledged(
                 let delay = schedule.get(attempt - 1).copied().unwrap_or_default();
                 tokio::time::sleep(core.scaled(delay)).await;
             }
-            let answer = core.http.post(&url, content_type, body.clone(), Duration::from_secs(10)).await;
-            if matches!(&answer, Ok(a) if a.status == 200 && acknowledged(&a.body)) {
+            let signed = n.sign.as_ref().map(|sign| sign(&n.body)).unwrap_or_default();
+            let headers: Vec<(&str, &str)> = n.headers.iter().chain(&signed).map(|(k, v)| (*k, v.as_str())).collect();
+            let answer = core.http.send(Method::POST, &n.url, &headers, n.body.clone(), Duration::from_secs(10)).await;
+            if matches!(&answer, Ok(a) if acknowledged(a.status, &a.body)) {
                 return;
             }
-            tracing::debug!(url, attempt, "notification not acknowledged");
+            tracing::debug!(url = n.url, attempt, "notification not acknowledged");
         }
-        tracing::warn!(url, "notification never acknowledged; giving up as the provider does");
+        tracing::warn!(url = n.url, "notification never acknowledged; giving up as the provider does");
     });
 }
 

@@ -181,6 +181,13 @@ impl Client {
         params(&[("order_no", order_no), ("amount", amount), ("subject", "tea"), ("pay_method", "SANDBOX")])
     }
 
+    /// Pays with `method` (ALIPAY, WECHAT_PAY, …).
+    pub fn pay_by(&self, method: &str, order_no: &str, amount: &str) -> Answer {
+        let mut p = Client::pay_params(order_no, amount);
+        p.insert("pay_method".into(), method.into());
+        self.call("/api/v1/payment/pay", p)
+    }
+
     pub fn pay(&self, order_no: &str, amount: &str) -> Answer {
         self.call("/api/v1/payment/pay", Client::pay_params(order_no, amount))
     }
@@ -357,4 +364,14 @@ pub fn sim_get(t: &TestNode, path: &str) -> Value {
 pub fn metric(url: &str, line_start: &str) -> f64 {
     let text = ureq::get(&format!("{url}/metrics")).call().unwrap().into_string().unwrap();
     text.lines().find_map(|l| l.strip_prefix(line_start)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// A channel's reference to our order `id` of `fen` CNY, for calling adapters directly.
+pub fn trade_ref(id: &str, fen: i64) -> paygate_actors::ports::TradeRef {
+    paygate_actors::ports::TradeRef {
+        pay_order_no: paygate_actors::ids::PayOrderNo::parse(id).unwrap(),
+        channel_trade_no: None,
+        amount: paygate_actors::money::Money::from_minor(fen, paygate_actors::money::Currency::CNY),
+        create_time: 0,
+    }
 }

@@ -3,7 +3,6 @@
 //! notifications. An answer is believed only when its signature checks out; transport
 //! failures, 5xx, SYSTEMERROR and unverifiable answers are unknown outcomes.
 
-pub mod bill;
 pub mod wire;
 
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use paygate_actors::ports::{
 use paygate_actors::signing::SignType;
 
 use self::wire::Params;
+use super::bill;
 use crate::http::client::HttpClient;
 
 /// What the adapter needs (channel settings in `channels.toml`).

@@ -1,6 +1,7 @@
-//! WeChat Pay v2's bill (`/pay/downloadbill`, bill_type ALL): UTF-8 text, a column row,
-//! one row per payment or refund with every value prefixed by a backtick, then a totals
-//! block. Written by the simulator, read by the adapter.
+//! WeChat Pay's trade bill (v2 `/pay/downloadbill` and v3 `/v3/bill/tradebill`,
+//! bill_type ALL): UTF-8 text, a column row, one row per payment or refund with every
+//! value prefixed by a backtick, then a totals block. Written by the simulator, read by
+//! the adapter.
 
 use paygate_actors::ports::BillLine;
 
