@@ -349,8 +349,9 @@ impl ChannelConnector for SandboxConnector {
         })
     }
 
-    fn query_refund(&self, trade: TradeRef, refund_no: String) -> BoxFuture<Result<RefundState, ChannelError>> {
+    fn query_refund(&self, refund: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
         let s = Arc::clone(&self.0);
+        let (trade, refund_no) = (refund.trade, refund.refund_no);
         Box::pin(async move {
             s.faults(s.hangs(&trade.pay_order_no)).await?;
             let known = s.trades.get(trade.pay_order_no.as_str()).is_some_and(|t| t.refunds.contains_key(&refund_no));

@@ -13,8 +13,7 @@ use paygate::channels::alipay::wire::{self, Params};
 use paygate::channels::alipay::{AlipayConnector, AlipaySettings};
 use paygate::config::Config;
 use paygate::crypto::{RsaSigner, RsaVerifier};
-use paygate_actors::money::{Currency, Money};
-use paygate_actors::ports::{ChannelConnector, ChannelRefund, Clock, RefundState};
+use paygate_actors::ports::{ChannelConnector, Clock, RefundState};
 use serde_json::{json, Value};
 
 const PAY: &str = "/api/v1/payment/pay";
@@ -175,23 +174,16 @@ fn close_refund_refund_query_and_the_bill_through_the_real_adapter() {
     let id = a.data("pay_order_no").to_owned();
     sim_post(&t, "/sim/alipay/pay", json!({ "out_trade_no": id }));
     wait_status(&c, &id, "SUCCESS", LONG);
-    let refund = |no: &str, fen: i64| {
-        rt.block_on(alipay.refund(ChannelRefund {
-            trade: trade_ref(&id, 10_000),
-            refund_no: no.into(),
-            amount: Money::from_minor(fen, Currency::CNY),
-        }))
-        .unwrap()
-    };
+    let refund = |no: &str, fen: i64| rt.block_on(alipay.refund(refund_of(trade_ref(&id, 10_000), no, fen))).unwrap();
     assert_eq!(refund("R-1", 3_000), RefundState::Success);
     assert_eq!(refund("R-1", 3_000), RefundState::Success, "the same out_request_no again: no second refund");
     assert!(matches!(refund("R-2", 8_000), RefundState::Failed(_)), "more than what is left");
     assert_eq!(refund("R-2", 7_000), RefundState::Success);
     assert_eq!(sim_trade(&t, &id)["refunded_amount"], "100.00");
     assert_eq!(sim_trade(&t, &id)["status"], "TRADE_CLOSED", "fully refunded");
-    let asked = rt.block_on(alipay.query_refund(trade_ref(&id, 10_000), "R-2".into())).unwrap();
+    let asked = rt.block_on(alipay.query_refund(refund_of(trade_ref(&id, 10_000), "R-2", 0))).unwrap();
     assert_eq!(asked, RefundState::Success);
-    let unknown = rt.block_on(alipay.query_refund(trade_ref(&id, 10_000), "R-9".into())).unwrap();
+    let unknown = rt.block_on(alipay.query_refund(refund_of(trade_ref(&id, 10_000), "R-9", 0))).unwrap();
     assert_eq!(unknown, RefundState::Processing, "code 10000 alone is not a refund");
     // The refund notifications (TRADE_CLOSED with refund_fee) never move the order back.
     std::thread::sleep(Duration::from_millis(300));

@@ -12,7 +12,7 @@ use paygate::channels::wechat::v2::{WechatV2Connector, WechatV2Settings};
 use paygate::config::Config;
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::money::{Currency, Money};
-use paygate_actors::ports::{ChannelConnector, ChannelRefund, Clock, RefundState, TradeRef};
+use paygate_actors::ports::{ChannelConnector, Clock, RefundState, TradeRef};
 use paygate_actors::signing::SignType;
 use serde_json::{json, Value};
 
@@ -148,18 +148,11 @@ fn close_refunds_refund_query_and_the_bill_through_the_real_adapter() {
         amount: Money::from_minor(5_000, Currency::CNY),
         create_time: 0,
     };
-    let refund = |no: &str, fen: i64| {
-        rt.block_on(wx.refund(ChannelRefund {
-            trade: tref.clone(),
-            refund_no: no.into(),
-            amount: Money::from_minor(fen, Currency::CNY),
-        }))
-        .unwrap()
-    };
+    let refund = |no: &str, fen: i64| rt.block_on(wx.refund(refund_of(tref.clone(), no, fen))).unwrap();
     assert_eq!(refund("WR-1", 1_000), RefundState::Processing, "accepted; WeChat finishes it later");
     assert_eq!(refund("WR-1", 1_000), RefundState::Processing, "idempotent");
     assert!(matches!(refund("WR-2", 4_001), RefundState::Failed(_)));
-    assert_eq!(rt.block_on(wx.query_refund(tref.clone(), "WR-1".into())).unwrap(), RefundState::Success);
+    assert_eq!(rt.block_on(wx.query_refund(refund_of(tref.clone(), "WR-1", 0))).unwrap(), RefundState::Success);
     assert_eq!(trade(&t, &id)["refunded_fee"], 1_000);
     assert_eq!(c.query_id(&id).data("status"), "SUCCESS");
 

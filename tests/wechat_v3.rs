@@ -13,8 +13,7 @@ use paygate::channels::wechat::v3::wire;
 use paygate::channels::wechat::v3::{WechatV3Connector, WechatV3Settings};
 use paygate::config::Config;
 use paygate::crypto::{Certificate, RsaSigner};
-use paygate_actors::money::{Currency, Money};
-use paygate_actors::ports::{ChannelConnector, ChannelRefund, Clock, RefundState};
+use paygate_actors::ports::{ChannelConnector, Clock, RefundState};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -182,21 +181,17 @@ fn close_refunds_refund_query_the_bill_and_the_certificates_through_the_real_ada
     let id = a.data("pay_order_no").to_owned();
     sim_post(&t, "/sim/wechat/pay", json!({ "out_trade_no": id }));
     wait_status(&c, &id, "SUCCESS", LONG);
-    let refund = |no: &str, fen: i64| {
-        rt.block_on(wx.refund(ChannelRefund {
-            trade: trade_ref(&id, 10_000),
-            refund_no: no.into(),
-            amount: Money::from_minor(fen, Currency::CNY),
-        }))
-        .unwrap()
-    };
+    let refund = |no: &str, fen: i64| rt.block_on(wx.refund(refund_of(trade_ref(&id, 10_000), no, fen))).unwrap();
     assert_eq!(refund("R3-1", 3_000), RefundState::Success);
     assert_eq!(refund("R3-1", 3_000), RefundState::Success, "the same out_refund_no again: no second refund");
     assert!(matches!(refund("R3-2", 8_000), RefundState::Failed(ref e) if e.contains("NOT_ENOUGH")));
     assert_eq!(refund("R3-2", 7_000), RefundState::Success);
     assert_eq!(trade(&t, &id)["refunded_fee"], 10_000);
-    assert_eq!(rt.block_on(wx.query_refund(trade_ref(&id, 10_000), "R3-2".into())).unwrap(), RefundState::Success);
-    assert!(rt.block_on(wx.query_refund(trade_ref(&id, 10_000), "R3-NONE".into())).is_err());
+    assert_eq!(
+        rt.block_on(wx.query_refund(refund_of(trade_ref(&id, 10_000), "R3-2", 0))).unwrap(),
+        RefundState::Success
+    );
+    assert!(rt.block_on(wx.query_refund(refund_of(trade_ref(&id, 10_000), "R3-NONE", 0))).is_err());
 
     // The bill: none for today yet; tomorrow, today's payment and refunds with fees.
     let today = paygate::channels::alipay::wire::date(paygate_actors::clock::SystemClock.now_ms());

@@ -156,6 +156,9 @@ pub struct ChannelRefund {
     pub refund_no: String,
     /// How much to refund.
     pub amount: Money,
+    /// Unix millis the refund was first asked for: channels that key a refund on its
+    /// time (UnionPay's txnTime) need the same value again to ask about it.
+    pub requested_at: i64,
 }
 
 /// Where a refund stands at the channel.
@@ -225,7 +228,7 @@ pub trait ChannelConnector: Send + Sync + 'static {
     /// Refunds part or all of a paid trade.
     fn refund(&self, refund: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>>;
     /// Asks where a refund stands.
-    fn query_refund(&self, trade: TradeRef, refund_no: String) -> BoxFuture<Result<RefundState, ChannelError>>;
+    fn query_refund(&self, refund: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>>;
     /// The bill of a day (`yyyy-MM-dd`).
     fn download_bill(&self, date: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>>;
     /// Checks an inbound callback's signature and reads it. `None`: not trustworthy.

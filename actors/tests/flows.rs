@@ -110,7 +110,7 @@ impl ChannelConnector for Conn {
     fn refund(&self, _: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
         Box::pin(async { Ok(RefundState::Success) })
     }
-    fn query_refund(&self, _: TradeRef, _: String) -> BoxFuture<Result<RefundState, ChannelError>> {
+    fn query_refund(&self, _: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
         Box::pin(async { Ok(RefundState::Success) })
     }
     fn download_bill(&self, _: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>> {

@@ -375,3 +375,14 @@ pub fn trade_ref(id: &str, fen: i64) -> paygate_actors::ports::TradeRef {
         create_time: 0,
     }
 }
+
+/// Refund `no` of `fen` CNY on `trade`, asked for at a fixed time (channels that key
+/// refunds on time get the same one when asked about it).
+pub fn refund_of(trade: paygate_actors::ports::TradeRef, no: &str, fen: i64) -> paygate_actors::ports::ChannelRefund {
+    paygate_actors::ports::ChannelRefund {
+        trade,
+        refund_no: no.into(),
+        amount: paygate_actors::money::Money::from_minor(fen, paygate_actors::money::Currency::CNY),
+        requested_at: 1_763_870_400_000,
+    }
+}

@@ -217,10 +217,10 @@ impl ChannelConnector for AlipayConnector {
         })
     }
 
-    fn query_refund(&self, trade: TradeRef, refund_no: String) -> BoxFuture<Result<RefundState, ChannelError>> {
+    fn query_refund(&self, refund: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
         let (s, http) = (Arc::clone(&self.settings), self.http.clone());
         Box::pin(async move {
-            let biz = json!({ "out_trade_no": trade.pay_order_no.as_str(), "out_request_no": refund_no });
+            let biz = json!({ "out_trade_no": refund.trade.pay_order_no.as_str(), "out_request_no": refund.refund_no });
             let node = call(&s, &http, "alipay.trade.fastpay.refund.query", biz).await?;
             // Code 10000 alone only means the query ran.
             Ok(match text(&node, "refund_status").as_str() {

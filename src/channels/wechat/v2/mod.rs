@@ -192,9 +192,10 @@ impl ChannelConnector for WechatV2Connector {
         })
     }
 
-    fn query_refund(&self, trade: TradeRef, refund_no: String) -> BoxFuture<Result<RefundState, ChannelError>> {
+    fn query_refund(&self, refund: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
         let (s, http) = (Arc::clone(&self.settings), self.http.clone());
         Box::pin(async move {
+            let (trade, refund_no) = (refund.trade, refund.refund_no);
             let p = params(&[("out_trade_no", trade.pay_order_no.to_string()), ("out_refund_no", refund_no.clone())]);
             let a = call(&s, &http, "/pay/refundquery", p).await?;
             let count: usize = get(&a, "refund_count").parse().unwrap_or(0);

@@ -292,12 +292,12 @@ impl ChannelConnector for WechatV3Connector {
         })
     }
 
-    fn query_refund(&self, _trade: TradeRef, refund_no: String) -> BoxFuture<Result<RefundState, ChannelError>> {
+    fn query_refund(&self, refund: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
         let (s, http) = (Arc::clone(&self.settings), self.http.clone());
         Box::pin(async move {
             let path = format!(
                 "/v3/refund/domestic/refunds/{}",
-                form_urlencoded::byte_serialize(refund_no.as_bytes()).collect::<String>()
+                form_urlencoded::byte_serialize(refund.refund_no.as_bytes()).collect::<String>()
             );
             let a = call(&s, &http, hyper::Method::GET, &path, None).await?;
             Ok(refund_state(&a.json))
