@@ -267,6 +267,10 @@ impl Config {
                 p.private_key = key.open("sim.wechat.platform.private_key", &p.private_key).map_err(fail)?;
             }
         }
+        if let Some(u) = self.sim.as_mut().and_then(|s| s.unionpay.as_mut()) {
+            u.signing_private_key =
+                key.open("sim.unionpay.signing_private_key", &u.signing_private_key).map_err(fail)?;
+        }
         self.demo_master_key = key.is_demo();
         Ok(())
     }

@@ -29,6 +29,15 @@ impl std::fmt::Debug for RsaSigner {
 #[derive(Debug, Clone)]
 pub struct RsaVerifier(VerifyingKey<Sha256>);
 
+impl PartialEq for RsaVerifier {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b): (&RsaPublicKey, &RsaPublicKey) = (self.0.as_ref(), other.0.as_ref());
+        a == b
+    }
+}
+
+impl Eq for RsaVerifier {}
+
 fn der_of(text: &str) -> Option<Vec<u8>> {
     let body: String = text.split_whitespace().collect();
     base64::engine::general_purpose::STANDARD.decode(body).ok()
@@ -79,18 +88,20 @@ impl RsaVerifier {
 
     /// Whether `signature` (standard base64) signs `message`.
     pub fn verify_base64(&self, message: &[u8], signature: &str) -> bool {
-        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
-            return false;
-        };
-        let Ok(sig) = Signature::try_from(bytes.as_slice()) else {
-            return false;
-        };
-        self.0.verify(message, &sig).is_ok()
+        match base64::engine::general_purpose::STANDARD.decode(signature.trim()) {
+            Ok(bytes) => self.verify_bytes(message, &bytes),
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the raw `signature` signs `message`.
+    pub fn verify_bytes(&self, message: &[u8], signature: &[u8]) -> bool {
+        Signature::try_from(signature).is_ok_and(|sig| self.0.verify(message, &sig).is_ok())
     }
 }
 
-/// An X.509 certificate as the providers use them: to name a key by its serial and
-/// carry the key.
+/// An X.509 certificate as the providers use them: to name a key by its serial, carry
+/// the key, and prove it through a chain to a root we trust.
 #[derive(Debug, Clone)]
 pub struct Certificate {
     /// The serial, uppercase hex without leading zero bytes (WeChat's `serial_no`).
@@ -103,12 +114,22 @@ pub struct Certificate {
     pub not_before: i64,
     /// Valid until, unix seconds.
     pub not_after: i64,
+    /// May sign other certificates (basicConstraints CA).
+    pub is_ca: bool,
+    subject: Vec<u8>,
+    issuer: Vec<u8>,
+    tbs: Vec<u8>,
+    signature: Vec<u8>,
+    sha256_rsa: bool,
 }
+
+const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
+const BASIC_CONSTRAINTS: &str = "2.5.29.19";
 
 impl Certificate {
     /// Reads one PEM certificate whose key is RSA; `what` names it in errors.
     pub fn from_pem(what: &str, pem: &str) -> Result<Certificate, KeyError> {
-        use x509_cert::der::{DecodePem, Encode};
+        use x509_cert::der::{Decode, DecodePem, Encode};
         let err = || KeyError(what.to_owned());
         let cert = x509_cert::Certificate::from_pem(pem.trim().as_bytes()).map_err(|_| err())?;
         let tbs = &cert.tbs_certificate;
@@ -118,13 +139,85 @@ impl Certificate {
         let spki = tbs.subject_public_key_info.to_der().map_err(|_| err())?;
         let key = RsaPublicKey::from_public_key_der(&spki).map_err(|_| err())?;
         let secs = |t: x509_cert::time::Time| i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX);
+        let is_ca = tbs
+            .extensions
+            .iter()
+            .flatten()
+            .filter(|e| e.extn_id.to_string() == BASIC_CONSTRAINTS)
+            .any(|e| x509_cert::ext::pkix::BasicConstraints::from_der(e.extn_value.as_bytes()).is_ok_and(|b| b.ca));
         Ok(Certificate {
             serial_hex: hex::encode_upper(serial),
             serial_decimal: rsa::BigUint::from_bytes_be(serial).to_string(),
             key: RsaVerifier(VerifyingKey::new(key)),
             not_before: secs(tbs.validity.not_before),
             not_after: secs(tbs.validity.not_after),
+            is_ca,
+            subject: tbs.subject.to_der().map_err(|_| err())?,
+            issuer: tbs.issuer.to_der().map_err(|_| err())?,
+            tbs: tbs.to_der().map_err(|_| err())?,
+            signature: cert.signature.raw_bytes().to_vec(),
+            sha256_rsa: cert.signature_algorithm.oid.to_string() == SHA256_WITH_RSA,
         })
+    }
+
+    /// Reads every certificate in a PEM bundle.
+    pub fn bundle_from_pem(what: &str, pem: &str) -> Result<Vec<Certificate>, KeyError> {
+        const END: &str = "-----END CERTIFICATE-----";
+        let certs: Vec<Certificate> = pem
+            .split_inclusive(END)
+            .filter(|part| part.contains("-----BEGIN CERTIFICATE-----"))
+            .map(|part| Certificate::from_pem(what, part))
+            .collect::<Result<_, _>>()?;
+        if certs.is_empty() {
+            return Err(KeyError(what.to_owned()));
+        }
+        Ok(certs)
+    }
+
+    /// Whether `now` (unix seconds) is within its validity.
+    pub fn valid_at(&self, now: i64) -> bool {
+        (self.not_before..=self.not_after).contains(&now)
+    }
+
+    /// Whether `issuer`, a CA, signed this certificate (SHA256withRSA).
+    pub fn issued_by(&self, issuer: &Certificate) -> bool {
+        issuer.is_ca
+            && self.issuer == issuer.subject
+            && self.sha256_rsa
+            && issuer.key.verify_bytes(&self.tbs, &self.signature)
+    }
+}
+
+/// Certificates we trust to vouch for a provider's signing certificate: roots, and
+/// intermediates that a root signed. Paths are at most leaf → intermediate → root.
+#[derive(Debug, Clone)]
+pub struct TrustStore {
+    anchors: Vec<Certificate>,
+}
+
+impl TrustStore {
+    /// Trusts `roots`, and each of `intermediates` that one of them issued.
+    pub fn new(roots: Vec<Certificate>, intermediates: Vec<Certificate>) -> Result<TrustStore, KeyError> {
+        for i in &intermediates {
+            if !roots.iter().any(|r| i.issued_by(r)) {
+                return Err(KeyError(format!(
+                    "intermediate certificate {} is not issued by a trusted root",
+                    i.serial_decimal
+                )));
+            }
+        }
+        if roots.iter().any(|r| !r.is_ca) {
+            return Err(KeyError("a trusted root is not a CA certificate".into()));
+        }
+        let mut anchors = roots;
+        anchors.extend(intermediates);
+        Ok(TrustStore { anchors })
+    }
+
+    /// Whether `leaf` is valid at `now` (unix seconds) and issued by a trusted
+    /// certificate that is valid then too.
+    pub fn vouches_for(&self, leaf: &Certificate, now: i64) -> bool {
+        leaf.valid_at(now) && self.anchors.iter().any(|a| a.valid_at(now) && leaf.issued_by(a))
     }
 }
 
@@ -174,5 +267,34 @@ mod tests {
         assert!(cert.key.verify_base64(fixture("message.txt").as_bytes(), &fixture("message.sig.b64")));
         assert_eq!(cert.not_after - cert.not_before, 3650 * 86_400);
         assert!(Certificate::from_pem("junk", &fixture("app_public.pem")).is_err());
+    }
+
+    fn unionpay(name: &str) -> Certificate {
+        let text =
+            std::fs::read_to_string(format!("{}/tests/fixtures/unionpay/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        Certificate::from_pem(name, &text).unwrap()
+    }
+
+    #[test]
+    fn a_chain_holds_only_to_the_root_that_signed_it_and_only_while_valid() {
+        let (root, sign, rogue) = (unionpay("root.crt"), unionpay("sign.crt"), unionpay("rogue.crt"));
+        let now = sign.not_before + 86_400;
+        let store = TrustStore::new(vec![root.clone()], vec![]).unwrap();
+        assert!(root.is_ca && !sign.is_ca);
+        assert!(store.vouches_for(&sign, now));
+        // Same subject, same serial, another root's signature: not ours.
+        assert_eq!((rogue.serial_decimal.as_str(), rogue.issuer == sign.issuer), ("69629715588", true));
+        assert!(!store.vouches_for(&rogue, now));
+        assert!(!store.vouches_for(&sign, sign.not_after + 1), "expired");
+        assert!(!store.vouches_for(&sign, sign.not_before - 1), "not yet valid");
+        // A leaf is not a CA: nothing it signs is trusted.
+        assert!(!unionpay("mer.crt").issued_by(&sign));
+        assert!(TrustStore::new(vec![root.clone()], vec![rogue.clone()]).is_err(), "an intermediate must chain");
+        assert!(TrustStore::new(vec![sign], vec![]).is_err(), "a root must be a CA");
+        let bundle =
+            std::fs::read_to_string(format!("{}/tests/fixtures/unionpay/root.crt", env!("CARGO_MANIFEST_DIR")));
+        let two = format!("{}\n{}", bundle.as_ref().unwrap(), bundle.as_ref().unwrap());
+        assert_eq!(Certificate::bundle_from_pem("roots", &two).unwrap().len(), 2);
+        assert!(Certificate::bundle_from_pem("roots", "no certificates").is_err());
     }
 }

@@ -23,10 +23,11 @@ use paygate_actors::signing::SignType;
 use paygate_actors::timers::TimerActor;
 
 use crate::channels::alipay::{AlipayConnector, AlipaySettings};
+use crate::channels::unionpay::{UnionPayConnector, UnionPaySettings};
 use crate::channels::wechat::v2::{WechatV2Connector, WechatV2Settings};
 use crate::channels::wechat::v3::{WechatV3Connector, WechatV3Settings};
 use crate::config::{ChannelConfig, Config};
-use crate::crypto::{Certificate, RsaSigner, RsaVerifier};
+use crate::crypto::{Certificate, RsaSigner, RsaVerifier, TrustStore};
 use crate::http::App;
 use crate::sandbox::{Sandbox, SandboxConnector, SandboxSettings};
 use crate::storage::journal::JournalHandle;
@@ -210,6 +211,7 @@ fn build(
             "alipay" => Arc::new(AlipayConnector::new(alipay_from(c, sim.as_ref(), &public_url)?)),
             "wechat_v2" => Arc::new(WechatV2Connector::new(wechat_v2_from(c, sim.as_ref(), &public_url)?)),
             "wechat_v3" => Arc::new(WechatV3Connector::new(wechat_v3_from(c, sim.as_ref(), &public_url)?)),
+            "unionpay" => Arc::new(UnionPayConnector::new(unionpay_from(c, sim.as_ref(), &public_url)?)),
             "sandbox" => {
                 let s = Arc::new(sandbox_from(c)?);
                 s.attach(format!("http://{addr}/callback/sandbox"), format!("{public_url}/sandbox/pay/"), pick(0));
@@ -383,6 +385,38 @@ fn wechat_v3_from(
             .ok_or_else(|| err("api_v3_key must be 32 bytes".into()))?,
         base_url: gateway_url(c, sim, "")?.trim_end_matches('/').to_owned(),
         notify_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/wechat/v3"), str::to_owned),
+        timeout: Duration::from_millis(c.timeout_ms),
+    })
+}
+
+fn unionpay_from(
+    c: &ChannelConfig,
+    sim: Option<&crate::sim::SimHandle>,
+    public_url: &str,
+) -> Result<UnionPaySettings, crate::config::ConfigError> {
+    let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
+    let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
+    let signing = Certificate::from_pem("signing_certificate", required("signing_certificate")?)
+        .map_err(|e| err(e.to_string()))?;
+    let signing_key = RsaSigner::from_text("signing_private_key", required("signing_private_key")?)
+        .map_err(|e| err(e.to_string()))?;
+    if signing_key.verifier() != signing.key {
+        return Err(err("signing_private_key is not the key of signing_certificate".into()));
+    }
+    let roots =
+        Certificate::bundle_from_pem("trusted_roots", required("trusted_roots")?).map_err(|e| err(e.to_string()))?;
+    let intermediates = match setting(c, "trusted_intermediates") {
+        Some(pem) => Certificate::bundle_from_pem("trusted_intermediates", pem).map_err(|e| err(e.to_string()))?,
+        None => Vec::new(),
+    };
+    Ok(UnionPaySettings {
+        mer_id: required("mer_id")?.to_owned(),
+        cert_id: signing.serial_decimal,
+        signing_key,
+        trust: TrustStore::new(roots, intermediates).map_err(|e| err(e.to_string()))?,
+        gateway_url: gateway_url(c, sim, "/gateway/api")?.trim_end_matches('/').to_owned(),
+        front_url: setting(c, "front_url").map_or_else(|| format!("{public_url}/"), str::to_owned),
+        back_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/unionpay"), str::to_owned),
         timeout: Duration::from_millis(c.timeout_ms),
     })
 }

@@ -121,7 +121,13 @@ fn secrets_never_reach_the_log_or_any_answer() {
     let a = c.pay("LOG1", "1.00");
     assert_eq!(a.code(), "SUCCESS");
     // Through every real channel too, so their keys are in use while the log is watched.
-    for (no, method) in [("LOG2", "ALIPAY"), ("LOG3", "WECHAT_PAY"), ("LOG4", "WECHAT_PAY"), ("LOG5", "WECHAT_PAY")] {
+    for (no, method) in [
+        ("LOG2", "ALIPAY"),
+        ("LOG3", "WECHAT_PAY"),
+        ("LOG4", "WECHAT_PAY"),
+        ("LOG5", "WECHAT_PAY"),
+        ("LOG6", "UNION_PAY"),
+    ] {
         let mut p = Client::pay_params(no, "1.00");
         p.insert("pay_method".into(), method.into());
         assert_eq!(c.call("/api/v1/payment/pay", p).code(), "SUCCESS");

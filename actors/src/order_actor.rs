@@ -331,6 +331,7 @@ impl OrderCell {
             pay_order_no: order.pay_order_no.clone(),
             amount: order.spec.amount,
             subject: order.spec.subject.clone(),
+            create_time: order.create_time,
             expire_time: order.expire_time,
             client_ip: order.spec.client_ip.clone(),
             scene: order.spec.pay_scene,

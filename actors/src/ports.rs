@@ -86,6 +86,8 @@ pub struct ChannelOrder {
     pub amount: Money,
     /// Shown to the buyer.
     pub subject: String,
+    /// Unix millis of the order's creation (UnionPay keys a trade on it).
+    pub create_time: i64,
     /// Unix millis after which the channel should stop accepting payment.
     pub expire_time: i64,
     /// Buyer's IP, when known.
@@ -238,6 +240,13 @@ pub trait ChannelConnector: Send + Sync + 'static {
     fn unverified_order(&self, request: &CallbackRequest) -> Option<PayOrderNo> {
         let _ = request;
         None
+    }
+    /// Whether a callback that [`Self::verify_callback`] did not read is nevertheless a
+    /// genuine notification about nothing an order holds (a refund's result, which is
+    /// asked for by query): it is acknowledged and changes nothing.
+    fn informational(&self, request: &CallbackRequest) -> bool {
+        let _ = request;
+        false
     }
     /// The answer that tells the provider a callback was taken.
     fn callback_ack(&self) -> CallbackReply;

@@ -2,4 +2,5 @@
 //! `ChannelConnector` port.
 
 pub mod alipay;
+pub mod unionpay;
 pub mod wechat;

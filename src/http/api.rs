@@ -175,7 +175,8 @@ fn scene(params: &Params, method: PayMethod) -> Result<PayScene, CoreError> {
 /// cashier page (which shows the channel's code).
 pub fn pay_url(app: &App, order: &Order) -> String {
     match (order.spec.pay_scene.is_page(), &order.code_url) {
-        (true, Some(url)) => url.clone(),
+        // UnionPay's front form must be posted by the buyer's browser: our page does it.
+        (true, Some(url)) if order.spec.pay_method != PayMethod::UnionPay => url.clone(),
         _ => format!("{}/h5/{}", app.public_url, order.pay_order_no),
     }
 }

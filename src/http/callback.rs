@@ -22,6 +22,11 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
     let channel = app.channels.by_provider(provider).ok_or(ApiError::NotFound)?;
     let connector = &channel.connector;
     let Some(verified) = connector.verify_callback(&request) else {
+        if connector.informational(&request) {
+            metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "informational")
+                .increment(1);
+            return Ok(reply(connector.callback_ack()));
+        }
         metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "bad_signature")
             .increment(1);
         tracing::warn!(provider, "callback failed verification; it changes nothing");

@@ -4,6 +4,7 @@
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 use hyper::StatusCode;
 use paygate_actors::ids::PayOrderNo;
+use paygate_actors::order::PayMethod;
 use paygate_actors::registry::OrderTarget;
 
 use super::envelope::{with_body, ApiError, HttpResponse};
@@ -27,6 +28,11 @@ pub async fn cashier(app: &App, id: &str) -> Result<HttpResponse, ApiError> {
     };
     let order = app.router.read(OrderTarget::Id(id), None).await.map_err(|_| ApiError::NotFound)?;
     let status = order.status;
+    if let (true, PayMethod::UnionPay, true, Some(url)) =
+        (order.spec.pay_scene.is_page(), order.spec.pay_method, status.is_open(), &order.code_url)
+    {
+        return Ok(front_form(&order.spec.subject, url));
+    }
     let mut head = String::new();
     if status.is_open() {
         head.push_str("<meta http-equiv=\"refresh\" content=\"3\">");
@@ -55,6 +61,23 @@ pub async fn cashier(app: &App, id: &str) -> Result<HttpResponse, ApiError> {
         order.pay_order_no
     );
     Ok(page(StatusCode::OK, &order.spec.subject, &head, &body))
+}
+
+/// The page that posts a channel's signed front form (`url`: its action with the fields
+/// as the query) from the buyer's browser, by itself or with one press.
+fn front_form(subject: &str, url: &str) -> HttpResponse {
+    let (action, query) = url.split_once('?').unwrap_or((url, ""));
+    let inputs: String = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", attr(&k), attr(&v)))
+        .collect();
+    let body = format!(
+        "<h1>{}</h1><form id=\"pay\" method=\"post\" action=\"{}\">{inputs}\
+         <button type=\"submit\">Continue to payment</button></form>\
+         <script>document.getElementById(\"pay\").submit()</script>",
+        text(subject),
+        attr(action)
+    );
+    page(StatusCode::OK, subject, "", &body)
 }
 
 /// `GET|POST /sandbox/pay/{pay_order_no}`: the sandbox provider's cashier. POST pays.

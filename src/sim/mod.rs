@@ -7,11 +7,13 @@
 //! Routes: `/alipay/gateway.do` (the API), `/alipay/qr/{code}` (the cashier a QR code
 //! leads to), `/alipay/bill/{token}` (bill files); `/wechat/pay/…` and
 //! `/wechat/secapi/pay/refund` (WeChat Pay v2), `/v3/…` (WeChat Pay v3),
-//! `/wechat/cashier/{pr}`; control:
+//! `/wechat/cashier/{pr}`; `/gateway/api/{frontTransReq,queryTrans,backTransReq}.do`
+//! (UnionPay), `/unionpay/cashier/{token}`; control:
 //! `POST /sim/{provider}/pay`, `POST /sim/{provider}/faults`, `POST /sim/clock`,
 //! `GET /sim/{provider}/trades/{id}`.
 
 pub mod alipay;
+pub mod unionpay;
 pub mod wechat;
 
 use std::convert::Infallible;
@@ -40,9 +42,12 @@ pub struct SimConfig {
     /// The Alipay gateway, if simulated.
     #[serde(default)]
     pub alipay: Option<alipay::AlipaySimConfig>,
-    /// WeChat Pay API v2, if simulated.
+    /// WeChat Pay (API v2, and v3 with a platform certificate), if simulated.
     #[serde(default)]
     pub wechat: Option<wechat::WechatSimConfig>,
+    /// The UnionPay gateway, if simulated.
+    #[serde(default)]
+    pub unionpay: Option<unionpay::UnionPaySimConfig>,
 }
 
 fn one() -> f64 {
@@ -147,8 +152,10 @@ pub struct Simulator {
     core: Arc<SimCore>,
     /// The Alipay gateway, when configured.
     pub alipay: Option<Arc<alipay::AlipaySim>>,
-    /// WeChat Pay v2, when configured.
+    /// WeChat Pay, when configured.
     pub wechat: Option<Arc<wechat::WechatSim>>,
+    /// UnionPay, when configured.
+    pub unionpay: Option<Arc<unionpay::UnionPaySim>>,
 }
 
 /// An HTTP answer of the simulator.
@@ -215,7 +222,11 @@ impl Simulator {
             Some(c) => Some(Arc::new(wechat::WechatSim::new(c, Arc::clone(&core))?)),
             None => None,
         };
-        Ok(Simulator { core, alipay, wechat })
+        let unionpay = match &config.unionpay {
+            Some(c) => Some(Arc::new(unionpay::UnionPaySim::new(c, Arc::clone(&core))?)),
+            None => None,
+        };
+        Ok(Simulator { core, alipay, wechat, unionpay })
     }
 
     /// Moves the simulated clock forward.
@@ -244,6 +255,11 @@ impl Simulator {
         let wechat = path.starts_with("/wechat/") || path.starts_with("/v3/") || path.starts_with("/sim/wechat/");
         if let (Some(w), true) = (&self.wechat, wechat) {
             return Arc::clone(w).route(req).await;
+        }
+        let unionpay =
+            path.starts_with("/gateway/api/") || path.starts_with("/unionpay/") || path.starts_with("/sim/unionpay/");
+        if let (Some(u), true) = (&self.unionpay, unionpay) {
+            return Arc::clone(u).route(req).await;
         }
         answer(StatusCode::NOT_FOUND, "text/plain", "no such simulator route")
     }

@@ -120,7 +120,7 @@ impl WechatSim {
                 total_fee,
                 body: get(req, "body"),
                 notify_url: get(req, "notify_url"),
-                expire: parse_time14(get(req, "time_expire")),
+                expire: wire::parse_time14(get(req, "time_expire")),
             })
             .map_err(worded)?;
         let token = code_url.rsplit('=').next().unwrap_or_default();
@@ -225,14 +225,4 @@ impl WechatSim {
             sign: None,
         }
     }
-}
-
-fn parse_time14(t: &str) -> Option<i64> {
-    if t.len() != 14 || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (d, h) = t.split_at(8);
-    let text =
-        format!("{}-{}-{} {}:{}:{}", d.get(..4)?, d.get(4..6)?, d.get(6..)?, h.get(..2)?, h.get(2..4)?, h.get(4..)?);
-    crate::channels::alipay::wire::parse_timestamp(&text)
 }

@@ -108,6 +108,17 @@ pub fn time14(ms: i64) -> String {
     format!("{:04}{:02}{:02}{:02}{:02}{:02}", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second())
 }
 
+/// Reads `yyyyMMddHHmmss` in Beijing time into unix millis.
+pub fn parse_time14(t: &str) -> Option<i64> {
+    if t.len() != 14 || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (d, h) = t.split_at(8);
+    let text =
+        format!("{}-{}-{} {}:{}:{}", d.get(..4)?, d.get(4..6)?, d.get(6..)?, h.get(..2)?, h.get(2..4)?, h.get(4..)?);
+    crate::channels::alipay::wire::parse_timestamp(&text)
+}
+
 /// A random nonce_str.
 pub fn nonce() -> String {
     use rand::Rng;
