@@ -137,13 +137,15 @@ fn decisions(c: &mut Criterion) {
                 weight: 10 + i,
                 status: ChannelStatus::Enabled,
                 single_limit_minor: Some(5_000_000),
+                daily_limit_minor: None,
+                fee_rate: rust_decimal::Decimal::ZERO,
                 timeout: Duration::from_secs(3),
             })
         })
         .collect();
     let amount = Money::from_minor(10_000, Currency::CNY);
     c.bench_function("routing_select_8_channels", |b| {
-        b.iter(|| select_channel(black_box(&channels), PayMethod::Sandbox, amount).map(|c| c.weight))
+        b.iter(|| select_channel(black_box(&channels), PayMethod::Sandbox, amount, |_| true).map(|c| c.weight))
     });
 
     let bytes = encode_order(&o).unwrap();
@@ -177,6 +179,8 @@ fn actor_round_trip(c: &mut Criterion) {
             weight: 1,
             status: ChannelStatus::Enabled,
             single_limit_minor: None,
+            daily_limit_minor: None,
+            fee_rate: rust_decimal::Decimal::ZERO,
             timeout: Duration::from_secs(3),
         };
         let oc = Arc::new(OrderContext {

@@ -170,6 +170,12 @@ pub struct ChannelConfig {
     /// Largest single payment, major units.
     #[serde(default)]
     pub single_limit: Option<String>,
+    /// Most the channel may take on one business day (Beijing time), major units.
+    #[serde(default)]
+    pub daily_limit: Option<String>,
+    /// The channel's fee as a share of each payment, e.g. "0.006".
+    #[serde(default)]
+    pub fee_rate: Option<String>,
     /// Call timeout, milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
@@ -339,13 +345,18 @@ impl ChannelConfig {
             .iter()
             .map(|m| PayMethod::from_str(m).map_err(|()| err(format!("unknown method {m:?}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let single_limit_minor = match &self.single_limit {
-            Some(text) => Some(
-                Money::parse_positive(text, Currency::CNY, i64::MAX)
-                    .map_err(|e| err(format!("single_limit {e}")))?
-                    .minor(),
-            ),
-            None => None,
+        let limit = |name: &str, value: &Option<String>| match value {
+            Some(text) => Money::parse_positive(text, Currency::CNY, i64::MAX)
+                .map(|m| Some(m.minor()))
+                .map_err(|e| err(format!("{name} {e}"))),
+            None => Ok(None),
+        };
+        let fee_rate = match &self.fee_rate {
+            Some(text) => rust_decimal::Decimal::from_str(text)
+                .ok()
+                .filter(|r| (rust_decimal::Decimal::ZERO..rust_decimal::Decimal::ONE).contains(r))
+                .ok_or_else(|| err(format!("fee_rate {text:?} must be a decimal from 0 to below 1")))?,
+            None => rust_decimal::Decimal::ZERO,
         };
         Ok(ChannelProfile {
             code: self.code.clone(),
@@ -353,7 +364,9 @@ impl ChannelConfig {
             methods,
             weight: self.weight,
             status: self.status,
-            single_limit_minor,
+            single_limit_minor: limit("single_limit", &self.single_limit)?,
+            daily_limit_minor: limit("daily_limit", &self.daily_limit)?,
+            fee_rate,
             timeout: Duration::from_millis(self.timeout_ms),
         })
     }

@@ -33,6 +33,7 @@ use crate::sandbox::{Sandbox, SandboxConnector, SandboxSettings};
 use crate::storage::journal::JournalHandle;
 use crate::storage::views::Views;
 use crate::storage::{RecoveryReport, Storage, StorageOptions};
+use paygate_actors::daily_volume::business_day;
 
 /// Why a node did not start.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +225,16 @@ fn build(
             }
         };
         channel_handles.push(ChannelHandle::new(c.profile()?, connector));
+    }
+    // Today's volumes, as the recovered views hold them, so a restart does not reopen
+    // daily limits.
+    let today = business_day(SystemClock.now_ms());
+    let volumes = storage
+        .views
+        .day_volumes(today)
+        .map_err(|e| crate::storage::OpenError::Inconsistent(format!("daily volumes: {e}")))?;
+    for h in &channel_handles {
+        h.stats.daily.adjust(today, volumes.get(&h.profile.code).copied().unwrap_or(0));
     }
     let channels = ChannelDirectory::new(channel_handles);
 

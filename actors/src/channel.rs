@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::daily_volume::{business_day, DailyVolume};
+use crate::error::CoreError;
+use crate::money::Money;
 use crate::order::{ChannelNotice, PayMethod};
 use crate::ports::{
     BoxFuture, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund, CreateAccepted, RefundState, TradeRef,
@@ -40,6 +43,11 @@ pub struct ChannelProfile {
     pub status: ChannelStatus,
     /// Largest single payment, minor units.
     pub single_limit_minor: Option<i64>,
+    /// Most it may take on one business day, minor units ([`crate::daily_volume`]).
+    pub daily_limit_minor: Option<i64>,
+    /// The channel's fee, as a share of each payment (for reconciliation, SPEC F8, and
+    /// lowest-fee routing, F4, when they arrive).
+    pub fee_rate: rust_decimal::Decimal,
     /// Longest a call may take before its outcome counts as unknown.
     pub timeout: Duration,
 }
@@ -55,6 +63,8 @@ pub struct ChannelStats {
     pub unknown: AtomicU64,
     /// Sum of call latencies, microseconds.
     pub latency_us_total: AtomicU64,
+    /// What it has taken today, against its daily limit.
+    pub daily: DailyVolume,
 }
 
 impl ChannelStats {
@@ -143,6 +153,16 @@ impl ChannelDirectory {
     /// Every channel's profile, in configuration order.
     pub fn profiles(&self) -> &[Arc<ChannelProfile>] {
         &self.profiles
+    }
+
+    /// The channel for a new payment of `amount` by `method` at `now_ms` (SPEC F4): the
+    /// routing rules, among the channels whose daily limit still has room for it.
+    pub fn select(&self, method: PayMethod, amount: Money, now_ms: i64) -> Result<&ChannelProfile, CoreError> {
+        let day = business_day(now_ms);
+        crate::routing::select_channel(&self.profiles, method, amount, |p| {
+            let used = self.by_code.get(&p.code).map_or(0, |h| h.stats.daily.used(day));
+            p.daily_limit_minor.is_none_or(|limit| used.saturating_add(amount.minor()) <= limit)
+        })
     }
 
     /// The first channel of a provider (callbacks name the provider, not the channel).

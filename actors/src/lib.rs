@@ -8,6 +8,7 @@
 
 pub mod channel;
 pub mod clock;
+pub mod daily_volume;
 pub mod error;
 pub mod ids;
 pub mod merchant;

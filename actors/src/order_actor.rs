@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, WrapFuture};
 
 use crate::channel::{ChannelDirectory, ChannelHandle};
+use crate::daily_volume::{business_day, counted};
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
@@ -275,6 +276,12 @@ impl OrderCell {
             tracing::error!(error = %e, "journal append failed");
             CoreError::system("could not record the order durably")
         })?;
+        // What the order counts against its channel's day changes with its status (a new
+        // order's share was taken before it was opened).
+        let delta = counted(&next) - self.state.as_ref().map_or(next.spec.amount.minor(), counted);
+        if let (true, Some(h)) = (delta != 0, oc.channels.get(&next.channel)) {
+            h.stats.daily.adjust(business_day(next.create_time), delta);
+        }
         self.published.set(Arc::new(next.clone()));
         self.state = Some(next);
         self.last_ticket = Some(ticket);
@@ -299,11 +306,31 @@ impl OrderCell {
                     sub.expire_after_ms,
                 );
                 let order = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
+                // Routing saw room under the channel's daily limit; taking it is what
+                // holds it, against payments routed at the same moment.
+                let daily = oc.channels.get(&order.channel).map(|h| (&h.stats.daily, h.profile.daily_limit_minor));
+                let day = business_day(order.create_time);
+                if let Some((volume, limit)) = daily {
+                    if !volume.try_take(day, order.spec.amount.minor(), limit) {
+                        return Err(CoreError::new(
+                            ErrorCode::NoAvailableChannel,
+                            format!("channel {} reached its daily limit", order.channel),
+                        ));
+                    }
+                }
                 // The trade is opened before the order is journaled, and both are
                 // journaled as one record. Nobody holds the code URL until we answer,
                 // so a crash in between leaves at most an unpaid orphan trade at the
                 // channel; the repeated request opens a new one under a new id.
-                return self.submit(oc, order, vec![created]).await;
+                let (amount, channel) = (order.spec.amount.minor(), order.channel.clone());
+                let result = self.submit(oc, order, vec![created]).await;
+                if self.state.is_none() {
+                    // Nothing was journaled: the order does not exist, nor does its share.
+                    if let Some(h) = oc.channels.get(&channel) {
+                        h.stats.daily.adjust(day, -amount);
+                    }
+                }
+                return result;
             }
             Some(order) if order.spec != sub.spec => {
                 return Err(CoreError::new(

@@ -8,17 +8,20 @@ use crate::money::Money;
 use crate::order::PayMethod;
 
 /// Picks the channel for a new payment: enabled, takes the method, within the single
-/// limit; the highest weight wins (ties: configuration order).
+/// limit, and with room today (`has_room`); the highest weight wins (ties:
+/// configuration order).
 pub fn select_channel(
     channels: &[Arc<ChannelProfile>],
     method: PayMethod,
     amount: Money,
+    has_room: impl Fn(&ChannelProfile) -> bool,
 ) -> Result<&ChannelProfile, CoreError> {
     channels
         .iter()
         .map(Arc::as_ref)
         .filter(|c| c.status == ChannelStatus::Enabled && c.methods.contains(&method))
         .filter(|c| c.single_limit_minor.is_none_or(|limit| amount.minor() <= limit))
+        .filter(|c| has_room(c))
         .fold(None::<&ChannelProfile>, |best, c| match best {
             Some(b) if b.weight >= c.weight => Some(b),
             _ => Some(c),
@@ -48,6 +51,8 @@ mod tests {
             weight,
             status,
             single_limit_minor: limit,
+            daily_limit_minor: None,
+            fee_rate: rust_decimal::Decimal::ZERO,
             timeout: Duration::from_secs(1),
         })
     }
@@ -61,9 +66,12 @@ mod tests {
             ch("c", &[PayMethod::Sandbox], 90, None, ChannelStatus::Disabled),
             ch("d", &[PayMethod::Alipay], 99, None, ChannelStatus::Enabled),
         ];
-        assert_eq!(select_channel(&chans, PayMethod::Sandbox, cny(500)).map(|c| c.code.as_str()), Ok("b"));
-        assert_eq!(select_channel(&chans, PayMethod::Sandbox, cny(5_000)).map(|c| c.code.as_str()), Ok("a"));
-        let none = select_channel(&chans, PayMethod::WechatPay, cny(5)).map_err(|e| e.code);
+        assert_eq!(select_channel(&chans, PayMethod::Sandbox, cny(500), |_| true).map(|c| c.code.as_str()), Ok("b"));
+        assert_eq!(select_channel(&chans, PayMethod::Sandbox, cny(5_000), |_| true).map(|c| c.code.as_str()), Ok("a"));
+        let none = select_channel(&chans, PayMethod::WechatPay, cny(5), |_| true).map_err(|e| e.code);
         assert_eq!(none.err(), Some(ErrorCode::NoAvailableChannel));
+        // A channel without room today is passed over for the next.
+        let full = select_channel(&chans, PayMethod::Sandbox, cny(500), |c| c.code != "b");
+        assert_eq!(full.map(|c| c.code.as_str()), Ok("a"));
     }
 }

@@ -149,6 +149,8 @@ fn world_with(passivation: Passivation) -> World {
         weight: 1,
         status: ChannelStatus::Enabled,
         single_limit_minor: None,
+        daily_limit_minor: None,
+        fee_rate: rust_decimal::Decimal::ZERO,
         timeout: std::time::Duration::from_secs(30),
     };
     let oc = Arc::new(OrderContext {

@@ -11,7 +11,6 @@ use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{Order, OrderSpec, PayMethod, PayScene};
 use paygate_actors::order_actor::{OrderRequest, PaySubmission};
 use paygate_actors::registry::OrderTarget;
-use paygate_actors::routing::select_channel;
 use serde::Serialize;
 
 use super::envelope::{success, ApiError, HttpResponse};
@@ -43,7 +42,7 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body)?;
     let spec = pay_spec(&app.limits, &params, &merchant)?;
     let expire_minutes = spec.expire_minutes.unwrap_or(merchant.expire_minutes);
-    let route = select_channel(app.channels.profiles(), spec.pay_method, spec.amount).map(|c| c.code.clone());
+    let route = app.channels.select(spec.pay_method, spec.amount, app.clock.now_ms()).map(|c| c.code.clone());
     let target = OrderTarget::Key { merchant_id: spec.merchant_id.clone(), order_no: spec.order_no.clone() };
     let caller = Some(spec.merchant_id.clone());
     let expire_after_ms = i64::from(expire_minutes) * app.minute_ms;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use paygate_actors::daily_volume::{business_day, counted};
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::{Order, QueryPolicy};
 use paygate_actors::ports::{OrderStore, Record, StorageError};
@@ -16,6 +17,7 @@ use super::codec::{decode_order, encode_order};
 const ORDER: u8 = b'o';
 const INDEX: u8 = b'i';
 const TIMER: u8 = b't';
+const VOLUME: u8 = b'v';
 const APPLIED: &[u8] = b"m:applied";
 const ID_HIGH_WATER: &[u8] = b"m:idhw";
 
@@ -70,6 +72,15 @@ fn timer_key(due: i64, id: &PayOrderNo) -> Vec<u8> {
     k
 }
 
+/// `v ‖ business day ‖ channel`: what the channel's orders of that day count.
+fn volume_key(day: i64, channel: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + channel.len());
+    k.push(VOLUME);
+    k.extend_from_slice(&day.to_be_bytes());
+    k.extend_from_slice(channel.as_bytes());
+    k
+}
+
 fn storage(e: impl std::fmt::Display) -> StorageError {
     StorageError(e.to_string())
 }
@@ -116,6 +127,7 @@ impl Views {
         end: Position,
     ) -> Result<(), ProjectError> {
         let mut overlay: HashMap<PayOrderNo, Order> = HashMap::new();
+        let mut volumes: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut batch = sled::Batch::default();
         let mut high_water = self.high_water.load(Ordering::Relaxed);
         for record in records {
@@ -134,6 +146,7 @@ impl Views {
                 )));
             }
             let old_timer = prev.as_ref().and_then(|o| o.next_timer(&self.policy));
+            let counted_before = prev.as_ref().map_or(0, counted);
             let mut state = prev;
             for event in events {
                 state = Some(Order::evolve(state, event).map_err(|e| ProjectError::Inconsistent(e.to_string()))?);
@@ -153,9 +166,17 @@ impl Views {
             if prev_seq == 0 {
                 batch.insert(index_key(&order.spec.merchant_id, &order.spec.order_no), id.as_str().as_bytes());
             }
+            let delta = counted(&order) - counted_before;
+            if delta != 0 {
+                *volumes.entry(volume_key(business_day(order.create_time), &order.channel)).or_default() += delta;
+            }
             batch.insert(order_key(id), encode_order(&order)?);
             high_water = high_water.max(id.millis());
             overlay.insert(id.clone(), order);
+        }
+        for (key, delta) in volumes {
+            let stored = self.db.get(&key)?.and_then(|v| v.as_ref().try_into().ok()).map_or(0, i64::from_be_bytes);
+            batch.insert(key, &stored.saturating_add(delta).to_be_bytes()[..]);
         }
         let mut pos = [0u8; 12];
         pos[..4].copy_from_slice(&end.segment.to_be_bytes());
@@ -171,6 +192,20 @@ impl Views {
     pub fn flush(&self) -> Result<(), ProjectError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// What each channel's orders of business `day` count against its daily limit.
+    pub fn day_volumes(&self, day: i64) -> Result<HashMap<String, i64>, ProjectError> {
+        let mut prefix = vec![VOLUME];
+        prefix.extend_from_slice(&day.to_be_bytes());
+        let mut out = HashMap::new();
+        for item in self.db.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let channel = k.get(prefix.len()..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
+            let minor = v.as_ref().try_into().map(i64::from_be_bytes).unwrap_or(0);
+            out.insert(channel.to_owned(), minor);
+        }
+        Ok(out)
     }
 
     /// How many orders are stored.
