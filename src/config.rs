@@ -245,6 +245,7 @@ impl Config {
     /// text in the files is refused: secrets are stored sealed.
     fn open_secrets(&mut self, key: &MasterKey) -> Result<(), ConfigError> {
         let fail = |e: SecretError| ConfigError(e.to_string());
+        self.admin.token = key.open("admin.token", &self.admin.token).map_err(fail)?;
         for m in &mut self.merchants {
             m.secret = key.open(&format!("merchant {} secret", m.merchant_id), &m.secret).map_err(fail)?;
         }
@@ -310,7 +311,7 @@ impl Config {
             );
         }
         if self.admin.token == DEMO_ADMIN_TOKEN {
-            return Some("admin.token is the demo token; set PAYGATE_ADMIN__TOKEN");
+            return Some("admin.token is the demo token; set PAYGATE_ADMIN__TOKEN to a sealed token of your own");
         }
         None
     }

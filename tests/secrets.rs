@@ -18,7 +18,7 @@ fn paygate() -> Command {
 fn config_sealed_with(key: &MasterKey, dir: &Path) {
     copy_dir(&config_dir(), dir);
     let demo = MasterKey::demo();
-    for file in ["merchants.toml", "channels.toml", "sim.toml"] {
+    for file in ["default.toml", "merchants.toml", "channels.toml", "sim.toml"] {
         let path = dir.join(file);
         let text = std::fs::read_to_string(&path).unwrap();
         let resealed: Vec<String> = text
@@ -76,7 +76,7 @@ fn a_configuration_sealed_under_a_real_key_runs_only_with_that_key() {
     // Without the key (so with the demo key) the sealed values do not open.
     let err = String::from_utf8_lossy(&load_config(config.path(), None).stderr).into_owned();
     assert!(err.contains("cannot be opened with this master key"), "{err}");
-    assert!(err.contains("merchant M20240101001 secret"), "names what failed: {err}");
+    assert!(err.contains("admin.token"), "names what failed: {err}");
     // With it, they do (the request then fails to connect, which is fine here).
     let err = String::from_utf8_lossy(&load_config(config.path(), Some(&key_hex)).stderr).into_owned();
     assert!(!err.contains("master key"), "{err}");
@@ -84,10 +84,33 @@ fn a_configuration_sealed_under_a_real_key_runs_only_with_that_key() {
     // And a node started with it, in production mode, serves requests signed with the
     // opened secret.
     let data = tempfile::tempdir().unwrap();
-    let env = [("PAYGATE_MASTER_KEY", key_hex.as_str()), ("PAYGATE_ADMIN__TOKEN", "a-real-admin-token-0123456789")];
+    let admin = MasterKey::from_hex(&key_hex).unwrap().seal("a-real-admin-token-0123456789");
+    let env = [("PAYGATE_MASTER_KEY", key_hex.as_str()), ("PAYGATE_ADMIN__TOKEN", admin.as_str())];
     let node = BinNode::start_with_config(config.path(), data.path(), &env);
     let a = node.client().pay("SEALED1", "1.00");
     assert_eq!(a.code(), "SUCCESS", "{:?}", a.json);
+    // The admin API takes the opened token, and nothing else.
+    let admin_call = |token: &str| {
+        let url = format!("{}/admin/sandbox/settings", node.url);
+        match ureq::get(&url).set("authorization", &format!("Bearer {token}")).call() {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(s, _)) => s,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(admin_call("a-real-admin-token-0123456789"), 200);
+    assert_eq!(admin_call(&admin), 401, "the sealed text is not the token");
+}
+
+#[test]
+fn a_plain_text_admin_token_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let env = [("PAYGATE_ADMIN__TOKEN", "plain-admin-token-0123456789")];
+    let out = BinNode::command(data.path(), free_port(), &env).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin.token") && err.contains("must be sealed"), "{err}");
+    assert!(!err.contains("plain-admin-token"), "{err}");
 }
 
 #[test]
