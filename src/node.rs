@@ -290,6 +290,7 @@ fn build(
         metrics: metrics_handle(),
         inflight: Default::default(),
         max_inflight: config.server.max_inflight,
+        reconcile_gate: Default::default(),
     });
     // The acceptor runs on the system arbiter; connections are served by the workers.
     actix_rt::spawn(crate::http::serve(listener, app, handles.clone()));

@@ -33,15 +33,23 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
         // What it claims is not believed, but the channel is asked about the order it
         // names (if it is one this channel carries): a real notification whose
         // signature we could not check must not leave a paid order waiting.
+        // Anyone can post such callbacks: the gate bounds how often they cost a query.
         if let Some(id) = connector.unverified_order(&request) {
-            let router = app.router.clone();
-            let code = channel.profile.code.clone();
-            tokio::spawn(async move {
-                let target = OrderTarget::Id(id);
-                if router.read(target.clone(), None).await.is_ok_and(|o| o.channel == code) {
-                    let _ = router.dispatch(target, OrderRequest::Reconcile, None).await;
+            let result = match app.reconcile_gate.admit(&id, std::time::Instant::now()) {
+                Some(slot) => {
+                    let (router, code) = (app.router.clone(), channel.profile.code.clone());
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        let target = OrderTarget::Id(id);
+                        if router.read(target.clone(), None).await.is_ok_and(|o| o.channel == code) {
+                            let _ = router.dispatch(target, OrderRequest::Reconcile, None).await;
+                        }
+                    });
+                    "asked"
                 }
-            });
+                None => "skipped",
+            };
+            metrics::counter!("paygate_callback_reconciles_total", "result" => result).increment(1);
         }
         return Ok(reply(connector.callback_nack()));
     };

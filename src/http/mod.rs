@@ -8,6 +8,7 @@ pub mod client;
 pub mod envelope;
 pub mod pages;
 pub mod params;
+pub mod reconcile_gate;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +68,8 @@ pub struct App {
     pub inflight: AtomicUsize,
     /// Most API requests handled at once; beyond it the answer is 429, not a queue.
     pub max_inflight: usize,
+    /// Bounds the channel queries that unverifiable callbacks cause.
+    pub reconcile_gate: reconcile_gate::ReconcileGate,
 }
 
 /// Holds one of the node's in-flight API slots.
