@@ -242,7 +242,7 @@ fn build(
     let merchants: Vec<MerchantProfile> = config.merchants.clone();
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::with_read_cache(config.orders.read_cache_entries));
     let views: Arc<Views> = Arc::clone(&storage.views);
     let oc = Arc::new(OrderContext {
         journal: Arc::new(storage.journal),

@@ -16,6 +16,7 @@ pub mod money;
 pub mod order;
 pub mod order_actor;
 pub mod ports;
+pub mod read_cache;
 pub mod registry;
 pub mod router;
 pub mod routing;

@@ -169,6 +169,11 @@ impl OrderActor {
     fn passivate(&mut self, ctx: &mut Context<Self>) {
         self.passivated = true;
         if let Some(cell) = &self.cell {
+            // Into the read cache first, then out of the registry: a reader finds one or
+            // the other. The views already show this state (passivation waits for them).
+            if let Some(state) = cell.published.get() {
+                self.oc.registry.read_cache.insert(state);
+            }
             self.oc.registry.remove(&cell.pay_order_no, cell.key.as_deref(), &ctx.address());
         }
         ctx.stop();

@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use crate::ids::PayOrderNo;
 use crate::order::Order;
 use crate::order_actor::OrderActor;
+use crate::read_cache::ReadCache;
 
 /// Which order a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,14 +74,30 @@ struct Live {
     published: Arc<Published>,
 }
 
-/// Live order actors by id and by merchant key.
+/// Live order actors by id and by merchant key, and the last states of recently
+/// passivated ones.
 #[derive(Default)]
 pub struct Registry {
     by_id: DashMap<PayOrderNo, Live>,
     by_key: DashMap<String, Live>,
+    /// Orders that left memory recently, for reads.
+    pub read_cache: ReadCache,
 }
 
 impl Registry {
+    /// A registry whose read cache keeps up to `read_cache` passivated orders.
+    pub fn with_read_cache(read_cache: usize) -> Registry {
+        Registry { read_cache: ReadCache::new(read_cache), ..Registry::default() }
+    }
+
+    /// The kept state of a passivated order, if the read cache has it.
+    pub fn cached(&self, target: &OrderTarget) -> Option<Arc<Order>> {
+        match target {
+            OrderTarget::Id(id) => self.read_cache.get(id),
+            OrderTarget::Key { merchant_id, order_no } => self.read_cache.get_by_key(merchant_id, order_no),
+        }
+    }
+
     fn live(&self, target: &OrderTarget) -> Option<Live> {
         let live = match target {
             OrderTarget::Id(id) => self.by_id.get(id).map(|l| l.clone()),

@@ -66,8 +66,9 @@ impl OrderRouter {
         Err(CoreError::overloaded())
     }
 
-    /// Reads an order: the state its live actor last published, or straight from its
-    /// snapshot without activating it (queries must not fill memory with idle orders).
+    /// Reads an order: the state its live actor last published, or the read cache's, or
+    /// straight from its snapshot, without activating it (queries must not fill memory
+    /// with idle orders).
     /// Only an order whose first record is still being written is asked through its actor.
     pub async fn read(&self, target: OrderTarget, caller: Option<String>) -> CoreResult<Arc<Order>> {
         let order = match self.oc.registry.published(&target) {
@@ -75,6 +76,7 @@ impl OrderRouter {
             None if self.oc.registry.lookup(&target).is_some() => {
                 return self.dispatch(target, OrderRequest::Query, caller).await.map(Arc::new);
             }
+            None if let Some(order) = self.oc.registry.cached(&target) => order,
             None => {
                 let id = match target {
                     OrderTarget::Id(id) => id,

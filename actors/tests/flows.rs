@@ -26,6 +26,8 @@ struct MemStore {
     orders: Mutex<HashMap<PayOrderNo, Order>>,
     /// Pretend the views have not caught up with the journal.
     lagging: AtomicBool,
+    /// Snapshot loads, to see which reads reached the store.
+    loads: std::sync::atomic::AtomicUsize,
 }
 
 impl Journal for MemStore {
@@ -53,6 +55,7 @@ impl Journal for MemStore {
 
 impl OrderStore for MemStore {
     fn load(&self, id: &PayOrderNo) -> Result<Option<Order>, StorageError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
         Ok(self.orders.lock().unwrap().get(id).cloned())
     }
     fn find(&self, m: &str, o: &str) -> Result<Option<PayOrderNo>, StorageError> {
@@ -282,4 +285,41 @@ async fn a_read_does_not_wait_behind_a_slow_channel_call_and_sees_only_durable_s
     w.channel.hold_close.store(false, Ordering::SeqCst);
     assert_eq!(closing.await.unwrap().unwrap().status, OrderStatus::Closed);
     assert_eq!(w.router.read(id, None).await.unwrap().status, OrderStatus::Closed, "published after the append");
+}
+
+#[actix_rt::test]
+async fn a_passivated_order_is_read_from_the_read_cache_and_a_reactivated_one_from_its_actor() {
+    let quick = Duration::from_millis(20);
+    let w = world_with(Passivation { idle: quick, final_idle: quick });
+    let o = w.router.dispatch(key("RC"), pay("RC"), Some("M1".into())).await.unwrap();
+    let id = OrderTarget::Id(o.pay_order_no.clone());
+    let registry = &w.router.context().registry;
+    for _ in 0..500 {
+        if registry.live_orders() == 0 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(registry.live_orders(), 0, "passivated");
+    let loads = w.store.loads.load(Ordering::SeqCst);
+    for target in [id.clone(), key("RC")] {
+        assert_eq!(w.router.read(target, Some("M1".into())).await.unwrap().status, OrderStatus::Paying);
+    }
+    assert_eq!(w.store.loads.load(Ordering::SeqCst), loads, "answered from memory, not the store");
+    assert_eq!(w.router.read(id.clone(), Some("M2".into())).await.unwrap_err().code, ErrorCode::OrderNotFound);
+
+    // Reactivated and closed: reads follow the actor, and its next passivation the cache.
+    assert_eq!(
+        w.router.dispatch(id.clone(), OrderRequest::Close, Some("M1".into())).await.unwrap().status,
+        OrderStatus::Closed
+    );
+    assert_eq!(w.router.read(id.clone(), None).await.unwrap().status, OrderStatus::Closed);
+    for _ in 0..500 {
+        if registry.live_orders() == 0 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(registry.read_cache.get(&o.pay_order_no).map(|o| o.status), Some(OrderStatus::Closed));
+    assert_eq!(w.router.read(key("RC"), None).await.unwrap().status, OrderStatus::Closed);
 }

@@ -97,6 +97,11 @@ pub struct PhaseResult {
     pub created: Vec<String>,
     /// Orders closed successfully.
     pub closed: u64,
+    /// Answers received, the warm-up included.
+    pub answered: u64,
+    /// CPU the server spent in the phase, warm-up included, per answer, microseconds
+    /// (filled in by the caller, which knows the server's process).
+    pub server_cpu_us: Option<f64>,
 }
 
 impl PhaseResult {
@@ -199,6 +204,8 @@ pub async fn run(
         errors: BTreeMap::new(),
         created: Vec::new(),
         closed: 0,
+        answered: 0,
+        server_cpu_us: None,
     };
     for t in tasks {
         if let Ok(r) = t.await {
@@ -209,6 +216,7 @@ pub async fn run(
             }
             total.created.extend(r.created);
             total.closed += r.closed;
+            total.answered += r.answered;
         }
     }
     total
@@ -237,6 +245,8 @@ async fn drive(mut conn: Conn, mix: Mix, start: Instant, end: Instant, known: Ar
         errors: BTreeMap::new(),
         created: Vec::new(),
         closed: 0,
+        answered: 0,
+        server_cpu_us: None,
     };
     let host = conn.target.addr.to_string();
     let mut sender = None;
@@ -281,6 +291,7 @@ async fn drive(mut conn: Conn, mix: Mix, start: Instant, end: Instant, known: Ar
             }
             continue;
         };
+        r.answered += 1;
         let code = field(&body, "code").unwrap_or("UNPARSEABLE");
         if op == Op::Pay && code == "SUCCESS" {
             if let Some(id) = field(&body, "pay_order_no") {

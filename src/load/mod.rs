@@ -96,6 +96,30 @@ pub fn spawn_baseline(workers: usize, journal_dir: Option<&Path>) -> Result<Proc
     Ok(Process { child, addr })
 }
 
+/// CPU time a process has used, nanoseconds: the sum over its threads of
+/// `/proc/<pid>/task/<tid>/schedstat` (Linux; 0 where unreadable).
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Runs `phase` and fills in the CPU process `pid` spent per answer. Threads that ended
+/// during the phase are not counted, which only happens at start-up.
+fn with_cpu(pid: u32, phase: impl FnOnce() -> PhaseResult) -> PhaseResult {
+    let before = cpu_ns(pid);
+    let mut r = phase();
+    let spent = cpu_ns(pid).saturating_sub(before);
+    if spent > 0 && r.answered > 0 {
+        r.server_cpu_us = Some(spent as f64 / 1000.0 / r.answered as f64);
+    }
+    r
+}
+
 /// Resident and peak resident memory of a process, MiB (Linux /proc).
 pub fn rss_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -165,14 +189,16 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
             secret: merchant.secret.clone(),
             run: format!("{run_id}{run}"),
         });
-        Ok(rt.block_on(generator::run(
-            target,
-            Mix::only(Op::Pay),
-            opts.connections,
-            warmup,
-            opts.duration,
-            Arc::default(),
-        )))
+        Ok(with_cpu(process.pid(), || {
+            rt.block_on(generator::run(
+                target,
+                Mix::only(Op::Pay),
+                opts.connections,
+                warmup,
+                opts.duration,
+                Arc::default(),
+            ))
+        }))
     };
     let baseline = bare(None, "base")?;
     let floor_dir = data.join("floor");
@@ -195,8 +221,14 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
     };
     let target =
         Arc::new(Target { addr, merchant: merchant.merchant_id.clone(), secret: merchant.secret.clone(), run: run_id });
+    let node_pid = node.as_ref().map(Process::pid);
     let phase = |mix: Mix, known: Arc<Vec<String>>| {
-        rt.block_on(generator::run(Arc::clone(&target), mix, opts.connections, warmup, opts.duration, known))
+        let run =
+            || rt.block_on(generator::run(Arc::clone(&target), mix, opts.connections, warmup, opts.duration, known));
+        match node_pid {
+            Some(pid) => with_cpu(pid, run),
+            None => run(),
+        }
     };
     let pay = phase(Mix::only(Op::Pay), Arc::default());
     let known = Arc::new(pay.created.clone());
@@ -222,6 +254,13 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
     let rps = |name: &str| get(name).map_or(0.0, PhaseResult::rps);
     let p99 = |name: &str| get(name).map_or(0.0, |r| r.ms(0.99));
     let base = rps("baseline").max(1e-9);
+    // The baseline server's CPU per answer over a phase's: what the ratio of throughputs
+    // would be if the server had the cores to itself, free of scheduling noise.
+    let cpu = |name: &str| get(name).and_then(|r| r.server_cpu_us);
+    let cpu_ratio = |name: &str| match (cpu("baseline"), cpu(name)) {
+        (Some(b), Some(n)) if n > 0.0 => Some(b / n),
+        _ => None,
+    };
     let mut errors = std::collections::BTreeMap::new();
     for p in phases.iter().filter(|p| p.name != "baseline" && p.name != "floor") {
         for (k, v) in &p.result.errors {
@@ -236,7 +275,8 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
                 (
                     p.name.to_owned(),
                     json!({"requests": r.requests, "rps": r.rps(), "p50_ms": r.ms(0.5), "p90_ms": r.ms(0.9),
-                           "p99_ms": r.ms(0.99), "p999_ms": r.ms(0.999), "errors": r.errors}),
+                           "p99_ms": r.ms(0.99), "p999_ms": r.ms(0.999), "errors": r.errors,
+                           "server_cpu_us_per_request": r.server_cpu_us}),
                 )
             })
             .collect();
@@ -245,6 +285,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
             "pay_ratio": rps("pay") / base, "query_ratio": rps("query") / base,
             "floor_rps": rps("floor"), "floor_ratio": rps("floor") / base, "pay_to_floor": rps("pay") / rps("floor").max(1e-9),
             "pay_p99_ms": p99("pay"), "query_p99_ms": p99("query"), "errors": errors,
+            "query_cpu_ratio": cpu_ratio("query"), "pay_cpu_ratio": cpu_ratio("pay"),
             "rss_mb": rss, "peak_rss_mb": peak, "connections": opts.connections, "duration_s": opts.duration.as_secs_f64(),
             "generator_threads": opts.threads, "node_workers": workers, "phases": phase_json,
         });
@@ -256,14 +297,14 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
         opts.connections, opts.duration, opts.threads
     );
     println!(
-        "{:<9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}  errors",
-        "phase", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9"
+        "{:<9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}  errors",
+        "phase", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "cpu µs/rq"
     );
     for p in phases {
         let r = &p.result;
         let errs: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "{:<9} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}  {}",
+            "{:<9} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9}  {}",
             p.name,
             r.requests,
             r.rps(),
@@ -271,16 +312,21 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
             r.ms(0.9),
             r.ms(0.99),
             r.ms(0.999),
+            r.server_cpu_us.map_or("-".to_owned(), |c| format!("{c:.1}")),
             if errs.is_empty() { "-".to_owned() } else { errs.join(" ") }
         );
     }
+    let ratio = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.3}"));
     println!(
         "\npay/baseline = {:.3}   query/baseline = {:.3}   floor/baseline = {:.3}   pay/floor = {:.3}\n\
+         server CPU per request, baseline over: query {}, pay {}\n\
          node RSS {rss:.1} MiB (peak {peak:.1} MiB)",
         rps("pay") / base,
         rps("query") / base,
         rps("floor") / base,
         rps("pay") / rps("floor").max(1e-9),
+        ratio(cpu_ratio("query")),
+        ratio(cpu_ratio("pay")),
     );
 }
 
