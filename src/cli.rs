@@ -72,6 +72,10 @@ pub enum Command {
         /// Make each request durable in a journal here before answering (the durable floor).
         #[arg(long)]
         journal_dir: Option<PathBuf>,
+        /// Authenticate each request against this configuration's merchants and answer
+        /// with a query-sized body (the authenticated floor).
+        #[arg(long)]
+        auth_config: Option<PathBuf>,
     },
 }
 

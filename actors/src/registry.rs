@@ -115,7 +115,13 @@ impl Registry {
 
     /// The state the live actor for `target` last published, if it is live and has one.
     pub fn published(&self, target: &OrderTarget) -> Option<Arc<Order>> {
-        self.live(target).and_then(|l| l.published.get())
+        let from = |l: &Live| if l.addr.connected() { l.published.get() } else { None };
+        match target {
+            OrderTarget::Id(id) => self.by_id.get(id).and_then(|l| from(&l)),
+            OrderTarget::Key { merchant_id, order_no } => {
+                self.by_key.get(&merchant_key(merchant_id, order_no)).and_then(|l| from(&l))
+            }
+        }
     }
 
     /// Registers a live actor under its id and, when known, its merchant key.

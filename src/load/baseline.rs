@@ -6,6 +6,11 @@
 //! request is first appended to the real journal (group commit, fdatasync) and the
 //! answer waits for it. Every pay must do at least that much, so the floor bounds
 //! what any durable pay can reach on the machine.
+//!
+//! With a configuration it is the *authenticated floor*: each request is parsed and
+//! authenticated as the node does it (JSON, signature, timestamp, single-use nonce) and
+//! answered with an order-sized JSON body serialised afresh. Every query must do at
+//! least that much, so this floor bounds what any authenticated query can reach.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -17,18 +22,102 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
+use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::PayOrderNo;
+use paygate_actors::merchant::{AuthPolicy, MerchantDirectory};
 use paygate_actors::order::OrderEvent;
-use paygate_actors::ports::{Journal, Record};
+use paygate_actors::ports::{Clock, Journal, Record};
 
 use crate::storage::journal::{JournalHandle, JournalOptions};
 use crate::storage::views::Position;
 
 const BODY: &[u8] = br#"{"code":"SUCCESS","message":"success","data":{"status":"PAYING"}}"#;
 
+/// An answer the size and shape of a query's.
+#[derive(serde::Serialize)]
+struct OrderSized<'a> {
+    code: &'static str,
+    message: &'static str,
+    data: OrderData<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct OrderData<'a> {
+    pay_order_no: &'a str,
+    order_no: &'a str,
+    merchant_id: &'a str,
+    amount: String,
+    currency: &'a str,
+    status: &'a str,
+    channel: &'a str,
+    pay_method: &'a str,
+    pay_scene: &'a str,
+    subject: &'a str,
+    channel_trade_no: Option<&'a str>,
+    pay_url: String,
+    refunded_amount: String,
+    create_time: String,
+    update_time: String,
+    expire_time: String,
+    paid_time: Option<String>,
+}
+
+/// Authenticates `body` as the node does; answers the order-sized body, or the error.
+fn authenticated(merchants: &MerchantDirectory, body: &[u8]) -> Bytes {
+    let checked = crate::http::params::parse(body).and_then(|p| {
+        crate::http::params::require_auth_fields(&p)?;
+        merchants.authenticate(&p, SystemClock.now_ms() / 1000).map(|m| (p, m))
+    });
+    match checked {
+        Ok((p, m)) => {
+            let id = "P179545426626100300000";
+            let time = || "2026-11-23T17:47:46.261Z".to_owned();
+            let data = OrderData {
+                pay_order_no: id,
+                order_no: p.get("order_no").map(String::as_str).unwrap_or_default(),
+                merchant_id: &m.merchant_id,
+                amount: "12.34".to_owned(),
+                currency: "CNY",
+                status: "SUCCESS",
+                channel: "sandbox",
+                pay_method: "SANDBOX",
+                pay_scene: "QR",
+                subject: "tea",
+                channel_trade_no: Some("SBX179545426626100300000"),
+                pay_url: format!("http://127.0.0.1:8080/h5/{id}"),
+                refunded_amount: "0.00".to_owned(),
+                create_time: time(),
+                update_time: time(),
+                expire_time: time(),
+                paid_time: Some(time()),
+            };
+            Bytes::from(
+                serde_json::to_vec(&OrderSized { code: "SUCCESS", message: "success", data }).unwrap_or_default(),
+            )
+        }
+        Err(e) => Bytes::from(format!("{{\"code\":\"{}\"}}", e.code.as_str())),
+    }
+}
+
 /// Serves the constant body on `listen` with `workers` threads until killed; with
-/// `journal_dir`, only after the request is durable in a journal there.
-pub fn serve(listen: &str, workers: usize, journal_dir: Option<&Path>) -> Result<(), String> {
+/// `journal_dir`, only after the request is durable in a journal there; with
+/// `auth_config`, authenticating each request first.
+pub fn serve(
+    listen: &str,
+    workers: usize,
+    journal_dir: Option<&Path>,
+    auth_config: Option<&Path>,
+) -> Result<(), String> {
+    let merchants = match auth_config {
+        Some(dir) => {
+            let config =
+                crate::config::Config::load(dir, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
+            let policy =
+                AuthPolicy { timestamp_window_secs: config.auth.timestamp_window_secs, ..AuthPolicy::default() };
+            Some(Arc::new(MerchantDirectory::new(config.merchants.clone(), policy)))
+        }
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
         .enable_all()
@@ -52,6 +141,7 @@ pub fn serve(listen: &str, workers: usize, journal_dir: Option<&Path>) -> Result
             let Ok((stream, _)) = listener.accept().await else { continue };
             let _ = stream.set_nodelay(true);
             let journal = journal.clone();
+            let merchants = merchants.clone();
             n += 1;
             let conn = n;
             tokio::spawn(async move {
@@ -59,6 +149,7 @@ pub fn serve(listen: &str, workers: usize, journal_dir: Option<&Path>) -> Result
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let seq = seqs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     let journal = journal.clone();
+                    let merchants = merchants.clone();
                     async move {
                         // Read the request body like the node does, then answer.
                         let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -74,7 +165,11 @@ pub fn serve(listen: &str, workers: usize, journal_dir: Option<&Path>) -> Result
                                 return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))));
                             }
                         }
-                        let mut resp = Response::new(Full::new(Bytes::from_static(BODY)));
+                        let answer = match &merchants {
+                            Some(m) => authenticated(m, &body),
+                            None => Bytes::from_static(BODY),
+                        };
+                        let mut resp = Response::new(Full::new(answer));
                         resp.headers_mut()
                             .insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
                         Ok::<_, Infallible>(resp)

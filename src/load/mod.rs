@@ -81,14 +81,22 @@ pub fn spawn_node(config: &Path, data_dir: &Path, extra_env: &[(&str, String)]) 
     Ok(Process { child, addr })
 }
 
-/// Starts the bare-hyper baseline server; with `journal_dir`, the durable floor.
-pub fn spawn_baseline(workers: usize, journal_dir: Option<&Path>) -> Result<Process, String> {
+/// Starts the bare-hyper baseline server; with `journal_dir`, the durable floor; with
+/// `auth_config`, the authenticated floor.
+pub fn spawn_baseline(
+    workers: usize,
+    journal_dir: Option<&Path>,
+    auth_config: Option<&Path>,
+) -> Result<Process, String> {
     let port = free_port()?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench-baseline", "--listen", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()]);
     if let Some(dir) = journal_dir {
         cmd.arg("--journal-dir").arg(dir);
+    }
+    if let Some(dir) = auth_config {
+        cmd.arg("--auth-config").arg(dir);
     }
     let mut child = cmd.stdout(Stdio::null()).spawn().map_err(|e| format!("starting the baseline: {e}"))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -181,8 +189,8 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&data);
     // The baseline, then the durable floor (the baseline plus one fsync'd journal
     // record per request), each alone on the machine.
-    let bare = |journal: Option<&Path>, run: &str| -> Result<PhaseResult, String> {
-        let process = spawn_baseline(workers, journal)?;
+    let bare = |journal: Option<&Path>, auth: Option<&Path>, run: &str| -> Result<PhaseResult, String> {
+        let process = spawn_baseline(workers, journal, auth)?;
         let target = Arc::new(Target {
             addr: process.addr,
             merchant: merchant.merchant_id.clone(),
@@ -200,9 +208,10 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
             ))
         }))
     };
-    let baseline = bare(None, "base")?;
+    let baseline = bare(None, None, "base")?;
     let floor_dir = data.join("floor");
-    let floor = bare(Some(&floor_dir), "floor")?;
+    let floor = bare(Some(&floor_dir), None, "floor")?;
+    let auth_floor = bare(None, Some(&opts.config), "auth")?;
     let _ = std::fs::remove_dir_all(&floor_dir);
 
     // The node.
@@ -241,6 +250,7 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
     let phases = [
         Phase { name: "baseline", result: baseline },
         Phase { name: "floor", result: floor },
+        Phase { name: "authfloor", result: auth_floor },
         Phase { name: "pay", result: pay },
         Phase { name: "query", result: query },
         Phase { name: "mix", result: mixed },
@@ -262,7 +272,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
         _ => None,
     };
     let mut errors = std::collections::BTreeMap::new();
-    for p in phases.iter().filter(|p| p.name != "baseline" && p.name != "floor") {
+    for p in phases.iter().filter(|p| !matches!(p.name, "baseline" | "floor" | "authfloor")) {
         for (k, v) in &p.result.errors {
             *errors.entry(format!("{}:{k}", p.name)).or_insert(0u64) += v;
         }
@@ -284,6 +294,8 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
             "pay_rps": rps("pay"), "query_rps": rps("query"), "mix_rps": rps("mix"), "baseline_rps": base,
             "pay_ratio": rps("pay") / base, "query_ratio": rps("query") / base,
             "floor_rps": rps("floor"), "floor_ratio": rps("floor") / base, "pay_to_floor": rps("pay") / rps("floor").max(1e-9),
+            "auth_floor_rps": rps("authfloor"), "auth_floor_ratio": rps("authfloor") / base,
+            "query_to_auth_floor": rps("query") / rps("authfloor").max(1e-9), "auth_floor_cpu_ratio": cpu_ratio("authfloor"),
             "pay_p99_ms": p99("pay"), "query_p99_ms": p99("query"), "errors": errors,
             "query_cpu_ratio": cpu_ratio("query"), "pay_cpu_ratio": cpu_ratio("pay"),
             "rss_mb": rss, "peak_rss_mb": peak, "connections": opts.connections, "duration_s": opts.duration.as_secs_f64(),
@@ -319,14 +331,18 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
     let ratio = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.3}"));
     println!(
         "\npay/baseline = {:.3}   query/baseline = {:.3}   floor/baseline = {:.3}   pay/floor = {:.3}\n\
-         server CPU per request, baseline over: query {}, pay {}\n\
+         authfloor/baseline = {:.3}   query/authfloor = {:.3}\n\
+         server CPU per request, baseline over: query {}, pay {}, authfloor {}\n\
          node RSS {rss:.1} MiB (peak {peak:.1} MiB)",
         rps("pay") / base,
         rps("query") / base,
         rps("floor") / base,
         rps("pay") / rps("floor").max(1e-9),
+        rps("authfloor") / base,
+        rps("query") / rps("authfloor").max(1e-9),
         ratio(cpu_ratio("query")),
         ratio(cpu_ratio("pay")),
+        ratio(cpu_ratio("authfloor")),
     );
 }
 
