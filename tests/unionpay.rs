@@ -14,7 +14,7 @@ use paygate::channels::unionpay::wire::{self, Params};
 use paygate::channels::unionpay::{UnionPayConnector, UnionPaySettings};
 use paygate::config::Config;
 use paygate::crypto::{Certificate, RsaSigner, TrustStore};
-use paygate_actors::ports::{ChannelConnector, RefundState};
+use paygate_actors::ports::{ChannelConnector, Clock, RefundState};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -172,7 +172,7 @@ fn a_front_form_edited_in_the_browser_is_refused_by_unionpay() {
 }
 
 #[test]
-fn close_refunds_and_refund_query_through_the_real_adapter() {
+fn close_refunds_refund_query_and_the_settlement_file_through_the_real_adapter() {
     let t = up_node(|_| {});
     let c = t.client();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -204,7 +204,17 @@ fn close_refunds_and_refund_query_through_the_real_adapter() {
     // The refunds' notifications are genuine and change no order: taken, not applied.
     assert!(eventually(LONG, || (informational() >= before + 2.0).then_some(())).is_some());
     assert_eq!(c.query_id(&id).data("status"), "SUCCESS");
-    assert!(rt.block_on(up.download_bill("2026-11-23".into())).is_err(), "settlement files are not read");
+
+    // The settlement file: none for a day that has not ended; the next day, the payment
+    // and both refunds, with UnionPay's fee charged and given back.
+    let today = paygate::channels::alipay::wire::date(paygate_actors::clock::SystemClock.now_ms());
+    assert!(rt.block_on(up.download_bill(today.clone())).unwrap().is_empty());
+    sim_post(&t, "/sim/clock", json!({ "advance_secs": 86_400 }));
+    let lines = rt.block_on(up.download_bill(today)).unwrap();
+    let mine: Vec<_> = lines.iter().filter(|l| l.pay_order_no == id).collect();
+    assert_eq!(mine.iter().map(|l| l.amount_minor).collect::<Vec<_>>(), [10_000, -3_000, -7_000], "{lines:?}");
+    assert_eq!(mine.iter().map(|l| l.fee_minor).collect::<Vec<_>>(), [60, -18, -42]);
+    assert!(mine.iter().all(|l| l.channel_trade_no == q.data("channel_trade_no")));
 }
 
 #[test]

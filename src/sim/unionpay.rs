@@ -1,6 +1,7 @@
 //! The simulated UnionPay online gateway 5.1.0 (CHANNELS.md §3) under `/gateway/api`:
 //! the front form (`frontTransReq.do`, GET or POST) that opens a consume and shows the
-//! buyer a cashier, `queryTrans.do`, and `backTransReq.do` for refunds. Requests are
+//! buyer a cashier, `queryTrans.do`, `backTransReq.do` for refunds, and
+//! `fileTransfer.do` for the day's settlement file. Requests are
 //! checked against the merchant's certificate named by certId; answers and
 //! notifications are signed with the simulator's signing certificate, issued by its own
 //! CA, which they carry in `signPubKeyCert`.
@@ -10,10 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
+use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::json;
+use std::str::FromStr;
 
 use super::{answer, lock, random_hex, Fault, Faults, Notification, SimCore, SimRequest, SimResponse};
+use crate::channels::alipay::wire::date;
+use crate::channels::unionpay::bill::{self, ZmRow};
 use crate::channels::unionpay::wire::{self, Params};
 use crate::crypto::{Certificate, RsaSigner};
 
@@ -35,6 +41,13 @@ pub struct UnionPaySimConfig {
     pub signing_private_key: String,
     /// The merchants that may call, with their certificates.
     pub merchants: Vec<UnionPaySimMerchant>,
+    /// UnionPay's fee, as a share of each payment.
+    #[serde(default = "default_fee_rate")]
+    pub fee_rate: String,
+}
+
+fn default_fee_rate() -> String {
+    "0.006".into()
 }
 
 /// One merchant of the simulated gateway.
@@ -59,6 +72,7 @@ struct Refund {
     txn_time: String,
     amount: i64,
     query_id: String,
+    at: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +86,7 @@ struct Trade {
     pay_timeout: Option<i64>,
     status: Status,
     query_id: String,
+    paid_at: Option<i64>,
     refunds: Vec<Refund>,
     token: String,
 }
@@ -89,6 +104,7 @@ pub struct UnionPaySim {
     cert_pem: String,
     cert_id: String,
     key: RsaSigner,
+    fee_rate: Decimal,
     merchants: HashMap<String, (String, Certificate)>,
     book: Mutex<Book>,
     faults: Mutex<Faults>,
@@ -122,6 +138,7 @@ impl UnionPaySim {
             cert_pem: config.signing_certificate.trim().to_owned(),
             cert_id: cert.serial_decimal,
             key,
+            fee_rate: Decimal::from_str(&config.fee_rate).map_err(|e| format!("sim.unionpay.fee_rate: {e}"))?,
             merchants,
             book: Mutex::default(),
             faults: Mutex::default(),
@@ -137,6 +154,7 @@ impl UnionPaySim {
             (_, "/gateway/api/frontTransReq.do") => self.front(&req),
             (&Method::POST, "/gateway/api/queryTrans.do") => self.back(&req, false).await,
             (&Method::POST, "/gateway/api/backTransReq.do") => self.back(&req, true).await,
+            (&Method::POST, "/gateway/api/fileTransfer.do") => self.back(&req, false).await,
             (m, p) if p.starts_with("/unionpay/cashier/") => {
                 self.cashier(p.trim_start_matches("/unionpay/cashier/"), m == Method::POST)
             }
@@ -195,7 +213,8 @@ impl UnionPaySim {
             front_url: get(p, "frontUrl").to_owned(),
             pay_timeout: crate::channels::wechat::v2::wire::parse_time14(get(p, "payTimeout")),
             status: Status::Open,
-            query_id: format!("{}{:09}", get(p, "txnTime"), book.next),
+            query_id: format!("{}{:07}", get(p, "txnTime"), book.next % 10_000_000),
+            paid_at: None,
             refunds: Vec::new(),
             token: token.clone(),
         };
@@ -214,7 +233,11 @@ impl UnionPaySim {
             _ => {}
         }
         let p = wire::parse_form(&req.body);
-        let outcome = self.check(&p).and_then(|mer_id| if refund { self.refund(&mer_id, &p) } else { self.query(&p) });
+        let outcome = self.check(&p).and_then(|mer_id| match (refund, get(&p, "txnType")) {
+            (true, _) => self.refund(&mer_id, &p),
+            (false, "76") => self.settlement_file(&mer_id, &p),
+            (false, _) => self.query(&p),
+        });
         let mut a = fields(&[
             ("version", wire::VERSION.into()),
             ("encoding", "UTF-8".into()),
@@ -283,6 +306,54 @@ impl UnionPaySim {
         }
     }
 
+    /// The settlement file of `settleDate` (MMDD of this year), once that day has ended.
+    fn settlement_file(&self, mer_id: &str, p: &Params) -> Outcome {
+        let now = self.core.now_ms();
+        let today = date(now);
+        let settle = get(p, "settleDate");
+        let day = format!(
+            "{}-{}-{}",
+            today.get(..4).unwrap_or_default(),
+            settle.get(..2).unwrap_or_default(),
+            settle.get(2..).unwrap_or_default()
+        );
+        if settle.len() != 4 || get(p, "fileType") != "00" || day >= today {
+            return Err(("98", "文件不存在".into()));
+        }
+        let fee = |fen: i64| (Decimal::from(fen) * self.fee_rate).round().to_i64().unwrap_or(0);
+        let mut rows = Vec::new();
+        {
+            let book = lock(&self.book);
+            let mut trades: Vec<&Trade> = book.trades.values().filter(|t| t.mer_id == mer_id).collect();
+            trades.sort_by_key(|t| t.paid_at);
+            for t in trades {
+                let row = |time, query_id: &str, order_id: &str, orig: Option<String>, amount, fee| ZmRow {
+                    time,
+                    query_id: query_id.to_owned(),
+                    order_id: order_id.to_owned(),
+                    orig_query_id: orig,
+                    mer_id: mer_id.to_owned(),
+                    amount,
+                    fee,
+                };
+                if let Some(paid) = t.paid_at.filter(|at| date(*at) == day) {
+                    rows.push(row(paid, &t.query_id, &t.order_id, None, t.amount, fee(t.amount)));
+                }
+                for r in t.refunds.iter().filter(|r| date(r.at) == day) {
+                    rows.push(row(r.at, &r.query_id, &r.order_id, Some(t.query_id.clone()), r.amount, -fee(r.amount)));
+                }
+            }
+        }
+        let name = bill::file_name(day.get(2..).unwrap_or_default().replace('-', "").as_str(), mer_id);
+        let content = bill::write(&name, &rows).map_err(|e| ("99", e))?;
+        Ok(fields(&[
+            ("fileName", name),
+            ("fileContent", content),
+            ("fileType", "00".into()),
+            ("settleDate", settle.to_owned()),
+        ]))
+    }
+
     fn refund(&self, mer_id: &str, p: &Params) -> Outcome {
         let amount: i64 = get(p, "txnAmt").parse().ok().filter(|a| *a > 0).ok_or(("30", "txnAmt".to_owned()))?;
         let (order_id, txn_time) = (get(p, "orderId"), get(p, "txnTime"));
@@ -309,12 +380,13 @@ impl UnionPaySim {
             if t.refunds.iter().map(|r| r.amount).sum::<i64>() + amount > t.amount {
                 return Err(("38", "退货金额超限".into()));
             }
-            let query_id = format!("{txn_time}{:09}", t.refunds.len() + 1);
+            let query_id = format!("{txn_time}{:07}", t.refunds.len() + 1);
             t.refunds.push(Refund {
                 order_id: order_id.to_owned(),
                 txn_time: txn_time.to_owned(),
                 amount,
                 query_id: query_id.clone(),
+                at: self.core.now_ms(),
             });
             let n = fields(&[
                 ("txnType", "04".into()),
@@ -404,6 +476,7 @@ impl UnionPaySim {
                 Status::Open => {}
             }
             t.status = Status::Paid;
+            t.paid_at = Some(now);
             let n = fields(&[
                 ("txnType", "01".into()),
                 ("txnSubType", "01".into()),

@@ -1,11 +1,12 @@
 //! The UnionPay online gateway 5.1.0 adapter: consume through the front form (the
 //! buyer's browser posts our signed form to UnionPay, so the order's pay URL is a page
-//! that does so), query, refund and refund query through the back end, and verified
-//! payment notifications. An answer or notification is believed only when it is signed
+//! that does so), query, refund and refund query through the back end, the day's
+//! settlement file, and verified payment notifications. An answer or notification is believed only when it is signed
 //! by the certificate it carries and that certificate chains to a configured root.
 //! Transport failures, 5xx, the gateway's "busy" codes (03/04/05) and unverifiable
 //! answers are unknown outcomes.
 
+pub mod bill;
 pub mod wire;
 
 use std::sync::Arc;
@@ -239,12 +240,33 @@ impl ChannelConnector for UnionPayConnector {
         })
     }
 
-    fn download_bill(&self, _date: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>> {
-        Box::pin(async {
-            Err(ChannelError::Rejected {
-                code: "UNSUPPORTED".into(),
-                message: "UnionPay settlement files (fileTransfer.do) are not read by this adapter".into(),
-            })
+    /// The settlement file of `date` (`yyyy-MM-dd`) through fileTransfer.do.
+    fn download_bill(&self, date: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>> {
+        let (s, http) = (Arc::clone(&self.settings), self.http.clone());
+        Box::pin(async move {
+            let (year, settle) = match (date.get(..4), date.get(5..7), date.get(8..10)) {
+                (Some(y), Some(m), Some(d)) => (y.to_owned(), format!("{m}{d}")),
+                _ => {
+                    return Err(ChannelError::Rejected {
+                        code: "DATE".into(),
+                        message: format!("{date:?} is not yyyy-MM-dd"),
+                    })
+                }
+            };
+            let mut p = base(&s, "76", "01");
+            p.insert("bizType".into(), "000000".into());
+            p.remove("channelType");
+            let fields =
+                [("txnTime", wire::txn_time(SystemClock.now_ms())), ("fileType", "00".into()), ("settleDate", settle)];
+            p.extend(fields.into_iter().map(|(k, v)| (k.to_owned(), v)));
+            let a = call(&s, &http, "fileTransfer.do", p).await?;
+            match get(&a, "respCode") {
+                "00" => bill::parse(get(&a, "fileContent"), &year).map_err(unknown),
+                // 文件不存在: no file for that day (yet).
+                "98" => Ok(Vec::new()),
+                code if busy(code) => Err(unknown(format_args!("fileTransfer: respCode {code}"))),
+                code => Err(ChannelError::Rejected { code: code.to_owned(), message: get(&a, "respMsg").to_owned() }),
+            }
         })
     }
 

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::crypto::{Certificate, RsaSigner, RsaVerifier, TrustStore};
 
 pub use crate::channels::alipay::wire::{form, parse_form, Params};
-pub use crate::channels::wechat::v2::wire::time14 as txn_time;
+pub use crate::channels::wechat::v2::wire::{parse_time14 as parse_txn_time, time14 as txn_time};
 
 /// The protocol version this speaks.
 pub const VERSION: &str = "5.1.0";
