@@ -319,21 +319,42 @@ fn gateway_url(
     }
 }
 
+/// A channel setting that is wrong, named with its channel.
+fn setting_error(c: &ChannelConfig, what: impl std::fmt::Display) -> crate::config::ConfigError {
+    crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code))
+}
+
+/// A setting the channel cannot do without.
+fn required<'a>(c: &'a ChannelConfig, name: &str) -> Result<&'a str, crate::config::ConfigError> {
+    setting(c, name).ok_or_else(|| setting_error(c, format_args!("{name} is required")))
+}
+
+/// A required private key.
+fn signer(c: &ChannelConfig, name: &str) -> Result<RsaSigner, crate::config::ConfigError> {
+    RsaSigner::from_text(name, required(c, name)?).map_err(|e| setting_error(c, e))
+}
+
+/// A required public key.
+fn verifier(c: &ChannelConfig, name: &str) -> Result<RsaVerifier, crate::config::ConfigError> {
+    RsaVerifier::from_text(name, required(c, name)?).map_err(|e| setting_error(c, e))
+}
+
+/// The channel's `notify_url`, by default this node's `/callback/{path}`.
+fn notify_url(c: &ChannelConfig, public_url: &str, path: &str) -> String {
+    setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/{path}"), str::to_owned)
+}
+
 fn alipay_from(
     c: &ChannelConfig,
     sim: Option<&crate::sim::SimHandle>,
     public_url: &str,
 ) -> Result<AlipaySettings, crate::config::ConfigError> {
-    let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
-    let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
     Ok(AlipaySettings {
-        app_id: required("app_id")?.to_owned(),
+        app_id: required(c, "app_id")?.to_owned(),
         gateway_url: gateway_url(c, sim, "/alipay/gateway.do")?,
-        app_private_key: RsaSigner::from_text("app_private_key", required("app_private_key")?)
-            .map_err(|e| err(e.to_string()))?,
-        alipay_public_key: RsaVerifier::from_text("alipay_public_key", required("alipay_public_key")?)
-            .map_err(|e| err(e.to_string()))?,
-        notify_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/alipay"), str::to_owned),
+        app_private_key: signer(c, "app_private_key")?,
+        alipay_public_key: verifier(c, "alipay_public_key")?,
+        notify_url: notify_url(c, public_url, "alipay"),
         timeout: Duration::from_millis(c.timeout_ms),
     })
 }
@@ -343,21 +364,19 @@ fn wechat_v2_from(
     sim: Option<&crate::sim::SimHandle>,
     public_url: &str,
 ) -> Result<WechatV2Settings, crate::config::ConfigError> {
-    let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
-    let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
     let base_url = gateway_url(c, sim, "/wechat")?.trim_end_matches('/').to_owned();
     let sign_type = match setting(c, "sign_type").unwrap_or("HMAC-SHA256") {
         "MD5" => SignType::Md5,
         "HMAC-SHA256" => SignType::HmacSha256,
-        other => return Err(err(format!("sign_type {other:?} must be MD5 or HMAC-SHA256"))),
+        other => return Err(setting_error(c, format!("sign_type {other:?} must be MD5 or HMAC-SHA256"))),
     };
     Ok(WechatV2Settings {
-        appid: required("appid")?.to_owned(),
-        mch_id: required("mch_id")?.to_owned(),
-        api_key: required("api_key")?.to_owned(),
+        appid: required(c, "appid")?.to_owned(),
+        mch_id: required(c, "mch_id")?.to_owned(),
+        api_key: required(c, "api_key")?.to_owned(),
         sign_type,
         base_url,
-        notify_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/wechat/v2"), str::to_owned),
+        notify_url: notify_url(c, public_url, "wechat/v2"),
         timeout: Duration::from_millis(c.timeout_ms),
     })
 }
@@ -367,36 +386,32 @@ fn wechat_v3_from(
     sim: Option<&crate::sim::SimHandle>,
     public_url: &str,
 ) -> Result<WechatV3Settings, crate::config::ConfigError> {
-    let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
-    let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
     // The platform's key: from its certificate (whose serial it is), or WeChat's
     // public-key mode (a key and the serial WeChat names it by).
     let (platform_serial, platform_key) = match setting(c, "platform_certificate") {
         Some(pem) => {
-            let cert = Certificate::from_pem("platform_certificate", pem).map_err(|e| err(e.to_string()))?;
+            let cert = Certificate::from_pem("platform_certificate", pem).map_err(|e| setting_error(c, e))?;
             if setting(c, "platform_serial").is_some_and(|s| s != cert.serial_hex) {
-                return Err(err(format!("platform_serial is not the certificate's ({})", cert.serial_hex)));
+                return Err(setting_error(
+                    c,
+                    format!("platform_serial is not the certificate's ({})", cert.serial_hex),
+                ));
             }
             (cert.serial_hex, cert.key)
         }
-        None => (
-            required("platform_serial")?.to_owned(),
-            RsaVerifier::from_text("platform_public_key", required("platform_public_key")?)
-                .map_err(|e| err(e.to_string()))?,
-        ),
+        None => (required(c, "platform_serial")?.to_owned(), verifier(c, "platform_public_key")?),
     };
     Ok(WechatV3Settings {
-        appid: required("appid")?.to_owned(),
-        mchid: required("mchid")?.to_owned(),
-        merchant_serial: required("merchant_serial")?.to_owned(),
-        merchant_key: RsaSigner::from_text("merchant_private_key", required("merchant_private_key")?)
-            .map_err(|e| err(e.to_string()))?,
+        appid: required(c, "appid")?.to_owned(),
+        mchid: required(c, "mchid")?.to_owned(),
+        merchant_serial: required(c, "merchant_serial")?.to_owned(),
+        merchant_key: signer(c, "merchant_private_key")?,
         platform_serial,
         platform_key,
-        api_v3_key: crate::channels::wechat::v3::wire::api_v3_key(required("api_v3_key")?)
-            .ok_or_else(|| err("api_v3_key must be 32 bytes".into()))?,
+        api_v3_key: crate::channels::wechat::v3::wire::api_v3_key(required(c, "api_v3_key")?)
+            .ok_or_else(|| setting_error(c, "api_v3_key must be 32 bytes"))?,
         base_url: gateway_url(c, sim, "")?.trim_end_matches('/').to_owned(),
-        notify_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/wechat/v3"), str::to_owned),
+        notify_url: notify_url(c, public_url, "wechat/v3"),
         timeout: Duration::from_millis(c.timeout_ms),
     })
 }
@@ -406,42 +421,37 @@ fn unionpay_from(
     sim: Option<&crate::sim::SimHandle>,
     public_url: &str,
 ) -> Result<UnionPaySettings, crate::config::ConfigError> {
-    let err = |what: String| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
-    let required = |name: &str| setting(c, name).ok_or_else(|| err(format!("{name} is required")));
-    let signing = Certificate::from_pem("signing_certificate", required("signing_certificate")?)
-        .map_err(|e| err(e.to_string()))?;
-    let signing_key = RsaSigner::from_text("signing_private_key", required("signing_private_key")?)
-        .map_err(|e| err(e.to_string()))?;
+    let signing = Certificate::from_pem("signing_certificate", required(c, "signing_certificate")?)
+        .map_err(|e| setting_error(c, e))?;
+    let signing_key = signer(c, "signing_private_key")?;
     if signing_key.verifier() != signing.key {
-        return Err(err("signing_private_key is not the key of signing_certificate".into()));
+        return Err(setting_error(c, "signing_private_key is not the key of signing_certificate"));
     }
-    let roots =
-        Certificate::bundle_from_pem("trusted_roots", required("trusted_roots")?).map_err(|e| err(e.to_string()))?;
+    let roots = Certificate::bundle_from_pem("trusted_roots", required(c, "trusted_roots")?)
+        .map_err(|e| setting_error(c, e))?;
     let intermediates = match setting(c, "trusted_intermediates") {
-        Some(pem) => Certificate::bundle_from_pem("trusted_intermediates", pem).map_err(|e| err(e.to_string()))?,
+        Some(pem) => Certificate::bundle_from_pem("trusted_intermediates", pem).map_err(|e| setting_error(c, e))?,
         None => Vec::new(),
     };
     Ok(UnionPaySettings {
-        mer_id: required("mer_id")?.to_owned(),
+        mer_id: required(c, "mer_id")?.to_owned(),
         cert_id: signing.serial_decimal,
         signing_key,
-        trust: TrustStore::new(roots, intermediates).map_err(|e| err(e.to_string()))?,
+        trust: TrustStore::new(roots, intermediates).map_err(|e| setting_error(c, e))?,
         gateway_url: gateway_url(c, sim, "/gateway/api")?.trim_end_matches('/').to_owned(),
         front_url: setting(c, "front_url").map_or_else(|| format!("{public_url}/"), str::to_owned),
-        back_url: setting(c, "notify_url").map_or_else(|| format!("{public_url}/callback/unionpay"), str::to_owned),
+        back_url: notify_url(c, public_url, "unionpay"),
         timeout: Duration::from_millis(c.timeout_ms),
     })
 }
 
 fn sandbox_from(c: &ChannelConfig) -> Result<Sandbox, crate::config::ConfigError> {
-    let err = |what: &str| crate::config::ConfigError(format!("channel {:?}: settings.{what}", c.code));
-    let secret =
-        c.settings.get("notify_secret").and_then(|v| v.as_str()).ok_or_else(|| err("notify_secret is required"))?;
+    let secret = required(c, "notify_secret")?;
     let settings = SandboxSettings {
         latency_ms: c.settings.get("latency_ms").and_then(|v| v.as_integer()).unwrap_or(0).max(0) as u64,
         error_rate: c.settings.get("error_rate").and_then(|v| v.as_float()).unwrap_or(0.0),
         hang_rate: c.settings.get("hang_rate").and_then(|v| v.as_float()).unwrap_or(0.0),
     };
-    settings.validate().map_err(|e| err(&e))?;
+    settings.validate().map_err(|e| setting_error(c, e))?;
     Ok(Sandbox::new(secret.to_owned(), settings))
 }
