@@ -149,6 +149,18 @@ pub enum ChannelError {
     Unknown(String),
 }
 
+impl ChannelError {
+    /// An unknown outcome, because of `what`.
+    pub fn unknown(what: impl std::fmt::Display) -> ChannelError {
+        ChannelError::Unknown(what.to_string())
+    }
+
+    /// Whether the channel definitively refused with `code`.
+    pub fn is_rejected_with(&self, code: &str) -> bool {
+        matches!(self, ChannelError::Rejected { code: c, .. } if c == code)
+    }
+}
+
 /// A refund request at the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelRefund {

@@ -53,10 +53,6 @@ impl AlipayConnector {
     }
 }
 
-fn unknown(what: impl std::fmt::Display) -> ChannelError {
-    ChannelError::Unknown(what.to_string())
-}
-
 fn text(node: &Value, field: &str) -> String {
     node.get(field).and_then(Value::as_str).unwrap_or_default().to_owned()
 }
@@ -114,21 +110,22 @@ async fn call(s: &AlipaySettings, http: &HttpClient, method: &str, biz: Value) -
             s.timeout,
         )
         .await
-        .map_err(unknown)?;
+        .map_err(ChannelError::unknown)?;
     if answer.status >= 500 {
-        return Err(unknown(format_args!("{method}: HTTP {}", answer.status)));
+        return Err(ChannelError::unknown(format_args!("{method}: HTTP {}", answer.status)));
     }
-    let body = std::str::from_utf8(&answer.body).map_err(|_| unknown(format_args!("{method}: answer is not UTF-8")))?;
+    let body = std::str::from_utf8(&answer.body)
+        .map_err(|_| ChannelError::unknown(format_args!("{method}: answer is not UTF-8")))?;
     let Some(node) = wire::verified_node(body, method, &s.alipay_public_key) else {
         metrics::counter!("paygate_alerts_total", "kind" => "channel_answer_unverified").increment(1);
-        return Err(unknown(format_args!("{method}: the answer's signature did not verify")));
+        return Err(ChannelError::unknown(format_args!("{method}: the answer's signature did not verify")));
     };
     let (code, sub_code) = (text(&node, "code"), text(&node, "sub_code"));
     match code.as_str() {
         "10000" => Ok(node),
         // Service unavailable, or a system error: the same call may be repeated.
-        "20000" => Err(unknown(format_args!("{method}: {code} {}", text(&node, "sub_msg")))),
-        _ if sub_code == "ACQ.SYSTEM_ERROR" => Err(unknown(format_args!("{method}: {sub_code}"))),
+        "20000" => Err(ChannelError::unknown(format_args!("{method}: {code} {}", text(&node, "sub_msg")))),
+        _ if sub_code == "ACQ.SYSTEM_ERROR" => Err(ChannelError::unknown(format_args!("{method}: {sub_code}"))),
         _ => Err(ChannelError::Rejected {
             code: if sub_code.is_empty() { code } else { sub_code },
             message: match text(&node, "sub_msg") {
@@ -137,10 +134,6 @@ async fn call(s: &AlipaySettings, http: &HttpClient, method: &str, biz: Value) -
             },
         }),
     }
-}
-
-fn rejected_with(e: &ChannelError, sub_code: &str) -> bool {
-    matches!(e, ChannelError::Rejected { code, .. } if code == sub_code)
 }
 
 /// Where a trade stands, from its `trade_status` and amounts.
@@ -174,7 +167,7 @@ impl ChannelConnector for AlipayConnector {
             let node = call(&s, &http, "alipay.trade.precreate", biz).await?;
             let qr = text(&node, "qr_code");
             if qr.is_empty() {
-                return Err(unknown("alipay.trade.precreate: no qr_code in a successful answer"));
+                return Err(ChannelError::unknown("alipay.trade.precreate: no qr_code in a successful answer"));
             }
             Ok(CreateAccepted { code_url: qr, channel_trade_no: None })
         })
@@ -193,9 +186,9 @@ impl ChannelConnector for AlipayConnector {
                 Ok(_) => Ok(ChannelNotice::Closed),
                 // Never scanned: Alipay holds no trade, and with time_expire set none
                 // can be paid after the order's expiry.
-                Err(e) if rejected_with(&e, "ACQ.TRADE_NOT_EXIST") => Ok(ChannelNotice::Closed),
+                Err(e) if e.is_rejected_with("ACQ.TRADE_NOT_EXIST") => Ok(ChannelNotice::Closed),
                 // Paid or closed meanwhile: ask which.
-                Err(e) if rejected_with(&e, "ACQ.TRADE_STATUS_ERROR") => query(&s, &http, &trade.pay_order_no).await,
+                Err(e) if e.is_rejected_with("ACQ.TRADE_STATUS_ERROR") => query(&s, &http, &trade.pay_order_no).await,
                 Err(e) => Err(e),
             }
         })
@@ -236,15 +229,16 @@ impl ChannelConnector for AlipayConnector {
             let biz = json!({ "bill_type": "trade", "bill_date": date });
             let node = match call(&s, &http, "alipay.data.dataservice.bill.downloadurl.query", biz).await {
                 Ok(node) => node,
-                Err(e) if rejected_with(&e, "BILL_NOT_EXIST") => return Ok(Vec::new()),
+                Err(e) if e.is_rejected_with("BILL_NOT_EXIST") => return Ok(Vec::new()),
                 Err(e) => return Err(e),
             };
             let url = text(&node, "bill_download_url");
-            let file = http.send(hyper::Method::GET, &url, &[], Vec::new(), s.timeout).await.map_err(unknown)?;
+            let file =
+                http.send(hyper::Method::GET, &url, &[], Vec::new(), s.timeout).await.map_err(ChannelError::unknown)?;
             if file.status != 200 {
-                return Err(unknown(format_args!("bill download: HTTP {}", file.status)));
+                return Err(ChannelError::unknown(format_args!("bill download: HTTP {}", file.status)));
             }
-            bill::parse_zip(&file.body).map_err(unknown)
+            bill::parse_zip(&file.body).map_err(ChannelError::unknown)
         })
     }
 
@@ -278,9 +272,9 @@ impl ChannelConnector for AlipayConnector {
 async fn query(s: &AlipaySettings, http: &HttpClient, id: &PayOrderNo) -> Result<ChannelNotice, ChannelError> {
     match call(s, http, "alipay.trade.query", json!({ "out_trade_no": id.as_str() })).await {
         Ok(node) => notice(&text(&node, "trade_status"), &text(&node, "trade_no"), &text(&node, "total_amount"), false)
-            .ok_or_else(|| unknown("alipay.trade.query: unknown trade_status")),
+            .ok_or_else(|| ChannelError::unknown("alipay.trade.query: unknown trade_status")),
         // Not scanned yet: the buyer has not paid.
-        Err(e) if rejected_with(&e, "ACQ.TRADE_NOT_EXIST") => Ok(ChannelNotice::NotPaid),
+        Err(e) if e.is_rejected_with("ACQ.TRADE_NOT_EXIST") => Ok(ChannelNotice::NotPaid),
         Err(e) => Err(e),
     }
 }

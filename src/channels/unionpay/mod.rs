@@ -60,10 +60,6 @@ pub struct UnionPayConnector {
     http: HttpClient,
 }
 
-fn unknown(what: impl std::fmt::Display) -> ChannelError {
-    ChannelError::Unknown(what.to_string())
-}
-
 fn get<'a>(p: &'a Params, k: &str) -> &'a str {
     p.get(k).map(String::as_str).unwrap_or_default()
 }
@@ -101,15 +97,18 @@ async fn call(s: &UnionPaySettings, http: &HttpClient, endpoint: &str, mut p: Pa
     let answer = http
         .post(&url, "application/x-www-form-urlencoded;charset=UTF-8", wire::form(&p).into_bytes(), s.timeout)
         .await
-        .map_err(unknown)?;
+        .map_err(ChannelError::unknown)?;
     if answer.status >= 500 {
-        return Err(unknown(format_args!("{endpoint}: HTTP {}", answer.status)));
+        return Err(ChannelError::unknown(format_args!("{endpoint}: HTTP {}", answer.status)));
     }
-    let text = std::str::from_utf8(&answer.body).map_err(|_| unknown(format_args!("{endpoint}: not UTF-8")))?;
+    let text =
+        std::str::from_utf8(&answer.body).map_err(|_| ChannelError::unknown(format_args!("{endpoint}: not UTF-8")))?;
     let a = wire::parse_answer(text);
     if !wire::verify(&a, &s.trust, now_secs()) || get(&a, "merId") != s.mer_id {
         metrics::counter!("paygate_alerts_total", "kind" => "channel_answer_unverified").increment(1);
-        return Err(unknown(format_args!("{endpoint}: the answer's signature or certificate did not verify")));
+        return Err(ChannelError::unknown(format_args!(
+            "{endpoint}: the answer's signature or certificate did not verify"
+        )));
     }
     Ok(a)
 }
@@ -130,7 +129,7 @@ async fn query(
         "00" => Ok(Some(a)),
         // 查无此交易: the buyer never submitted the form.
         "34" => Ok(None),
-        code if busy(code) => Err(unknown(format_args!("queryTrans: respCode {code}"))),
+        code if busy(code) => Err(ChannelError::unknown(format_args!("queryTrans: respCode {code}"))),
         code => Err(ChannelError::Rejected { code: code.to_owned(), message: get(&a, "respMsg").to_owned() }),
     }
 }
@@ -142,7 +141,9 @@ async fn query_order(s: &UnionPaySettings, http: &HttpClient, trade: &TradeRef) 
     Ok(match get(&a, "origRespCode") {
         "00" => ChannelNotice::Paid {
             channel_trade_no: get(&a, "queryId").to_owned(),
-            amount_minor: get(&a, "txnAmt").parse().map_err(|_| unknown("queryTrans: txnAmt is not a number"))?,
+            amount_minor: get(&a, "txnAmt")
+                .parse()
+                .map_err(|_| ChannelError::unknown("queryTrans: txnAmt is not a number"))?,
         },
         code if busy(code) || code.is_empty() => ChannelNotice::NotPaid,
         _ => ChannelNotice::Failed { reason: format!("{} {}", get(&a, "origRespCode"), get(&a, "origRespMsg")) },
@@ -219,7 +220,7 @@ impl ChannelConnector for UnionPayConnector {
             Ok(match get(&a, "respCode") {
                 // Accepted; UnionPay finishes refunds asynchronously.
                 "00" => RefundState::Processing,
-                code if busy(code) => return Err(unknown(format_args!("backTransReq: respCode {code}"))),
+                code if busy(code) => return Err(ChannelError::unknown(format_args!("backTransReq: respCode {code}"))),
                 code => RefundState::Failed(format!("{code}: {}", get(&a, "respMsg"))),
             })
         })
@@ -261,10 +262,10 @@ impl ChannelConnector for UnionPayConnector {
             p.extend(fields.into_iter().map(|(k, v)| (k.to_owned(), v)));
             let a = call(&s, &http, "fileTransfer.do", p).await?;
             match get(&a, "respCode") {
-                "00" => bill::parse(get(&a, "fileContent"), &year).map_err(unknown),
+                "00" => bill::parse(get(&a, "fileContent"), &year).map_err(ChannelError::unknown),
                 // 文件不存在: no file for that day (yet).
                 "98" => Ok(Vec::new()),
-                code if busy(code) => Err(unknown(format_args!("fileTransfer: respCode {code}"))),
+                code if busy(code) => Err(ChannelError::unknown(format_args!("fileTransfer: respCode {code}"))),
                 code => Err(ChannelError::Rejected { code: code.to_owned(), message: get(&a, "respMsg").to_owned() }),
             }
         })

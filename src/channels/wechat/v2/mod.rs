@@ -62,10 +62,6 @@ impl WechatV2Connector {
     }
 }
 
-fn unknown(what: impl std::fmt::Display) -> ChannelError {
-    ChannelError::Unknown(what.to_string())
-}
-
 fn get<'a>(p: &'a Params, k: &str) -> &'a str {
     p.get(k).map(String::as_str).unwrap_or_default()
 }
@@ -78,29 +74,30 @@ async fn call(s: &WechatV2Settings, http: &HttpClient, path: &str, mut p: Params
     p.insert("nonce_str".into(), wire::nonce());
     wire::sign(&mut p, &s.api_key, s.sign_type);
     let url = format!("{}{path}", s.base_url);
-    let answer =
-        http.post(&url, "text/xml; charset=utf-8", wire::to_xml(&p).into_bytes(), s.timeout).await.map_err(unknown)?;
+    let answer = http
+        .post(&url, "text/xml; charset=utf-8", wire::to_xml(&p).into_bytes(), s.timeout)
+        .await
+        .map_err(ChannelError::unknown)?;
     if answer.status >= 500 {
-        return Err(unknown(format_args!("{path}: HTTP {}", answer.status)));
+        return Err(ChannelError::unknown(format_args!("{path}: HTTP {}", answer.status)));
     }
-    let a = wire::from_xml(&answer.body).ok_or_else(|| unknown(format_args!("{path}: the answer is not XML")))?;
+    let a = wire::from_xml(&answer.body)
+        .ok_or_else(|| ChannelError::unknown(format_args!("{path}: the answer is not XML")))?;
     if get(&a, "return_code") != "SUCCESS" {
         // Refused before business (signature, parameters): nothing was done.
         return Err(ChannelError::Rejected { code: "FAIL".into(), message: get(&a, "return_msg").to_owned() });
     }
     if !wire::verify(&a, &s.api_key) || get(&a, "appid") != s.appid || get(&a, "mch_id") != s.mch_id {
         metrics::counter!("paygate_alerts_total", "kind" => "channel_answer_unverified").increment(1);
-        return Err(unknown(format_args!("{path}: the answer's signature did not verify")));
+        return Err(ChannelError::unknown(format_args!("{path}: the answer's signature did not verify")));
     }
     match (get(&a, "result_code"), get(&a, "err_code")) {
         ("SUCCESS", _) => Ok(a),
-        (_, "SYSTEMERROR") | (_, "BIZERR_NEED_RETRY") => Err(unknown(format_args!("{path}: {}", get(&a, "err_code")))),
+        (_, "SYSTEMERROR") | (_, "BIZERR_NEED_RETRY") => {
+            Err(ChannelError::unknown(format_args!("{path}: {}", get(&a, "err_code"))))
+        }
         (_, code) => Err(ChannelError::Rejected { code: code.to_owned(), message: get(&a, "err_code_des").to_owned() }),
     }
-}
-
-fn rejected_with(e: &ChannelError, err_code: &str) -> bool {
-    matches!(e, ChannelError::Rejected { code, .. } if code == err_code)
 }
 
 fn notice_of(a: &Params) -> Option<ChannelNotice> {
@@ -125,9 +122,9 @@ fn params(pairs: &[(&str, String)]) -> Params {
 
 async fn query(s: &WechatV2Settings, http: &HttpClient, id: &PayOrderNo) -> Result<ChannelNotice, ChannelError> {
     match call(s, http, "/pay/orderquery", params(&[("out_trade_no", id.to_string())])).await {
-        Ok(a) => notice_of(&a).ok_or_else(|| unknown("orderquery: unknown trade_state")),
+        Ok(a) => notice_of(&a).ok_or_else(|| ChannelError::unknown("orderquery: unknown trade_state")),
         // The order never reached WeChat: nobody can pay it.
-        Err(e) if rejected_with(&e, "ORDERNOTEXIST") => Ok(ChannelNotice::NotPaid),
+        Err(e) if e.is_rejected_with("ORDERNOTEXIST") => Ok(ChannelNotice::NotPaid),
         Err(e) => Err(e),
     }
 }
@@ -150,7 +147,7 @@ impl ChannelConnector for WechatV2Connector {
             let a = call(&s, &http, "/pay/unifiedorder", p).await?;
             let code_url = get(&a, "code_url");
             if code_url.is_empty() {
-                return Err(unknown("unifiedorder: no code_url in a successful answer"));
+                return Err(ChannelError::unknown("unifiedorder: no code_url in a successful answer"));
             }
             Ok(CreateAccepted { code_url: code_url.to_owned(), channel_trade_no: None })
         })
@@ -167,8 +164,8 @@ impl ChannelConnector for WechatV2Connector {
             match call(&s, &http, "/pay/closeorder", params(&[("out_trade_no", trade.pay_order_no.to_string())])).await
             {
                 Ok(_) => Ok(ChannelNotice::Closed),
-                Err(e) if rejected_with(&e, "ORDERCLOSED") => Ok(ChannelNotice::Closed),
-                Err(e) if rejected_with(&e, "ORDERPAID") => query(&s, &http, &trade.pay_order_no).await,
+                Err(e) if e.is_rejected_with("ORDERCLOSED") => Ok(ChannelNotice::Closed),
+                Err(e) if e.is_rejected_with("ORDERPAID") => query(&s, &http, &trade.pay_order_no).await,
                 Err(e) => Err(e),
             }
         })
@@ -223,9 +220,9 @@ impl ChannelConnector for WechatV2Connector {
             let answer = http
                 .post(&url, "text/xml; charset=utf-8", wire::to_xml(&p).into_bytes(), s.timeout)
                 .await
-                .map_err(unknown)?;
+                .map_err(ChannelError::unknown)?;
             if answer.status >= 500 {
-                return Err(unknown(format_args!("downloadbill: HTTP {}", answer.status)));
+                return Err(ChannelError::unknown(format_args!("downloadbill: HTTP {}", answer.status)));
             }
             // A bill is plain text; a refusal is an XML document.
             if answer.body.starts_with(b"<xml>") {
@@ -237,8 +234,9 @@ impl ChannelConnector for WechatV2Connector {
                     }
                 };
             }
-            let text = std::str::from_utf8(&answer.body).map_err(|_| unknown("downloadbill: the bill is not UTF-8"))?;
-            bill::parse(text).map_err(unknown)
+            let text = std::str::from_utf8(&answer.body)
+                .map_err(|_| ChannelError::unknown("downloadbill: the bill is not UTF-8"))?;
+            bill::parse(text).map_err(ChannelError::unknown)
         })
     }
 

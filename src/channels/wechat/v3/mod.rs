@@ -74,10 +74,6 @@ pub struct PlatformCertificate {
     pub certificate: Certificate,
 }
 
-fn unknown(what: impl std::fmt::Display) -> ChannelError {
-    ChannelError::Unknown(what.to_string())
-}
-
 fn text<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or_default()
 }
@@ -119,32 +115,29 @@ async fn call(
         ("user-agent", "paygate"),
     ];
     let url = format!("{}{path_and_query}", s.base_url);
-    let answer = http.send(method, &url, &headers, body, s.timeout).await.map_err(unknown)?;
+    let answer = http.send(method, &url, &headers, body, s.timeout).await.map_err(ChannelError::unknown)?;
     if answer.status >= 500 || answer.status == 429 {
-        return Err(unknown(format_args!("{path_and_query}: HTTP {}", answer.status)));
+        return Err(ChannelError::unknown(format_args!("{path_and_query}: HTTP {}", answer.status)));
     }
     if !wire::verify_signed(&answer.headers, &answer.body, &s.platform_serial, &s.platform_key, None) {
         metrics::counter!("paygate_alerts_total", "kind" => "channel_answer_unverified").increment(1);
-        return Err(unknown(format_args!("{path_and_query}: the answer's signature did not verify")));
+        return Err(ChannelError::unknown(format_args!("{path_and_query}: the answer's signature did not verify")));
     }
     let json = if answer.body.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&answer.body).map_err(|_| unknown(format_args!("{path_and_query}: not JSON")))?
+        serde_json::from_slice(&answer.body)
+            .map_err(|_| ChannelError::unknown(format_args!("{path_and_query}: not JSON")))?
     };
     if (200..300).contains(&answer.status) {
         return Ok(Answer { status: answer.status, json });
     }
     match text(&json, "code") {
         "SYSTEM_ERROR" | "FREQUENCY_LIMITED" | "" => {
-            Err(unknown(format_args!("{path_and_query}: HTTP {} {}", answer.status, text(&json, "code"))))
+            Err(ChannelError::unknown(format_args!("{path_and_query}: HTTP {} {}", answer.status, text(&json, "code"))))
         }
         code => Err(ChannelError::Rejected { code: code.to_owned(), message: text(&json, "message").to_owned() }),
     }
-}
-
-fn rejected_with(e: &ChannelError, code: &str) -> bool {
-    matches!(e, ChannelError::Rejected { code: c, .. } if c == code)
 }
 
 /// What a transaction (a query answer, or a notification's resource) says.
@@ -170,9 +163,9 @@ fn trade_path(s: &WechatV3Settings, id: &PayOrderNo) -> String {
 
 async fn query(s: &WechatV3Settings, http: &HttpClient, id: &PayOrderNo) -> Result<ChannelNotice, ChannelError> {
     match call(s, http, hyper::Method::GET, &trade_path(s, id), None).await {
-        Ok(a) => notice_of(&a.json).ok_or_else(|| unknown("query: unknown trade_state")),
+        Ok(a) => notice_of(&a.json).ok_or_else(|| ChannelError::unknown("query: unknown trade_state")),
         // The order never reached WeChat: nobody can pay it.
-        Err(e) if rejected_with(&e, "ORDER_NOT_EXIST") => Ok(ChannelNotice::NotPaid),
+        Err(e) if e.is_rejected_with("ORDER_NOT_EXIST") => Ok(ChannelNotice::NotPaid),
         Err(e) => Err(e),
     }
 }
@@ -195,7 +188,11 @@ impl WechatV3Connector {
     /// key we trust, each sealed under our APIv3 key.
     pub async fn certificates(&self) -> Result<Vec<PlatformCertificate>, ChannelError> {
         let a = call(&self.settings, &self.http, hyper::Method::GET, "/v3/certificates", None).await?;
-        let items = a.json.get("data").and_then(Value::as_array).ok_or_else(|| unknown("certificates: no data"))?;
+        let items = a
+            .json
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| ChannelError::unknown("certificates: no data"))?;
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             let sealed = item.get("encrypt_certificate").unwrap_or(&Value::Null);
@@ -205,12 +202,12 @@ impl WechatV3Connector {
                 text(sealed, "associated_data"),
                 text(sealed, "ciphertext"),
             )
-            .ok_or_else(|| unknown("certificates: a certificate did not decrypt"))?;
-            let pem = String::from_utf8(pem).map_err(|_| unknown("certificates: not PEM"))?;
-            let certificate = Certificate::from_pem("platform certificate", &pem).map_err(unknown)?;
+            .ok_or_else(|| ChannelError::unknown("certificates: a certificate did not decrypt"))?;
+            let pem = String::from_utf8(pem).map_err(|_| ChannelError::unknown("certificates: not PEM"))?;
+            let certificate = Certificate::from_pem("platform certificate", &pem).map_err(ChannelError::unknown)?;
             let serial_no = text(item, "serial_no").to_owned();
             if certificate.serial_hex != serial_no {
-                return Err(unknown(format_args!("certificates: {serial_no} carries another serial")));
+                return Err(ChannelError::unknown(format_args!("certificates: {serial_no} carries another serial")));
             }
             out.push(PlatformCertificate { serial_no, certificate });
         }
@@ -251,7 +248,7 @@ impl ChannelConnector for WechatV3Connector {
             let a = call(&s, &http, hyper::Method::POST, "/v3/pay/transactions/native", Some(&body)).await?;
             let code_url = text(&a.json, "code_url");
             if code_url.is_empty() {
-                return Err(unknown("native: no code_url in a successful answer"));
+                return Err(ChannelError::unknown("native: no code_url in a successful answer"));
             }
             Ok(CreateAccepted { code_url: code_url.to_owned(), channel_trade_no: None })
         })
@@ -268,7 +265,7 @@ impl ChannelConnector for WechatV3Connector {
             let path = format!("/v3/pay/transactions/out-trade-no/{}/close", trade.pay_order_no);
             match call(&s, &http, hyper::Method::POST, &path, Some(&json!({ "mchid": s.mchid }))).await {
                 Ok(a) if a.status == 204 => Ok(ChannelNotice::Closed),
-                Ok(a) => Err(unknown(format_args!("close: HTTP {} where 204 was expected", a.status))),
+                Ok(a) => Err(ChannelError::unknown(format_args!("close: HTTP {} where 204 was expected", a.status))),
                 // Refused (paid meanwhile, or never opened): ask what the trade is.
                 Err(ChannelError::Rejected { .. }) => query(&s, &http, &trade.pay_order_no).await,
                 Err(e) => Err(e),
@@ -310,14 +307,16 @@ impl ChannelConnector for WechatV3Connector {
             let path = format!("/v3/bill/tradebill?bill_date={date}&bill_type=ALL");
             let a = match call(&s, &http, hyper::Method::GET, &path, None).await {
                 Ok(a) => a,
-                Err(e) if rejected_with(&e, "NO_STATEMENT_EXIST") => return Ok(Vec::new()),
+                Err(e) if e.is_rejected_with("NO_STATEMENT_EXIST") => return Ok(Vec::new()),
                 Err(e) => return Err(e),
             };
             let url = text(&a.json, "download_url");
             let (expected, hash_type) = (text(&a.json, "hash_value").to_ascii_lowercase(), text(&a.json, "hash_type"));
             let path = url.strip_prefix(s.base_url.as_str()).filter(|p| p.starts_with('/'));
             let Some(path) = path else {
-                return Err(unknown(format_args!("tradebill: download_url {url:?} is not on the API host")));
+                return Err(ChannelError::unknown(format_args!(
+                    "tradebill: download_url {url:?} is not on the API host"
+                )));
             };
             // The file itself is not signed; the signed answer gave its hash.
             let auth =
@@ -326,16 +325,17 @@ impl ChannelConnector for WechatV3Connector {
             let file = http
                 .send(hyper::Method::GET, url, &[("authorization", header.as_str())], Vec::new(), s.timeout)
                 .await
-                .map_err(unknown)?;
+                .map_err(ChannelError::unknown)?;
             if file.status != 200 {
-                return Err(unknown(format_args!("billdownload: HTTP {}", file.status)));
+                return Err(ChannelError::unknown(format_args!("billdownload: HTTP {}", file.status)));
             }
             if hash_type != "SHA1" || hex::encode(Sha1::digest(&file.body)) != expected {
                 metrics::counter!("paygate_alerts_total", "kind" => "channel_answer_unverified").increment(1);
-                return Err(unknown("billdownload: the file does not match the signed hash"));
+                return Err(ChannelError::unknown("billdownload: the file does not match the signed hash"));
             }
-            let text = std::str::from_utf8(&file.body).map_err(|_| unknown("billdownload: the bill is not UTF-8"))?;
-            bill::parse(text).map_err(unknown)
+            let text = std::str::from_utf8(&file.body)
+                .map_err(|_| ChannelError::unknown("billdownload: the bill is not UTF-8"))?;
+            bill::parse(text).map_err(ChannelError::unknown)
         })
     }
 
