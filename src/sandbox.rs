@@ -19,7 +19,7 @@ use paygate_actors::money::Money;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, VerifiedCallback,
+    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
 };
 use paygate_actors::signing::{self, SignType};
 use serde::{Deserialize, Serialize};
@@ -382,7 +382,7 @@ impl ChannelConnector for SandboxConnector {
         })
     }
 
-    fn verify_callback(&self, request: &CallbackRequest) -> Option<VerifiedCallback> {
+    fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified> {
         let p: BTreeMap<String, String> = serde_json::from_slice(&request.body).ok()?;
         if !signing::verify(&p, &self.0.secret, SignType::HmacSha256) {
             return None;
@@ -397,7 +397,7 @@ impl ChannelConnector for SandboxConnector {
             "CLOSED" => ChannelNotice::Closed,
             _ => return None,
         };
-        Some(VerifiedCallback { pay_order_no, notice })
+        Some(Verified::Order(VerifiedCallback { pay_order_no, notice }))
     }
 
     fn callback_ack(&self) -> CallbackReply {

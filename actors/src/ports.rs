@@ -195,6 +195,16 @@ pub struct CallbackRequest {
     pub body: Vec<u8>,
 }
 
+/// What a callback whose signature checked out says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verified {
+    /// News of an order, to apply.
+    Order(VerifiedCallback),
+    /// Genuine, but about nothing an order holds (a refund's result, which is asked for
+    /// by query): acknowledged, and it changes nothing.
+    Informational,
+}
+
 /// A callback whose signature checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedCallback {
@@ -246,19 +256,12 @@ pub trait ChannelConnector: Send + Sync + 'static {
     /// The bill of a day (`yyyy-MM-dd`).
     fn download_bill(&self, date: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>>;
     /// Checks an inbound callback's signature and reads it. `None`: not trustworthy.
-    fn verify_callback(&self, request: &CallbackRequest) -> Option<VerifiedCallback>;
+    fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified>;
     /// The order a callback names, read without trusting it: when the callback cannot be
     /// verified, the node asks the channel about that order instead of ignoring it.
     fn unverified_order(&self, request: &CallbackRequest) -> Option<PayOrderNo> {
         let _ = request;
         None
-    }
-    /// Whether a callback that [`Self::verify_callback`] did not read is nevertheless a
-    /// genuine notification about nothing an order holds (a refund's result, which is
-    /// asked for by query): it is acknowledged and changes nothing.
-    fn informational(&self, request: &CallbackRequest) -> bool {
-        let _ = request;
-        false
     }
     /// The answer that tells the provider a callback was taken.
     fn callback_ack(&self) -> CallbackReply;

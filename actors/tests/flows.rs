@@ -119,7 +119,7 @@ impl ChannelConnector for Conn {
     fn download_bill(&self, _: String) -> BoxFuture<Result<Vec<BillLine>, ChannelError>> {
         Box::pin(async { Ok(vec![]) })
     }
-    fn verify_callback(&self, _: &CallbackRequest) -> Option<VerifiedCallback> {
+    fn verify_callback(&self, _: &CallbackRequest) -> Option<Verified> {
         None
     }
     fn callback_ack(&self) -> CallbackReply {

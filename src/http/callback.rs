@@ -4,7 +4,7 @@
 use hyper::StatusCode;
 use paygate_actors::error::ErrorCode;
 use paygate_actors::order_actor::OrderRequest;
-use paygate_actors::ports::{CallbackReply, CallbackRequest};
+use paygate_actors::ports::{CallbackReply, CallbackRequest, Verified};
 use paygate_actors::registry::OrderTarget;
 
 use super::envelope::{with_body, ApiError, HttpResponse};
@@ -21,12 +21,13 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
     let provider = provider.as_str();
     let channel = app.channels.by_provider(provider).ok_or(ApiError::NotFound)?;
     let connector = &channel.connector;
-    let Some(verified) = connector.verify_callback(&request) else {
-        if connector.informational(&request) {
-            metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "informational")
-                .increment(1);
-            return Ok(reply(connector.callback_ack()));
-        }
+    let verified = connector.verify_callback(&request);
+    if verified == Some(Verified::Informational) {
+        metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "informational")
+            .increment(1);
+        return Ok(reply(connector.callback_ack()));
+    }
+    let Some(Verified::Order(verified)) = verified else {
         metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "bad_signature")
             .increment(1);
         tracing::warn!(provider, "callback failed verification; it changes nothing");

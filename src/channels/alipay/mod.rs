@@ -15,7 +15,7 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::{ChannelNotice, PayScene};
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, VerifiedCallback,
+    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
 };
 use serde_json::{json, Value};
 
@@ -242,7 +242,7 @@ impl ChannelConnector for AlipayConnector {
         })
     }
 
-    fn verify_callback(&self, request: &CallbackRequest) -> Option<VerifiedCallback> {
+    fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified> {
         let p = wire::parse_form(&request.body);
         if p.get("app_id") != Some(&self.settings.app_id)
             || !wire::verify_notification(&p, &self.settings.alipay_public_key)
@@ -253,7 +253,7 @@ impl ChannelConnector for AlipayConnector {
         let get = |k: &str| p.get(k).map(String::as_str).unwrap_or_default();
         let refunded = p.contains_key("refund_fee") || p.contains_key("gmt_refund");
         let notice = notice(get("trade_status"), get("trade_no"), get("total_amount"), refunded)?;
-        Some(VerifiedCallback { pay_order_no: id, notice })
+        Some(Verified::Order(VerifiedCallback { pay_order_no: id, notice }))
     }
 
     fn unverified_order(&self, request: &CallbackRequest) -> Option<PayOrderNo> {

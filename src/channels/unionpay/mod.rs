@@ -17,7 +17,7 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, VerifiedCallback,
+    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
 };
 
 use self::wire::Params;
@@ -271,7 +271,7 @@ impl ChannelConnector for UnionPayConnector {
         })
     }
 
-    fn verify_callback(&self, request: &CallbackRequest) -> Option<VerifiedCallback> {
+    fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified> {
         let p = self.notification(request);
         let s = &self.settings;
         if !wire::verify(&p, &s.trust, now_secs()) || get(&p, "merId") != s.mer_id {
@@ -279,7 +279,7 @@ impl ChannelConnector for UnionPayConnector {
         }
         // Consume results only; a refund's result is asked for with query_refund.
         if get(&p, "txnType") != "01" {
-            return None;
+            return Some(Verified::Informational);
         }
         let id = PayOrderNo::parse(get(&p, "orderId"))?;
         let notice = match get(&p, "respCode") {
@@ -289,13 +289,7 @@ impl ChannelConnector for UnionPayConnector {
             },
             code => ChannelNotice::Failed { reason: format!("{code} {}", get(&p, "respMsg")) },
         };
-        Some(VerifiedCallback { pay_order_no: id, notice })
-    }
-
-    fn informational(&self, request: &CallbackRequest) -> bool {
-        let p = self.notification(request);
-        let s = &self.settings;
-        get(&p, "txnType") != "01" && get(&p, "merId") == s.mer_id && wire::verify(&p, &s.trust, now_secs())
+        Some(Verified::Order(VerifiedCallback { pay_order_no: id, notice }))
     }
 
     fn unverified_order(&self, request: &CallbackRequest) -> Option<PayOrderNo> {

@@ -13,7 +13,7 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, VerifiedCallback,
+    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
 };
 use paygate_actors::signing::SignType;
 
@@ -240,7 +240,7 @@ impl ChannelConnector for WechatV2Connector {
         })
     }
 
-    fn verify_callback(&self, request: &CallbackRequest) -> Option<VerifiedCallback> {
+    fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified> {
         let p = wire::from_xml(&request.body)?;
         let s = &self.settings;
         if get(&p, "appid") != s.appid || get(&p, "mch_id") != s.mch_id || !wire::verify(&p, &s.api_key) {
@@ -257,7 +257,7 @@ impl ChannelConnector for WechatV2Connector {
             },
             _ => ChannelNotice::Failed { reason: get(&p, "err_code_des").to_owned() },
         };
-        Some(VerifiedCallback { pay_order_no: id, notice })
+        Some(Verified::Order(VerifiedCallback { pay_order_no: id, notice }))
     }
 
     fn unverified_order(&self, request: &CallbackRequest) -> Option<PayOrderNo> {

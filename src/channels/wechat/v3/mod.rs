@@ -15,7 +15,7 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, VerifiedCallback,
+    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
 };
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
@@ -339,7 +339,7 @@ impl ChannelConnector for WechatV3Connector {
         })
     }
 
-    fn verify_callback(&self, request: &CallbackRequest) -> Option<VerifiedCallback> {
+    fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified> {
         let s = &self.settings;
         if !wire::verify_signed(&request.headers, &request.body, &s.platform_serial, &s.platform_key, Some(now_secs()))
         {
@@ -359,7 +359,7 @@ impl ChannelConnector for WechatV3Connector {
             },
             _ => return None,
         };
-        Some(VerifiedCallback { pay_order_no: id, notice })
+        Some(Verified::Order(VerifiedCallback { pay_order_no: id, notice }))
     }
 
     fn unverified_order(&self, request: &CallbackRequest) -> Option<PayOrderNo> {
