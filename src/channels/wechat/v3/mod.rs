@@ -228,7 +228,8 @@ impl WechatV3Connector {
             text(r, "associated_data"),
             text(r, "ciphertext"),
         )?;
-        Some((n.clone(), serde_json::from_slice(&plain).ok()?))
+        let resource = serde_json::from_slice(&plain).ok()?;
+        Some((n, resource))
     }
 }
 
