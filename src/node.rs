@@ -105,13 +105,32 @@ fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => Some(h),
+            Ok(h) => {
+                spawn_metrics_upkeep(h.clone());
+                Some(h)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics recorder not installed");
                 None
             }
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their summaries.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Folds the recorder's histogram samples into their distributions every few seconds.
+/// A recorder installed without its HTTP exporter keeps every sample until someone
+/// does this, so without it a node that is never scraped grows by 8 bytes per request.
+fn spawn_metrics_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+        std::thread::sleep(METRICS_UPKEEP);
+        handle.run_upkeep();
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "metrics upkeep not started; histograms grow until scraped");
+    }
 }
 
 struct Started {
