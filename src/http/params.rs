@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use std::fmt;
+
 use paygate_actors::error::CoreError;
-use serde_json::Value;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// The parameters of a request.
 pub type Params = BTreeMap<String, String>;
@@ -15,26 +17,108 @@ const MAX_PARAMS: usize = 64;
 const MAX_VALUE: usize = 2048;
 
 /// Parses a request body into parameters.
+///
+/// Straight into the map, without an intermediate `serde_json::Value`: the values are
+/// copied once, and a query's parsing is a tenth of its CPU.
 pub fn parse(body: &[u8]) -> Result<Params, CoreError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| CoreError::invalid("body", format_args!("is not valid JSON ({e})")))?;
-    let Value::Object(map) = value else {
-        return Err(CoreError::invalid("body", "must be a JSON object"));
-    };
-    if map.len() > MAX_PARAMS {
-        return Err(CoreError::invalid("body", format_args!("has more than {MAX_PARAMS} parameters")));
+    let parsed = serde_json::from_slice::<Parsed>(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => CoreError::invalid("body", "must be a JSON object"),
+        _ => CoreError::invalid("body", format_args!("is not valid JSON ({e})")),
+    })?;
+    match parsed {
+        Parsed::Params(params) => Ok(params),
+        Parsed::TooMany => Err(CoreError::invalid("body", format_args!("has more than {MAX_PARAMS} parameters"))),
+        Parsed::NotText(k) => Err(CoreError::invalid(&k, "must be a JSON string (e.g. \"100.00\", \"1704067200\")")),
+        Parsed::TooLong(k) => Err(CoreError::invalid(&k, format_args!("is longer than {MAX_VALUE} bytes"))),
     }
-    let mut params = Params::new();
-    for (k, v) in map {
-        let Value::String(s) = v else {
-            return Err(CoreError::invalid(&k, "must be a JSON string (e.g. \"100.00\", \"1704067200\")"));
-        };
-        if s.len() > MAX_VALUE {
-            return Err(CoreError::invalid(&k, format_args!("is longer than {MAX_VALUE} bytes")));
+}
+
+/// A body read as parameters, or the first rule it breaks.
+enum Parsed {
+    Params(Params),
+    TooMany,
+    NotText(String),
+    TooLong(String),
+}
+
+/// One parameter's value: text, or anything else (which is refused by name).
+enum Value {
+    Text(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Parsed {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Parsed;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+                let mut params = Params::new();
+                let mut refusal = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<Value>()?;
+                    if refusal.is_some() {
+                        continue; // read to the end, so that only the first refusal counts
+                    }
+                    refusal = match value {
+                        Value::Other => Some(Parsed::NotText(key)),
+                        Value::Text(s) if s.len() > MAX_VALUE => Some(Parsed::TooLong(key)),
+                        Value::Text(s) => {
+                            params.insert(key, s);
+                            (params.len() > MAX_PARAMS).then_some(Parsed::TooMany)
+                        }
+                    };
+                }
+                Ok(refusal.unwrap_or(Parsed::Params(params)))
+            }
         }
-        params.insert(k, s);
+        d.deserialize_map(Object)
     }
-    Ok(params)
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AnyValue;
+        impl<'de> Visitor<'de> for AnyValue {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::Text(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+                Ok(Value::Text(v))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Value, E> {
+                Ok(Value::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Value, E> {
+                Ok(Value::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Value, E> {
+                Ok(Value::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Value, E> {
+                Ok(Value::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+                Ok(Value::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Value::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Value::Other)
+            }
+        }
+        d.deserialize_any(AnyValue)
+    }
 }
 
 /// A required, non-empty parameter.
@@ -71,4 +155,62 @@ pub fn require_auth_fields(params: &Params) -> Result<(), CoreError> {
         required(params, field)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn refusal(body: &str) -> String {
+        match parse(body.as_bytes()) {
+            Ok(p) => panic!("{body} was taken as {p:?}"),
+            Err(e) => e.message.into_owned(),
+        }
+    }
+
+    #[test]
+    fn a_flat_object_of_strings_is_taken_with_escapes_decoded() {
+        let p = parse(br#"{"b":"2","a":"x\"y\u00e9","c":""}"#).unwrap();
+        assert_eq!(p.get("a").map(String::as_str), Some("x\"y\u{e9}"));
+        assert_eq!(p.get("b").map(String::as_str), Some("2"));
+        assert_eq!(p.get("c").map(String::as_str), Some(""));
+        assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value() {
+        assert_eq!(parse(br#"{"a":"1","a":"2"}"#).unwrap().get("a").map(String::as_str), Some("2"));
+    }
+
+    #[test]
+    fn each_refusal_names_its_rule_and_field() {
+        for body in ["[1,2]", "\"text\"", "7", "null"] {
+            assert!(refusal(body).contains("must be a JSON object"), "{body}");
+        }
+        for body in ["", "{\"a\":", "{\"a\":\"1\"} x", "{a:1}"] {
+            assert!(refusal(body).contains("is not valid JSON"), "{body}");
+        }
+        for value in ["1", "1.5", "true", "null", "[\"1\"]", "{\"x\":\"1\"}"] {
+            let m = refusal(&format!(r#"{{"ok":"1","amount":{value},"later":"2"}}"#));
+            assert!(m.contains("amount") && m.contains("must be a JSON string"), "{value}: {m}");
+        }
+        let long = format!(r#"{{"subject":"{}"}}"#, "x".repeat(MAX_VALUE + 1));
+        assert!(refusal(&long).contains("subject"));
+        assert!(parse(format!(r#"{{"subject":"{}"}}"#, "x".repeat(MAX_VALUE)).as_bytes()).is_ok());
+        let many =
+            |n: usize| format!("{{{}}}", (0..n).map(|i| format!("\"k{i}\":\"v\"")).collect::<Vec<_>>().join(","));
+        assert!(refusal(&many(MAX_PARAMS + 1)).contains(&format!("more than {MAX_PARAMS}")));
+        assert_eq!(parse(many(MAX_PARAMS).as_bytes()).unwrap().len(), MAX_PARAMS);
+    }
+
+    proptest! {
+        #[test]
+        fn any_flat_map_of_strings_reads_back_as_written(
+            map in proptest::collection::btree_map("\\PC{0,12}", "\\PC{0,40}", 0..MAX_PARAMS)
+        ) {
+            let body = serde_json::to_vec(&map).unwrap();
+            prop_assert_eq!(parse(&body).unwrap(), map);
+        }
+    }
 }
