@@ -42,53 +42,82 @@ impl SignType {
     }
 }
 
-/// The exact text that is signed for `params` (which may contain `sign`; it is skipped).
-pub fn sign_text(params: &BTreeMap<String, String>, secret: &str) -> String {
-    let mut text = String::with_capacity(256);
+/// Hands the text signed for `params` (which may contain `sign`; it is skipped) to
+/// `sink` piece by piece, so a check can hash it without building it.
+fn signed_pieces(params: &BTreeMap<String, String>, secret: &str, mut sink: impl FnMut(&[u8])) {
+    let mut first = true;
     for (k, v) in params {
         if k == "sign" || v.is_empty() {
             continue;
         }
-        if !text.is_empty() {
-            text.push('&');
+        if !first {
+            sink(b"&");
         }
-        text.push_str(k);
-        text.push('=');
-        text.push_str(v);
+        first = false;
+        sink(k.as_bytes());
+        sink(b"=");
+        sink(v.as_bytes());
     }
-    text.push_str(if text.is_empty() { "key=" } else { "&key=" });
-    text.push_str(secret);
-    text
+    sink(if first { b"key=" } else { b"&key=" });
+    sink(secret.as_bytes());
 }
 
-fn digest(sign_type: SignType, text: &str, secret: &str) -> Vec<u8> {
-    match sign_type {
+/// The exact text that is signed for `params` (which may contain `sign`; it is skipped).
+pub fn sign_text(params: &BTreeMap<String, String>, secret: &str) -> String {
+    let mut text = Vec::with_capacity(256);
+    signed_pieces(params, secret, |piece| text.extend_from_slice(piece));
+    // Every piece is a whole `str`, so the joined bytes are UTF-8.
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// A signature's bytes (32 for HMAC-SHA256, 16 for MD5).
+struct Signature {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Signature {
+    fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
+fn digest(sign_type: SignType, params: &BTreeMap<String, String>, secret: &str) -> Option<Signature> {
+    let mut bytes = [0u8; 32];
+    let len = match sign_type {
         SignType::HmacSha256 => {
             // HMAC accepts keys of any length, so this cannot fail.
-            match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
-                Ok(mut mac) => {
-                    mac.update(text.as_bytes());
-                    mac.finalize().into_bytes().to_vec()
-                }
-                Err(_) => Vec::new(),
-            }
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
+            signed_pieces(params, secret, |piece| mac.update(piece));
+            bytes.copy_from_slice(&mac.finalize().into_bytes());
+            32
         }
-        SignType::Md5 => Md5::digest(text.as_bytes()).to_vec(),
-    }
+        SignType::Md5 => {
+            let mut md5 = Md5::new();
+            signed_pieces(params, secret, |piece| md5.update(piece));
+            bytes.get_mut(..16)?.copy_from_slice(&md5.finalize());
+            16
+        }
+    };
+    Some(Signature { bytes, len })
 }
 
 /// Signs `params` with `secret`: uppercase hex.
 pub fn sign(params: &BTreeMap<String, String>, secret: &str, sign_type: SignType) -> String {
-    hex::encode_upper(digest(sign_type, &sign_text(params, secret), secret))
+    digest(sign_type, params, secret).map(|d| hex::encode_upper(d.as_slice())).unwrap_or_default()
 }
 
 /// Checks `params["sign"]` in constant time. Hex case is not significant.
 pub fn verify(params: &BTreeMap<String, String>, secret: &str, sign_type: SignType) -> bool {
-    let Some(given) = params.get("sign").and_then(|s| hex::decode(s).ok()) else {
+    let Some(expected) = digest(sign_type, params, secret) else {
         return false;
     };
-    let expected = digest(sign_type, &sign_text(params, secret), secret);
-    !expected.is_empty() && bool::from(expected.ct_eq(&given))
+    let mut given = [0u8; 32];
+    let Some(given) = given.get_mut(..expected.len) else {
+        return false;
+    };
+    let decoded = params.get("sign").is_some_and(|s| hex::decode_to_slice(s, given).is_ok());
+    decoded && bool::from(expected.as_slice().ct_eq(given))
 }
 
 #[cfg(test)]
