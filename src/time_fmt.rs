@@ -1,19 +1,85 @@
 //! Times on the wire: RFC 3339 in UTC, and calendar dates for bills.
 
-use time::format_description::well_known::Rfc3339;
+use std::fmt;
+
 use time::OffsetDateTime;
 
 fn at(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// Unix millis shown as RFC 3339 in UTC: `2024-01-01T12:00:00.123Z`, the fraction
+/// without trailing zeros and absent on a whole second (as `time`'s `Rfc3339` writes
+/// it). Written straight into the output, so an answer's times cost no allocation;
+/// a year outside 0..=9999, which RFC 3339 cannot show, shows as nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rfc3339(pub i64);
+
+impl fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = at(self.0);
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            return Ok(());
+        }
+        let (month, day) = (u8::from(t.month()), t.day());
+        let (hour, minute, second) = (t.hour(), t.minute(), t.second());
+        write!(f, "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}")?;
+        let (mut fraction, mut digits) = (t.millisecond(), 3usize);
+        if fraction != 0 {
+            while fraction % 10 == 0 {
+                fraction /= 10;
+                digits -= 1;
+            }
+            write!(f, ".{fraction:0digits$}")?;
+        }
+        f.write_str("Z")
+    }
+}
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// `2024-01-01T12:00:00.123Z`.
 pub fn rfc3339(ms: i64) -> String {
-    at(ms).format(&Rfc3339).unwrap_or_default()
+    Rfc3339(ms).to_string()
 }
 
 /// `2024-01-01` (UTC).
 pub fn date(ms: i64) -> String {
     let d = at(ms).date();
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use time::format_description::well_known;
+
+    #[test]
+    fn known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_704_110_400_123), "2024-01-01T12:00:00.123Z");
+        assert_eq!(rfc3339(1_704_110_400_120), "2024-01-01T12:00:00.12Z");
+        assert_eq!(rfc3339(1_704_110_400_100), "2024-01-01T12:00:00.1Z");
+        assert_eq!(rfc3339(1_704_110_400_007), "2024-01-01T12:00:00.007Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    proptest! {
+        #[test]
+        fn writes_what_the_time_crate_writes(ms in -62_167_219_200_000i64..=253_402_300_799_999) {
+            let by_time = at(ms).format(&well_known::Rfc3339).unwrap();
+            prop_assert_eq!(rfc3339(ms), by_time);
+        }
+
+        #[test]
+        fn never_panics(ms in any::<i64>()) {
+            let _ = rfc3339(ms);
+        }
+    }
 }

@@ -169,8 +169,17 @@ impl Money {
 impl fmt::Display for Money {
     /// Always prints the currency's full decimals: `100.00`, `0.01`, `500` (JPY).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.to_decimal();
-        write!(f, "{:.*}", self.currency.decimals() as usize, d)
+        // Integer arithmetic: every answer prints two amounts, and going through
+        // `Decimal` cost more than the rest of rendering them.
+        let decimals = self.currency.decimals();
+        let sign = if self.minor < 0 { "-" } else { "" };
+        let abs = self.minor.unsigned_abs();
+        match 10u64.checked_pow(decimals) {
+            Some(unit) if decimals > 0 => {
+                write!(f, "{sign}{}.{:0width$}", abs / unit, abs % unit, width = decimals as usize)
+            }
+            _ => write!(f, "{sign}{abs}"),
+        }
     }
 }
 
@@ -223,6 +232,14 @@ mod tests {
             let m = Money::from_minor(minor, Currency::CNY);
             let text = m.to_string();
             prop_assert_eq!(Money::parse_positive(&text, Currency::CNY, MAX), Ok(m));
+        }
+
+        #[test]
+        fn display_prints_what_decimal_prints(minor in any::<i64>(), c in 0usize..Currency::ALL.len()) {
+            let currency = Currency::ALL[c];
+            let m = Money::from_minor(minor, currency);
+            let by_decimal = format!("{:.*}", currency.decimals() as usize, m.to_decimal());
+            prop_assert_eq!(m.to_string(), by_decimal);
         }
 
         #[test]

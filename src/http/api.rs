@@ -1,6 +1,7 @@
 //! The merchant API: pay, query, close (SPEC F2).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -13,10 +14,10 @@ use paygate_actors::order_actor::{OrderRequest, PaySubmission};
 use paygate_actors::registry::OrderTarget;
 use serde::Serialize;
 
-use super::envelope::{success, ApiError, HttpResponse};
+use super::envelope::{success, ApiError, HttpResponse, Shown};
 use super::params::{self, optional, required, Params};
 use super::App;
-use crate::time_fmt::rfc3339;
+use crate::time_fmt::Rfc3339;
 
 /// Parses and authenticates a signed request body.
 fn authenticate(app: &App, body: &[u8]) -> Result<(Params, Arc<MerchantProfile>), ApiError> {
@@ -172,11 +173,40 @@ fn scene(params: &Params, method: PayMethod) -> Result<PayScene, CoreError> {
 
 /// Where the buyer goes to pay: the channel's own page for a page scene, else our hosted
 /// cashier page (which shows the channel's code).
-pub fn pay_url(app: &App, order: &Order) -> String {
+pub fn pay_url<'a>(app: &'a App, order: &'a Order) -> PayUrl<'a> {
     match (order.spec.pay_scene.is_page(), &order.code_url) {
         // UnionPay's front form must be posted by the buyer's browser: our page does it.
-        (true, Some(url)) if order.spec.pay_method != PayMethod::UnionPay => url.clone(),
-        _ => format!("{}/h5/{}", app.public_url, order.pay_order_no),
+        (true, Some(url)) if order.spec.pay_method != PayMethod::UnionPay => PayUrl::Channel(url),
+        _ => PayUrl::Hosted { public_url: &app.public_url, id: &order.pay_order_no },
+    }
+}
+
+/// An order's `pay_url`, written into the answer without being built first.
+#[derive(Debug, Clone, Copy)]
+pub enum PayUrl<'a> {
+    /// The channel's own page.
+    Channel(&'a str),
+    /// Our cashier page for the order.
+    Hosted {
+        /// How buyers reach this node.
+        public_url: &'a str,
+        /// The order.
+        id: &'a PayOrderNo,
+    },
+}
+
+impl fmt::Display for PayUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PayUrl::Channel(url) => f.write_str(url),
+            PayUrl::Hosted { public_url, id } => write!(f, "{public_url}/h5/{id}"),
+        }
+    }
+}
+
+impl Serialize for PayUrl<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -191,29 +221,29 @@ struct PayView<'a> {
     pay_order_no: &'a str,
     order_no: &'a str,
     status: &'static str,
-    amount: String,
+    amount: Shown<Money>,
     currency: &'static str,
     channel: &'a str,
     pay_scene: &'static str,
-    pay_url: String,
+    pay_url: PayUrl<'a>,
     code_url: Option<&'a str>,
     qr_code: Option<String>,
-    expire_time: String,
+    expire_time: Rfc3339,
 }
 
-fn pay_view<'a>(app: &App, order: &'a Order) -> PayView<'a> {
+fn pay_view<'a>(app: &'a App, order: &'a Order) -> PayView<'a> {
     PayView {
         pay_order_no: order.pay_order_no.as_str(),
         order_no: &order.spec.order_no,
         status: order.status.as_str(),
-        amount: order.spec.amount.to_string(),
+        amount: Shown(order.spec.amount),
         currency: order.spec.amount.currency().code(),
         channel: &order.channel,
         pay_scene: order.spec.pay_scene.as_str(),
         pay_url: pay_url(app, order),
         code_url: scan_code(order),
         qr_code: scan_code(order).and_then(|u| app.qr(u)),
-        expire_time: rfc3339(order.expire_time),
+        expire_time: Rfc3339(order.expire_time),
     }
 }
 
@@ -223,7 +253,7 @@ pub struct OrderView<'a> {
     pay_order_no: &'a str,
     order_no: &'a str,
     merchant_id: &'a str,
-    amount: String,
+    amount: Shown<Money>,
     currency: &'static str,
     status: &'static str,
     channel: &'a str,
@@ -231,22 +261,22 @@ pub struct OrderView<'a> {
     pay_scene: &'static str,
     subject: &'a str,
     channel_trade_no: Option<&'a str>,
-    pay_url: String,
-    refunded_amount: String,
-    create_time: String,
-    update_time: String,
-    expire_time: String,
-    paid_time: Option<String>,
+    pay_url: PayUrl<'a>,
+    refunded_amount: Shown<Money>,
+    create_time: Rfc3339,
+    update_time: Rfc3339,
+    expire_time: Rfc3339,
+    paid_time: Option<Rfc3339>,
 }
 
 /// The order as the query and close answers show it.
-pub fn order_view<'a>(app: &App, order: &'a Order) -> OrderView<'a> {
+pub fn order_view<'a>(app: &'a App, order: &'a Order) -> OrderView<'a> {
     let refunded = Money::from_minor(order.refunded_minor, order.spec.amount.currency());
     OrderView {
         pay_order_no: order.pay_order_no.as_str(),
         order_no: &order.spec.order_no,
         merchant_id: &order.spec.merchant_id,
-        amount: order.spec.amount.to_string(),
+        amount: Shown(order.spec.amount),
         currency: order.spec.amount.currency().code(),
         status: order.status.as_str(),
         channel: &order.channel,
@@ -255,10 +285,10 @@ pub fn order_view<'a>(app: &App, order: &'a Order) -> OrderView<'a> {
         subject: &order.spec.subject,
         channel_trade_no: order.channel_trade_no.as_deref(),
         pay_url: pay_url(app, order),
-        refunded_amount: refunded.to_string(),
-        create_time: rfc3339(order.create_time),
-        update_time: rfc3339(order.update_time),
-        expire_time: rfc3339(order.expire_time),
-        paid_time: order.paid_time.map(rfc3339),
+        refunded_amount: Shown(refunded),
+        create_time: Rfc3339(order.create_time),
+        update_time: Rfc3339(order.update_time),
+        expire_time: Rfc3339(order.expire_time),
+        paid_time: order.paid_time.map(Rfc3339),
     }
 }

@@ -85,8 +85,23 @@ pub fn success<T: serde::Serialize>(data: &T) -> HttpResponse {
 
 /// Any JSON body.
 pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> HttpResponse {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    // An order's answer is 600-700 bytes: start there instead of growing to it.
+    let mut bytes = Vec::with_capacity(1024);
+    if serde_json::to_writer(&mut bytes, body).is_err() {
+        bytes.clear();
+    }
     with_body(status, "application/json; charset=utf-8", bytes)
+}
+
+/// A value shown in an answer through its `Display` (amounts, times, URLs), written
+/// straight into the JSON string instead of into a `String` first.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown<T>(pub T);
+
+impl<T: std::fmt::Display> serde::Serialize for Shown<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
 }
 
 /// Any body.

@@ -230,9 +230,10 @@ fn record_request(endpoint: usize, status: StatusCode, seconds: f64) {
 async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let endpoint = API_PATHS.iter().position(|p| *p == req.uri().path());
-    let path = req.uri().path().to_owned();
-    let result = dispatch(app, req, &method, &path).await;
+    // A `Uri` clone shares the request's bytes; the path is not copied.
+    let uri = req.uri().clone();
+    let endpoint = API_PATHS.iter().position(|p| *p == uri.path());
+    let result = dispatch(app, req, &method, uri.path()).await;
     let resp = result.unwrap_or_else(ApiError::into_response);
     if let Some(endpoint) = endpoint {
         record_request(endpoint, resp.status(), started.elapsed().as_secs_f64());
