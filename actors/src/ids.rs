@@ -28,42 +28,88 @@ pub fn shard_of(merchant_id: &str, order_no: &str, shard_count: u16) -> ShardId 
 }
 
 /// Our payment order number (`pay_order_no`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PayOrderNo(String);
+///
+/// Held inline, not on the heap: ids are map keys on every read, and comparing one
+/// must not chase a pointer into a cold allocation. Always 22 ASCII bytes (`P` and
+/// digits), which both constructors check.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PayOrderNo([u8; ID_LEN]);
 
 const ID_LEN: usize = 22;
 
 impl PayOrderNo {
     /// Builds the id for `millis`, `shard` and `seq` (seq < 10000).
     fn compose(millis: u64, shard: ShardId, seq: u16) -> PayOrderNo {
-        PayOrderNo(format!("P{millis:013}{:04}{seq:04}", shard.0))
+        let mut id = [b'P'; ID_LEN];
+        // Each field is written right to left, modulo its width (millis has 13 digits
+        // until the year 2286).
+        let fields = [(millis, 1..14), (u64::from(shard.0), 14..18), (u64::from(seq), 18..22)];
+        for (mut value, range) in fields {
+            for digit in id.iter_mut().take(range.end).skip(range.start).rev() {
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        PayOrderNo(id)
     }
 
     /// Parses and checks the shape of an id received from outside.
     pub fn parse(text: &str) -> Option<PayOrderNo> {
-        let ok = text.len() == ID_LEN && text.starts_with('P') && text.bytes().skip(1).all(|b| b.is_ascii_digit());
-        ok.then(|| PayOrderNo(text.to_owned()))
+        let bytes: [u8; ID_LEN] = text.as_bytes().try_into().ok()?;
+        let ok = bytes[0] == b'P' && bytes[1..].iter().all(u8::is_ascii_digit);
+        ok.then_some(PayOrderNo(bytes))
     }
 
     /// The shard encoded in the id.
     pub fn shard(&self) -> ShardId {
-        ShardId(self.0.get(14..18).and_then(|s| s.parse().ok()).unwrap_or(0))
+        ShardId(self.as_str().get(14..18).and_then(|s| s.parse().ok()).unwrap_or(0))
     }
 
     /// The creation millis encoded in the id.
     pub fn millis(&self) -> u64 {
-        self.0.get(1..14).and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.as_str().get(1..14).and_then(|s| s.parse().ok()).unwrap_or(0)
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // ASCII by construction, so this is never the empty fallback.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl fmt::Display for PayOrderNo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for PayOrderNo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PayOrderNo({:?})", self.as_str())
+    }
+}
+
+/// Encoded as the text it is (so the journal holds the same bytes as when the id was a
+/// `String`).
+impl Serialize for PayOrderNo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PayOrderNo {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Id;
+        impl serde::de::Visitor<'_> for Id {
+            type Value = PayOrderNo;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 22-character pay_order_no")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PayOrderNo, E> {
+                PayOrderNo::parse(v).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_str(Id)
     }
 }
 
@@ -139,7 +185,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_id_is_encoded_as_its_text() {
+        let id = PayOrderNo::compose(1_704_067_200_123, ShardId(37), 42);
+        assert_eq!(id.as_str(), "P170406720012300370042");
+        assert_eq!(format!("{id:?}"), "PayOrderNo(\"P170406720012300370042\")");
+        let as_string = postcard::to_allocvec(&id.as_str().to_owned()).unwrap();
+        assert_eq!(postcard::to_allocvec(&id).unwrap(), as_string, "the journal's bytes are unchanged");
+        assert_eq!(postcard::from_bytes::<PayOrderNo>(&as_string).unwrap(), id);
+        let bad = postcard::to_allocvec(&"P12".to_owned()).unwrap();
+        assert!(postcard::from_bytes::<PayOrderNo>(&bad).is_err());
+    }
+
     proptest! {
+        #[test]
+        fn composed_ids_read_back(millis in 0u64..10_000_000_000_000, shard in 0u16..=MAX_SHARDS, seq in 0u16..10_000) {
+            let id = PayOrderNo::compose(millis, ShardId(shard), seq);
+            prop_assert_eq!(id.as_str(), format!("P{millis:013}{shard:04}{seq:04}"));
+            prop_assert_eq!(id.millis(), millis);
+            prop_assert_eq!(id.shard(), ShardId(shard));
+            prop_assert_eq!(PayOrderNo::parse(id.as_str()), Some(id));
+        }
+
         #[test]
         fn shard_is_in_range_and_stable(m in "[A-Z0-9]{1,32}", o in "[A-Za-z0-9_-]{1,32}", n in 1u16..2048) {
             let s = shard_of(&m, &o, n);

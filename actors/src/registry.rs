@@ -67,6 +67,17 @@ impl Published {
     }
 }
 
+/// What the registry knows of an order's state (see [`Registry::live_state`]).
+#[derive(Debug)]
+pub enum LiveState {
+    /// Live, and this is its last durable state.
+    Published(Arc<Order>),
+    /// Live, but it has published nothing yet (it is being created).
+    Unpublished,
+    /// No live actor.
+    NotLive,
+}
+
 /// A live order: its actor and what the actor has published.
 #[derive(Clone)]
 struct Live {
@@ -113,14 +124,18 @@ impl Registry {
         self.live(target).map(|l| l.addr)
     }
 
-    /// The state the live actor for `target` last published, if it is live and has one.
-    pub fn published(&self, target: &OrderTarget) -> Option<Arc<Order>> {
-        let from = |l: &Live| if l.addr.connected() { l.published.get() } else { None };
-        match target {
-            OrderTarget::Id(id) => self.by_id.get(id).and_then(|l| from(&l)),
+    /// What the live orders say about `target`, in one lookup.
+    pub fn live_state(&self, target: &OrderTarget) -> LiveState {
+        let live = match target {
+            OrderTarget::Id(id) => self.by_id.get(id).map(|l| (l.addr.connected(), l.published.get())),
             OrderTarget::Key { merchant_id, order_no } => {
-                self.by_key.get(&merchant_key(merchant_id, order_no)).and_then(|l| from(&l))
+                self.by_key.get(&merchant_key(merchant_id, order_no)).map(|l| (l.addr.connected(), l.published.get()))
             }
+        };
+        match live {
+            Some((true, Some(order))) => LiveState::Published(order),
+            Some((true, None)) => LiveState::Unpublished,
+            _ => LiveState::NotLive,
         }
     }
 

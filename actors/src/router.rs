@@ -10,7 +10,7 @@ use crate::ids::{shard_of, ShardId};
 use crate::order::Order;
 use crate::order_actor::{Delivery, OrderContext, OrderMsg, OrderRequest};
 use crate::ports::StorageError;
-use crate::registry::OrderTarget;
+use crate::registry::{LiveState, OrderTarget};
 use crate::shard::{Dispatch, ShardSupervisor};
 
 /// How often a request is routed again after meeting a passivating actor.
@@ -71,13 +71,13 @@ impl OrderRouter {
     /// with idle orders).
     /// Only an order whose first record is still being written is asked through its actor.
     pub async fn read(&self, target: OrderTarget, caller: Option<String>) -> CoreResult<Arc<Order>> {
-        let order = match self.oc.registry.published(&target) {
-            Some(order) => order,
-            None if self.oc.registry.lookup(&target).is_some() => {
+        let order = match self.oc.registry.live_state(&target) {
+            LiveState::Published(order) => order,
+            LiveState::Unpublished => {
                 return self.dispatch(target, OrderRequest::Query, caller).await.map(Arc::new);
             }
-            None if let Some(order) = self.oc.registry.cached(&target) => order,
-            None => {
+            LiveState::NotLive if let Some(order) = self.oc.registry.cached(&target) => order,
+            LiveState::NotLive => {
                 let id = match target {
                     OrderTarget::Id(id) => id,
                     OrderTarget::Key { merchant_id, order_no } => self
