@@ -91,6 +91,9 @@ pub struct BenchArgs {
     /// Measured seconds per phase.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// Slices each phase is cut into, alternating with the slices it is compared to
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     /// Keep-alive connections.
     #[arg(long, default_value_t = 32, global = true)]
     pub connections: usize,
@@ -138,6 +141,7 @@ pub fn bench(args: BenchArgs) -> CliResult {
             config: args.config,
             url: args.url,
             duration: Duration::from_secs(args.duration.max(1)),
+            rounds: args.rounds.max(1),
             connections: args.connections.max(1),
             threads: args.threads.max(1),
             workers: args.workers,

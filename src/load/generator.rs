@@ -99,12 +99,45 @@ pub struct PhaseResult {
     pub closed: u64,
     /// Answers received, the warm-up included.
     pub answered: u64,
-    /// CPU the server spent in the phase, warm-up included, per answer, microseconds
+    /// CPU the server spent in the phase, warm-up included, nanoseconds; 0 when unknown
     /// (filled in by the caller, which knows the server's process).
-    pub server_cpu_us: Option<f64>,
+    pub server_cpu_ns: u64,
 }
 
 impl PhaseResult {
+    /// Nothing measured yet.
+    pub fn empty() -> PhaseResult {
+        PhaseResult {
+            requests: 0,
+            elapsed: Duration::ZERO,
+            latency: new_histogram(),
+            errors: BTreeMap::new(),
+            created: Vec::new(),
+            closed: 0,
+            answered: 0,
+            server_cpu_ns: 0,
+        }
+    }
+
+    /// Adds what `other` measured (another connection, or another slice of the phase).
+    pub fn merge(&mut self, other: PhaseResult) {
+        self.requests += other.requests;
+        self.elapsed += other.elapsed;
+        let _ = self.latency.add(&other.latency);
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        self.created.extend(other.created);
+        self.closed += other.closed;
+        self.answered += other.answered;
+        self.server_cpu_ns += other.server_cpu_ns;
+    }
+
+    /// The server's CPU per answer, microseconds, when known.
+    pub fn server_cpu_us(&self) -> Option<f64> {
+        (self.server_cpu_ns > 0 && self.answered > 0).then(|| self.server_cpu_ns as f64 / 1000.0 / self.answered as f64)
+    }
+
     /// Requests per second.
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -197,28 +230,14 @@ pub async fn run(
             })
         })
         .collect();
-    let mut total = PhaseResult {
-        requests: 0,
-        elapsed: duration,
-        latency: new_histogram(),
-        errors: BTreeMap::new(),
-        created: Vec::new(),
-        closed: 0,
-        answered: 0,
-        server_cpu_us: None,
-    };
+    let mut total = PhaseResult::empty();
     for t in tasks {
         if let Ok(r) = t.await {
-            total.requests += r.requests;
-            let _ = total.latency.add(&r.latency);
-            for (k, v) in r.errors {
-                *total.errors.entry(k).or_default() += v;
-            }
-            total.created.extend(r.created);
-            total.closed += r.closed;
-            total.answered += r.answered;
+            total.merge(r);
         }
     }
+    // The connections ran side by side: the phase lasted `duration`, not their sum.
+    total.elapsed = duration;
     total
 }
 
@@ -238,16 +257,7 @@ async fn connect(addr: SocketAddr) -> Option<hyper::client::conn::http1::SendReq
 }
 
 async fn drive(mut conn: Conn, mix: Mix, start: Instant, end: Instant, known: Arc<Vec<String>>) -> PhaseResult {
-    let mut r = PhaseResult {
-        requests: 0,
-        elapsed: end.saturating_duration_since(start),
-        latency: new_histogram(),
-        errors: BTreeMap::new(),
-        created: Vec::new(),
-        closed: 0,
-        answered: 0,
-        server_cpu_us: None,
-    };
+    let mut r = PhaseResult::empty();
     let host = conn.target.addr.to_string();
     let mut sender = None;
     loop {

@@ -116,14 +116,13 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// Runs `phase` and fills in the CPU process `pid` spent per answer. Threads that ended
+/// Runs `phase` and adds the CPU process `pid` spent meanwhile. Threads that ended
 /// during the phase are not counted, which only happens at start-up.
-fn with_cpu(pid: u32, phase: impl FnOnce() -> PhaseResult) -> PhaseResult {
-    let before = cpu_ns(pid);
+fn with_cpu(pid: Option<u32>, phase: impl FnOnce() -> PhaseResult) -> PhaseResult {
+    let before = pid.map(cpu_ns);
     let mut r = phase();
-    let spent = cpu_ns(pid).saturating_sub(before);
-    if spent > 0 && r.answered > 0 {
-        r.server_cpu_us = Some(spent as f64 / 1000.0 / r.answered as f64);
+    if let (Some(pid), Some(before)) = (pid, before) {
+        r.server_cpu_ns += cpu_ns(pid).saturating_sub(before);
     }
     r
 }
@@ -149,8 +148,10 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Target an already running node instead of starting one.
     pub url: Option<String>,
-    /// Measured seconds per phase.
+    /// Measured seconds per phase (over all its rounds).
     pub duration: Duration,
+    /// Slices each compared phase is cut into, alternating with what it is compared to.
+    pub rounds: u32,
     /// Connections.
     pub connections: usize,
     /// Load generator threads.
@@ -168,7 +169,18 @@ struct Phase {
     result: PhaseResult,
 }
 
-/// Runs baseline, pay, query and mixed phases; prints the report.
+/// Runs the baseline, the floors and the node's pay, query and mixed phases; prints
+/// the report.
+///
+/// Every server is up for the whole run and idle outside its own slices. Each compared
+/// phase is cut into `rounds` slices that alternate with the slices of what it is
+/// compared to (floor with pay; baseline and authenticated floor with query), so a
+/// ratio compares measurements seconds apart instead of a minute apart: on a shared
+/// machine the CPU available drifts by more than the differences being measured.
+///
+/// After each pay slice the harness waits until the node has passivated every order
+/// the slice created, and charges the CPU of that wait to pay: it is pay's work, and
+/// otherwise it would land in whatever slice came next.
 pub fn run(opts: &RunOptions) -> Result<(), String> {
     let workers = match opts.workers {
         0 => std::thread::available_parallelism().map_or(2, usize::from),
@@ -183,43 +195,22 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
         crate::config::Config::load(&opts.config, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
     let merchant = config.merchants.first().ok_or("the configuration has no merchant")?;
     let warmup = Duration::from_secs(1);
+    let rounds = opts.rounds.max(1);
+    let slice = opts.duration / rounds;
     let run_id = format!("B{}", std::process::id());
 
     let data = std::env::temp_dir().join(format!("paygate-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    // The baseline, then the durable floor (the baseline plus one fsync'd journal
-    // record per request), each alone on the machine.
-    let bare = |journal: Option<&Path>, auth: Option<&Path>, run: &str| -> Result<PhaseResult, String> {
-        let process = spawn_baseline(workers, journal, auth)?;
-        let target = Arc::new(Target {
-            addr: process.addr,
-            merchant: merchant.merchant_id.clone(),
-            secret: merchant.secret.clone(),
-            run: format!("{run_id}{run}"),
-        });
-        Ok(with_cpu(process.pid(), || {
-            rt.block_on(generator::run(
-                target,
-                Mix::only(Op::Pay),
-                opts.connections,
-                warmup,
-                opts.duration,
-                Arc::default(),
-            ))
-        }))
-    };
-    let baseline = bare(None, None, "base")?;
-    let floor_dir = data.join("floor");
-    let floor = bare(Some(&floor_dir), None, "floor")?;
-    let auth_floor = bare(None, Some(&opts.config), "auth")?;
-    let _ = std::fs::remove_dir_all(&floor_dir);
-
-    // The node.
+    let baseline = spawn_baseline(workers, None, None)?;
+    let floor = spawn_baseline(workers, Some(&data.join("floor")), None)?;
+    let auth_floor = spawn_baseline(workers, None, Some(&opts.config))?;
     let node = match &opts.url {
         Some(_) => None,
-        None => Some(spawn_node(&opts.config, &data, &[("PAYGATE_SERVER__WORKERS", workers.to_string())])?),
+        None => {
+            Some(spawn_node(&opts.config, &data.join("node"), &[("PAYGATE_SERVER__WORKERS", workers.to_string())])?)
+        }
     };
-    let addr = match (&node, &opts.url) {
+    let node_addr = match (&node, &opts.url) {
         (Some(n), _) => n.addr,
         (None, Some(url)) => url
             .trim_start_matches("http://")
@@ -228,35 +219,72 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
             .map_err(|e| format!("--url must be http://host:port ({e})"))?,
         (None, None) => return Err("no node".into()),
     };
-    let target =
-        Arc::new(Target { addr, merchant: merchant.merchant_id.clone(), secret: merchant.secret.clone(), run: run_id });
     let node_pid = node.as_ref().map(Process::pid);
-    let phase = |mix: Mix, known: Arc<Vec<String>>| {
-        let run =
-            || rt.block_on(generator::run(Arc::clone(&target), mix, opts.connections, warmup, opts.duration, known));
-        match node_pid {
-            Some(pid) => with_cpu(pid, run),
-            None => run(),
+
+    // One slice of load: `mix` against the server at `addr` for `length`.
+    let drive = |addr, pid, mix, tag: String, length, known: &Arc<Vec<String>>| {
+        if !opts.json {
+            eprintln!("slice {tag}: {length:.1?} after {warmup:.1?} of warm-up");
         }
+        let target = Arc::new(Target {
+            addr,
+            merchant: merchant.merchant_id.clone(),
+            secret: merchant.secret.clone(),
+            run: format!("{run_id}{tag}"),
+        });
+        with_cpu(pid, || rt.block_on(generator::run(target, mix, opts.connections, warmup, length, Arc::clone(known))))
     };
-    let pay = phase(Mix::only(Op::Pay), Arc::default());
+    let none = Arc::default();
+    let pay_only = Mix::only(Op::Pay);
+    let [mut base, mut floor_r, mut auth_r, mut pay, mut query] = std::array::from_fn(|_| PhaseResult::empty());
+    for round in 0..rounds {
+        floor_r.merge(drive(floor.addr, Some(floor.pid()), pay_only, format!("f{round}"), slice, &none));
+        pay.merge(drive(node_addr, node_pid, pay_only, format!("p{round}"), slice, &none));
+        let (waited, cpu) = settle(&rt, node_addr, node_pid);
+        pay.server_cpu_ns += cpu;
+        if !opts.json {
+            eprintln!("round {}: the node passivated the pay slice's orders in {waited:.1?}", round + 1);
+        }
+    }
     let known = Arc::new(pay.created.clone());
-    let query = phase(Mix::only(Op::Query), Arc::clone(&known));
-    let mixed = phase(opts.mix, known);
+    for round in 0..rounds {
+        base.merge(drive(baseline.addr, Some(baseline.pid()), pay_only, format!("b{round}"), slice, &none));
+        auth_r.merge(drive(auth_floor.addr, Some(auth_floor.pid()), pay_only, format!("a{round}"), slice, &none));
+        query.merge(drive(node_addr, node_pid, Mix::only(Op::Query), format!("q{round}"), slice, &known));
+    }
+    let mixed = drive(node_addr, node_pid, opts.mix, "m".into(), opts.duration, &known);
     let (rss, peak) = node.as_ref().map_or((0.0, 0.0), |n| rss_mb(n.pid()));
-    drop(node);
+    drop((node, baseline, floor, auth_floor));
     let _ = std::fs::remove_dir_all(&data);
 
     let phases = [
-        Phase { name: "baseline", result: baseline },
-        Phase { name: "floor", result: floor },
-        Phase { name: "authfloor", result: auth_floor },
+        Phase { name: "baseline", result: base },
+        Phase { name: "floor", result: floor_r },
+        Phase { name: "authfloor", result: auth_r },
         Phase { name: "pay", result: pay },
         Phase { name: "query", result: query },
         Phase { name: "mix", result: mixed },
     ];
     report(opts, workers, &phases, rss, peak);
     Ok(())
+}
+
+/// Waits (up to a minute) until the node at `addr` has no live order actors, and
+/// returns how long that took and the CPU process `pid` spent meanwhile.
+fn settle(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr, pid: Option<u32>) -> (Duration, u64) {
+    let started = Instant::now();
+    let before = pid.map(cpu_ns);
+    while started.elapsed() < Duration::from_secs(60) {
+        if rt.block_on(live_order_actors(addr)) <= 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cpu = match (pid, before) {
+        (Some(pid), Some(before)) => cpu_ns(pid).saturating_sub(before),
+        _ => 0,
+    };
+    (started.elapsed(), cpu)
 }
 
 fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f64) {
@@ -266,7 +294,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
     let base = rps("baseline").max(1e-9);
     // The baseline server's CPU per answer over a phase's: what the ratio of throughputs
     // would be if the server had the cores to itself, free of scheduling noise.
-    let cpu = |name: &str| get(name).and_then(|r| r.server_cpu_us);
+    let cpu = |name: &str| get(name).and_then(PhaseResult::server_cpu_us);
     let cpu_ratio = |name: &str| match (cpu("baseline"), cpu(name)) {
         (Some(b), Some(n)) if n > 0.0 => Some(b / n),
         _ => None,
@@ -286,7 +314,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
                     p.name.to_owned(),
                     json!({"requests": r.requests, "rps": r.rps(), "p50_ms": r.ms(0.5), "p90_ms": r.ms(0.9),
                            "p99_ms": r.ms(0.99), "p999_ms": r.ms(0.999), "errors": r.errors,
-                           "server_cpu_us_per_request": r.server_cpu_us}),
+                           "server_cpu_us_per_request": r.server_cpu_us()}),
                 )
             })
             .collect();
@@ -299,14 +327,15 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
             "pay_p99_ms": p99("pay"), "query_p99_ms": p99("query"), "errors": errors,
             "query_cpu_ratio": cpu_ratio("query"), "pay_cpu_ratio": cpu_ratio("pay"),
             "rss_mb": rss, "peak_rss_mb": peak, "connections": opts.connections, "duration_s": opts.duration.as_secs_f64(),
+            "rounds": opts.rounds,
             "generator_threads": opts.threads, "node_workers": workers, "phases": phase_json,
         });
         println!("{out}");
         return;
     }
     println!(
-        "{} connections, {:?} per phase, {} generator thread(s), {workers} node worker(s)\n",
-        opts.connections, opts.duration, opts.threads
+        "{} connections, {:?} per phase in {} round(s), {} generator thread(s), {workers} node worker(s)\n",
+        opts.connections, opts.duration, opts.rounds, opts.threads
     );
     println!(
         "{:<9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}  errors",
@@ -324,7 +353,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
             r.ms(0.9),
             r.ms(0.99),
             r.ms(0.999),
-            r.server_cpu_us.map_or("-".to_owned(), |c| format!("{c:.1}")),
+            r.server_cpu_us().map_or("-".to_owned(), |c| format!("{c:.1}")),
             if errs.is_empty() { "-".to_owned() } else { errs.join(" ") }
         );
     }
