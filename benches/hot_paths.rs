@@ -1,6 +1,7 @@
 //! The decision steps of a payment, each on its own: signature check, request parsing
-//! and validation, the order state machine, routing, snapshot encoding, QR rendering,
-//! and a registry lookup + actor round trip. Target: each decision step under 5 µs.
+//! and validation, a query's parsing and authentication and its answer's rendering,
+//! the order state machine, routing, snapshot encoding, QR rendering, and a registry
+//! lookup + actor round trip. Target: each decision step under 5 µs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
@@ -8,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use paygate::http::api::{pay_spec, PayLimits};
+use paygate::http::api::{order_view, pay_spec, PayLimits};
+use paygate::http::envelope::success;
 use paygate::http::params;
 use paygate::sandbox::{Sandbox, SandboxConnector};
 use paygate::storage::codec::{decode_order, encode_order};
@@ -112,7 +114,29 @@ fn decisions(c: &mut Criterion) {
         })
     });
 
+    let mut query: BTreeMap<String, String> =
+        [("merchant_id", "M20240101001"), ("pay_order_no", "P170406720000000010000")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    query.insert("timestamp".into(), now.to_string());
+    query.insert("nonce".into(), "a1b2c3d4e5f6".into());
+    let sign = signing::sign(&query, SECRET, SignType::HmacSha256);
+    query.insert("sign".into(), sign);
+    let query_body = serde_json::to_vec(&query).unwrap();
+    c.bench_function("query_parse_and_authenticate", |b| {
+        b.iter(|| {
+            let p = params::parse(black_box(&query_body)).unwrap();
+            check_request(&profile, &p, now, &policy).unwrap();
+            p
+        })
+    });
+
     let o = order();
+    c.bench_function("query_answer_render", |b| {
+        b.iter(|| success(&order_view(black_box("http://127.0.0.1:8080"), black_box(&o))))
+    });
+
     let paid = OrderCommand::Notice(ChannelNotice::Paid { channel_trade_no: "SBX1".into(), amount_minor: 10_000 });
     c.bench_function("order_transition_paid", |b| {
         b.iter(|| {

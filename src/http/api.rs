@@ -58,7 +58,7 @@ pub async fn query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body)?;
     let target = order_target(&params, &merchant)?;
     let order = bounded(app, app.router.read(target, Some(merchant.merchant_id.clone()))).await?;
-    Ok(success(&order_view(app, &order)))
+    Ok(success(&order_view(&app.public_url, &order)))
 }
 
 /// `POST /api/v1/payment/close`.
@@ -67,7 +67,7 @@ pub async fn close(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let target = order_target(&params, &merchant)?;
     let caller = Some(merchant.merchant_id.clone());
     let order = bounded(app, app.router.dispatch(target, OrderRequest::Close, caller)).await?;
-    Ok(success(&order_view(app, &order)))
+    Ok(success(&order_view(&app.public_url, &order)))
 }
 
 fn order_target(params: &Params, merchant: &MerchantProfile) -> Result<OrderTarget, CoreError> {
@@ -173,11 +173,11 @@ fn scene(params: &Params, method: PayMethod) -> Result<PayScene, CoreError> {
 
 /// Where the buyer goes to pay: the channel's own page for a page scene, else our hosted
 /// cashier page (which shows the channel's code).
-pub fn pay_url<'a>(app: &'a App, order: &'a Order) -> PayUrl<'a> {
+pub fn pay_url<'a>(public_url: &'a str, order: &'a Order) -> PayUrl<'a> {
     match (order.spec.pay_scene.is_page(), &order.code_url) {
         // UnionPay's front form must be posted by the buyer's browser: our page does it.
         (true, Some(url)) if order.spec.pay_method != PayMethod::UnionPay => PayUrl::Channel(url),
-        _ => PayUrl::Hosted { public_url: &app.public_url, id: &order.pay_order_no },
+        _ => PayUrl::Hosted { public_url, id: &order.pay_order_no },
     }
 }
 
@@ -204,12 +204,6 @@ impl fmt::Display for PayUrl<'_> {
     }
 }
 
-impl Serialize for PayUrl<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// The channel's code to scan, when the scene is one (a page URL is not a code).
 fn scan_code(order: &Order) -> Option<&str> {
     order.code_url.as_deref().filter(|_| !order.spec.pay_scene.is_page())
@@ -225,10 +219,10 @@ struct PayView<'a> {
     currency: &'static str,
     channel: &'a str,
     pay_scene: &'static str,
-    pay_url: PayUrl<'a>,
+    pay_url: Shown<PayUrl<'a>>,
     code_url: Option<&'a str>,
     qr_code: Option<String>,
-    expire_time: Rfc3339,
+    expire_time: Shown<Rfc3339>,
 }
 
 fn pay_view<'a>(app: &'a App, order: &'a Order) -> PayView<'a> {
@@ -240,10 +234,10 @@ fn pay_view<'a>(app: &'a App, order: &'a Order) -> PayView<'a> {
         currency: order.spec.amount.currency().code(),
         channel: &order.channel,
         pay_scene: order.spec.pay_scene.as_str(),
-        pay_url: pay_url(app, order),
+        pay_url: Shown(pay_url(&app.public_url, order)),
         code_url: scan_code(order),
         qr_code: scan_code(order).and_then(|u| app.qr(u)),
-        expire_time: Rfc3339(order.expire_time),
+        expire_time: Shown(Rfc3339(order.expire_time)),
     }
 }
 
@@ -261,16 +255,17 @@ pub struct OrderView<'a> {
     pay_scene: &'static str,
     subject: &'a str,
     channel_trade_no: Option<&'a str>,
-    pay_url: PayUrl<'a>,
+    pay_url: Shown<PayUrl<'a>>,
     refunded_amount: Shown<Money>,
-    create_time: Rfc3339,
-    update_time: Rfc3339,
-    expire_time: Rfc3339,
-    paid_time: Option<Rfc3339>,
+    create_time: Shown<Rfc3339>,
+    update_time: Shown<Rfc3339>,
+    expire_time: Shown<Rfc3339>,
+    paid_time: Option<Shown<Rfc3339>>,
 }
 
-/// The order as the query and close answers show it.
-pub fn order_view<'a>(app: &'a App, order: &'a Order) -> OrderView<'a> {
+/// The order as the query and close answers show it; `public_url` is how buyers reach
+/// this node.
+pub fn order_view<'a>(public_url: &'a str, order: &'a Order) -> OrderView<'a> {
     let refunded = Money::from_minor(order.refunded_minor, order.spec.amount.currency());
     OrderView {
         pay_order_no: order.pay_order_no.as_str(),
@@ -284,11 +279,11 @@ pub fn order_view<'a>(app: &'a App, order: &'a Order) -> OrderView<'a> {
         pay_scene: order.spec.pay_scene.as_str(),
         subject: &order.spec.subject,
         channel_trade_no: order.channel_trade_no.as_deref(),
-        pay_url: pay_url(app, order),
+        pay_url: Shown(pay_url(public_url, order)),
         refunded_amount: Shown(refunded),
-        create_time: Rfc3339(order.create_time),
-        update_time: Rfc3339(order.update_time),
-        expire_time: Rfc3339(order.expire_time),
-        paid_time: order.paid_time.map(Rfc3339),
+        create_time: Shown(Rfc3339(order.create_time)),
+        update_time: Shown(Rfc3339(order.update_time)),
+        expire_time: Shown(Rfc3339(order.expire_time)),
+        paid_time: order.paid_time.map(|t| Shown(Rfc3339(t))),
     }
 }

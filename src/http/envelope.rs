@@ -93,14 +93,43 @@ pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T)
     with_body(status, "application/json; charset=utf-8", bytes)
 }
 
-/// A value shown in an answer through its `Display` (amounts, times, URLs), written
-/// straight into the JSON string instead of into a `String` first.
+/// A value shown in an answer through its `Display` (amounts, times, URLs), formatted
+/// on the stack and escaped once, instead of into a `String` first (an allocation) or
+/// straight through `collect_str` (which escapes every small piece on its own).
 #[derive(Debug, Clone, Copy)]
 pub struct Shown<T>(pub T);
 
 impl<T: std::fmt::Display> serde::Serialize for Shown<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        use std::fmt::Write;
+        let mut text = StackText { bytes: [0; 128], len: 0 };
+        match write!(text, "{}", self.0) {
+            Ok(()) => s.serialize_str(text.as_str()),
+            // Longer than the buffer: stream it.
+            Err(_) => s.collect_str(&self.0),
+        }
+    }
+}
+
+/// Text formatted into a fixed buffer; a write that does not fit fails.
+struct StackText<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackText<N> {
+    fn as_str(&self) -> &str {
+        // Only whole `str`s are ever appended, so the bytes are UTF-8.
+        self.bytes.get(..self.len).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default()
+    }
+}
+
+impl<const N: usize> std::fmt::Write for StackText<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(std::fmt::Error)?;
+        self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -110,4 +139,18 @@ pub fn with_body(status: StatusCode, content_type: &'static str, body: impl Into
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_values_are_json_strings_whatever_their_length() {
+        let short = serde_json::to_string(&Shown("a\"b")).unwrap();
+        assert_eq!(short, r#""a\"b""#);
+        let long = "x\"".repeat(100);
+        let shown = serde_json::to_string(&Shown(&long)).unwrap();
+        assert_eq!(shown, serde_json::to_string(&long).unwrap());
+    }
 }
