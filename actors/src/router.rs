@@ -70,10 +70,11 @@ impl OrderRouter {
     /// straight from its snapshot, without activating it (queries must not fill memory
     /// with idle orders).
     /// Only an order whose first record is still being written is asked through its actor.
-    pub async fn read(&self, target: OrderTarget, caller: Option<String>) -> CoreResult<Arc<Order>> {
+    pub async fn read(&self, target: OrderTarget, caller: Option<&str>) -> CoreResult<Arc<Order>> {
         let order = match self.oc.registry.live_state(&target) {
             LiveState::Published(order) => order,
             LiveState::Unpublished => {
+                let caller = caller.map(str::to_owned);
                 return self.dispatch(target, OrderRequest::Query, caller).await.map(Arc::new);
             }
             LiveState::NotLive if let Some(order) = self.oc.registry.cached(&target) => order,

@@ -275,11 +275,11 @@ async fn a_read_does_not_wait_behind_a_slow_channel_call_and_sees_only_durable_s
 
     // The actor is inside the close call: reads answer from what it last published.
     for target in [id.clone(), key("R")] {
-        let read = w.router.read(target, Some("M1".into()));
+        let read = w.router.read(target, Some("M1"));
         let order = actix_rt::time::timeout(Duration::from_secs(5), read).await.expect("read waited").unwrap();
         assert_eq!(order.status, OrderStatus::Paying);
     }
-    let other = w.router.read(id.clone(), Some("M2".into())).await.unwrap_err();
+    let other = w.router.read(id.clone(), Some("M2")).await.unwrap_err();
     assert_eq!(other.code, ErrorCode::OrderNotFound, "published state is still the caller's own only");
 
     w.channel.hold_close.store(false, Ordering::SeqCst);
@@ -303,10 +303,10 @@ async fn a_passivated_order_is_read_from_the_read_cache_and_a_reactivated_one_fr
     assert_eq!(registry.live_orders(), 0, "passivated");
     let loads = w.store.loads.load(Ordering::SeqCst);
     for target in [id.clone(), key("RC")] {
-        assert_eq!(w.router.read(target, Some("M1".into())).await.unwrap().status, OrderStatus::Paying);
+        assert_eq!(w.router.read(target, Some("M1")).await.unwrap().status, OrderStatus::Paying);
     }
     assert_eq!(w.store.loads.load(Ordering::SeqCst), loads, "answered from memory, not the store");
-    assert_eq!(w.router.read(id.clone(), Some("M2".into())).await.unwrap_err().code, ErrorCode::OrderNotFound);
+    assert_eq!(w.router.read(id.clone(), Some("M2")).await.unwrap_err().code, ErrorCode::OrderNotFound);
 
     // Reactivated and closed: reads follow the actor, and its next passivation the cache.
     assert_eq!(

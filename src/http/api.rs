@@ -57,7 +57,7 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
 pub async fn query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body)?;
     let target = order_target(&params, &merchant)?;
-    let order = bounded(app, app.router.read(target, Some(merchant.merchant_id.clone()))).await?;
+    let order = bounded(app, app.router.read(target, Some(&merchant.merchant_id))).await?;
     Ok(success(&order_view(&app.public_url, &order)))
 }
 
