@@ -9,8 +9,9 @@
 //!
 //! With a configuration it is the *authenticated floor*: each request is parsed and
 //! authenticated as the node does it (JSON, signature, timestamp, single-use nonce) and
-//! answered with an order-sized JSON body serialised afresh. Every query must do at
-//! least that much, so this floor bounds what any authenticated query can reach.
+//! answered with one order in memory, rendered afresh by the node's own query view.
+//! Every query must do at least that much (and find its order), so this floor bounds
+//! what any authenticated query can reach.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -25,75 +26,65 @@ use hyper_util::rt::TokioIo;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::merchant::{AuthPolicy, MerchantDirectory};
-use paygate_actors::order::OrderEvent;
+use paygate_actors::money::{Currency, Money};
+use paygate_actors::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, PayMethod};
 use paygate_actors::ports::{Clock, Journal, Record};
 
+use crate::http::api::order_view;
+use crate::http::envelope::success;
 use crate::storage::journal::{JournalHandle, JournalOptions};
 use crate::storage::views::Position;
 
 const BODY: &[u8] = br#"{"code":"SUCCESS","message":"success","data":{"status":"PAYING"}}"#;
 
-/// An answer the size and shape of a query's.
-#[derive(serde::Serialize)]
-struct OrderSized<'a> {
-    code: &'static str,
-    message: &'static str,
-    data: OrderData<'a>,
+/// The order the authenticated floor shows: a paid sandbox order, built once.
+fn shown_order() -> Option<Order> {
+    let spec = OrderSpec {
+        merchant_id: "M20240101001".into(),
+        order_no: "ORD20240101123456".into(),
+        amount: Money::from_minor(1234, Currency::CNY),
+        subject: "tea".into(),
+        body: None,
+        notify_url: None,
+        return_url: None,
+        pay_method: PayMethod::Sandbox,
+        pay_scene: Default::default(),
+        expire_minutes: None,
+        client_ip: None,
+        device_id: None,
+        user_id: None,
+    };
+    let id = PayOrderNo::parse("P179545426626100300000")?;
+    let now = SystemClock.now_ms();
+    let mut order = Order::from_created(&OrderEvent::created(id, spec, "sandbox".into(), now, 1_800_000))?;
+    let trade = "SBX179545426626100300000".to_owned();
+    let steps = [
+        OrderCommand::Accept {
+            code_url: "http://127.0.0.1:8080/sandbox/pay/P179545426626100300000".into(),
+            channel_trade_no: Some(trade.clone()),
+        },
+        OrderCommand::Notice(ChannelNotice::Paid { channel_trade_no: trade, amount_minor: 1234 }),
+    ];
+    for step in steps {
+        for event in order.handle(step, now).ok()? {
+            order.apply(&event).ok()?;
+        }
+    }
+    Some(order)
 }
 
-#[derive(serde::Serialize)]
-struct OrderData<'a> {
-    pay_order_no: &'a str,
-    order_no: &'a str,
-    merchant_id: &'a str,
-    amount: String,
-    currency: &'a str,
-    status: &'a str,
-    channel: &'a str,
-    pay_method: &'a str,
-    pay_scene: &'a str,
-    subject: &'a str,
-    channel_trade_no: Option<&'a str>,
-    pay_url: String,
-    refunded_amount: String,
-    create_time: String,
-    update_time: String,
-    expire_time: String,
-    paid_time: Option<String>,
-}
-
-/// Authenticates `body` as the node does; answers the order-sized body, or the error.
-fn authenticated(merchants: &MerchantDirectory, body: &[u8]) -> Bytes {
+/// Authenticates `body` as the node does; answers with `order` rendered as the node
+/// renders a query's answer, or with the error.
+fn authenticated(merchants: &MerchantDirectory, order: &Order, body: &[u8]) -> Bytes {
     let checked = crate::http::params::parse(body).and_then(|p| {
         crate::http::params::require_auth_fields(&p)?;
-        merchants.authenticate(&p, SystemClock.now_ms() / 1000).map(|m| (p, m))
+        merchants.authenticate(&p, SystemClock.now_ms() / 1000)
     });
     match checked {
-        Ok((p, m)) => {
-            let id = "P179545426626100300000";
-            let time = || "2026-11-23T17:47:46.261Z".to_owned();
-            let data = OrderData {
-                pay_order_no: id,
-                order_no: p.get("order_no").map(String::as_str).unwrap_or_default(),
-                merchant_id: &m.merchant_id,
-                amount: "12.34".to_owned(),
-                currency: "CNY",
-                status: "SUCCESS",
-                channel: "sandbox",
-                pay_method: "SANDBOX",
-                pay_scene: "QR",
-                subject: "tea",
-                channel_trade_no: Some("SBX179545426626100300000"),
-                pay_url: format!("http://127.0.0.1:8080/h5/{id}"),
-                refunded_amount: "0.00".to_owned(),
-                create_time: time(),
-                update_time: time(),
-                expire_time: time(),
-                paid_time: Some(time()),
-            };
-            Bytes::from(
-                serde_json::to_vec(&OrderSized { code: "SUCCESS", message: "success", data }).unwrap_or_default(),
-            )
+        Ok(_) => {
+            let answer = success(&order_view("http://127.0.0.1:8080", order));
+            let (_, body) = answer.into_parts();
+            body.into_inner().unwrap_or_default()
         }
         Err(e) => Bytes::from(format!("{{\"code\":\"{}\"}}", e.code.as_str())),
     }
@@ -114,7 +105,8 @@ pub fn serve(
                 crate::config::Config::load(dir, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
             let policy =
                 AuthPolicy { timestamp_window_secs: config.auth.timestamp_window_secs, ..AuthPolicy::default() };
-            Some(Arc::new(MerchantDirectory::new(config.merchants.clone(), policy)))
+            let order = shown_order().ok_or("the floor's order could not be built")?;
+            Some(Arc::new((MerchantDirectory::new(config.merchants.clone(), policy), order)))
         }
         None => None,
     };
@@ -166,7 +158,7 @@ pub fn serve(
                             }
                         }
                         let answer = match &merchants {
-                            Some(m) => authenticated(m, &body),
+                            Some(m) => authenticated(&m.0, &m.1, &body),
                             None => Bytes::from_static(BODY),
                         };
                         let mut resp = Response::new(Full::new(answer));
