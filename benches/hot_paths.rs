@@ -65,19 +65,11 @@ fn signed_pay(now_secs: i64) -> BTreeMap<String, String> {
 
 fn order() -> Order {
     let spec = OrderSpec {
-        merchant_id: "M20240101001".into(),
-        order_no: "ORD1".into(),
-        amount: Money::from_minor(10_000, Currency::CNY),
-        subject: "tea".into(),
         body: Some("green tea, 250 g".into()),
         notify_url: Some("https://merchant.example/notify".into()),
-        return_url: None,
-        pay_method: PayMethod::Sandbox,
-        pay_scene: Default::default(),
-        expire_minutes: None,
         client_ip: Some("203.0.113.7".into()),
-        device_id: None,
         user_id: Some("u-42".into()),
+        ..OrderSpec::new("M20240101001", "ORD1", Money::from_minor(10_000, Currency::CNY), "tea", PayMethod::Sandbox)
     };
     let id = PayOrderNo::parse("P170406720000000010000").unwrap();
     let mut o = Order::from_created(&OrderEvent::created(id, spec, "sandbox".into(), 1_000, 1_800_000)).unwrap();

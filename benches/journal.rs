@@ -18,21 +18,13 @@ use paygate_actors::ports::{Journal, Record};
 
 fn record(ids: &mut IdGenerator, i: u64) -> Record {
     let id = ids.next(1_700_000_000_000);
-    let spec = OrderSpec {
-        merchant_id: "M20240101001".into(),
-        order_no: format!("J{i}"),
-        amount: Money::from_minor(100, Currency::CNY),
-        subject: "journal bench".into(),
-        body: None,
-        notify_url: None,
-        return_url: None,
-        pay_method: PayMethod::Sandbox,
-        pay_scene: Default::default(),
-        expire_minutes: None,
-        client_ip: None,
-        device_id: None,
-        user_id: None,
-    };
+    let spec = OrderSpec::new(
+        "M20240101001",
+        format!("J{i}"),
+        Money::from_minor(100, Currency::CNY),
+        "journal bench",
+        PayMethod::Sandbox,
+    );
     let created = OrderEvent::created(id.clone(), spec, "sandbox".into(), 1_700_000_000_000, 1_800_000);
     let accepted = OrderEvent::ChannelAccepted { code_url: format!("sandbox://{id}"), channel_trade_no: None, at: 1 };
     Record::Order { pay_order_no: id, seq: 1, events: vec![created, accepted] }

@@ -228,6 +228,34 @@ pub struct OrderSpec {
     pub user_id: Option<String>,
 }
 
+impl OrderSpec {
+    /// A spec with only what every order needs: the default scene, no buyer or risk
+    /// details, the merchant's default lifetime. Set the rest with struct update syntax.
+    pub fn new(
+        merchant_id: impl Into<String>,
+        order_no: impl Into<String>,
+        amount: Money,
+        subject: impl Into<String>,
+        pay_method: PayMethod,
+    ) -> OrderSpec {
+        OrderSpec {
+            merchant_id: merchant_id.into(),
+            order_no: order_no.into(),
+            amount,
+            subject: subject.into(),
+            body: None,
+            notify_url: None,
+            return_url: None,
+            pay_method,
+            pay_scene: PayScene::default(),
+            expire_minutes: None,
+            client_ip: None,
+            device_id: None,
+            user_id: None,
+        }
+    }
+}
+
 /// A payment that arrived after the order stopped taking payments. Kept on the order and
 /// flagged for refund: money is never silently dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -767,19 +795,8 @@ mod tests {
 
     fn spec(amount: i64) -> OrderSpec {
         OrderSpec {
-            merchant_id: "M1".into(),
-            order_no: "O1".into(),
-            amount: Money::from_minor(amount, Currency::CNY),
-            subject: "tea".into(),
-            body: None,
-            notify_url: None,
-            return_url: None,
-            pay_method: PayMethod::Sandbox,
-            pay_scene: Default::default(),
             expire_minutes: Some(30),
-            client_ip: None,
-            device_id: None,
-            user_id: None,
+            ..OrderSpec::new("M1", "O1", Money::from_minor(amount, Currency::CNY), "tea", PayMethod::Sandbox)
         }
     }
 

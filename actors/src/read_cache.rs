@@ -95,21 +95,7 @@ mod tests {
     use crate::order::{OrderEvent, OrderSpec, PayMethod};
 
     fn order(n: u64, order_no: &str) -> Arc<Order> {
-        let spec = OrderSpec {
-            merchant_id: "M1".into(),
-            order_no: order_no.into(),
-            amount: Money::from_minor(100, Currency::CNY),
-            subject: "s".into(),
-            body: None,
-            notify_url: None,
-            return_url: None,
-            pay_method: PayMethod::Sandbox,
-            pay_scene: Default::default(),
-            expire_minutes: None,
-            client_ip: None,
-            device_id: None,
-            user_id: None,
-        };
+        let spec = OrderSpec::new("M1", order_no, Money::from_minor(100, Currency::CNY), "s", PayMethod::Sandbox);
         let id = PayOrderNo::parse(&format!("P{n:021}")).unwrap();
         let created = OrderEvent::created(id, spec, "sandbox".into(), 1_700_000_000_000, 60_000);
         Arc::new(Order::from_created(&created).unwrap())

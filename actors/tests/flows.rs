@@ -171,19 +171,8 @@ fn world_with(passivation: Passivation) -> World {
 
 fn pay(order_no: &str) -> OrderRequest {
     let spec = OrderSpec {
-        merchant_id: "M1".into(),
-        order_no: order_no.into(),
-        amount: Money::from_minor(500, Currency::CNY),
-        subject: "s".into(),
-        body: None,
-        notify_url: None,
-        return_url: None,
-        pay_method: PayMethod::Sandbox,
-        pay_scene: Default::default(),
         expire_minutes: Some(30),
-        client_ip: None,
-        device_id: None,
-        user_id: None,
+        ..OrderSpec::new("M1", order_no, Money::from_minor(500, Currency::CNY), "s", PayMethod::Sandbox)
     };
     OrderRequest::Pay(Box::new(PaySubmission { spec, route: Ok("fake".into()), expire_after_ms: 30 * 60_000 }))
 }

@@ -39,21 +39,13 @@ const BODY: &[u8] = br#"{"code":"SUCCESS","message":"success","data":{"status":"
 
 /// The order the authenticated floor shows: a paid sandbox order, built once.
 fn shown_order() -> Option<Order> {
-    let spec = OrderSpec {
-        merchant_id: "M20240101001".into(),
-        order_no: "ORD20240101123456".into(),
-        amount: Money::from_minor(1234, Currency::CNY),
-        subject: "tea".into(),
-        body: None,
-        notify_url: None,
-        return_url: None,
-        pay_method: PayMethod::Sandbox,
-        pay_scene: Default::default(),
-        expire_minutes: None,
-        client_ip: None,
-        device_id: None,
-        user_id: None,
-    };
+    let spec = OrderSpec::new(
+        "M20240101001",
+        "ORD20240101123456",
+        Money::from_minor(1234, Currency::CNY),
+        "tea",
+        PayMethod::Sandbox,
+    );
     let id = PayOrderNo::parse("P179545426626100300000")?;
     let now = SystemClock.now_ms();
     let mut order = Order::from_created(&OrderEvent::created(id, spec, "sandbox".into(), now, 1_800_000))?;

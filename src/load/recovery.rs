@@ -33,19 +33,14 @@ pub struct RecoveryOptions {
 
 fn spec(merchant: &str, i: u64) -> OrderSpec {
     OrderSpec {
-        merchant_id: merchant.to_owned(),
-        order_no: format!("R{i}"),
-        amount: Money::from_minor(100 + (i % 1000) as i64, Currency::CNY),
-        subject: "recovery".to_owned(),
-        body: None,
-        notify_url: None,
-        return_url: None,
-        pay_method: PayMethod::Sandbox,
-        pay_scene: Default::default(),
         expire_minutes: Some(600),
-        client_ip: None,
-        device_id: None,
-        user_id: None,
+        ..OrderSpec::new(
+            merchant.to_owned(),
+            format!("R{i}"),
+            Money::from_minor(100 + (i % 1000) as i64, Currency::CNY),
+            "recovery".to_owned(),
+            PayMethod::Sandbox,
+        )
     }
 }
 
