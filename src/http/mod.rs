@@ -161,6 +161,9 @@ pub async fn serve(listener: std::net::TcpListener, app: Arc<App>, workers: Vec<
     }
 }
 
+/// Serves one connection. A connection that does not complete a request's headers within
+/// `header_timeout` (slowloris) is closed by hyper, and so is one idle that long after
+/// its last answer.
 async fn serve_connection(stream: tokio::net::TcpStream, app: Arc<App>) {
     let _ = stream.set_nodelay(true);
     let header_timeout = app.header_timeout;
@@ -176,7 +179,20 @@ async fn serve_connection(stream: tokio::net::TcpStream, app: Arc<App>) {
         .await;
 }
 
+/// Reads a request's body, refusing one that does not arrive within the header timeout:
+/// hyper's timeout covers only the headers, so a body sent slowly enough would otherwise
+/// hold its connection (and an API slot) for good. A body that came with its headers,
+/// the usual case, is read without arming a timer.
 async fn read_body(app: &App, req: Request<Incoming>) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
+    tokio::time::timeout(app.header_timeout, read_whole_body(app, req)).await.unwrap_or_else(|_| {
+        Err(ApiError::Core(paygate_actors::error::CoreError::invalid(
+            "body",
+            format_args!("was not received within {} s", app.header_timeout.as_secs_f64()),
+        )))
+    })
+}
+
+async fn read_whole_body(app: &App, req: Request<Incoming>) -> Result<(hyper::http::request::Parts, Bytes), ApiError> {
     let (parts, mut body) = req.into_parts();
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.max_body as u64) {

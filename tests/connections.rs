@@ -1,0 +1,93 @@
+//! Connections that send nothing, or send it too slowly, are closed after the header
+//! timeout; connections that keep sending requests are not.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A node whose header timeout is one second.
+fn node() -> TestNode {
+    TestNode::start_with(|c| c.server.header_timeout_secs = 1)
+}
+
+fn connect(t: &TestNode) -> TcpStream {
+    let s = TcpStream::connect(t.url.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    s
+}
+
+/// Reads until the server closes the connection; how long that took, and what came.
+fn until_closed(s: &mut TcpStream) -> (Duration, String) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (started.elapsed(), String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the server kept the connection open ({e}); got {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+}
+
+fn healthz() -> &'static [u8] {
+    b"GET /healthz HTTP/1.1\r\nHost: paygate\r\n\r\n"
+}
+
+#[test]
+fn a_connection_that_never_finishes_its_headers_is_closed() {
+    let t = node();
+    let mut s = connect(&t);
+    s.write_all(b"POST /api/v1/payment/query HTTP/1.1\r\nHost: paygate\r\nX-Slow: ").unwrap();
+    let (after, got) = until_closed(&mut s);
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(after >= Duration::from_millis(900), "closed after {after:?}, before the timeout");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_its_last_answer() {
+    let t = node();
+    let mut s = connect(&t);
+    s.write_all(healthz()).unwrap();
+    let mut first = [0u8; 12];
+    s.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let (after, _) = until_closed(&mut s);
+    assert!(after >= Duration::from_millis(900), "closed after {after:?}, before the timeout");
+}
+
+#[test]
+fn a_connection_busy_with_requests_stays_open_past_the_timeout() {
+    let t = node();
+    let mut s = connect(&t);
+    let started = Instant::now();
+    let mut answers = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        s.write_all(healthz()).unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "answer {answers}: {:?}", String::from_utf8_lossy(&buf[..n]));
+        answers += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(answers >= 8);
+}
+
+#[test]
+fn a_body_that_does_not_arrive_in_time_is_refused() {
+    let t = node();
+    let mut s = connect(&t);
+    s.write_all(
+        b"POST /api/v1/payment/query HTTP/1.1\r\nHost: paygate\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"merchant_id\":",
+    )
+    .unwrap();
+    let (after, got) = until_closed(&mut s);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got:?}");
+    assert!(got.contains("INVALID_PARAM") && got.contains("was not received within"), "{got:?}");
+    assert!(after >= Duration::from_millis(900), "refused after {after:?}, before the timeout");
+}
