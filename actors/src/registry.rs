@@ -109,30 +109,24 @@ impl Registry {
         }
     }
 
-    fn live(&self, target: &OrderTarget) -> Option<Live> {
-        let live = match target {
-            OrderTarget::Id(id) => self.by_id.get(id).map(|l| l.clone()),
+    /// `read` applied to the registry entry for `target`, if there is one (live or not).
+    fn entry<R>(&self, target: &OrderTarget, read: impl FnOnce(&Live) -> R) -> Option<R> {
+        match target {
+            OrderTarget::Id(id) => self.by_id.get(id).map(|l| read(&l)),
             OrderTarget::Key { merchant_id, order_no } => {
-                self.by_key.get(&merchant_key(merchant_id, order_no)).map(|l| l.clone())
+                self.by_key.get(&merchant_key(merchant_id, order_no)).map(|l| read(&l))
             }
-        };
-        live.filter(|l| l.addr.connected())
+        }
     }
 
     /// The live actor for `target`, if any.
     pub fn lookup(&self, target: &OrderTarget) -> Option<Addr<OrderActor>> {
-        self.live(target).map(|l| l.addr)
+        self.entry(target, |l| l.addr.clone()).filter(Addr::connected)
     }
 
     /// What the live orders say about `target`, in one lookup.
     pub fn live_state(&self, target: &OrderTarget) -> LiveState {
-        let live = match target {
-            OrderTarget::Id(id) => self.by_id.get(id).map(|l| (l.addr.connected(), l.published.get())),
-            OrderTarget::Key { merchant_id, order_no } => {
-                self.by_key.get(&merchant_key(merchant_id, order_no)).map(|l| (l.addr.connected(), l.published.get()))
-            }
-        };
-        match live {
+        match self.entry(target, |l| (l.addr.connected(), l.published.get())) {
             Some((true, Some(order))) => LiveState::Published(order),
             Some((true, None)) => LiveState::Unpublished,
             _ => LiveState::NotLive,

@@ -62,14 +62,6 @@ fn signed_pieces(params: &BTreeMap<String, String>, secret: &str, mut sink: impl
     sink(secret.as_bytes());
 }
 
-/// The exact text that is signed for `params` (which may contain `sign`; it is skipped).
-pub fn sign_text(params: &BTreeMap<String, String>, secret: &str) -> String {
-    let mut text = Vec::with_capacity(256);
-    signed_pieces(params, secret, |piece| text.extend_from_slice(piece));
-    // Every piece is a whole `str`, so the joined bytes are UTF-8.
-    String::from_utf8(text).unwrap_or_default()
-}
-
 /// A signature's bytes (32 for HMAC-SHA256, 16 for MD5).
 struct Signature {
     bytes: [u8; 32],
@@ -89,6 +81,7 @@ fn digest(sign_type: SignType, params: &BTreeMap<String, String>, secret: &str) 
             // HMAC accepts keys of any length, so this cannot fail.
             let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
             signed_pieces(params, secret, |piece| mac.update(piece));
+            // HMAC-SHA256's output is 32 bytes by its type, the length of `bytes`.
             bytes.copy_from_slice(&mac.finalize().into_bytes());
             32
         }
@@ -123,6 +116,13 @@ pub fn verify(params: &BTreeMap<String, String>, secret: &str, sign_type: SignTy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exact text that is signed for `params`.
+    fn sign_text(params: &BTreeMap<String, String>, secret: &str) -> String {
+        let mut text = Vec::new();
+        signed_pieces(params, secret, |piece| text.extend_from_slice(piece));
+        String::from_utf8(text).unwrap()
+    }
 
     fn params() -> BTreeMap<String, String> {
         [("merchant_id", "M1"), ("amount", "100.00"), ("body", ""), ("timestamp", "1704067200")]
