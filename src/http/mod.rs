@@ -220,23 +220,45 @@ async fn drain(body: Incoming, limit: usize) {
     let _ = Limited::new(body, limit.saturating_mul(16)).collect().await;
 }
 
-/// The API endpoints, as metric labels.
-const API_PATHS: [&str; 3] = ["/api/v1/payment/pay", "/api/v1/payment/query", "/api/v1/payment/close"];
+/// The merchant API's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Endpoint {
+    Pay,
+    Query,
+    Close,
+}
+
+impl Endpoint {
+    const ALL: [Endpoint; 3] = [Endpoint::Pay, Endpoint::Query, Endpoint::Close];
+
+    /// The endpoint at `path`, if it is one.
+    fn at(path: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Pay => "/api/v1/payment/pay",
+            Endpoint::Query => "/api/v1/payment/query",
+            Endpoint::Close => "/api/v1/payment/close",
+        }
+    }
+}
 
 thread_local! {
     /// Latency histograms by (endpoint, status), looked up once per thread: building a
     /// labelled key per request cost more than the rest of a query's bookkeeping.
-    static REQUEST_SECONDS: std::cell::RefCell<std::collections::HashMap<(usize, u16), metrics::Histogram>> =
+    static REQUEST_SECONDS: std::cell::RefCell<std::collections::HashMap<(Endpoint, u16), metrics::Histogram>> =
         std::cell::RefCell::default();
 }
 
-fn record_request(endpoint: usize, status: StatusCode, seconds: f64) {
-    let path = API_PATHS.get(endpoint).copied().unwrap_or("other");
+fn record_request(endpoint: Endpoint, status: StatusCode, seconds: f64) {
     REQUEST_SECONDS.with(|cache| {
         cache
             .borrow_mut()
             .entry((endpoint, status.as_u16()))
             .or_insert_with(|| {
+                let path = endpoint.path();
                 metrics::histogram!("paygate_http_request_seconds", "path" => path, "status" => status.as_u16().to_string())
             })
             .record(seconds);
@@ -248,8 +270,11 @@ async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
     let method = req.method().clone();
     // A `Uri` clone shares the request's bytes; the path is not copied.
     let uri = req.uri().clone();
-    let endpoint = API_PATHS.iter().position(|p| *p == uri.path());
-    let result = dispatch(app, req, &method, uri.path()).await;
+    let endpoint = Endpoint::at(uri.path());
+    let result = match endpoint {
+        Some(endpoint) => api_call(app, req, &method, endpoint).await,
+        None => dispatch(app, req, &method, uri.path()).await,
+    };
     let resp = result.unwrap_or_else(ApiError::into_response);
     if let Some(endpoint) = endpoint {
         record_request(endpoint, resp.status(), started.elapsed().as_secs_f64());
@@ -257,22 +282,30 @@ async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
     resp
 }
 
+/// A merchant API call: POST only, within the node's in-flight limit.
+async fn api_call(
+    app: &App,
+    req: Request<Incoming>,
+    method: &Method,
+    endpoint: Endpoint,
+) -> Result<HttpResponse, ApiError> {
+    if method != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let _slot = app.admit()?;
+    let (_, body) = read_body(app, req).await?;
+    match endpoint {
+        Endpoint::Pay => api::pay(app, &body).await,
+        Endpoint::Query => api::query(app, &body).await,
+        Endpoint::Close => api::close(app, &body).await,
+    }
+}
+
+/// Everything but the merchant API.
 async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str) -> Result<HttpResponse, ApiError> {
     let post = method == Method::POST;
     let get = method == Method::GET;
     match path {
-        "/api/v1/payment/pay" | "/api/v1/payment/query" | "/api/v1/payment/close" => {
-            if !post {
-                return Err(ApiError::MethodNotAllowed);
-            }
-            let _slot = app.admit()?;
-            let (_, body) = read_body(app, req).await?;
-            match path {
-                "/api/v1/payment/pay" => api::pay(app, &body).await,
-                "/api/v1/payment/query" => api::query(app, &body).await,
-                _ => api::close(app, &body).await,
-            }
-        }
         "/healthz" if get => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
         "/openapi.json" if get => Ok(with_body(StatusCode::OK, "application/json", OPENAPI)),
         "/metrics" if get => {
