@@ -73,7 +73,7 @@ pub enum Command {
         #[arg(long)]
         journal_dir: Option<PathBuf>,
         /// Authenticate each request against this configuration's merchants and answer
-        /// with a query-sized body (the authenticated floor).
+        /// with the node's query view of one order in memory (the authenticated floor).
         #[arg(long)]
         auth_config: Option<PathBuf>,
     },

@@ -4,15 +4,14 @@ use std::fmt;
 
 use time::OffsetDateTime;
 
-fn at(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
-/// The instant `ms` as whole seconds (`None` outside what `time` represents) and millis.
-fn seconds_and_millis(ms: i64) -> (Option<OffsetDateTime>, u16) {
+/// The whole second of unix millis `ms`, and the millis within it; the epoch where
+/// `time` cannot represent the instant.
+fn at(ms: i64) -> (OffsetDateTime, u16) {
     // Whole seconds in i64, not nanoseconds in i128: this runs four times per answer.
-    let seconds = OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).ok();
-    (seconds, ms.rem_euclid(1000) as u16)
+    match OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)) {
+        Ok(second) => (second, ms.rem_euclid(1000) as u16),
+        Err(_) => (OffsetDateTime::UNIX_EPOCH, 0),
+    }
 }
 
 /// Unix millis shown as RFC 3339 in UTC: `2024-01-01T12:00:00.123Z`, the fraction
@@ -24,10 +23,7 @@ pub struct Rfc3339(pub i64);
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (t, millis) = match seconds_and_millis(self.0) {
-            (Some(t), millis) => (t, millis),
-            (None, _) => (OffsetDateTime::UNIX_EPOCH, 0),
-        };
+        let (t, millis) = at(self.0);
         let year = t.year();
         if !(0..=9999).contains(&year) {
             return Ok(());
@@ -54,7 +50,7 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// `2024-01-01` (UTC).
 pub fn date(ms: i64) -> String {
-    let d = at(ms).date();
+    let d = at(ms).0.date();
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
@@ -63,6 +59,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use time::format_description::well_known;
+
+    /// The instant as `time` builds it from nanoseconds: the reference.
+    fn reference(ms: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap()
+    }
 
     #[test]
     fn known_instants() {
@@ -77,7 +78,7 @@ mod tests {
     proptest! {
         #[test]
         fn writes_what_the_time_crate_writes(ms in -62_167_219_200_000i64..=253_402_300_799_999) {
-            let by_time = at(ms).format(&well_known::Rfc3339).unwrap();
+            let by_time = reference(ms).format(&well_known::Rfc3339).unwrap();
             prop_assert_eq!(rfc3339(ms), by_time);
         }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use paygate_actors::error::{CoreError, CoreResult, ErrorCode};
 use paygate_actors::ids::{is_valid_external_id, PayOrderNo};
-use paygate_actors::merchant::MerchantProfile;
+use paygate_actors::merchant::{MerchantDirectory, MerchantProfile};
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{Order, OrderSpec, PayMethod, PayScene};
 use paygate_actors::order_actor::{OrderRequest, PaySubmission};
@@ -21,10 +21,18 @@ use crate::time_fmt::Rfc3339;
 
 /// Parses and authenticates a signed request body.
 fn authenticate(app: &App, body: &[u8]) -> Result<(Params, Arc<MerchantProfile>), ApiError> {
+    Ok(authenticate_with(&app.merchants, app.clock.now_ms() / 1000, body)?)
+}
+
+/// Parses a signed request body and authenticates it against `merchants` at `now_secs`.
+pub fn authenticate_with(
+    merchants: &MerchantDirectory,
+    now_secs: i64,
+    body: &[u8],
+) -> Result<(Params, Arc<MerchantProfile>), CoreError> {
     let params = params::parse(body)?;
     params::require_auth_fields(&params)?;
-    let now_secs = app.clock.now_ms() / 1000;
-    let merchant = app.merchants.authenticate(&params, now_secs)?;
+    let merchant = merchants.authenticate(&params, now_secs)?;
     Ok((params, merchant))
 }
 

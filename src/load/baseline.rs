@@ -30,7 +30,7 @@ use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, PayMethod};
 use paygate_actors::ports::{Clock, Journal, Record};
 
-use crate::http::api::order_view;
+use crate::http::api::{authenticate_with, order_view};
 use crate::http::envelope::success;
 use crate::storage::journal::{JournalHandle, JournalOptions};
 use crate::storage::views::Position;
@@ -68,11 +68,7 @@ fn shown_order() -> Option<Order> {
 /// Authenticates `body` as the node does; answers with `order` rendered as the node
 /// renders a query's answer, or with the error.
 fn authenticated(merchants: &MerchantDirectory, order: &Order, body: &[u8]) -> Bytes {
-    let checked = crate::http::params::parse(body).and_then(|p| {
-        crate::http::params::require_auth_fields(&p)?;
-        merchants.authenticate(&p, SystemClock.now_ms() / 1000)
-    });
-    match checked {
+    match authenticate_with(merchants, SystemClock.now_ms() / 1000, body) {
         Ok(_) => {
             let answer = success(&order_view("http://127.0.0.1:8080", order));
             let (_, body) = answer.into_parts();
