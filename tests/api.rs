@@ -279,3 +279,29 @@ fn an_injected_channel_error_is_an_unknown_outcome_not_a_failure() {
     assert_eq!((again.code(), again.data("status")), ("SUCCESS", "PAYING"));
     assert!(!again.data("qr_code").is_empty());
 }
+
+#[test]
+fn an_order_answers_alike_from_its_actor_the_read_cache_and_its_snapshot() {
+    // A read cache of one order: the second order to passivate pushes the first out.
+    let t = TestNode::start_with(|c| {
+        c.orders.passivate_final_ms = 100;
+        c.orders.read_cache_entries = 1;
+    });
+    let c = t.client();
+    let registry = t.node().registry.clone();
+    let passivated = || {
+        eventually(Duration::from_secs(10), || (registry.live_orders() == 0).then_some(()))
+            .unwrap_or_else(|| panic!("{} order actors still live", registry.live_orders()))
+    };
+    let id = c.pay("ALIKE-1", "3.00").data("pay_order_no").to_owned();
+    assert_eq!(c.query_id(&id).data("status"), "PAYING");
+    assert_eq!(c.close_id(&id).data("status"), "CLOSED");
+    // Each state is answered afresh: the answer kept for the paying state is not reused.
+    let live = c.query_id(&id);
+    assert_eq!(live.data("status"), "CLOSED");
+    passivated();
+    assert_eq!(c.query_id(&id).json, live.json, "from the read cache");
+    c.close_id(c.pay("ALIKE-2", "3.00").data("pay_order_no"));
+    passivated();
+    assert_eq!(c.query_no("ALIKE-1").json, live.json, "from the snapshot");
+}

@@ -21,5 +21,6 @@ pub mod registry;
 pub mod router;
 pub mod routing;
 pub mod shard;
+pub mod shared_order;
 pub mod signing;
 pub mod timers;

@@ -15,6 +15,7 @@ use crate::ids::PayOrderNo;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
 use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, Ticket, TradeRef};
 use crate::registry::{Published, Registry};
+use crate::shared_order::SharedOrder;
 
 /// When idle order actors leave memory.
 #[derive(Debug, Clone, Copy)]
@@ -287,7 +288,7 @@ impl OrderCell {
         if let (true, Some(h)) = (delta != 0, oc.channels.get(&next.channel)) {
             h.stats.daily.adjust(business_day(next.create_time), delta);
         }
-        self.published.set(Arc::new(next.clone()));
+        self.published.set(Arc::new(SharedOrder::new(next.clone())));
         self.state = Some(next);
         self.last_ticket = Some(ticket);
         Ok(())

@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 
 use crate::ids::PayOrderNo;
-use crate::order::Order;
 use crate::registry::merchant_key;
+use crate::shared_order::SharedOrder;
 
 /// Recently passivated orders, by id and by merchant key.
 #[derive(Debug)]
 pub struct ReadCache {
     capacity: usize,
-    by_id: DashMap<PayOrderNo, Arc<Order>>,
+    by_id: DashMap<PayOrderNo, Arc<SharedOrder>>,
     by_key: DashMap<String, PayOrderNo>,
     /// Insertion order, for eviction.
     queue: Mutex<VecDeque<PayOrderNo>>,
@@ -33,7 +33,7 @@ impl ReadCache {
     }
 
     /// Keeps `order`, the last state of an order whose actor is passivating.
-    pub fn insert(&self, order: Arc<Order>) {
+    pub fn insert(&self, order: Arc<SharedOrder>) {
         if self.capacity == 0 {
             return;
         }
@@ -60,12 +60,12 @@ impl ReadCache {
     }
 
     /// The kept state of order `id`.
-    pub fn get(&self, id: &PayOrderNo) -> Option<Arc<Order>> {
+    pub fn get(&self, id: &PayOrderNo) -> Option<Arc<SharedOrder>> {
         self.by_id.get(id).map(|o| Arc::clone(&o))
     }
 
     /// The kept state of `merchant_id`'s order `order_no`.
-    pub fn get_by_key(&self, merchant_id: &str, order_no: &str) -> Option<Arc<Order>> {
+    pub fn get_by_key(&self, merchant_id: &str, order_no: &str) -> Option<Arc<SharedOrder>> {
         let id = self.by_key.get(&merchant_key(merchant_id, order_no)).map(|id| id.clone())?;
         self.get(&id)
     }
@@ -92,13 +92,13 @@ impl Default for ReadCache {
 mod tests {
     use super::*;
     use crate::money::{Currency, Money};
-    use crate::order::{OrderEvent, OrderSpec, PayMethod};
+    use crate::order::{Order, OrderEvent, OrderSpec, PayMethod};
 
-    fn order(n: u64, order_no: &str) -> Arc<Order> {
+    fn order(n: u64, order_no: &str) -> Arc<SharedOrder> {
         let spec = OrderSpec::new("M1", order_no, Money::from_minor(100, Currency::CNY), "s", PayMethod::Sandbox);
         let id = PayOrderNo::parse(&format!("P{n:021}")).unwrap();
         let created = OrderEvent::created(id, spec, "sandbox".into(), 1_700_000_000_000, 60_000);
-        Arc::new(Order::from_created(&created).unwrap())
+        Arc::new(SharedOrder::new(Order::from_created(&created).unwrap()))
     }
 
     #[test]
@@ -119,10 +119,10 @@ mod tests {
     fn a_newer_state_replaces_the_older_and_zero_capacity_keeps_nothing() {
         let cache = ReadCache::new(4);
         let first = order(1, "A");
-        let mut later = (*first).clone();
+        let mut later = first.order().clone();
         later.seq = 7;
         cache.insert(first);
-        cache.insert(Arc::new(later));
+        cache.insert(Arc::new(SharedOrder::new(later)));
         assert_eq!(cache.get_by_key("M1", "A").map(|o| o.seq), Some(7));
         let none = ReadCache::new(0);
         none.insert(order(2, "B"));

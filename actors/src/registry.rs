@@ -11,6 +11,7 @@ use crate::ids::PayOrderNo;
 use crate::order::Order;
 use crate::order_actor::OrderActor;
 use crate::read_cache::ReadCache;
+use crate::shared_order::SharedOrder;
 
 /// Which order a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,16 +41,16 @@ pub fn merchant_key(merchant_id: &str, order_no: &str) -> String {
 /// behind a channel call in progress nor wakes the actor's arbiter; it can never see a
 /// state that is not yet durable, because the actor publishes only after the append.
 #[derive(Debug, Default)]
-pub struct Published(RwLock<Option<Arc<Order>>>);
+pub struct Published(RwLock<Option<Arc<SharedOrder>>>);
 
 impl Published {
     /// Published with `state` (`None` for an order not created yet).
     pub fn new(state: Option<Order>) -> Published {
-        Published(RwLock::new(state.map(Arc::new)))
+        Published(RwLock::new(state.map(|o| Arc::new(SharedOrder::new(o)))))
     }
 
     /// The last published state.
-    pub fn get(&self) -> Option<Arc<Order>> {
+    pub fn get(&self) -> Option<Arc<SharedOrder>> {
         // A poisoned lock only means a writer panicked mid-assignment of an Arc, which
         // leaves either the old or the new value: both are whole, durable states.
         match self.0.read() {
@@ -59,7 +60,7 @@ impl Published {
     }
 
     /// Publishes `state`.
-    pub fn set(&self, state: Arc<Order>) {
+    pub fn set(&self, state: Arc<SharedOrder>) {
         match self.0.write() {
             Ok(mut g) => *g = Some(state),
             Err(poisoned) => *poisoned.into_inner() = Some(state),
@@ -71,7 +72,7 @@ impl Published {
 #[derive(Debug)]
 pub enum LiveState {
     /// Live, and this is its last durable state.
-    Published(Arc<Order>),
+    Published(Arc<SharedOrder>),
     /// Live, but it has published nothing yet (it is being created).
     Unpublished,
     /// No live actor.
@@ -102,7 +103,7 @@ impl Registry {
     }
 
     /// The kept state of a passivated order, if the read cache has it.
-    pub fn cached(&self, target: &OrderTarget) -> Option<Arc<Order>> {
+    pub fn cached(&self, target: &OrderTarget) -> Option<Arc<SharedOrder>> {
         match target {
             OrderTarget::Id(id) => self.read_cache.get(id),
             OrderTarget::Key { merchant_id, order_no } => self.read_cache.get_by_key(merchant_id, order_no),

@@ -12,6 +12,7 @@ use crate::order_actor::{Delivery, OrderContext, OrderMsg, OrderRequest};
 use crate::ports::StorageError;
 use crate::registry::{LiveState, OrderTarget};
 use crate::shard::{Dispatch, ShardSupervisor};
+use crate::shared_order::SharedOrder;
 
 /// How often a request is routed again after meeting a passivating actor.
 const MAX_ROUTES: usize = 4;
@@ -70,12 +71,12 @@ impl OrderRouter {
     /// straight from its snapshot, without activating it (queries must not fill memory
     /// with idle orders).
     /// Only an order whose first record is still being written is asked through its actor.
-    pub async fn read(&self, target: OrderTarget, caller: Option<&str>) -> CoreResult<Arc<Order>> {
+    pub async fn read(&self, target: OrderTarget, caller: Option<&str>) -> CoreResult<Arc<SharedOrder>> {
         let order = match self.oc.registry.live_state(&target) {
             LiveState::Published(order) => order,
             LiveState::Unpublished => {
                 let caller = caller.map(str::to_owned);
-                return self.dispatch(target, OrderRequest::Query, caller).await.map(Arc::new);
+                return self.dispatch(target, OrderRequest::Query, caller).await.map(|o| Arc::new(SharedOrder::new(o)));
             }
             LiveState::NotLive if let Some(order) = self.oc.registry.cached(&target) => order,
             LiveState::NotLive => {
@@ -89,7 +90,7 @@ impl OrderRouter {
                         .ok_or_else(CoreError::order_not_found)?,
                 };
                 let order = self.oc.store.load(&id).map_err(StorageError::into_core)?;
-                Arc::new(order.ok_or_else(CoreError::order_not_found)?)
+                Arc::new(SharedOrder::new(order.ok_or_else(CoreError::order_not_found)?))
             }
         };
         match caller {

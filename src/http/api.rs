@@ -14,7 +14,7 @@ use paygate_actors::order_actor::{OrderRequest, PaySubmission};
 use paygate_actors::registry::OrderTarget;
 use serde::Serialize;
 
-use super::envelope::{success, ApiError, HttpResponse, Shown};
+use super::envelope::{success, success_body, success_from, ApiError, HttpResponse, Shown};
 use super::params::{self, optional, required, Params};
 use super::App;
 use crate::time_fmt::Rfc3339;
@@ -66,7 +66,8 @@ pub async fn query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body)?;
     let target = order_target(&params, &merchant)?;
     let order = bounded(app, app.router.read(target, Some(&merchant.merchant_id))).await?;
-    Ok(success(&order_view(&app.public_url, &order)))
+    // Merchants poll an order until it changes: each state is rendered once.
+    Ok(success_from(order.answer(|o| success_body(&order_view(&app.public_url, o)))))
 }
 
 /// `POST /api/v1/payment/close`.
