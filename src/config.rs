@@ -131,7 +131,7 @@ pub struct OrdersConfig {
 }
 
 fn default_read_cache_entries() -> usize {
-    65_536
+    131_072
 }
 
 /// Authentication.

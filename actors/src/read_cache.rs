@@ -82,9 +82,9 @@ impl ReadCache {
 }
 
 impl Default for ReadCache {
-    /// 65,536 orders.
+    /// 131,072 orders.
     fn default() -> Self {
-        ReadCache::new(65_536)
+        ReadCache::new(131_072)
     }
 }
 
