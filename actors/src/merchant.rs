@@ -1,7 +1,7 @@
 //! Merchants: their profile, and the authentication of their requests (signature,
 //! timestamp window, nonce replay).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::error::{CoreError, CoreResult, ErrorCode};
-use crate::signing::{self, SignType};
+use crate::signing::{self, ParamMap, SignType};
 
 /// Whether a merchant may transact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -76,14 +76,14 @@ impl Default for AuthPolicy {
 /// goes to the merchant's actor.
 pub fn check_request(
     profile: &MerchantProfile,
-    params: &BTreeMap<String, String>,
+    params: &impl ParamMap,
     now_secs: i64,
     policy: &AuthPolicy,
 ) -> CoreResult<()> {
     if profile.status != MerchantStatus::Active {
         return Err(CoreError::new(ErrorCode::MerchantDisabled, "merchant is disabled"));
     }
-    let sign_type = match params.get("sign_type").map(String::as_str) {
+    let sign_type = match params.param("sign_type") {
         None | Some("") => SignType::HmacSha256,
         Some(text) => {
             SignType::parse(text).ok_or_else(|| CoreError::invalid("sign_type", "must be HMAC-SHA256 or MD5"))?
@@ -99,7 +99,7 @@ pub fn check_request(
         return Err(CoreError::new(ErrorCode::SignError, "signature does not match"));
     }
     let ts: i64 = params
-        .get("timestamp")
+        .param("timestamp")
         .filter(|t| (1..=12).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| CoreError::invalid("timestamp", "must be unix seconds as a string of digits"))?;
@@ -110,7 +110,7 @@ pub fn check_request(
             format!("timestamp is more than {window} seconds from the server time"),
         ));
     }
-    if params.get("nonce").is_some_and(|n| n.len() > 64) {
+    if params.param("nonce").is_some_and(|n| n.len() > 64) {
         return Err(CoreError::invalid("nonce", "must be at most 64 characters"));
     }
     Ok(())
@@ -184,12 +184,12 @@ impl MerchantDirectory {
     }
 
     /// Authenticates a request with the merchant it names.
-    pub fn authenticate(&self, params: &BTreeMap<String, String>, now_secs: i64) -> CoreResult<Arc<MerchantProfile>> {
-        let id = params.get("merchant_id").map(String::as_str).unwrap_or_default();
+    pub fn authenticate(&self, params: &impl ParamMap, now_secs: i64) -> CoreResult<Arc<MerchantProfile>> {
+        let id = params.param("merchant_id").unwrap_or_default();
         let m =
             self.merchants.get(id).ok_or_else(|| CoreError::new(ErrorCode::MerchantNotFound, "no such merchant"))?;
         check_request(&m.profile, params, now_secs, &self.policy)?;
-        if let Some(nonce) = params.get("nonce").filter(|n| !n.is_empty()) {
+        if let Some(nonce) = params.param("nonce").filter(|n| !n.is_empty()) {
             m.nonces.use_once(nonce, now_secs)?;
         }
         Ok(Arc::clone(&m.profile))
@@ -199,6 +199,7 @@ impl MerchantDirectory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn profile(legacy: bool) -> MerchantProfile {
         MerchantProfile {

@@ -5,6 +5,7 @@
 //! `k=v` with `&`, then `&key=<secret>`. HMAC-SHA256 (keyed by the secret) or, for
 //! legacy merchants, MD5 of that text; uppercase hex.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
@@ -42,11 +43,30 @@ impl SignType {
     }
 }
 
+/// Signed parameters as the signature reads them: text keys in order and text values,
+/// owned, or borrowed from the request they were parsed from.
+pub trait ParamMap {
+    /// The value of `key`.
+    fn param(&self, key: &str) -> Option<&str>;
+    /// Every parameter, by key.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)>;
+}
+
+impl<K: Borrow<str> + Ord, V: AsRef<str>> ParamMap for BTreeMap<K, V> {
+    fn param(&self, key: &str) -> Option<&str> {
+        self.get(key).map(AsRef::as_ref)
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter().map(|(k, v)| (k.borrow(), v.as_ref()))
+    }
+}
+
 /// Hands the text signed for `params` (which may contain `sign`; it is skipped) to
 /// `sink` piece by piece, so a check can hash it without building it.
-fn signed_pieces(params: &BTreeMap<String, String>, secret: &str, mut sink: impl FnMut(&[u8])) {
+fn signed_pieces(params: &impl ParamMap, secret: &str, mut sink: impl FnMut(&[u8])) {
     let mut first = true;
-    for (k, v) in params {
+    for (k, v) in params.pairs() {
         if k == "sign" || v.is_empty() {
             continue;
         }
@@ -74,7 +94,7 @@ impl Signature {
     }
 }
 
-fn digest(sign_type: SignType, params: &BTreeMap<String, String>, secret: &str) -> Option<Signature> {
+fn digest(sign_type: SignType, params: &impl ParamMap, secret: &str) -> Option<Signature> {
     let mut bytes = [0u8; 32];
     let len = match sign_type {
         SignType::HmacSha256 => {
@@ -96,12 +116,12 @@ fn digest(sign_type: SignType, params: &BTreeMap<String, String>, secret: &str) 
 }
 
 /// Signs `params` with `secret`: uppercase hex.
-pub fn sign(params: &BTreeMap<String, String>, secret: &str, sign_type: SignType) -> String {
+pub fn sign(params: &impl ParamMap, secret: &str, sign_type: SignType) -> String {
     digest(sign_type, params, secret).map(|d| hex::encode_upper(d.as_slice())).unwrap_or_default()
 }
 
 /// Checks `params["sign"]` in constant time. Hex case is not significant.
-pub fn verify(params: &BTreeMap<String, String>, secret: &str, sign_type: SignType) -> bool {
+pub fn verify(params: &impl ParamMap, secret: &str, sign_type: SignType) -> bool {
     let Some(expected) = digest(sign_type, params, secret) else {
         return false;
     };
@@ -109,7 +129,7 @@ pub fn verify(params: &BTreeMap<String, String>, secret: &str, sign_type: SignTy
     let Some(given) = given.get_mut(..expected.len) else {
         return false;
     };
-    let decoded = params.get("sign").is_some_and(|s| hex::decode_to_slice(s, given).is_ok());
+    let decoded = params.param("sign").is_some_and(|s| hex::decode_to_slice(s, given).is_ok());
     decoded && bool::from(expected.as_slice().ct_eq(given))
 }
 

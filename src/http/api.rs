@@ -20,16 +20,16 @@ use super::App;
 use crate::time_fmt::Rfc3339;
 
 /// Parses and authenticates a signed request body.
-fn authenticate(app: &App, body: &[u8]) -> Result<(Params, Arc<MerchantProfile>), ApiError> {
+fn authenticate<'a>(app: &App, body: &'a [u8]) -> Result<(Params<'a>, Arc<MerchantProfile>), ApiError> {
     Ok(authenticate_with(&app.merchants, app.clock.now_ms() / 1000, body)?)
 }
 
 /// Parses a signed request body and authenticates it against `merchants` at `now_secs`.
-pub fn authenticate_with(
+pub fn authenticate_with<'a>(
     merchants: &MerchantDirectory,
     now_secs: i64,
-    body: &[u8],
-) -> Result<(Params, Arc<MerchantProfile>), CoreError> {
+    body: &'a [u8],
+) -> Result<(Params<'a>, Arc<MerchantProfile>), CoreError> {
     let params = params::parse(body)?;
     params::require_auth_fields(&params)?;
     let merchant = merchants.authenticate(&params, now_secs)?;
@@ -87,7 +87,7 @@ fn order_target(params: &Params, merchant: &MerchantProfile) -> Result<OrderTarg
     }
     match params.get("order_no").filter(|v| !v.is_empty()) {
         Some(no) if is_valid_external_id(no) => {
-            Ok(OrderTarget::Key { merchant_id: merchant.merchant_id.clone(), order_no: no.clone() })
+            Ok(OrderTarget::Key { merchant_id: merchant.merchant_id.clone(), order_no: no.to_string() })
         }
         Some(_) => Err(CoreError::invalid("order_no", "must be 1-32 characters of A-Z a-z 0-9 _ -")),
         None => Err(CoreError::invalid("pay_order_no", "or order_no is required")),
