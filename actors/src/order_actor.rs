@@ -288,7 +288,7 @@ impl OrderCell {
         if let (true, Some(h)) = (delta != 0, oc.channels.get(&next.channel)) {
             h.stats.daily.adjust(business_day(next.create_time), delta);
         }
-        self.published.set(Arc::new(SharedOrder::new(next.clone())));
+        self.published.set(SharedOrder::share(next.clone()));
         self.state = Some(next);
         self.last_ticket = Some(ticket);
         Ok(())

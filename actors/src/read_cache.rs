@@ -98,7 +98,7 @@ mod tests {
         let spec = OrderSpec::new("M1", order_no, Money::from_minor(100, Currency::CNY), "s", PayMethod::Sandbox);
         let id = PayOrderNo::parse(&format!("P{n:021}")).unwrap();
         let created = OrderEvent::created(id, spec, "sandbox".into(), 1_700_000_000_000, 60_000);
-        Arc::new(SharedOrder::new(Order::from_created(&created).unwrap()))
+        SharedOrder::share(Order::from_created(&created).unwrap())
     }
 
     #[test]
@@ -122,7 +122,7 @@ mod tests {
         let mut later = first.order().clone();
         later.seq = 7;
         cache.insert(first);
-        cache.insert(Arc::new(SharedOrder::new(later)));
+        cache.insert(SharedOrder::share(later));
         assert_eq!(cache.get_by_key("M1", "A").map(|o| o.seq), Some(7));
         let none = ReadCache::new(0);
         none.insert(order(2, "B"));

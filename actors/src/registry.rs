@@ -46,7 +46,7 @@ pub struct Published(RwLock<Option<Arc<SharedOrder>>>);
 impl Published {
     /// Published with `state` (`None` for an order not created yet).
     pub fn new(state: Option<Order>) -> Published {
-        Published(RwLock::new(state.map(|o| Arc::new(SharedOrder::new(o)))))
+        Published(RwLock::new(state.map(SharedOrder::share)))
     }
 
     /// The last published state.

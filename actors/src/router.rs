@@ -76,7 +76,7 @@ impl OrderRouter {
             LiveState::Published(order) => order,
             LiveState::Unpublished => {
                 let caller = caller.map(str::to_owned);
-                return self.dispatch(target, OrderRequest::Query, caller).await.map(|o| Arc::new(SharedOrder::new(o)));
+                return self.dispatch(target, OrderRequest::Query, caller).await.map(SharedOrder::share);
             }
             LiveState::NotLive if let Some(order) = self.oc.registry.cached(&target) => order,
             LiveState::NotLive => {
@@ -90,7 +90,7 @@ impl OrderRouter {
                         .ok_or_else(CoreError::order_not_found)?,
                 };
                 let order = self.oc.store.load(&id).map_err(StorageError::into_core)?;
-                Arc::new(SharedOrder::new(order.ok_or_else(CoreError::order_not_found)?))
+                SharedOrder::share(order.ok_or_else(CoreError::order_not_found)?)
             }
         };
         match caller {

@@ -5,7 +5,7 @@
 //! order again, or touching the many small allocations it is made of.
 
 use std::ops::Deref;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -20,8 +20,8 @@ pub struct SharedOrder {
 
 impl SharedOrder {
     /// Shares `order`, not yet rendered.
-    pub fn new(order: Order) -> SharedOrder {
-        SharedOrder { order, answer: OnceLock::new() }
+    pub fn share(order: Order) -> Arc<SharedOrder> {
+        Arc::new(SharedOrder { order, answer: OnceLock::new() })
     }
 
     /// The order.
@@ -65,13 +65,13 @@ mod tests {
             renders.set(renders.get() + 1);
             Bytes::from(format!("{}:{}", o.spec.order_no, o.seq))
         };
-        let first = SharedOrder::new(order());
+        let first = SharedOrder::share(order());
         assert_eq!(first.answer(render), "A:0");
         assert_eq!(first.answer(render), "A:0");
         assert_eq!(renders.get(), 1, "the second answer is the first one's bytes");
         let mut changed = order();
         changed.seq = 2;
-        let next = SharedOrder::new(changed);
+        let next = SharedOrder::share(changed);
         assert_eq!(next.answer(render), "A:2");
         assert_eq!(renders.get(), 2);
         assert_eq!(next.seq, 2, "reads see the order through the share");

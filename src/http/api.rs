@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use paygate_actors::error::{CoreError, CoreResult, ErrorCode};
 use paygate_actors::ids::{is_valid_external_id, PayOrderNo};
 use paygate_actors::merchant::{MerchantDirectory, MerchantProfile};
@@ -12,6 +13,7 @@ use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{Order, OrderSpec, PayMethod, PayScene};
 use paygate_actors::order_actor::{OrderRequest, PaySubmission};
 use paygate_actors::registry::OrderTarget;
+use paygate_actors::shared_order::SharedOrder;
 use serde::Serialize;
 
 use super::envelope::{success, success_body, success_from, ApiError, HttpResponse, Shown};
@@ -66,8 +68,13 @@ pub async fn query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body)?;
     let target = order_target(&params, &merchant)?;
     let order = bounded(app, app.router.read(target, Some(&merchant.merchant_id))).await?;
-    // Merchants poll an order until it changes: each state is rendered once.
-    Ok(success_from(order.answer(|o| success_body(&order_view(&app.public_url, o)))))
+    Ok(success_from(query_answer(&app.public_url, &order)))
+}
+
+/// The query answer for `order`'s state. Merchants poll an order until it changes, so
+/// it is rendered on the state's first query and kept with the state for the rest.
+pub fn query_answer(public_url: &str, order: &SharedOrder) -> Bytes {
+    order.answer(|o| success_body(&order_view(public_url, o)))
 }
 
 /// `POST /api/v1/payment/close`.

@@ -78,14 +78,20 @@ struct Success<'a, T> {
     data: &'a T,
 }
 
+impl<'a, T> Success<'a, T> {
+    fn of(data: &'a T) -> Self {
+        Success { code: "SUCCESS", message: "success", data }
+    }
+}
+
 /// `{"code":"SUCCESS","message":"success","data":…}`, serialized straight from `data`.
 pub fn success<T: serde::Serialize>(data: &T) -> HttpResponse {
-    json_response(StatusCode::OK, &Success { code: "SUCCESS", message: "success", data })
+    json_response(StatusCode::OK, &Success::of(data))
 }
 
 /// The body of [`success`], to keep: its bytes take no more room than they need.
 pub fn success_body<T: serde::Serialize>(data: &T) -> Bytes {
-    let mut bytes = json_bytes(&Success { code: "SUCCESS", message: "success", data });
+    let mut bytes = json_bytes(&Success::of(data));
     bytes.shrink_to_fit();
     Bytes::from(bytes)
 }

@@ -116,14 +116,23 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// Runs `phase` and adds the CPU process `pid` spent meanwhile. Threads that ended
-/// during the phase are not counted, which only happens at start-up.
-fn with_cpu(pid: Option<u32>, phase: impl FnOnce() -> PhaseResult) -> PhaseResult {
+/// Runs `work` and returns its result with the CPU process `pid` spent meanwhile (0
+/// without a process). Threads that ended meanwhile are not counted, which only
+/// happens at start-up.
+fn cpu_during<T>(pid: Option<u32>, work: impl FnOnce() -> T) -> (T, u64) {
     let before = pid.map(cpu_ns);
-    let mut r = phase();
-    if let (Some(pid), Some(before)) = (pid, before) {
-        r.server_cpu_ns += cpu_ns(pid).saturating_sub(before);
-    }
+    let out = work();
+    let spent = match (pid, before) {
+        (Some(pid), Some(before)) => cpu_ns(pid).saturating_sub(before),
+        _ => 0,
+    };
+    (out, spent)
+}
+
+/// Runs `phase` and adds the CPU process `pid` spent meanwhile.
+fn with_cpu(pid: Option<u32>, phase: impl FnOnce() -> PhaseResult) -> PhaseResult {
+    let (mut r, spent) = cpu_during(pid, phase);
+    r.server_cpu_ns += spent;
     r
 }
 
@@ -273,18 +282,15 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
 /// returns how long that took and the CPU process `pid` spent meanwhile.
 fn settle(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr, pid: Option<u32>) -> (Duration, u64) {
     let started = Instant::now();
-    let before = pid.map(cpu_ns);
-    while started.elapsed() < Duration::from_secs(60) {
-        if rt.block_on(live_order_actors(addr)) <= 0 {
-            break;
+    cpu_during(pid, || {
+        while started.elapsed() < Duration::from_secs(60) {
+            if rt.block_on(live_order_actors(addr)) <= 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let cpu = match (pid, before) {
-        (Some(pid), Some(before)) => cpu_ns(pid).saturating_sub(before),
-        _ => 0,
-    };
-    (started.elapsed(), cpu)
+        started.elapsed()
+    })
 }
 
 fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f64) {
