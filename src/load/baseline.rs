@@ -9,9 +9,10 @@
 //!
 //! With a configuration it is the *authenticated floor*: each request is parsed and
 //! authenticated as the node does it (JSON, signature, timestamp, single-use nonce) and
-//! answered with one order in memory, rendered afresh by the node's own query view.
-//! Every query must do at least that much (and find its order), so this floor bounds
-//! what any authenticated query can reach.
+//! answered with one order in memory through the node's own query answer (kept with the
+//! order's state, as for an order a merchant polls). Every query must do at least that
+//! much (and find its order), so this floor bounds what any authenticated query can
+//! reach.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -29,9 +30,9 @@ use paygate_actors::merchant::{AuthPolicy, MerchantDirectory};
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, PayMethod};
 use paygate_actors::ports::{Clock, Journal, Record};
+use paygate_actors::shared_order::SharedOrder;
 
-use crate::http::api::{authenticate_with, order_view};
-use crate::http::envelope::success;
+use crate::http::api::{authenticate_with, query_answer};
 use crate::storage::journal::{JournalHandle, JournalOptions};
 use crate::storage::views::Position;
 
@@ -65,15 +66,11 @@ fn shown_order() -> Option<Order> {
     Some(order)
 }
 
-/// Authenticates `body` as the node does; answers with `order` rendered as the node
-/// renders a query's answer, or with the error.
-fn authenticated(merchants: &MerchantDirectory, order: &Order, body: &[u8]) -> Bytes {
+/// Authenticates `body` as the node does; answers with `order` as the node answers a
+/// query, or with the error.
+fn authenticated(merchants: &MerchantDirectory, order: &SharedOrder, body: &[u8]) -> Bytes {
     match authenticate_with(merchants, SystemClock.now_ms() / 1000, body) {
-        Ok(_) => {
-            let answer = success(&order_view("http://127.0.0.1:8080", order));
-            let (_, body) = answer.into_parts();
-            body.into_inner().unwrap_or_default()
-        }
+        Ok(_) => query_answer("http://127.0.0.1:8080", order),
         Err(e) => Bytes::from(format!("{{\"code\":\"{}\"}}", e.code.as_str())),
     }
 }
@@ -93,7 +90,7 @@ pub fn serve(
                 crate::config::Config::load(dir, &crate::config::Overrides::default()).map_err(|e| e.to_string())?;
             let policy =
                 AuthPolicy { timestamp_window_secs: config.auth.timestamp_window_secs, ..AuthPolicy::default() };
-            let order = shown_order().ok_or("the floor's order could not be built")?;
+            let order = SharedOrder::share(shown_order().ok_or("the floor's order could not be built")?);
             Some(Arc::new((MerchantDirectory::new(config.merchants.clone(), policy), order)))
         }
         None => None,
