@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use paygate::storage::journal::{JournalHandle, JournalOptions};
+use paygate::storage::journal::{JournalHandle, JournalOptions, PROJECT_GATHER};
 use paygate::storage::views::Position;
 use paygate::storage::{Storage, StorageOptions};
 use paygate_actors::ids::{IdGenerator, ShardId};
@@ -87,8 +87,13 @@ fn bench_group(c: &mut Criterion, name: &str, journal: Arc<JournalHandle>) {
 /// The journal alone: frame, group commit, fdatasync, acknowledge.
 fn journal_only(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let opts =
-        JournalOptions { dir: dir.path().to_path_buf(), segment_bytes: 256 << 20, max_batch: 4096, queue: 1 << 20 };
+    let opts = JournalOptions {
+        dir: dir.path().to_path_buf(),
+        segment_bytes: 256 << 20,
+        max_batch: 4096,
+        queue: 1 << 20,
+        gather: PROJECT_GATHER,
+    };
     let (journal, _threads) = JournalHandle::start(opts, Position::default(), None).unwrap();
     bench_group(c, "journal_append_group_commit", Arc::new(journal));
 }

@@ -177,3 +177,49 @@ fn expiry_timers_survive_a_restart() {
     wait_status(&c, &short, "EXPIRED", Duration::from_secs(15));
     assert_eq!(c.query_id(&long).data("status"), "PAYING", "only the due order expired");
 }
+
+/// Group commits that follow each other closely reach sled as one views batch (sled's
+/// cost is per batch: it seals and writes each one on its own), and the views still
+/// show every record.
+#[test]
+fn group_commits_close_together_reach_the_views_as_one_batch() {
+    use paygate::storage::journal::{JournalHandle, JournalOptions};
+    use paygate::storage::views::{Position, Views};
+    use paygate_actors::ids::{IdGenerator, ShardId};
+    use paygate_actors::money::{Currency, Money};
+    use paygate_actors::order::{OrderEvent, OrderSpec, PayMethod};
+    use paygate_actors::ports::{Journal, Record};
+
+    let dir = tempfile::tempdir().unwrap();
+    let views = Arc::new(Views::open(&dir.path().join("views"), QueryPolicy::default(), 16 << 20).unwrap());
+    std::fs::create_dir_all(dir.path().join("journal")).unwrap();
+    let opts = JournalOptions {
+        dir: dir.path().join("journal"),
+        segment_bytes: 64 << 20,
+        max_batch: 1024,
+        queue: 1024,
+        gather: Duration::from_millis(500),
+    };
+    let (journal, _threads) = JournalHandle::start(opts, Position::default(), Some(Arc::clone(&views))).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut ids = IdGenerator::new(ShardId(1), 0);
+    let appends = 20;
+    for i in 0..appends {
+        let id = ids.next(1_700_000_000_000);
+        let money = Money::from_minor(100, Currency::CNY);
+        let spec = OrderSpec::new("M20240101001", format!("G{i}"), money, "gather", PayMethod::Sandbox);
+        let created = OrderEvent::created(id.clone(), spec, "sandbox".into(), 1_700_000_000_000, 1_800_000);
+        // Awaited one by one: every record is its own group commit.
+        rt.block_on(journal.append(Record::Order { pay_order_no: id, seq: 1, events: vec![created] })).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !journal.caught_up() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(journal.caught_up(), "the views did not catch up with the journal");
+    let stats = journal.stats();
+    let (syncs, batches) = (stats.syncs.load(Ordering::Relaxed), stats.views_batches.load(Ordering::Relaxed));
+    assert!(syncs >= appends, "{syncs} group commits for {appends} awaited appends");
+    assert!(batches * 4 <= syncs, "{syncs} group commits reached the views in {batches} batches");
+    assert_eq!(views.orders().count(), appends as usize);
+}

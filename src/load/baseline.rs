@@ -33,7 +33,7 @@ use paygate_actors::ports::{Clock, Journal, Record};
 use paygate_actors::shared_order::SharedOrder;
 
 use crate::http::api::{authenticate_with, query_answer};
-use crate::storage::journal::{JournalHandle, JournalOptions};
+use crate::storage::journal::{JournalHandle, JournalOptions, PROJECT_GATHER};
 use crate::storage::views::Position;
 
 const BODY: &[u8] = br#"{"code":"SUCCESS","message":"success","data":{"status":"PAYING"}}"#;
@@ -103,8 +103,13 @@ pub fn serve(
     let journal = match journal_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let opts =
-                JournalOptions { dir: dir.to_path_buf(), segment_bytes: 64 << 20, max_batch: 1024, queue: 65536 };
+            let opts = JournalOptions {
+                dir: dir.to_path_buf(),
+                segment_bytes: 64 << 20,
+                max_batch: 1024,
+                queue: 65536,
+                gather: PROJECT_GATHER,
+            };
             let (journal, _threads) =
                 JournalHandle::start(opts, Position::default(), None).map_err(|e| e.to_string())?;
             Some(Arc::new(journal))

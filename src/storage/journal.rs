@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use paygate_actors::ports::{BoxFuture, Journal, Record, StorageError, Ticket};
 use tokio::sync::oneshot;
@@ -34,6 +34,9 @@ pub struct JournalOptions {
     pub max_batch: usize,
     /// Most records waiting; beyond it appends are refused (the node is saturated).
     pub queue: usize,
+    /// How long the projector lets synced batches gather before it writes them to the
+    /// views ([`PROJECT_GATHER`] in a node).
+    pub gather: Duration,
 }
 
 struct Pending {
@@ -48,6 +51,8 @@ pub struct JournalStats {
     pub syncs: AtomicU64,
     /// Records made durable.
     pub records: AtomicU64,
+    /// Batches written to the views (each gathers one or more group commits).
+    pub views_batches: AtomicU64,
 }
 
 /// The node's journal: cheap to clone into every actor.
@@ -81,13 +86,15 @@ impl JournalHandle {
         let stats = Arc::new(JournalStats::default());
         let projected = Arc::new(AtomicU64::new(0));
         let counters = Arc::clone(&stats);
+        let gather = opts.gather;
         let writer = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || write_loop(rx, ptx, file, end, opts, &counters))?;
         let published = Arc::clone(&projected);
+        let counters = Arc::clone(&stats);
         let projector = std::thread::Builder::new()
             .name("journal-projector".into())
-            .spawn(move || project_loop(prx, views, &published))?;
+            .spawn(move || project_loop(prx, views, gather, &published, &counters))?;
         Ok((JournalHandle { tx, stats, projected }, vec![writer, projector]))
     }
 
@@ -169,13 +176,40 @@ fn write_loop(
     }
 }
 
-fn project_loop(rx: Receiver<Synced>, views: Option<Arc<Views>>, projected: &AtomicU64) {
-    while let Ok(Synced { mut records, mut last_ticket, mut end }) = rx.recv() {
-        // Fold every synced batch already waiting into one views batch: sled's cost is
-        // mostly per batch, and the writer never waits for us.
-        while let Ok(more) = rx.try_recv() {
-            records.extend(more.records);
-            (last_ticket, end) = (more.last_ticket, more.end);
+/// How long a node's projector lets synced batches gather before it writes them to the
+/// views.
+///
+/// sled seals every batch into its own log buffer and hands it to its IO pool, whose
+/// seven threads all wake for each one: at ~4 records per fsync that was ~3 context
+/// switches per pay in sled's pool alone. The views lag the journal by this much more,
+/// which nothing waits on but passivation (which checks, and waits, per order).
+pub const PROJECT_GATHER: Duration = Duration::from_millis(5);
+/// A backlog this large is written at once, without waiting to gather more.
+const PROJECT_BACKLOG: usize = 256;
+/// The most records one views batch takes.
+const PROJECT_MAX_RECORDS: usize = 4096;
+
+fn project_loop(
+    rx: Receiver<Synced>,
+    views: Option<Arc<Views>>,
+    gather: Duration,
+    projected: &AtomicU64,
+    stats: &JournalStats,
+) {
+    while let Ok(first) = rx.recv() {
+        let gathered_until = Instant::now() + gather;
+        let Synced { mut records, mut last_ticket, mut end } = first;
+        let mut drain = |records: &mut Vec<Record>| {
+            while records.len() < PROJECT_MAX_RECORDS {
+                let Ok(more) = rx.try_recv() else { break };
+                records.extend(more.records);
+                (last_ticket, end) = (more.last_ticket, more.end);
+            }
+        };
+        drain(&mut records);
+        if records.len() < PROJECT_BACKLOG {
+            std::thread::sleep(gathered_until.saturating_duration_since(Instant::now()));
+            drain(&mut records);
         }
         let started = Instant::now();
         if let Some(Err(e)) = views.as_ref().map(|v| v.project(records.iter(), end)) {
@@ -183,6 +217,7 @@ fn project_loop(rx: Receiver<Synced>, views: Option<Arc<Views>>, projected: &Ato
             fatal("projecting the journal into the views failed", &e);
         }
         metrics::histogram!("paygate_views_project_seconds").record(started.elapsed().as_secs_f64());
+        stats.views_batches.fetch_add(1, Ordering::Relaxed);
         projected.store(last_ticket, Ordering::Release);
     }
     if let Some(Err(e)) = views.map(|v| v.flush()) {

@@ -19,7 +19,7 @@ use std::time::Instant;
 use paygate_actors::order::QueryPolicy;
 
 use self::codec::decode_record;
-use self::journal::{JournalHandle, JournalOptions};
+use self::journal::{JournalHandle, JournalOptions, PROJECT_GATHER};
 use self::segment::{any_record_after, list_segments, read_segment, record_at, segment_path};
 use self::views::{Position, ProjectError, Views};
 
@@ -155,6 +155,7 @@ impl Storage {
                 segment_bytes: opts.segment_bytes,
                 max_batch: opts.max_batch,
                 queue: opts.queue,
+                gather: PROJECT_GATHER,
             },
             end,
             Some(Arc::clone(&views)),
