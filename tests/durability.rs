@@ -5,20 +5,28 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use paygate::storage::segment::{record_at, segment_path};
+use paygate::storage::segment::{is_padding, list_segments, record_at, segment_path, written_len};
 use paygate::storage::{Storage, StorageOptions};
-use paygate_actors::order::{Order, QueryPolicy};
+use paygate_actors::ids::{IdGenerator, ShardId};
+use paygate_actors::money::{Currency, Money};
+use paygate_actors::order::{Order, OrderEvent, OrderSpec, PayMethod, QueryPolicy};
+use paygate_actors::ports::{Journal, Record};
 
 fn open_storage(data: &Path) -> Storage {
+    open_storage_with(data, 64 << 20)
+}
+
+fn open_storage_with(data: &Path, segment_bytes: u64) -> Storage {
     Storage::open(&StorageOptions {
         data_dir: data.to_path_buf(),
-        segment_bytes: 64 << 20,
+        segment_bytes,
         max_batch: 1024,
         queue: 1024,
         cache_bytes: 16 << 20,
@@ -118,21 +126,35 @@ fn journal_with_two_orders() -> (tempfile::TempDir, String, String, usize, usize
         start = end;
         end = next;
     }
-    assert_eq!(end, buf.len(), "the journal is intact");
+    assert!(is_padding(&buf, end), "the journal is intact, and zeros follow its records");
     (dir, a, b, start, end)
 }
 
 #[test]
 fn a_torn_tail_is_cut_and_the_node_starts_with_everything_before_it() {
     let (original, a, b, start, end) = journal_with_two_orders();
-    for cut in [start + 1, start + 7, start + 12, start + 20, end - 1] {
+    let intact = std::fs::read(segment_path(&original.path().join("journal"), 0)).unwrap();
+    // A torn write in a sized segment leaves part of a record followed by zeros; a
+    // shortened file is the same tear in a segment written before segments were sized.
+    let tears = [(start + 1, false), (start + 7, false), (start + 12, true), (start + 20, false), (end - 1, true)];
+    for (cut, shorten) in tears {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(original.path(), dir.path());
         let seg = segment_path(&dir.path().join("journal"), 0);
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(cut as u64).unwrap();
+        let file = OpenOptions::new().write(true).open(&seg).unwrap();
+        if shorten {
+            file.set_len(cut as u64).unwrap();
+        } else {
+            file.write_all_at(&vec![0; end - cut], cut as u64).unwrap();
+        }
+        drop(file);
         let t = TestNode::start_in(dir, |_| {});
-        assert_eq!(t.node().recovery.torn_bytes, (cut - start) as u64, "cut at {cut}");
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), start as u64, "the torn record is gone");
+        // What is left of the record, up to its last byte that is not zero.
+        let torn = intact.get(..cut).map(|b| written_len(b, start)).unwrap();
+        assert!(torn > 0 && torn <= cut - start);
+        assert_eq!(t.node().recovery.torn_bytes, torn as u64, "cut at {cut}");
+        let bytes = std::fs::read(&seg).unwrap();
+        assert!(is_padding(&bytes, start), "cut at {cut}: the torn record is gone");
         let c = t.client();
         assert_eq!(c.query_id(&a).data("status"), "SUCCESS", "cut at {cut}");
         // B's only record was torn: B never happened, and its repeated request creates it.
@@ -185,10 +207,6 @@ fn expiry_timers_survive_a_restart() {
 fn group_commits_close_together_reach_the_views_as_one_batch() {
     use paygate::storage::journal::{JournalHandle, JournalOptions};
     use paygate::storage::views::{Position, Views};
-    use paygate_actors::ids::{IdGenerator, ShardId};
-    use paygate_actors::money::{Currency, Money};
-    use paygate_actors::order::{OrderEvent, OrderSpec, PayMethod};
-    use paygate_actors::ports::{Journal, Record};
 
     let dir = tempfile::tempdir().unwrap();
     let views = Arc::new(Views::open(&dir.path().join("views"), QueryPolicy::default(), 16 << 20).unwrap());
@@ -205,12 +223,8 @@ fn group_commits_close_together_reach_the_views_as_one_batch() {
     let mut ids = IdGenerator::new(ShardId(1), 0);
     let appends = 20;
     for i in 0..appends {
-        let id = ids.next(1_700_000_000_000);
-        let money = Money::from_minor(100, Currency::CNY);
-        let spec = OrderSpec::new("M20240101001", format!("G{i}"), money, "gather", PayMethod::Sandbox);
-        let created = OrderEvent::created(id.clone(), spec, "sandbox".into(), 1_700_000_000_000, 1_800_000);
         // Awaited one by one: every record is its own group commit.
-        rt.block_on(journal.append(Record::Order { pay_order_no: id, seq: 1, events: vec![created] })).unwrap();
+        rt.block_on(journal.append(new_order_record(&mut ids, &format!("G{i}")))).unwrap();
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !journal.caught_up() && std::time::Instant::now() < deadline {
@@ -222,4 +236,46 @@ fn group_commits_close_together_reach_the_views_as_one_batch() {
     assert!(syncs >= appends, "{syncs} group commits for {appends} awaited appends");
     assert!(batches * 4 <= syncs, "{syncs} group commits reached the views in {batches} batches");
     assert_eq!(views.orders().count(), appends as usize);
+}
+
+/// A journal record creating a new sandbox order numbered `order_no`.
+fn new_order_record(ids: &mut IdGenerator, order_no: &str) -> Record {
+    let id = ids.next(1_700_000_000_000);
+    let money = Money::from_minor(100, Currency::CNY);
+    let spec = OrderSpec::new("M20240101001", order_no, money, "journal test", PayMethod::Sandbox);
+    let created = OrderEvent::created(id.clone(), spec, "sandbox".into(), 1_700_000_000_000, 1_800_000);
+    Record::Order { pay_order_no: id, seq: 1, events: vec![created] }
+}
+
+/// Segments are sized before they are written, so every closed one ends in zeros; a
+/// restart reads past them into the next segment, and appends after the last record.
+#[test]
+fn segments_roll_over_and_a_restart_reads_every_record_across_them() {
+    let data = tempfile::tempdir().unwrap();
+    let segment_bytes = 4096;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut ids = IdGenerator::new(ShardId(1), 0);
+    let storage = open_storage_with(data.path(), segment_bytes);
+    for i in 0..100 {
+        rt.block_on(storage.journal.append(new_order_record(&mut ids, &format!("R{i}")))).unwrap();
+    }
+    storage.close();
+    let journal = data.path().join("journal");
+    let segments = list_segments(&journal).unwrap();
+    assert!(segments.len() >= 4, "{} segments", segments.len());
+    for &n in &segments {
+        let bytes = std::fs::read(segment_path(&journal, n)).unwrap();
+        assert_eq!(bytes.len() as u64, segment_bytes, "segment {n} was sized once");
+        assert_eq!(bytes.last(), Some(&0), "segment {n} ends in its unused zeros");
+    }
+
+    let storage = open_storage_with(data.path(), segment_bytes);
+    assert_eq!((storage.report.records, storage.report.torn_bytes), (100, 0));
+    assert_eq!(all_orders(&storage).len(), 100);
+    rt.block_on(storage.journal.append(new_order_record(&mut ids, "R100"))).unwrap();
+    storage.close();
+    let storage = open_storage_with(data.path(), segment_bytes);
+    assert_eq!(storage.report.records, 101, "the append after the restart landed after the last record");
+    assert_eq!(all_orders(&storage).len(), 101);
+    assert_eq!(list_segments(&journal).unwrap(), segments, "no segment was skipped or added");
 }

@@ -107,8 +107,11 @@ pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
     let generate_secs = generated.elapsed().as_secs_f64();
     let (first_id, first_no) = first_id.ok_or("nothing was written")?;
     storage.close();
+    // Blocks in use, not lengths: segments are sized ahead of their records.
     let journal_bytes: u64 = std::fs::read_dir(data.join("journal"))
-        .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).sum()
+        })
         .unwrap_or(0);
 
     let time_to_answer = |label: &str| -> Result<f64, String> {

@@ -8,8 +8,6 @@
 //! An I/O error on the journal aborts the process: durability can no longer be
 //! promised, and recovery on restart restores exactly what was acknowledged.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -20,7 +18,7 @@ use paygate_actors::ports::{BoxFuture, Journal, Record, StorageError, Ticket};
 use tokio::sync::oneshot;
 
 use super::codec::encode_record_into;
-use super::segment::{frame, open_for_append};
+use super::segment::{frame, SegmentFile};
 use super::views::{Position, Views};
 
 /// Journal tuning.
@@ -80,7 +78,7 @@ impl JournalHandle {
         end: Position,
         views: Option<Arc<Views>>,
     ) -> std::io::Result<(JournalHandle, Vec<std::thread::JoinHandle<()>>)> {
-        let file = open_for_append(&opts.dir, end.segment)?;
+        let file = SegmentFile::open(&opts.dir, end.segment, opts.segment_bytes)?;
         let (tx, rx) = mpsc::sync_channel::<Pending>(opts.queue);
         let (ptx, prx) = mpsc::sync_channel::<Synced>(1024);
         let stats = Arc::new(JournalStats::default());
@@ -120,7 +118,7 @@ struct Synced {
 fn write_loop(
     rx: Receiver<Pending>,
     projector: SyncSender<Synced>,
-    mut file: File,
+    mut file: SegmentFile,
     mut pos: Position,
     opts: JournalOptions,
     stats: &JournalStats,
@@ -153,10 +151,11 @@ fn write_loop(
         }
         if pos.offset > 0 && pos.offset + buf.len() as u64 > opts.segment_bytes {
             pos = Position { segment: pos.segment + 1, offset: 0 };
-            file = open_for_append(&opts.dir, pos.segment).unwrap_or_else(|e| fatal("cannot open a new segment", &e));
+            file = SegmentFile::open(&opts.dir, pos.segment, opts.segment_bytes)
+                .unwrap_or_else(|e| fatal("cannot open a new segment", &e));
         }
         let started = Instant::now();
-        if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
+        if let Err(e) = file.write_durably(&buf, pos.offset) {
             fatal("journal write failed", &e);
         }
         metrics::histogram!("paygate_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
