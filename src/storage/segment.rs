@@ -8,10 +8,11 @@
 //! The magic lets recovery tell a torn tail (nothing valid after the damage) from
 //! damage in the middle (valid records follow), which must stop the start.
 //!
-//! A segment is sized to the segment length when it is opened, so its records are
-//! followed by zeros. Writing inside the file's size lets `fdatasync` skip the inode:
-//! appending changed the size with every group commit, and writing that cost a third of
-//! each commit's CPU and latency here (0.21 → 0.15 ms, 100 → 65 µs per 1.2 KiB commit).
+//! A segment is sized to the segment length when it is opened (sparse: disk blocks are
+//! taken as records arrive), so its records are followed by zeros. Writing inside the
+//! file's size lets `fdatasync` skip the inode: appending changed the size with every
+//! group commit, and here that cost about a fifth of each commit's latency and CPU
+//! (1.2 KiB written and synced: 0.22 → 0.17 ms, 93 → 72 µs of CPU).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
