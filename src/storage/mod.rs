@@ -3,9 +3,9 @@
 //! On open, every segment is checked record by record; zeros after a segment's last
 //! record are its unused end. A damaged record at the very end of the last segment
 //! with nothing intact after it is a torn write that was never acknowledged: it is cut
-//! off. Damage anywhere else stops the start with the segment
-//! and offset. The views are then brought up to the end of the journal by replay, and
-//! rebuilt from scratch if they are missing, unreadable or inconsistent.
+//! off. Damage anywhere else stops the start with the segment and offset. The views
+//! are then brought up to the end of the journal by replay, and rebuilt from scratch if
+//! they are missing, unreadable or inconsistent.
 
 pub mod codec;
 pub mod journal;
@@ -21,7 +21,7 @@ use paygate_actors::order::QueryPolicy;
 
 use self::codec::decode_record;
 use self::journal::{JournalHandle, JournalOptions, PROJECT_GATHER};
-use self::segment::{any_record_after, is_padding, list_segments, read_segment, record_at, segment_path, written_len};
+use self::segment::{any_record_after, list_segments, read_segment, record_at, segment_path, written_len};
 use self::views::{Position, ProjectError, Views};
 
 /// Storage settings.
@@ -202,12 +202,13 @@ fn recover(dir: &Path, views: &Views, report: &mut RecoveryReport) -> Result<Pos
         let mut offset = 0usize;
         while offset < buf.len() {
             let Some((payload, next)) = record_at(&buf, offset) else {
-                if is_padding(&buf, offset) {
-                    break;
+                let written = written_len(&buf, offset);
+                if written == 0 {
+                    break; // the segment's unused end
                 }
                 if last && !any_record_after(&buf, offset) {
                     cut_tail(&path, offset as u64).map_err(Recovery::Open)?;
-                    report.torn_bytes = written_len(&buf, offset) as u64;
+                    report.torn_bytes = written as u64;
                     tracing::warn!(segment = %path.display(), offset, bytes = report.torn_bytes, "cut a torn tail");
                     break;
                 }

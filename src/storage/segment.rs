@@ -56,14 +56,14 @@ pub fn record_at(buf: &[u8], offset: usize) -> Option<(&[u8], usize)> {
     (crc == word(8)?).then_some((payload, end))
 }
 
-/// Whether `buf` holds nothing but zeros from `offset` on: the unused end of a segment.
-pub fn is_padding(buf: &[u8], offset: usize) -> bool {
-    buf.get(offset..).is_none_or(|rest| rest.iter().all(|&b| b == 0))
-}
-
 /// How many bytes from `offset` on are not the zeros at the end of `buf`.
 pub fn written_len(buf: &[u8], offset: usize) -> usize {
     buf.get(offset..).map_or(0, |rest| rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1))
+}
+
+/// Whether `buf` holds nothing but zeros from `offset` on: the unused end of a segment.
+pub fn is_padding(buf: &[u8], offset: usize) -> bool {
+    written_len(buf, offset) == 0
 }
 
 /// Whether any intact record starts after `offset` in `buf`.
