@@ -83,7 +83,8 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Where the journal and views live.
     pub data_dir: PathBuf,
-    /// Journal segment size, bytes.
+    /// Journal segment size, bytes ([`SEGMENT_BYTES`]): each segment is sized to it when
+    /// opened and read whole at recovery.
     pub segment_bytes: u64,
     /// Most records per group commit.
     pub max_batch: usize,
@@ -92,6 +93,10 @@ pub struct StorageConfig {
     /// sled page cache, bytes.
     pub cache_bytes: u64,
 }
+
+/// The journal segment sizes a node accepts: below, group commits would each start a
+/// segment of their own; above, recovery would hold an unreasonable segment in memory.
+pub const SEGMENT_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
 
 /// Sharding.
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +297,14 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.shards.count == 0 || self.shards.count > paygate_actors::ids::MAX_SHARDS {
             return Err(ConfigError(format!("shards.count must be 1..={}", paygate_actors::ids::MAX_SHARDS)));
+        }
+        if !SEGMENT_BYTES.contains(&self.storage.segment_bytes) {
+            return Err(ConfigError(format!(
+                "storage.segment_bytes must be {}..={} (64 KiB to 1 GiB), not {}",
+                SEGMENT_BYTES.start(),
+                SEGMENT_BYTES.end(),
+                self.storage.segment_bytes
+            )));
         }
         self.max_amount(Currency::CNY)?;
         for m in &self.merchants {

@@ -279,3 +279,31 @@ fn segments_roll_over_and_a_restart_reads_every_record_across_them() {
     assert_eq!(all_orders(&storage).len(), 101);
     assert_eq!(list_segments(&journal).unwrap(), segments, "no segment was skipped or added");
 }
+
+/// A segment size the journal cannot work with is refused at start, by name, before
+/// anything is written.
+#[test]
+fn an_unusable_segment_size_is_refused_at_start() {
+    for size in ["0", "4096", "1099511627776"] {
+        let data = tempfile::tempdir().unwrap();
+        let mut child =
+            BinNode::command(data.path(), free_port(), &[("PAYGATE_STORAGE__SEGMENT_BYTES", size)]).spawn().unwrap();
+        // A node that accepted the size would serve until killed: wait a bounded time.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().unwrap();
+        assert!(status.is_some_and(|s| !s.success()), "segment_bytes {size} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("storage.segment_bytes must be 65536..=1073741824"), "{stderr}");
+        assert!(!data.path().join("journal").exists(), "nothing was written for {size}");
+    }
+}
