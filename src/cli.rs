@@ -76,6 +76,10 @@ pub enum Command {
         /// with the node's query view of one order in memory (the authenticated floor).
         #[arg(long)]
         auth_config: Option<PathBuf>,
+        /// With both of the above: take each request as a pay, journal its new order
+        /// and answer as the node answers a pay, QR code included (the pay floor).
+        #[arg(long)]
+        pay: bool,
     },
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use paygate_actors::channel::{ChannelProfile, ChannelStatus};
-use paygate_actors::merchant::MerchantProfile;
+use paygate_actors::merchant::{AuthPolicy, MerchantProfile};
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{PayMethod, QueryPolicy};
 use rust_decimal::Decimal;
@@ -344,6 +344,11 @@ impl Config {
             .trunc()
             .try_into()
             .map_err(|_| ConfigError("orders.max_amount is out of range".into()))
+    }
+
+    /// How signed requests are authenticated.
+    pub fn auth_policy(&self) -> AuthPolicy {
+        AuthPolicy { timestamp_window_secs: self.auth.timestamp_window_secs, ..AuthPolicy::default() }
     }
 
     /// The active query policy.

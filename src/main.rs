@@ -23,8 +23,8 @@ fn main() -> ExitCode {
         Command::Client(args) => cli::client(args),
         Command::Sandbox(args) => cli::sandbox(args),
         Command::Bench(args) => cli::bench(args),
-        Command::BenchBaseline { listen, workers, journal_dir, auth_config } => {
-            paygate::load::baseline::serve(&listen, workers, journal_dir.as_deref(), auth_config.as_deref())
+        Command::BenchBaseline { listen, workers, journal_dir, auth_config, pay } => {
+            paygate::load::baseline::serve(&listen, workers, journal_dir.as_deref(), auth_config.as_deref(), pay)
         }
     };
     match result {

@@ -1,7 +1,6 @@
 //! A paygate node: storage recovered, actors started across worker arbiters, HTTP
 //! serving. [`start`] runs it on its own thread (the binary and the tests share it).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -12,8 +11,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle};
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::ShardId;
-use paygate_actors::merchant::{AuthPolicy, MerchantDirectory, MerchantProfile};
-use paygate_actors::money::Currency;
+use paygate_actors::merchant::{MerchantDirectory, MerchantProfile};
 use paygate_actors::order_actor::{OrderContext, Passivation};
 use paygate_actors::ports::{ChannelConnector, Clock};
 use paygate_actors::registry::Registry;
@@ -257,7 +255,7 @@ fn build(
     }
     let channels = ChannelDirectory::new(channel_handles);
 
-    let auth = AuthPolicy { timestamp_window_secs: config.auth.timestamp_window_secs, ..AuthPolicy::default() };
+    let auth = config.auth_policy();
     let merchants: Vec<MerchantProfile> = config.merchants.clone();
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -289,10 +287,6 @@ fn build(
     )
     .start();
 
-    let max_amounts = Currency::ALL
-        .into_iter()
-        .map(|c| config.max_amount(c).map(|m| (c, m)))
-        .collect::<Result<HashMap<_, _>, _>>()?;
     let app = Arc::new(App {
         router,
         merchants: MerchantDirectory::new(merchants, auth),
@@ -302,7 +296,7 @@ fn build(
         public_url: public_url.clone(),
         admin_token: config.admin.token.clone(),
         max_body: config.server.max_body_bytes,
-        limits: crate::http::api::PayLimits { max_amounts, max_expire_minutes: config.orders.max_expire_minutes },
+        limits: crate::http::api::PayLimits::from_config(&config)?,
         minute_ms: config.orders.minute_ms.max(1) as i64,
         request_timeout: Duration::from_secs(config.server.request_timeout_secs),
         header_timeout: Duration::from_secs(config.server.header_timeout_secs),

@@ -19,6 +19,7 @@ use serde::Serialize;
 use super::envelope::{success, success_body, success_from, ApiError, HttpResponse, Shown};
 use super::params::{self, optional, required, Params};
 use super::App;
+use crate::config::{Config, ConfigError};
 use crate::time_fmt::Rfc3339;
 
 /// Parses and authenticates a signed request body.
@@ -60,7 +61,7 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let request = OrderRequest::Pay(Box::new(PaySubmission { spec, route, expire_after_ms }));
     let order = bounded(app, app.router.dispatch(target, request, caller)).await?;
     metrics::counter!("paygate_payments_created_total", "channel" => order.channel.clone()).increment(1);
-    Ok(success(&pay_view(app, &order)))
+    Ok(success_from(pay_answer(&app.public_url, &order)))
 }
 
 /// `POST /api/v1/payment/query`.
@@ -118,6 +119,17 @@ pub struct PayLimits {
     pub max_amounts: HashMap<Currency, i64>,
     /// Longest order lifetime a request may ask for, minutes.
     pub max_expire_minutes: u32,
+}
+
+impl PayLimits {
+    /// The limits `config` sets.
+    pub fn from_config(config: &Config) -> Result<PayLimits, ConfigError> {
+        let max_amounts = Currency::ALL
+            .into_iter()
+            .map(|c| config.max_amount(c).map(|m| (c, m)))
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        Ok(PayLimits { max_amounts, max_expire_minutes: config.orders.max_expire_minutes })
+    }
 }
 
 /// Validates a pay request into the order spec. Every refusal names the field and rule.
@@ -241,7 +253,12 @@ struct PayView<'a> {
     expire_time: Shown<Rfc3339>,
 }
 
-fn pay_view<'a>(app: &'a App, order: &'a Order) -> PayView<'a> {
+/// The pay answer for `order`, its QR code rendered from the order's code URL.
+pub fn pay_answer(public_url: &str, order: &Order) -> Bytes {
+    success_body(&pay_view(public_url, order))
+}
+
+fn pay_view<'a>(public_url: &'a str, order: &'a Order) -> PayView<'a> {
     PayView {
         pay_order_no: order.pay_order_no.as_str(),
         order_no: &order.spec.order_no,
@@ -250,9 +267,9 @@ fn pay_view<'a>(app: &'a App, order: &'a Order) -> PayView<'a> {
         currency: order.spec.amount.currency().code(),
         channel: &order.channel,
         pay_scene: order.spec.pay_scene.as_str(),
-        pay_url: Shown(pay_url(&app.public_url, order)),
+        pay_url: Shown(pay_url(public_url, order)),
         code_url: scan_code(order),
-        qr_code: scan_code(order).and_then(|u| app.qr(u)),
+        qr_code: scan_code(order).and_then(super::qr),
         expire_time: Shown(Rfc3339(order.expire_time)),
     }
 }

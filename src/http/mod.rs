@@ -106,15 +106,15 @@ impl App {
             }
         }
     }
+}
 
-    /// A QR data URI for `text` (`None` if it cannot be encoded).
-    pub fn qr(&self, text: &str) -> Option<String> {
-        match crate::qr::png_data_uri(text) {
-            Ok(uri) => Some(uri),
-            Err(e) => {
-                tracing::warn!(error = %e, "QR rendering failed");
-                None
-            }
+/// A QR data URI for `text` (`None`, logged, if it cannot be encoded).
+pub fn qr(text: &str) -> Option<String> {
+    match crate::qr::png_data_uri(text) {
+        Ok(uri) => Some(uri),
+        Err(e) => {
+            tracing::warn!(error = %e, "QR rendering failed");
+            None
         }
     }
 }

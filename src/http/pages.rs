@@ -40,8 +40,7 @@ pub async fn cashier(app: &App, id: &str) -> Result<HttpResponse, ApiError> {
         head.push_str(&format!("<meta http-equiv=\"refresh\" content=\"2;url={}\">", attr(ret)));
     }
     let qr = match (&order.code_url, status.is_open()) {
-        (Some(url), true) => app
-            .qr(url)
+        (Some(url), true) => super::qr(url)
             .map(|uri| {
                 format!(
                     "<p><img alt=\"QR code\" src=\"{}\"></p><p><a href=\"{}\">Open payment page</a></p>",

@@ -102,6 +102,8 @@ pub struct PhaseResult {
     /// CPU the server spent in the phase, warm-up included, nanoseconds; 0 when unknown
     /// (filled in by the caller, which knows the server's process).
     pub server_cpu_ns: u64,
+    /// CPU the load generator (this process) spent meanwhile, nanoseconds.
+    pub client_cpu_ns: u64,
 }
 
 impl PhaseResult {
@@ -116,6 +118,7 @@ impl PhaseResult {
             closed: 0,
             answered: 0,
             server_cpu_ns: 0,
+            client_cpu_ns: 0,
         }
     }
 
@@ -131,11 +134,17 @@ impl PhaseResult {
         self.closed += other.closed;
         self.answered += other.answered;
         self.server_cpu_ns += other.server_cpu_ns;
+        self.client_cpu_ns += other.client_cpu_ns;
     }
 
     /// The server's CPU per answer, microseconds, when known.
     pub fn server_cpu_us(&self) -> Option<f64> {
         (self.server_cpu_ns > 0 && self.answered > 0).then(|| self.server_cpu_ns as f64 / 1000.0 / self.answered as f64)
+    }
+
+    /// The load generator's CPU per answer, microseconds, when known.
+    pub fn client_cpu_us(&self) -> Option<f64> {
+        (self.client_cpu_ns > 0 && self.answered > 0).then(|| self.client_cpu_ns as f64 / 1000.0 / self.answered as f64)
     }
 
     /// Requests per second.

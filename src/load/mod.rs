@@ -82,11 +82,12 @@ pub fn spawn_node(config: &Path, data_dir: &Path, extra_env: &[(&str, String)]) 
 }
 
 /// Starts the bare-hyper baseline server; with `journal_dir`, the durable floor; with
-/// `auth_config`, the authenticated floor.
+/// `auth_config`, the authenticated floor; with both and `pay`, the pay floor.
 pub fn spawn_baseline(
     workers: usize,
     journal_dir: Option<&Path>,
     auth_config: Option<&Path>,
+    pay: bool,
 ) -> Result<Process, String> {
     let port = free_port()?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -97,6 +98,9 @@ pub fn spawn_baseline(
     }
     if let Some(dir) = auth_config {
         cmd.arg("--auth-config").arg(dir);
+    }
+    if pay {
+        cmd.arg("--pay");
     }
     let mut child = cmd.stdout(Stdio::null()).spawn().map_err(|e| format!("starting the baseline: {e}"))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -129,10 +133,12 @@ fn cpu_during<T>(pid: Option<u32>, work: impl FnOnce() -> T) -> (T, u64) {
     (out, spent)
 }
 
-/// Runs `phase` and adds the CPU process `pid` spent meanwhile.
+/// Runs `phase` and adds the CPU process `pid` spent meanwhile, and this process's
+/// (the load generator's).
 fn with_cpu(pid: Option<u32>, phase: impl FnOnce() -> PhaseResult) -> PhaseResult {
-    let (mut r, spent) = cpu_during(pid, phase);
-    r.server_cpu_ns += spent;
+    let ((mut r, server), client) = cpu_during(Some(std::process::id()), || cpu_during(pid, phase));
+    r.server_cpu_ns += server;
+    r.client_cpu_ns += client;
     r
 }
 
@@ -210,9 +216,10 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
 
     let data = std::env::temp_dir().join(format!("paygate-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let baseline = spawn_baseline(workers, None, None)?;
-    let floor = spawn_baseline(workers, Some(&data.join("floor")), None)?;
-    let auth_floor = spawn_baseline(workers, None, Some(&opts.config))?;
+    let baseline = spawn_baseline(workers, None, None, false)?;
+    let floor = spawn_baseline(workers, Some(&data.join("floor")), None, false)?;
+    let auth_floor = spawn_baseline(workers, None, Some(&opts.config), false)?;
+    let pay_floor = spawn_baseline(workers, Some(&data.join("payfloor")), Some(&opts.config), true)?;
     let node = match &opts.url {
         Some(_) => None,
         None => {
@@ -245,9 +252,11 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
     };
     let none = Arc::default();
     let pay_only = Mix::only(Op::Pay);
-    let [mut base, mut floor_r, mut auth_r, mut pay, mut query] = std::array::from_fn(|_| PhaseResult::empty());
+    let [mut base, mut floor_r, mut pay_floor_r, mut auth_r, mut pay, mut query] =
+        std::array::from_fn(|_| PhaseResult::empty());
     for round in 0..rounds {
         floor_r.merge(drive(floor.addr, Some(floor.pid()), pay_only, format!("f{round}"), slice, &none));
+        pay_floor_r.merge(drive(pay_floor.addr, Some(pay_floor.pid()), pay_only, format!("pf{round}"), slice, &none));
         pay.merge(drive(node_addr, node_pid, pay_only, format!("p{round}"), slice, &none));
         let (waited, cpu) = settle(&rt, node_addr, node_pid);
         pay.server_cpu_ns += cpu;
@@ -263,12 +272,13 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
     }
     let mixed = drive(node_addr, node_pid, opts.mix, "m".into(), opts.duration, &known);
     let (rss, peak) = node.as_ref().map_or((0.0, 0.0), |n| rss_mb(n.pid()));
-    drop((node, baseline, floor, auth_floor));
+    drop((node, baseline, floor, auth_floor, pay_floor));
     let _ = std::fs::remove_dir_all(&data);
 
     let phases = [
         Phase { name: "baseline", result: base },
         Phase { name: "floor", result: floor_r },
+        Phase { name: "payfloor", result: pay_floor_r },
         Phase { name: "authfloor", result: auth_r },
         Phase { name: "pay", result: pay },
         Phase { name: "query", result: query },
@@ -305,8 +315,16 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
         (Some(b), Some(n)) if n > 0.0 => Some(b / n),
         _ => None,
     };
+    // The node CPU a pay could cost for pay to reach half the baseline's rate, if the
+    // machine gave pay the CPU it gave the baseline (server and generator together):
+    // 2 × (baseline's server + generator CPU per answer) − the generator's per pay.
+    let client = |name: &str| get(name).and_then(PhaseResult::client_cpu_us);
+    let pay_budget = match (cpu("baseline"), client("baseline"), client("pay")) {
+        (Some(s), Some(g), Some(gp)) => Some(2.0 * (s + g) - gp),
+        _ => None,
+    };
     let mut errors = std::collections::BTreeMap::new();
-    for p in phases.iter().filter(|p| !matches!(p.name, "baseline" | "floor" | "authfloor")) {
+    for p in phases.iter().filter(|p| !matches!(p.name, "baseline" | "floor" | "payfloor" | "authfloor")) {
         for (k, v) in &p.result.errors {
             *errors.entry(format!("{}:{k}", p.name)).or_insert(0u64) += v;
         }
@@ -320,7 +338,8 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
                     p.name.to_owned(),
                     json!({"requests": r.requests, "rps": r.rps(), "p50_ms": r.ms(0.5), "p90_ms": r.ms(0.9),
                            "p99_ms": r.ms(0.99), "p999_ms": r.ms(0.999), "errors": r.errors,
-                           "server_cpu_us_per_request": r.server_cpu_us()}),
+                           "server_cpu_us_per_request": r.server_cpu_us(),
+                           "generator_cpu_us_per_request": r.client_cpu_us()}),
                 )
             })
             .collect();
@@ -328,6 +347,8 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
             "pay_rps": rps("pay"), "query_rps": rps("query"), "mix_rps": rps("mix"), "baseline_rps": base,
             "pay_ratio": rps("pay") / base, "query_ratio": rps("query") / base,
             "floor_rps": rps("floor"), "floor_ratio": rps("floor") / base, "pay_to_floor": rps("pay") / rps("floor").max(1e-9),
+            "pay_floor_rps": rps("payfloor"), "pay_floor_ratio": rps("payfloor") / base,
+            "pay_to_pay_floor": rps("pay") / rps("payfloor").max(1e-9), "pay_cpu_budget_us": pay_budget,
             "auth_floor_rps": rps("authfloor"), "auth_floor_ratio": rps("authfloor") / base,
             "query_to_auth_floor": rps("query") / rps("authfloor").max(1e-9), "auth_floor_cpu_ratio": cpu_ratio("authfloor"),
             "pay_p99_ms": p99("pay"), "query_p99_ms": p99("query"), "errors": errors,
@@ -366,6 +387,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
     let ratio = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.3}"));
     println!(
         "\npay/baseline = {:.3}   query/baseline = {:.3}   floor/baseline = {:.3}   pay/floor = {:.3}\n\
+         payfloor/baseline = {:.3}   pay/payfloor = {:.3}   node CPU a pay may cost for 0.5 × baseline: {} µs\n\
          authfloor/baseline = {:.3}   query/authfloor = {:.3}\n\
          server CPU per request, baseline over: query {}, pay {}, authfloor {}\n\
          node RSS {rss:.1} MiB (peak {peak:.1} MiB)",
@@ -373,6 +395,9 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
         rps("query") / base,
         rps("floor") / base,
         rps("pay") / rps("floor").max(1e-9),
+        rps("payfloor") / base,
+        rps("pay") / rps("payfloor").max(1e-9),
+        pay_budget.map_or("-".to_owned(), |b| format!("{b:.1}")),
         rps("authfloor") / base,
         rps("query") / rps("authfloor").max(1e-9),
         ratio(cpu_ratio("query")),
