@@ -130,7 +130,8 @@ pub struct OrdersConfig {
     pub passivate_idle_secs: u64,
     /// An idle final order leaves memory after this many milliseconds.
     pub passivate_final_ms: u64,
-    /// How many orders that left memory keep their last state in the read cache.
+    /// How many orders that left memory (passivated, or read from the views by a query)
+    /// keep their last state in the read cache.
     #[serde(default = "default_read_cache_entries")]
     pub read_cache_entries: usize,
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::*;
+use paygate_actors::ids::PayOrderNo;
 
 const PAY: &str = "/api/v1/payment/pay";
 
@@ -304,4 +305,38 @@ fn an_order_answers_alike_from_its_actor_the_read_cache_and_its_snapshot() {
     c.close_id(c.pay("ALIKE-2", "3.00").data("pay_order_no"));
     passivated();
     assert_eq!(c.query_no("ALIKE-1").json, live.json, "from the snapshot");
+}
+
+#[test]
+fn an_order_read_from_its_snapshot_is_kept_until_it_changes() {
+    let t = TestNode::start_with(|c| {
+        c.orders.passivate_final_ms = 100;
+        c.orders.passivate_idle_secs = 1;
+        c.orders.read_cache_entries = 1;
+    });
+    let c = t.client();
+    let registry = t.node().registry.clone();
+    let passivated = || {
+        eventually(Duration::from_secs(10), || (registry.live_orders() == 0).then_some(()))
+            .unwrap_or_else(|| panic!("{} order actors still live", registry.live_orders()))
+    };
+    let kept = |id: &str| registry.read_cache.get(&PayOrderNo::parse(id).unwrap()).map(|o| o.status.as_str());
+    let id = c.pay("KEPT-1", "3.00").data("pay_order_no").to_owned();
+    passivated();
+    // A second order pushes the first out of a cache of one.
+    c.close_id(c.pay("KEPT-2", "3.00").data("pay_order_no"));
+    passivated();
+    assert_eq!(kept(&id), None);
+    // A merchant polls it: read from its snapshot, and kept for the next poll.
+    assert_eq!(c.query_id(&id).data("status"), "PAYING");
+    assert_eq!(kept(&id), Some("PAYING"));
+    assert_eq!(c.query_no("KEPT-1").data("status"), "PAYING");
+    // The buyer pays: the order comes back to life, changes and leaves again; the kept
+    // state is replaced, never answered stale.
+    t.node().sandbox.as_ref().unwrap().pay(&id).unwrap();
+    wait_status(&c, &id, "SUCCESS", Duration::from_secs(10));
+    passivated();
+    assert_eq!(kept(&id), Some("SUCCESS"));
+    assert_eq!(c.query_id(&id).data("status"), "SUCCESS");
+    assert_eq!(c.query_no("KEPT-1").data("status"), "SUCCESS");
 }

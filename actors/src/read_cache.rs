@@ -1,13 +1,20 @@
-//! The last states of recently passivated orders, so that the queries that follow a
-//! payment (merchants poll right after paying) are answered from memory instead of the
-//! views. Bounded: the oldest entry leaves when a new one arrives at capacity, so memory
-//! stays flat however many orders complete.
+//! The last states of recently passivated or read orders, so that the queries that
+//! follow a payment (merchants poll right after paying, and go on polling an order until
+//! it changes) are answered from memory instead of the views. Bounded: the oldest entry
+//! leaves when a new one arrives at capacity, so memory stays flat however many orders
+//! complete.
 //!
-//! It is never stale: an order enters only when its actor passivates, after the views
-//! show its last record, and while an order is live, reads take the state its actor
-//! publishes (the registry is asked first); a later passivation replaces the entry.
+//! It is never stale for an order that is not live (while an order is live, reads take
+//! the state its actor publishes: the registry is asked first):
+//! - a passivating actor puts its last state in, after the views show it, replacing any;
+//! - a reader that found an order neither live nor kept and read it from the views puts
+//!   that state in only if no state was put in for the order since the reader took its
+//!   [`Mark`] (before asking the registry), and fewer than `capacity` entries were made
+//!   since, so that any state put in meanwhile is still here to be seen: an entry leaves
+//!   only when its own place in the queue comes up.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -16,52 +23,90 @@ use crate::ids::PayOrderNo;
 use crate::registry::merchant_key;
 use crate::shared_order::SharedOrder;
 
-/// Recently passivated orders, by id and by merchant key.
+/// Recently passivated or read orders, by id and by merchant key.
 #[derive(Debug)]
 pub struct ReadCache {
     capacity: usize,
-    by_id: DashMap<PayOrderNo, Arc<SharedOrder>>,
+    by_id: DashMap<PayOrderNo, Kept>,
     by_key: DashMap<String, PayOrderNo>,
-    /// Insertion order, for eviction.
-    queue: Mutex<VecDeque<PayOrderNo>>,
+    /// Each entry's place, in the order made, for eviction.
+    queue: Mutex<VecDeque<(u64, PayOrderNo)>>,
+    /// Places made so far (changed only under `queue`'s lock).
+    made: AtomicU64,
 }
+
+/// An order state and the place in the queue it was put in at.
+#[derive(Debug)]
+struct Kept {
+    place: u64,
+    order: Arc<SharedOrder>,
+}
+
+/// How far the cache had come when a reader began to look for an order; see
+/// [`ReadCache::keep_read`].
+#[derive(Debug, Clone, Copy)]
+pub struct Mark(u64);
 
 impl ReadCache {
     /// A cache of at most `capacity` orders (0: none).
     pub fn new(capacity: usize) -> ReadCache {
-        ReadCache { capacity, by_id: DashMap::new(), by_key: DashMap::new(), queue: Mutex::default() }
+        ReadCache {
+            capacity,
+            by_id: DashMap::new(),
+            by_key: DashMap::new(),
+            queue: Mutex::default(),
+            made: AtomicU64::new(0),
+        }
     }
 
     /// Keeps `order`, the last state of an order whose actor is passivating.
     pub fn insert(&self, order: Arc<SharedOrder>) {
+        self.put(order, None);
+    }
+
+    /// Where the cache stands now. A reader takes it before it asks the registry.
+    pub fn mark(&self) -> Mark {
+        Mark(self.made.load(Ordering::Acquire))
+    }
+
+    /// Keeps `order`, read from the views by a reader that took `mark` and then found the
+    /// order neither live nor kept, unless a state was put in for it since (that one is
+    /// as new or newer) or too many entries were made since to be sure none left.
+    pub fn keep_read(&self, order: Arc<SharedOrder>, mark: Mark) {
+        self.put(order, Some(mark));
+    }
+
+    fn put(&self, order: Arc<SharedOrder>, read_since: Option<Mark>) {
         if self.capacity == 0 {
             return;
         }
         let id = order.pay_order_no.clone();
-        let key = merchant_key(&order.spec.merchant_id, &order.spec.order_no);
-        let evicted = {
-            let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            queue.push_back(id.clone());
-            if queue.len() > self.capacity {
-                queue.pop_front()
-            } else {
-                None
+        // All of it under the lock: a reader's state is weighed against every state put
+        // in before it, and places are made in order.
+        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let place = self.made.load(Ordering::Relaxed);
+        if let Some(Mark(mark)) = read_since {
+            if place.saturating_sub(mark) >= self.capacity as u64 || self.by_id.contains_key(&id) {
+                return;
             }
-        };
-        self.by_key.insert(key, id.clone());
-        self.by_id.insert(id.clone(), order);
-        // The queue may hold an id twice (passivated again since): evicting its older
-        // place then drops the newer state too, which only costs a read from the views.
-        if let Some(old) = evicted.filter(|old| *old != id) {
-            if let Some((_, o)) = self.by_id.remove(&old) {
-                self.by_key.remove_if(&merchant_key(&o.spec.merchant_id, &o.spec.order_no), |_, v| *v == old);
+        }
+        self.made.store(place + 1, Ordering::Release);
+        queue.push_back((place, id.clone()));
+        let evicted = if queue.len() > self.capacity { queue.pop_front() } else { None };
+        self.by_key.insert(merchant_key(&order.spec.merchant_id, &order.spec.order_no), id.clone());
+        self.by_id.insert(id, Kept { place, order });
+        // A place whose order was put in again since leaves without it.
+        if let Some((place, old)) = evicted {
+            if let Some((_, kept)) = self.by_id.remove_if(&old, |_, k| k.place == place) {
+                let key = merchant_key(&kept.order.spec.merchant_id, &kept.order.spec.order_no);
+                self.by_key.remove_if(&key, |_, v| *v == old);
             }
         }
     }
 
     /// The kept state of order `id`.
     pub fn get(&self, id: &PayOrderNo) -> Option<Arc<SharedOrder>> {
-        self.by_id.get(id).map(|o| Arc::clone(&o))
+        self.by_id.get(id).map(|k| Arc::clone(&k.order))
     }
 
     /// The kept state of `merchant_id`'s order `order_no`.
@@ -127,6 +172,114 @@ mod tests {
         let none = ReadCache::new(0);
         none.insert(order(2, "B"));
         assert!(none.is_empty());
+    }
+
+    fn state(n: u64, seq: u64) -> Arc<SharedOrder> {
+        let mut o = order(n, &format!("O{n}")).order().clone();
+        o.seq = seq;
+        SharedOrder::share(o)
+    }
+
+    fn seq_of(cache: &ReadCache, n: u64) -> Option<u64> {
+        cache.get(&state(n, 0).pay_order_no).map(|o| o.seq)
+    }
+
+    #[test]
+    fn a_state_read_from_the_views_is_kept_for_the_polls_that_follow() {
+        let cache = ReadCache::new(4);
+        let mark = cache.mark();
+        cache.keep_read(state(1, 3), mark);
+        assert_eq!(seq_of(&cache, 1), Some(3));
+        assert_eq!(cache.get_by_key("M1", "O1").map(|o| o.seq), Some(3));
+        // A second reader of the same order finds it kept and does not put it in again.
+        cache.keep_read(state(1, 3), mark);
+        assert_eq!(cache.queue.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_read_never_replaces_a_state_put_in_since_its_mark() {
+        let cache = ReadCache::new(4);
+        let mark = cache.mark();
+        // The order was activated, changed and passivated while the reader read the views.
+        cache.insert(state(1, 7));
+        cache.keep_read(state(1, 6), mark);
+        assert_eq!(seq_of(&cache, 1), Some(7));
+    }
+
+    #[test]
+    fn a_read_whose_mark_is_too_old_is_not_kept() {
+        let cache = ReadCache::new(2);
+        let mark = cache.mark();
+        // The newer state came and went again before the reader got back.
+        cache.insert(state(1, 7));
+        cache.insert(state(2, 1));
+        cache.insert(state(3, 1));
+        assert_eq!(seq_of(&cache, 1), None);
+        cache.keep_read(state(1, 6), mark);
+        assert_eq!(seq_of(&cache, 1), None, "a stale state must not come back");
+        // A fresh reader's state is kept.
+        cache.keep_read(state(1, 7), cache.mark());
+        assert_eq!(seq_of(&cache, 1), Some(7));
+    }
+
+    #[test]
+    fn an_entry_leaves_only_when_its_own_place_comes_up() {
+        let cache = ReadCache::new(2);
+        cache.insert(state(1, 1));
+        cache.insert(state(2, 1));
+        cache.insert(state(1, 7)); // order 1's first place leaves, not its newer state
+        assert_eq!((seq_of(&cache, 1), seq_of(&cache, 2)), (Some(7), Some(1)));
+        cache.insert(state(3, 1));
+        assert_eq!((seq_of(&cache, 1), seq_of(&cache, 2), seq_of(&cache, 3)), (Some(7), None, Some(1)));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The order changes and passivates.
+        Passivate(u64),
+        /// A reader takes its mark and reads the order from the views.
+        BeginRead(u64),
+        /// The oldest reader still reading (or the `k`th) keeps what it read.
+        FinishRead(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..5u64).prop_map(Op::Passivate),
+            (0..5u64).prop_map(Op::BeginRead),
+            (0..4usize).prop_map(Op::FinishRead),
+        ]
+    }
+
+    proptest::proptest! {
+        /// However passivations and readers interleave, whatever the cache holds for an
+        /// order is its latest state, and it holds at most `capacity` orders.
+        #[test]
+        fn never_stale_and_bounded(ops in proptest::collection::vec(op(), 1..200), capacity in 1..4usize) {
+            let cache = ReadCache::new(capacity);
+            let mut latest = [1u64; 5];
+            let mut reading: Vec<(u64, u64, Mark)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Passivate(n) => {
+                        latest[n as usize] += 1;
+                        cache.insert(state(n, latest[n as usize]));
+                    }
+                    Op::BeginRead(n) => reading.push((n, latest[n as usize], cache.mark())),
+                    Op::FinishRead(k) if !reading.is_empty() => {
+                        let (n, seq, mark) = reading.remove(k % reading.len());
+                        cache.keep_read(state(n, seq), mark);
+                    }
+                    Op::FinishRead(_) => {}
+                }
+                for n in 0..5u64 {
+                    let kept = seq_of(&cache, n);
+                    proptest::prop_assert!(kept.is_none() || kept == Some(latest[n as usize]), "order {n}: {kept:?} kept, {} latest", latest[n as usize]);
+                }
+                proptest::prop_assert!(cache.len() <= capacity && cache.by_key.len() <= capacity);
+            }
+        }
     }
 
     #[test]

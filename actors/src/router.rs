@@ -69,9 +69,12 @@ impl OrderRouter {
 
     /// Reads an order: the state its live actor last published, or the read cache's, or
     /// straight from its snapshot, without activating it (queries must not fill memory
-    /// with idle orders).
+    /// with idle orders; a snapshot read is kept in the bounded read cache for the polls
+    /// that follow).
     /// Only an order whose first record is still being written is asked through its actor.
     pub async fn read(&self, target: OrderTarget, caller: Option<&str>) -> CoreResult<Arc<SharedOrder>> {
+        // Before the registry is asked: see `ReadCache::keep_read`.
+        let mark = self.oc.registry.read_cache.mark();
         let order = match self.oc.registry.live_state(&target) {
             LiveState::Published(order) => order,
             LiveState::Unpublished => {
@@ -90,7 +93,9 @@ impl OrderRouter {
                         .ok_or_else(CoreError::order_not_found)?,
                 };
                 let order = self.oc.store.load(&id).map_err(StorageError::into_core)?;
-                SharedOrder::share(order.ok_or_else(CoreError::order_not_found)?)
+                let order = SharedOrder::share(order.ok_or_else(CoreError::order_not_found)?);
+                self.oc.registry.read_cache.keep_read(Arc::clone(&order), mark);
+                order
             }
         };
         match caller {
