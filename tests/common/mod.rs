@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use paygate::config::{Config, Overrides};
 use paygate::node::Node;
+use paygate::storage::segment::{list_segments, read_segment, segment_path, written_len};
 use paygate_actors::signing::{self, SignType};
 use serde_json::Value;
 
@@ -87,7 +88,7 @@ impl TestNode {
         node.views.order_count()
     }
 
-    /// Size of the journal on disk.
+    /// Bytes written to the journal (records, not the zeros segments are sized with).
     pub fn journal_bytes(&self) -> u64 {
         journal_bytes(self.dir.path())
     }
@@ -101,10 +102,12 @@ impl Drop for TestNode {
     }
 }
 
+/// Bytes written to the journal under `data`: segments are sized when opened, so their
+/// lengths do not change as records arrive.
 pub fn journal_bytes(data: &Path) -> u64 {
-    std::fs::read_dir(data.join("journal"))
-        .map(|d| d.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum())
-        .unwrap_or(0)
+    let dir = data.join("journal");
+    let segments = list_segments(&dir).unwrap_or_default();
+    segments.into_iter().map(|n| written_len(&read_segment(&segment_path(&dir, n)).unwrap(), 0) as u64).sum()
 }
 
 /// An HTTP answer.
