@@ -16,7 +16,7 @@ use paygate_actors::registry::OrderTarget;
 use paygate_actors::shared_order::SharedOrder;
 use serde::Serialize;
 
-use super::envelope::{success, success_body, success_from, ApiError, HttpResponse, Shown};
+use super::envelope::{success, success_body, success_bytes, success_from, ApiError, HttpResponse, Shown};
 use super::params::{self, optional, required, Params};
 use super::App;
 use crate::config::{Config, ConfigError};
@@ -253,9 +253,10 @@ struct PayView<'a> {
     expire_time: Shown<Rfc3339>,
 }
 
-/// The pay answer for `order`, its QR code rendered from the order's code URL.
+/// The pay answer for `order`, its QR code rendered from the order's code URL. Sent
+/// once, not kept, so not shrunk to fit.
 pub fn pay_answer(public_url: &str, order: &Order) -> Bytes {
-    success_body(&pay_view(public_url, order))
+    success_bytes(&pay_view(public_url, order))
 }
 
 fn pay_view<'a>(public_url: &'a str, order: &'a Order) -> PayView<'a> {

@@ -86,7 +86,12 @@ impl<'a, T> Success<'a, T> {
 
 /// `{"code":"SUCCESS","message":"success","data":…}`, serialized straight from `data`.
 pub fn success<T: serde::Serialize>(data: &T) -> HttpResponse {
-    json_response(StatusCode::OK, &Success::of(data))
+    success_from(success_bytes(data))
+}
+
+/// The body of [`success`].
+pub fn success_bytes<T: serde::Serialize>(data: &T) -> Bytes {
+    Bytes::from(json_bytes(&Success::of(data)))
 }
 
 /// The body of [`success`], to keep: its bytes take no more room than they need.
