@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use paygate_actors::ids::PayOrderNo;
+use paygate_actors::registry::Registry;
 
 const PAY: &str = "/api/v1/payment/pay";
 
@@ -281,6 +282,12 @@ fn an_injected_channel_error_is_an_unknown_outcome_not_a_failure() {
     assert!(!again.data("qr_code").is_empty());
 }
 
+/// Waits until every order actor has left memory.
+fn all_passivated(registry: &Registry) {
+    eventually(Duration::from_secs(10), || (registry.live_orders() == 0).then_some(()))
+        .unwrap_or_else(|| panic!("{} order actors still live", registry.live_orders()))
+}
+
 #[test]
 fn an_order_answers_alike_from_its_actor_the_read_cache_and_its_snapshot() {
     // A read cache of one order: the second order to passivate pushes the first out.
@@ -290,20 +297,16 @@ fn an_order_answers_alike_from_its_actor_the_read_cache_and_its_snapshot() {
     });
     let c = t.client();
     let registry = t.node().registry.clone();
-    let passivated = || {
-        eventually(Duration::from_secs(10), || (registry.live_orders() == 0).then_some(()))
-            .unwrap_or_else(|| panic!("{} order actors still live", registry.live_orders()))
-    };
     let id = c.pay("ALIKE-1", "3.00").data("pay_order_no").to_owned();
     assert_eq!(c.query_id(&id).data("status"), "PAYING");
     assert_eq!(c.close_id(&id).data("status"), "CLOSED");
     // Each state is answered afresh: the answer kept for the paying state is not reused.
     let live = c.query_id(&id);
     assert_eq!(live.data("status"), "CLOSED");
-    passivated();
+    all_passivated(&registry);
     assert_eq!(c.query_id(&id).json, live.json, "from the read cache");
     c.close_id(c.pay("ALIKE-2", "3.00").data("pay_order_no"));
-    passivated();
+    all_passivated(&registry);
     assert_eq!(c.query_no("ALIKE-1").json, live.json, "from the snapshot");
 }
 
@@ -316,16 +319,12 @@ fn an_order_read_from_its_snapshot_is_kept_until_it_changes() {
     });
     let c = t.client();
     let registry = t.node().registry.clone();
-    let passivated = || {
-        eventually(Duration::from_secs(10), || (registry.live_orders() == 0).then_some(()))
-            .unwrap_or_else(|| panic!("{} order actors still live", registry.live_orders()))
-    };
     let kept = |id: &str| registry.read_cache.get(&PayOrderNo::parse(id).unwrap()).map(|o| o.status.as_str());
     let id = c.pay("KEPT-1", "3.00").data("pay_order_no").to_owned();
-    passivated();
+    all_passivated(&registry);
     // A second order pushes the first out of a cache of one.
     c.close_id(c.pay("KEPT-2", "3.00").data("pay_order_no"));
-    passivated();
+    all_passivated(&registry);
     assert_eq!(kept(&id), None);
     // A merchant polls it: read from its snapshot, and kept for the next poll.
     assert_eq!(c.query_id(&id).data("status"), "PAYING");
@@ -335,7 +334,7 @@ fn an_order_read_from_its_snapshot_is_kept_until_it_changes() {
     // state is replaced, never answered stale.
     t.node().sandbox.as_ref().unwrap().pay(&id).unwrap();
     wait_status(&c, &id, "SUCCESS", Duration::from_secs(10));
-    passivated();
+    all_passivated(&registry);
     assert_eq!(kept(&id), Some("SUCCESS"));
     assert_eq!(c.query_id(&id).data("status"), "SUCCESS");
     assert_eq!(c.query_no("KEPT-1").data("status"), "SUCCESS");
