@@ -91,3 +91,36 @@ fn a_body_that_does_not_arrive_in_time_is_refused() {
     assert!(got.contains("INVALID_PARAM") && got.contains("was not received within"), "{got:?}");
     assert!(after >= Duration::from_millis(900), "refused after {after:?}, before the timeout");
 }
+
+#[test]
+fn a_body_that_arrives_in_pieces_within_the_timeout_is_read_whole() {
+    let t = node();
+    let client = t.client();
+    let paid = client.pay("PIECES-1", "3.21");
+    assert_eq!(paid.code(), "SUCCESS");
+    let id = paid.data("pay_order_no").to_owned();
+    let body = serde_json::to_vec(&client.sign(params(&[("pay_order_no", &id)]))).unwrap();
+    let mut s = connect(&t);
+    write!(
+        s,
+        "POST /api/v1/payment/query HTTP/1.1\r\nHost: paygate\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // Three pieces, each its own read at the server: the first, then one that joins it,
+    // then one added to the joined two.
+    let (first, rest) = body.split_at(body.len() / 3);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    for piece in [first, second, third] {
+        s.write_all(piece).unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let (_, got) = until_closed(&mut s);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
+    let answer: serde_json::Value = serde_json::from_str(got.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
+    assert_eq!(answer["code"], "SUCCESS", "{got:?}");
+    assert_eq!(answer["data"]["pay_order_no"], id.as_str());
+    assert_eq!(answer["data"]["amount"], "3.21");
+}
