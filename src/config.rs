@@ -137,7 +137,7 @@ pub struct OrdersConfig {
 }
 
 fn default_read_cache_entries() -> usize {
-    131_072
+    262_144
 }
 
 /// Authentication.

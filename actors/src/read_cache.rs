@@ -127,9 +127,9 @@ impl ReadCache {
 }
 
 impl Default for ReadCache {
-    /// 131,072 orders.
+    /// 262,144 orders.
     fn default() -> Self {
-        ReadCache::new(131_072)
+        ReadCache::new(262_144)
     }
 }
 
