@@ -326,10 +326,14 @@ fn an_order_read_from_its_snapshot_is_kept_until_it_changes() {
     c.close_id(c.pay("KEPT-2", "3.00").data("pay_order_no"));
     all_passivated(&registry);
     assert_eq!(kept(&id), None);
-    // A merchant polls it: read from its snapshot, and kept for the next poll.
+    let misses = registry.read_cache.misses();
+    // A merchant polls it: read from its snapshot (a miss), and kept for the next poll.
     assert_eq!(c.query_id(&id).data("status"), "PAYING");
     assert_eq!(kept(&id), Some("PAYING"));
     assert_eq!(c.query_no("KEPT-1").data("status"), "PAYING");
+    assert_eq!(registry.read_cache.misses(), misses + 1, "the second poll was answered from the cache");
+    let shown = metric(&t.url, "paygate_read_cache_misses_total ");
+    assert!(shown >= (misses + 1) as f64, "the misses are on /metrics: {shown}");
     // The buyer pays: the order comes back to life, changes and leaves again; the kept
     // state is replaced, never answered stale.
     t.node().sandbox.as_ref().unwrap().pay(&id).unwrap();

@@ -29,6 +29,9 @@ fn a_short_bench_run_reports_every_phase_without_errors() {
     let out = Command::new(env!("CARGO_BIN_EXE_paygate"))
         .args(["bench", "--duration", "2", "--rounds", "2", "--connections", "4", "--json"])
         .env("RUST_LOG", "error")
+        // A read cache far smaller than the orders the pay slices make: most queries
+        // read the views, which the report must show.
+        .env("PAYGATE_ORDERS__READ_CACHE_ENTRIES", "64")
         .output()
         .expect("run paygate bench");
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -64,6 +67,8 @@ fn a_short_bench_run_reports_every_phase_without_errors() {
     for phase in ["payfloor", "authfloor"] {
         assert_eq!(report["phases"][phase]["errors"], serde_json::json!({}), "{phase} refused requests");
     }
+    let share = report["query_views_share"].as_f64().unwrap_or_else(|| panic!("no query_views_share: {report}"));
+    assert!((0.5..=1.0).contains(&share), "with 64 kept orders most queries read the views, not {share}");
     // Pay is charged for passivating its orders, so it costs more CPU than a query.
     let cpu = |phase: &str| report["phases"][phase]["server_cpu_us_per_request"].as_f64().unwrap_or(0.0);
     assert!(cpu("pay") > cpu("query"), "pay {} µs, query {} µs", cpu("pay"), cpu("query"));

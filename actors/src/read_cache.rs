@@ -33,6 +33,8 @@ pub struct ReadCache {
     queue: Mutex<VecDeque<(u64, PayOrderNo)>>,
     /// Places made so far (changed only under `queue`'s lock).
     made: AtomicU64,
+    /// Reads that found the order neither live nor here, and read the views.
+    misses: AtomicU64,
 }
 
 /// An order state and the place in the queue it was put in at.
@@ -56,6 +58,7 @@ impl ReadCache {
             by_key: DashMap::new(),
             queue: Mutex::default(),
             made: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -113,6 +116,17 @@ impl ReadCache {
     pub fn get_by_key(&self, merchant_id: &str, order_no: &str) -> Option<Arc<SharedOrder>> {
         let id = self.by_key.get(&merchant_key(merchant_id, order_no)).map(|id| id.clone())?;
         self.get(&id)
+    }
+
+    /// Counts a read that found the order neither live nor here (it reads the views).
+    pub fn missed(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads so far that found the order neither live nor here: with the reads made,
+    /// how an operator tells whether the cache is large enough.
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
     }
 
     /// How many orders it holds.

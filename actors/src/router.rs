@@ -83,6 +83,7 @@ impl OrderRouter {
             }
             LiveState::NotLive if let Some(order) = self.oc.registry.cached(&target) => order,
             LiveState::NotLive => {
+                self.oc.registry.read_cache.missed();
                 let id = match target {
                     OrderTarget::Id(id) => id,
                     OrderTarget::Key { merchant_id, order_no } => self

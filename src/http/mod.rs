@@ -97,6 +97,9 @@ impl App {
         let oc = self.router.context();
         metrics::gauge!("paygate_live_order_actors").set(oc.registry.live_orders() as f64);
         metrics::gauge!("paygate_api_requests_in_flight").set(self.inflight.load(Ordering::Relaxed) as f64);
+        let cache = &oc.registry.read_cache;
+        metrics::gauge!("paygate_read_cache_orders").set(cache.len() as f64);
+        metrics::counter!("paygate_read_cache_misses_total").absolute(cache.misses());
         for p in self.channels.profiles() {
             let Some(ch) = self.channels.get(&p.code) else { continue };
             let s = &ch.stats;

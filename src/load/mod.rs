@@ -265,11 +265,19 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
         }
     }
     let known = Arc::new(pay.created.clone());
+    // How many of the query slices' queries read the views: the read cache's misses.
+    let mut views_reads = Some((0.0, 0.0));
     for round in 0..rounds {
         base.merge(drive(baseline.addr, Some(baseline.pid()), pay_only, format!("b{round}"), slice, &none));
         auth_r.merge(drive(auth_floor.addr, Some(auth_floor.pid()), pay_only, format!("a{round}"), slice, &none));
+        let before = query_reads(&rt, node_addr);
         query.merge(drive(node_addr, node_pid, Mix::only(Op::Query), format!("q{round}"), slice, &known));
+        views_reads = match (views_reads, before, query_reads(&rt, node_addr)) {
+            (Some((q, m)), Some((q0, m0)), Some((q1, m1))) => Some((q + q1 - q0, m + m1 - m0)),
+            _ => None,
+        };
     }
+    let views_share = views_reads.filter(|(q, _)| *q > 0.0).map(|(q, m)| m / q);
     let mixed = drive(node_addr, node_pid, opts.mix, "m".into(), opts.duration, &known);
     let (rss, peak) = node.as_ref().map_or((0.0, 0.0), |n| rss_mb(n.pid()));
     drop((node, baseline, floor, auth_floor, pay_floor));
@@ -284,7 +292,7 @@ pub fn run(opts: &RunOptions) -> Result<(), String> {
         Phase { name: "query", result: query },
         Phase { name: "mix", result: mixed },
     ];
-    report(opts, workers, &phases, rss, peak);
+    report(opts, workers, &phases, Memory { rss, peak }, views_share);
     Ok(())
 }
 
@@ -303,7 +311,16 @@ fn settle(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr, pid: Option<
     })
 }
 
-fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f64) {
+/// The node's resident memory at the end of a run and at its peak, MiB.
+struct Memory {
+    rss: f64,
+    peak: f64,
+}
+
+/// Prints the run's figures; `views_share` is the share of the query slices' queries
+/// that read the views (missed the read cache), when the node's metrics could be read.
+fn report(opts: &RunOptions, workers: usize, phases: &[Phase], memory: Memory, views_share: Option<f64>) {
+    let Memory { rss, peak } = memory;
     let get = |name: &str| phases.iter().find(|p| p.name == name).map(|p| &p.result);
     let rps = |name: &str| get(name).map_or(0.0, PhaseResult::rps);
     let p99 = |name: &str| get(name).map_or(0.0, |r| r.ms(0.99));
@@ -353,6 +370,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
             "query_to_auth_floor": rps("query") / rps("authfloor").max(1e-9), "auth_floor_cpu_ratio": cpu_ratio("authfloor"),
             "pay_p99_ms": p99("pay"), "query_p99_ms": p99("query"), "errors": errors,
             "query_cpu_ratio": cpu_ratio("query"), "pay_cpu_ratio": cpu_ratio("pay"),
+            "query_views_share": views_share,
             "rss_mb": rss, "peak_rss_mb": peak, "connections": opts.connections, "duration_s": opts.duration.as_secs_f64(),
             "rounds": opts.rounds,
             "generator_threads": opts.threads, "node_workers": workers, "phases": phase_json,
@@ -390,6 +408,7 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
          payfloor/baseline = {:.3}   pay/payfloor = {:.3}   node CPU a pay may cost for 0.5 × baseline: {} µs\n\
          authfloor/baseline = {:.3}   query/authfloor = {:.3}\n\
          server CPU per request, baseline over: query {}, pay {}, authfloor {}\n\
+         queries that read the views (read cache misses): {}\n\
          node RSS {rss:.1} MiB (peak {peak:.1} MiB)",
         rps("pay") / base,
         rps("query") / base,
@@ -403,23 +422,49 @@ fn report(opts: &RunOptions, workers: usize, phases: &[Phase], rss: f64, peak: f
         ratio(cpu_ratio("query")),
         ratio(cpu_ratio("pay")),
         ratio(cpu_ratio("authfloor")),
+        views_share.map_or("-".to_owned(), |s| format!("{:.1}%", s * 100.0)),
     );
+}
+
+/// The node's `/metrics` text (`None` if it cannot be read).
+async fn node_metrics(addr: std::net::SocketAddr) -> Option<String> {
+    let url = format!("http://{addr}/metrics");
+    let answer = crate::http::client::HttpClient::new()
+        .send(hyper::Method::GET, &url, &[], Vec::new(), Duration::from_secs(5))
+        .await
+        .ok()?;
+    Some(String::from_utf8_lossy(&answer.body).into_owned())
+}
+
+/// The sum of the samples in `text` of metric `name` whose labels include every one of
+/// `labels` (`None` if there is none).
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labelled, value) = rest.rsplit_once(' ')?;
+            let fits =
+                (labelled.is_empty() || labelled.starts_with('{')) && labels.iter().all(|x| labelled.contains(x));
+            value.trim().parse::<f64>().ok().filter(|_| fits)
+        })
+        .reduce(|a, b| a + b)
 }
 
 /// The node's `paygate_live_order_actors` gauge (-1 if it cannot be read).
 async fn live_order_actors(addr: std::net::SocketAddr) -> i64 {
-    let url = format!("http://{addr}/metrics");
-    let Ok(answer) = crate::http::client::HttpClient::new()
-        .send(hyper::Method::GET, &url, &[], Vec::new(), Duration::from_secs(5))
-        .await
-    else {
-        return -1;
-    };
-    String::from_utf8_lossy(&answer.body)
-        .lines()
-        .find_map(|l| l.strip_prefix("paygate_live_order_actors "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(-1, |v| v as i64)
+    let text = node_metrics(addr).await.unwrap_or_default();
+    metric_sum(&text, "paygate_live_order_actors", &[]).map_or(-1, |v| v as i64)
+}
+
+/// The queries the node has answered and the reads its read cache missed so far (none
+/// until the first is counted).
+fn query_reads(rt: &tokio::runtime::Runtime, addr: std::net::SocketAddr) -> Option<(f64, f64)> {
+    let text = rt.block_on(node_metrics(addr))?;
+    let count = |name, labels: &[&str]| metric_sum(&text, name, labels).unwrap_or(0.0);
+    Some((
+        count("paygate_http_request_seconds_count", &["path=\"/api/v1/payment/query\""]),
+        count("paygate_read_cache_misses_total", &[]),
+    ))
 }
 
 /// Options of the soak run.
@@ -497,4 +542,24 @@ pub fn soak(opts: &SoakOptions) -> Result<(), String> {
         println!("RSS after warm-up: {lo:.1}..{hi:.1} MiB, spread {:.1}%", spread * 100.0);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn a_metric_is_summed_over_the_samples_with_its_labels() {
+        let text = "# TYPE x counter\n\
+                    paygate_live_order_actors 3\n\
+                    paygate_live_order_actors_peak 9\n\
+                    req_count{path=\"/q\",status=\"200\"} 10\n\
+                    req_count{path=\"/q\",status=\"400\"} 2\n\
+                    req_count{path=\"/p\",status=\"200\"} 7\n";
+        assert_eq!(metric_sum(text, "paygate_live_order_actors", &[]), Some(3.0));
+        assert_eq!(metric_sum(text, "req_count", &["path=\"/q\""]), Some(12.0));
+        assert_eq!(metric_sum(text, "req_count", &[]), Some(19.0));
+        assert_eq!(metric_sum(text, "req_count", &["path=\"/x\""]), None);
+        assert_eq!(metric_sum(text, "absent", &[]), None);
+    }
 }
