@@ -116,6 +116,8 @@ pub struct Certificate {
     pub not_after: i64,
     /// May sign other certificates (basicConstraints CA).
     pub is_ca: bool,
+    /// The subject's common name (CN), when it has one in a text form.
+    pub common_name: Option<String>,
     subject: Vec<u8>,
     issuer: Vec<u8>,
     tbs: Vec<u8>,
@@ -125,6 +127,18 @@ pub struct Certificate {
 
 const SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
 const BASIC_CONSTRAINTS: &str = "2.5.29.19";
+const COMMON_NAME: &str = "2.5.4.3";
+
+/// The first CN of `name` written as UTF8String, PrintableString or IA5String.
+fn common_name(name: &x509_cert::name::Name) -> Option<String> {
+    use x509_cert::der::{Tag, Tagged};
+    name.0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .filter(|atv| atv.oid.to_string() == COMMON_NAME)
+        .find(|atv| matches!(atv.value.tag(), Tag::Utf8String | Tag::PrintableString | Tag::Ia5String))
+        .and_then(|atv| std::str::from_utf8(atv.value.value()).ok().map(str::to_owned))
+}
 
 impl Certificate {
     /// Reads one PEM certificate whose key is RSA; `what` names it in errors.
@@ -152,6 +166,7 @@ impl Certificate {
             not_before: secs(tbs.validity.not_before),
             not_after: secs(tbs.validity.not_after),
             is_ca,
+            common_name: common_name(&tbs.subject),
             subject: tbs.subject.to_der().map_err(|_| err())?,
             issuer: tbs.issuer.to_der().map_err(|_| err())?,
             tbs: tbs.to_der().map_err(|_| err())?,

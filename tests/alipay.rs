@@ -47,6 +47,7 @@ fn adapter(t: &TestNode) -> AlipayConnector {
     let s = |k: &str| ch.settings[k].as_str().unwrap().to_owned();
     AlipayConnector::new(AlipaySettings {
         app_id: s("app_id"),
+        seller_id: Some(s("seller_id")),
         gateway_url: format!("{}/alipay/gateway.do", sim_url(t)),
         app_private_key: RsaSigner::from_text("app", &s("app_private_key")).unwrap(),
         alipay_public_key: RsaVerifier::from_text("alipay", &s("alipay_public_key")).unwrap(),
@@ -216,6 +217,7 @@ fn hostile_callbacks_change_nothing_and_are_answered_fail() {
             ("notify_type", "trade_status_sync"),
             ("notify_id", "n1"),
             ("app_id", app),
+            ("seller_id", "2088000000000001"),
             ("charset", "utf-8"),
             ("version", "1.0"),
             ("trade_no", "2026112322001000000099"),
@@ -247,6 +249,10 @@ fn hostile_callbacks_change_nothing_and_are_answered_fail() {
     // Well signed, another app (merchant): not ours.
     let other_app = forged_by_alipay(&t, notice("10.00", "2021000000009999"));
     assert_eq!(callback(&t, &other_app), (200, "fail".into()));
+    // Well signed, our app, another seller (partner id): not ours either.
+    let mut other_seller = notice("10.00", &app_id);
+    other_seller.insert("seller_id".into(), "2088000000009999".into());
+    assert_eq!(callback(&t, &forged_by_alipay(&t, other_seller)), (200, "fail".into()));
     // Malformed and huge bodies.
     assert_eq!(callback(&t, b"%%%&&&=="), (200, "fail".into()));
     assert_eq!(callback(&t, &vec![b'a'; 200 * 1024]).0, 413);

@@ -69,6 +69,7 @@ fn adapter(t: &TestNode) -> UnionPayConnector {
         cert_id: cert.serial_decimal,
         signing_key: RsaSigner::from_text("mer", &setting(t, "signing_private_key")).unwrap(),
         trust: TrustStore::new(roots, vec![]).unwrap(),
+        signer: setting(t, "signer_identity"),
         gateway_url: format!("{}/gateway/api", sim_url(t)),
         front_url: format!("{}/", t.url),
         back_url: format!("{}/callback/unionpay", t.url),
@@ -215,6 +216,28 @@ fn close_refunds_refund_query_and_the_settlement_file_through_the_real_adapter()
     assert_eq!(mine.iter().map(|l| l.amount_minor).collect::<Vec<_>>(), [10_000, -3_000, -7_000], "{lines:?}");
     assert_eq!(mine.iter().map(|l| l.fee_minor).collect::<Vec<_>>(), [60, -18, -42]);
     assert!(mine.iter().all(|l| l.channel_trade_no == q.data("channel_trade_no")));
+}
+
+#[test]
+fn a_notification_signed_with_a_merchant_certificate_of_the_same_root_does_not_pay_the_order() {
+    // Every merchant holds a certificate from UnionPay's CA: the chain alone proves
+    // nothing about who signed "paid".
+    let t = up_node(|c| {
+        for ch in c.channels.iter_mut().filter(|ch| ch.provider == "unionpay") {
+            ch.settings.insert("notify_url".into(), toml::Value::String("http://127.0.0.1:9/nowhere".into()));
+        }
+    });
+    let c = t.client();
+    let id = c.pay_by("UNION_PAY", "UP-FORGED-MER-1", "12.34").data("pay_order_no").to_owned();
+    let (mer_id, mer_cert) = (setting(&t, "mer_id"), setting(&t, "signing_certificate"));
+    let mer_key = RsaSigner::from_text("mer", &setting(&t, "signing_private_key")).unwrap();
+    let roots = Certificate::bundle_from_pem("roots", &setting(&t, "trusted_roots")).unwrap();
+    let cert = Certificate::from_pem("mer", &mer_cert).unwrap();
+    assert!(TrustStore::new(roots, vec![]).unwrap().vouches_for(&cert, now_secs()), "it does chain to the root");
+    let forged = notification(&t, &id, "1234", &mer_id, &mer_key, &mer_cert);
+    assert_eq!(callback(&t, &forged), (400, "fail".to_owned()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.query_id(&id).data("status"), "PAYING", "nothing was paid");
 }
 
 #[test]

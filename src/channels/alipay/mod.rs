@@ -28,6 +28,9 @@ use crate::http::client::HttpClient;
 pub struct AlipaySettings {
     /// The app's id at Alipay.
     pub app_id: String,
+    /// The merchant's partner id (`2088…`), when configured: a notification must name it
+    /// as `seller_id`, or it concerns another merchant's trade.
+    pub seller_id: Option<String>,
     /// The gateway, e.g. `https://openapi.alipay.com/gateway.do`.
     pub gateway_url: String,
     /// Signs our requests.
@@ -244,13 +247,22 @@ impl ChannelConnector for AlipayConnector {
 
     fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified> {
         let p = wire::parse_form(&request.body);
-        if p.get("app_id") != Some(&self.settings.app_id)
-            || !wire::verify_notification(&p, &self.settings.alipay_public_key)
-        {
+        let s = &self.settings;
+        let get = |k: &str| p.get(k).map(String::as_str).unwrap_or_default();
+        let refused = if !wire::verify_notification(&p, &s.alipay_public_key) {
+            Some("the signature does not verify with the Alipay public key")
+        } else if get("app_id") != s.app_id {
+            Some("app_id is not this channel's")
+        } else if s.seller_id.as_deref().is_some_and(|seller| get("seller_id") != seller) {
+            Some("seller_id is not this channel's")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            tracing::warn!(order = get("out_trade_no"), app_id = get("app_id"), why, "Alipay notification refused");
             return None;
         }
         let id = PayOrderNo::parse(p.get("out_trade_no")?)?;
-        let get = |k: &str| p.get(k).map(String::as_str).unwrap_or_default();
         let refunded = p.contains_key("refund_fee") || p.contains_key("gmt_refund");
         let notice = notice(get("trade_status"), get("trade_no"), get("total_amount"), refunded)?;
         Some(Verified::Order(VerifiedCallback { pay_order_no: id, notice }))

@@ -2,7 +2,9 @@
 //! buyer's browser posts our signed form to UnionPay, so the order's pay URL is a page
 //! that does so), query, refund and refund query through the back end, the day's
 //! settlement file, and verified payment notifications. An answer or notification is believed only when it is signed
-//! by the certificate it carries and that certificate chains to a configured root.
+//! by the certificate it carries, and that certificate chains to a configured root, is
+//! within its validity and names UnionPay's signing identity (every merchant's own
+//! certificate chains to the same root).
 //! Transport failures, 5xx, the gateway's "busy" codes (03/04/05) and unverifiable
 //! answers are unknown outcomes.
 
@@ -35,6 +37,9 @@ pub struct UnionPaySettings {
     pub signing_key: RsaSigner,
     /// The roots (and intermediates) UnionPay's signing certificate must chain to.
     pub trust: TrustStore,
+    /// The identity UnionPay's signing certificate names in its CN
+    /// ([`wire::UNIONPAY_SIGNER`] in production).
+    pub signer: String,
     /// The gateway, up to `/gateway/api`.
     pub gateway_url: String,
     /// Where the buyer's browser returns when the merchant gave no return_url.
@@ -104,11 +109,15 @@ async fn call(s: &UnionPaySettings, http: &HttpClient, endpoint: &str, mut p: Pa
     let text =
         std::str::from_utf8(&answer.body).map_err(|_| ChannelError::unknown(format_args!("{endpoint}: not UTF-8")))?;
     let a = wire::parse_answer(text);
-    if !wire::verify(&a, &s.trust, now_secs()) || get(&a, "merId") != s.mer_id {
+    let believed = match wire::verify(&a, &s.trust, &s.signer, now_secs()) {
+        Ok(()) if get(&a, "merId") == s.mer_id => Ok(()),
+        Ok(()) => Err(format!("merId {:?} is not ours", get(&a, "merId"))),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(why) = believed {
         metrics::counter!("paygate_alerts_total", "kind" => "channel_answer_unverified").increment(1);
-        return Err(ChannelError::unknown(format_args!(
-            "{endpoint}: the answer's signature or certificate did not verify"
-        )));
+        tracing::warn!(endpoint, %why, "UnionPay answer refused");
+        return Err(ChannelError::unknown(format_args!("{endpoint}: answer refused: {why}")));
     }
     Ok(a)
 }
@@ -274,7 +283,16 @@ impl ChannelConnector for UnionPayConnector {
     fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified> {
         let p = self.notification(request);
         let s = &self.settings;
-        if !wire::verify(&p, &s.trust, now_secs()) || get(&p, "merId") != s.mer_id {
+        if let Err(why) = wire::verify(&p, &s.trust, &s.signer, now_secs()) {
+            tracing::warn!(order = get(&p, "orderId"), %why, "UnionPay notification refused");
+            return None;
+        }
+        if get(&p, "merId") != s.mer_id {
+            tracing::warn!(
+                order = get(&p, "orderId"),
+                mer_id = get(&p, "merId"),
+                "UnionPay notification for another merId refused"
+            );
             return None;
         }
         // Consume results only; a refund's result is asked for with query_refund.

@@ -40,16 +40,73 @@ pub fn verify_with(p: &Params, key: &RsaVerifier) -> bool {
     p.get("signMethod").is_some_and(|m| m == SIGN_METHOD) && key.verify_base64(digest_hex(p).as_bytes(), signature)
 }
 
-/// Whether `p` is signed by the certificate it carries in `signPubKeyCert`, and that
-/// certificate is one `trust` vouches for at `now` (unix seconds).
-pub fn verify(p: &Params, trust: &TrustStore, now: i64) -> bool {
-    let Some(pem) = p.get("signPubKeyCert") else {
-        return false;
-    };
-    let Ok(cert) = Certificate::from_pem("signPubKeyCert", pem) else {
-        return false;
-    };
-    trust.vouches_for(&cert, now) && verify_with(p, &cert.key)
+/// The identity UnionPay's production signing certificate names (the third `@` field of
+/// its CN, as UnionPay's SDKs read it).
+pub const UNIONPAY_SIGNER: &str = "中国银联股份有限公司";
+
+/// The identity a UnionPay certificate's CN names: `<type>@<id>@<identity>@<seq>` → its
+/// third field, as UnionPay's SDKs read it.
+pub fn signer_identity(cert: &Certificate) -> Option<&str> {
+    cert.common_name.as_deref()?.split('@').nth(2)
+}
+
+/// Why a message from "UnionPay" is not believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unverified {
+    /// No `signPubKeyCert`, or not a certificate.
+    #[error("signPubKeyCert is missing or not a certificate")]
+    NoCertificate,
+    /// The certificate is outside its validity, or no trusted root issued it.
+    #[error("certificate {serial} is not valid now or does not chain to a trusted root")]
+    Untrusted {
+        /// Its serial, decimal.
+        serial: String,
+    },
+    /// A trusted certificate, but not UnionPay's signing certificate (a merchant's, say).
+    #[error("certificate {serial} names {found:?}, not UnionPay's signer {expected:?}")]
+    NotTheSigner {
+        /// Its serial, decimal.
+        serial: String,
+        /// The identity it names.
+        found: String,
+        /// The identity UnionPay's signing certificate names.
+        expected: String,
+    },
+    /// The signature does not verify with the certificate's key.
+    #[error("the signature does not verify with certificate {serial}")]
+    BadSignature {
+        /// Its serial, decimal.
+        serial: String,
+    },
+}
+
+/// Believes `p` only when it is signed by the certificate it carries in `signPubKeyCert`,
+/// and that certificate is valid at `now` (unix seconds), chains to `trust` and names
+/// `signer` as its identity. Every merchant's certificate chains to the same root, so the
+/// chain alone would let any merchant sign "paid".
+pub fn verify(p: &Params, trust: &TrustStore, signer: &str, now: i64) -> Result<(), Unverified> {
+    let cert = p
+        .get("signPubKeyCert")
+        .and_then(|pem| Certificate::from_pem("signPubKeyCert", pem).ok())
+        .ok_or(Unverified::NoCertificate)?;
+    let serial = || cert.serial_decimal.clone();
+    if !trust.vouches_for(&cert, now) {
+        return Err(Unverified::Untrusted { serial: serial() });
+    }
+    match signer_identity(&cert) {
+        Some(found) if found == signer => {}
+        found => {
+            return Err(Unverified::NotTheSigner {
+                serial: serial(),
+                found: found.or(cert.common_name.as_deref()).unwrap_or_default().to_owned(),
+                expected: signer.to_owned(),
+            })
+        }
+    }
+    if !verify_with(p, &cert.key) {
+        return Err(Unverified::BadSignature { serial: serial() });
+    }
+    Ok(())
 }
 
 /// An answer as the gateway writes it: `k=v&…`, values not encoded.
@@ -98,20 +155,63 @@ mod tests {
         assert!(!verify_with(&tampered, &key.verifier()));
     }
 
+    const SIM_SIGNER: &str = "00040000:SIGN";
+
+    fn trusted_root() -> TrustStore {
+        TrustStore::new(vec![Certificate::from_pem("root", &fixture("unionpay/root.crt")).unwrap()], vec![]).unwrap()
+    }
+
+    fn signed_by(key_file: &str, cert_file: &str) -> (Params, Certificate) {
+        let key = RsaSigner::from_text(key_file, &fixture(key_file)).unwrap();
+        let cert = Certificate::from_pem(cert_file, &fixture(cert_file)).unwrap();
+        let mut p: Params = [("respCode".to_owned(), "00".to_owned())].into_iter().collect();
+        p.insert("signPubKeyCert".into(), fixture(cert_file));
+        sign(&mut p, &key, &cert.serial_decimal);
+        (p, cert)
+    }
+
     #[test]
     fn a_message_verifies_only_through_a_certificate_the_roots_vouch_for() {
-        let root = Certificate::from_pem("root", &fixture("unionpay/root.crt")).unwrap();
-        let trust = TrustStore::new(vec![root], vec![]).unwrap();
-        let rogue_key = RsaSigner::from_text("rogue", &fixture("unionpay/rogue.key")).unwrap();
-        let rogue_cert = Certificate::from_pem("rogue", &fixture("unionpay/rogue.crt")).unwrap();
-        let mut p: Params = [("respCode".to_owned(), "00".to_owned())].into_iter().collect();
-        p.insert("signPubKeyCert".into(), fixture("unionpay/rogue.crt"));
-        sign(&mut p, &rogue_key, &rogue_cert.serial_decimal);
+        let trust = trusted_root();
+        let (mut p, rogue_cert) = signed_by("unionpay/rogue.key", "unionpay/rogue.crt");
         let now = rogue_cert.not_before + 60;
         assert!(verify_with(&p, &rogue_cert.key), "well signed by the certificate it carries");
-        assert!(!verify(&p, &trust, now), "but that certificate is not from a trusted root");
+        assert_eq!(signer_identity(&rogue_cert), Some(SIM_SIGNER), "with UnionPay's name");
+        assert!(
+            matches!(verify(&p, &trust, SIM_SIGNER, now), Err(Unverified::Untrusted { .. })),
+            "but that certificate is not from a trusted root"
+        );
         p.insert("signPubKeyCert".into(), fixture("unionpay/sign.crt"));
-        assert!(!verify(&p, &trust, now), "a trusted certificate whose key did not sign");
+        assert!(
+            matches!(verify(&p, &trust, SIM_SIGNER, now), Err(Unverified::BadSignature { .. })),
+            "a trusted certificate whose key did not sign"
+        );
+        p.remove("signPubKeyCert");
+        assert_eq!(verify(&p, &trust, SIM_SIGNER, now), Err(Unverified::NoCertificate));
+    }
+
+    #[test]
+    fn a_merchant_certificate_from_the_same_root_is_not_unionpays() {
+        let trust = trusted_root();
+        let (p, mer) = signed_by("unionpay/mer.key", "unionpay/mer.crt");
+        let now = mer.not_before + 60;
+        assert!(trust.vouches_for(&mer, now) && verify_with(&p, &mer.key), "chained and well signed");
+        let refused = verify(&p, &trust, SIM_SIGNER, now);
+        assert!(matches!(&refused, Err(Unverified::NotTheSigner { found, .. }) if found == "777290058110048"));
+        // UnionPay's real signing certificate names UnionPay; the simulator's, the test
+        // environment's identity. Either way one name, from configuration.
+        assert!(matches!(verify(&p, &trust, UNIONPAY_SIGNER, now), Err(Unverified::NotTheSigner { .. })));
+    }
+
+    #[test]
+    fn unionpays_signing_certificate_is_believed_only_within_its_validity() {
+        let trust = trusted_root();
+        let (p, sign_cert) = signed_by("unionpay/sign.key", "unionpay/sign.crt");
+        assert_eq!(verify(&p, &trust, SIM_SIGNER, sign_cert.not_before + 60), Ok(()));
+        assert!(verify(&p, &trust, UNIONPAY_SIGNER, sign_cert.not_before + 60).is_err(), "another identity");
+        for outside in [sign_cert.not_before - 1, sign_cert.not_after + 1] {
+            assert!(matches!(verify(&p, &trust, SIM_SIGNER, outside), Err(Unverified::Untrusted { .. })));
+        }
     }
 
     #[test]

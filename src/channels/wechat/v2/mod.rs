@@ -243,7 +243,13 @@ impl ChannelConnector for WechatV2Connector {
     fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified> {
         let p = wire::from_xml(&request.body)?;
         let s = &self.settings;
-        if get(&p, "appid") != s.appid || get(&p, "mch_id") != s.mch_id || !wire::verify(&p, &s.api_key) {
+        if !wire::verify(&p, &s.api_key) || get(&p, "appid") != s.appid || get(&p, "mch_id") != s.mch_id {
+            tracing::warn!(
+                order = get(&p, "out_trade_no"),
+                appid = get(&p, "appid"),
+                mch_id = get(&p, "mch_id"),
+                "WeChat Pay notification refused: bad signature, or not this channel's appid and mch_id"
+            );
             return None;
         }
         if get(&p, "return_code") != "SUCCESS" {

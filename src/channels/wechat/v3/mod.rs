@@ -348,6 +348,12 @@ impl ChannelConnector for WechatV3Connector {
         }
         let (notification, t) = self.open_resource(&request.body)?;
         if text(&t, "mchid") != s.mchid || text(&t, "appid") != s.appid {
+            tracing::warn!(
+                order = text(&t, "out_trade_no"),
+                appid = text(&t, "appid"),
+                mchid = text(&t, "mchid"),
+                "WeChat Pay notification refused: not this channel's appid and mchid"
+            );
             return None;
         }
         let id = PayOrderNo::parse(text(&t, "out_trade_no"))?;
