@@ -182,6 +182,8 @@ fn actor_round_trip(c: &mut Criterion) {
         max_batch: 1024,
         queue: 65_536,
         cache_bytes: 64 << 20,
+        reserve_bytes: 0,
+        accept_data_loss: false,
         query_policy: QueryPolicy::default(),
     })
     .unwrap();

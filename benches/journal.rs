@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use paygate::storage::journal::{JournalHandle, JournalOptions, PROJECT_GATHER};
-use paygate::storage::views::Position;
+use paygate::storage::journal::{JournalEnd, JournalHandle, JournalOptions, PROJECT_GATHER};
 use paygate::storage::{Storage, StorageOptions};
 use paygate_actors::ids::{IdGenerator, ShardId};
 use paygate_actors::money::{Currency, Money};
@@ -93,8 +92,9 @@ fn journal_only(c: &mut Criterion) {
         max_batch: 4096,
         queue: 1 << 20,
         gather: PROJECT_GATHER,
+        reserve_bytes: 0,
     };
-    let (journal, _threads) = JournalHandle::start(opts, Position::default(), None).unwrap();
+    let (journal, _threads) = JournalHandle::start(opts, JournalEnd::default(), None).unwrap();
     bench_group(c, "journal_append_group_commit", Arc::new(journal));
 }
 
@@ -108,6 +108,8 @@ fn journal_and_views(c: &mut Criterion) {
         max_batch: 4096,
         queue: 1 << 20,
         cache_bytes: 256 << 20,
+        reserve_bytes: 0,
+        accept_data_loss: false,
         query_policy: QueryPolicy::default(),
     })
     .unwrap();

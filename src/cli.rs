@@ -40,7 +40,14 @@ pub enum Command {
         /// Refuse to start with the public demo master key or the demo admin token.
         #[arg(long)]
         production: bool,
+        /// Start even though acknowledged records are missing from the journal (its tail
+        /// was lost): the views are rebuilt from what is left and those orders are gone.
+        /// Only after `paygate journal verify` and a failed restore.
+        #[arg(long)]
+        accept_data_loss: bool,
     },
+    /// Inspect the journal of a stopped node.
+    Journal(JournalArgs),
     /// Seal a secret for the configuration files, or make a new master key.
     Secret(SecretArgs),
     /// Run the channel simulator alone (the providers' gateways on loopback), for a
@@ -418,6 +425,45 @@ pub struct SecretArgs {
     /// What to do.
     #[command(subcommand)]
     pub command: SecretCommand,
+}
+
+/// `paygate journal …`.
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: JournalCommand,
+}
+
+/// Journal subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Check every record's checksum and sequence, and the views against the journal,
+    /// changing nothing; exits 1 when a node would refuse to start on it.
+    Verify {
+        /// Configuration directory (for storage.data_dir).
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// Data directory (overrides storage.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// `paygate journal verify`: the report on stdout; an error when the journal is not sound.
+pub fn journal(args: JournalArgs) -> Result<(), String> {
+    match args.command {
+        JournalCommand::Verify { config, data_dir } => {
+            let config = Config::load(&config, &Overrides { listen: None, data_dir }).map_err(|e| e.to_string())?;
+            let report = crate::storage::Storage::verify(&config.storage.data_dir, config.storage.cache_bytes)
+                .map_err(|e| e.to_string())?;
+            print!("{report}");
+            match report.is_sound() {
+                true => Ok(()),
+                false => Err(format!("the journal in {} is not sound", config.storage.data_dir.display())),
+            }
+        }
+    }
 }
 
 /// Secret subcommands.

@@ -92,6 +92,34 @@ pub struct StorageConfig {
     pub queue: usize,
     /// sled page cache, bytes.
     pub cache_bytes: u64,
+    /// Disk kept free beside each new journal segment (for the views, logs and the
+    /// operator's own work); below it pays are refused with STORAGE_FULL.
+    #[serde(default = "default_reserve_bytes")]
+    pub reserve_bytes: u64,
+    /// Start even when acknowledged records are missing from the journal (set by
+    /// `serve --accept-data-loss`; never from a file).
+    #[serde(skip)]
+    pub accept_data_loss: bool,
+}
+
+fn default_reserve_bytes() -> u64 {
+    64 << 20
+}
+
+impl Config {
+    /// The storage options of this configuration.
+    pub fn storage_options(&self) -> crate::storage::StorageOptions {
+        crate::storage::StorageOptions {
+            data_dir: self.storage.data_dir.clone(),
+            segment_bytes: self.storage.segment_bytes,
+            max_batch: self.storage.max_batch,
+            queue: self.storage.queue,
+            cache_bytes: self.storage.cache_bytes,
+            reserve_bytes: self.storage.reserve_bytes,
+            accept_data_loss: self.storage.accept_data_loss,
+            query_policy: self.query_policy(),
+        }
+    }
 }
 
 /// The journal segment sizes a node accepts: below, group commits would each start a

@@ -15,9 +15,10 @@ use paygate::config::{Config, Overrides};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, listen, data_dir, production } => {
-            serve(&config, Overrides { listen, data_dir }, production)
+        Command::Serve { config, listen, data_dir, production, accept_data_loss } => {
+            serve(&config, Overrides { listen, data_dir }, production, accept_data_loss)
         }
+        Command::Journal(args) => cli::journal(args),
         Command::Secret(args) => cli::secret(args),
         Command::Sim { config, listen } => cli::sim(&config, &listen),
         Command::Client(args) => cli::client(args),
@@ -36,14 +37,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(dir: &std::path::Path, overrides: Overrides, production: bool) -> Result<(), String> {
+fn serve(dir: &std::path::Path, overrides: Overrides, production: bool, accept_data_loss: bool) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config = Config::load(dir, &overrides).map_err(|e| e.to_string())?;
+    let mut config = Config::load(dir, &overrides).map_err(|e| e.to_string())?;
+    config.storage.accept_data_loss = accept_data_loss;
     if let Some(refusal) = config.production_refusal().filter(|_| production) {
         return Err(format!("--production: {refusal}"));
     }

@@ -30,7 +30,7 @@ use crate::http::App;
 use crate::sandbox::{Sandbox, SandboxConnector, SandboxSettings};
 use crate::storage::journal::JournalHandle;
 use crate::storage::views::Views;
-use crate::storage::{RecoveryReport, Storage, StorageOptions};
+use crate::storage::{RecoveryReport, Storage};
 use paygate_actors::daily_volume::business_day;
 
 /// Why a node did not start.
@@ -69,10 +69,13 @@ pub struct Node {
     pub recovery: RecoveryReport,
     /// The views (for inspection in tests and tools).
     pub views: Arc<Views>,
-    /// The journal (for inspection in tests and tools).
-    pub journal: JournalHandle,
     /// Live order actors.
     pub registry: Arc<Registry>,
+    /// Dropped when the node stops, so the journal's threads can finish.
+    journal: Option<JournalHandle>,
+    storage_threads: Vec<JoinHandle<()>>,
+    /// Released last, once the journal and views are closed.
+    _lock: Arc<crate::storage::lock::DataDirLock>,
     system: System,
     thread: Option<JoinHandle<()>>,
 }
@@ -89,8 +92,24 @@ impl Node {
         self.join();
     }
 
+    /// Whether the views show every durable record (they trail acknowledgements by a
+    /// few milliseconds).
+    pub fn caught_up(&self) -> bool {
+        self.journal.as_ref().is_some_and(JournalHandle::caught_up)
+    }
+
     fn join(&mut self) {
         if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // The actors are gone with the system; with this last handle the writer ends,
+        // and the projector after the last batch is in the views.
+        self.journal = None;
+        let deadline = std::time::Instant::now() + STORAGE_CLOSE;
+        while self.storage_threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for t in self.storage_threads.drain(..).filter(|t| t.is_finished()) {
             let _ = t.join();
         }
         if let Err(e) = self.views.flush() {
@@ -98,6 +117,9 @@ impl Node {
         }
     }
 }
+
+/// How long a stopping node waits for the journal's threads to finish.
+const STORAGE_CLOSE: Duration = Duration::from_secs(10);
 
 fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -142,14 +164,7 @@ struct Started {
 
 /// Starts a node; returns once it is serving.
 pub fn start(config: Config) -> Result<Node, StartError> {
-    let storage = Storage::open(&StorageOptions {
-        data_dir: config.storage.data_dir.clone(),
-        segment_bytes: config.storage.segment_bytes,
-        max_batch: config.storage.max_batch,
-        queue: config.storage.queue,
-        cache_bytes: config.storage.cache_bytes,
-        query_policy: config.query_policy(),
-    })?;
+    let mut storage = Storage::open(&config.storage_options())?;
     let listener = std::net::TcpListener::bind(&config.server.listen)
         .map_err(|source| StartError::Listen { addr: config.server.listen.clone(), source })?;
     let addr =
@@ -157,6 +172,8 @@ pub fn start(config: Config) -> Result<Node, StartError> {
     let views = Arc::clone(&storage.views);
     let recovery = storage.report.clone();
     let journal = storage.journal.clone();
+    let lock = Arc::clone(&storage.lock);
+    let storage_threads = std::mem::take(&mut storage.threads);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Started, StartError>>();
     let thread = std::thread::Builder::new()
         .name("paygate-node".into())
@@ -183,7 +200,9 @@ pub fn start(config: Config) -> Result<Node, StartError> {
         sim: started.sim,
         recovery,
         views,
-        journal,
+        journal: Some(journal),
+        storage_threads,
+        _lock: lock,
         registry: started.registry,
         system: started.system,
         thread: Some(thread),
@@ -364,6 +383,7 @@ fn alipay_from(
 ) -> Result<AlipaySettings, crate::config::ConfigError> {
     Ok(AlipaySettings {
         app_id: required(c, "app_id")?.to_owned(),
+        seller_id: setting(c, "seller_id").map(str::to_owned),
         gateway_url: gateway_url(c, sim, "/alipay/gateway.do")?,
         app_private_key: signer(c, "app_private_key")?,
         alipay_public_key: verifier(c, "alipay_public_key")?,
@@ -451,6 +471,7 @@ fn unionpay_from(
         cert_id: signing.serial_decimal,
         signing_key,
         trust: TrustStore::new(roots, intermediates).map_err(|e| setting_error(c, e))?,
+        signer: setting(c, "signer_identity").unwrap_or(crate::channels::unionpay::wire::UNIONPAY_SIGNER).to_owned(),
         gateway_url: gateway_url(c, sim, "/gateway/api")?.trim_end_matches('/').to_owned(),
         front_url: setting(c, "front_url").map_or_else(|| format!("{public_url}/"), str::to_owned),
         back_url: notify_url(c, public_url, "unionpay"),

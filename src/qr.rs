@@ -70,7 +70,7 @@ pub fn png_bytes(text: &str) -> Result<Vec<u8>, QrError> {
 /// With SCALE = 4 a module is one nibble, so a row is packed two modules per byte
 /// through a four-entry table rather than pixel by pixel.
 fn pixel_rows(colors: &[Color], width: usize) -> Vec<u8> {
-    const _: () = assert!(SCALE == 4 && QUIET % 2 == 0, "a module is one nibble; the quiet zone whole bytes");
+    const _: () = assert!(SCALE == 4 && QUIET.is_multiple_of(2), "a module is one nibble; the quiet zone whole bytes");
     let modules_per_row = width + 2 * QUIET;
     let row_bytes = (modules_per_row * SCALE).div_ceil(8);
     let mut pixels = Vec::with_capacity(row_bytes * modules_per_row * SCALE);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use paygate::storage::codec::decode_record;
-use paygate::storage::segment::{list_segments, read_segment, record_at, segment_path};
+use paygate::storage::segment::{list_segments, read_segment, record_at, segment_path, SEGMENT_HEADER};
 use paygate_actors::order::OrderEvent;
 use paygate_actors::ports::Record;
 
@@ -114,11 +114,11 @@ fn the_pay_floor_authenticates_validates_journals_and_answers_a_pay() {
     let mut events = Vec::new();
     for n in list_segments(&journal).unwrap() {
         let buf = read_segment(&segment_path(&journal, n)).unwrap();
-        let mut at = 0;
-        while let Some((payload, next)) = record_at(&buf, at) {
-            let Record::Order { pay_order_no, events: e, .. } = decode_record(payload).unwrap();
+        let mut at = SEGMENT_HEADER;
+        while let Some(frame) = record_at(&buf, at) {
+            let Record::Order { pay_order_no, events: e, .. } = decode_record(frame.payload).unwrap();
             events.extend(e.into_iter().map(|e| (pay_order_no.as_str().to_owned(), e)));
-            at = next;
+            at = frame.next;
         }
     }
     assert_eq!(events.len(), 2, "one order, created and accepted: {events:?}");

@@ -33,11 +33,14 @@ pub enum ErrorCode {
     ChannelError,
     /// Our own failure.
     SystemError,
+    /// The node's disk is full: writes are refused until an operator frees space; reads
+    /// go on.
+    StorageFull,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidParam,
         ErrorCode::SignError,
         ErrorCode::TimestampExpired,
@@ -52,6 +55,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::ChannelError,
         ErrorCode::SystemError,
+        ErrorCode::StorageFull,
     ];
 
     /// The code as it appears on the wire.
@@ -71,6 +75,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "RATE_LIMITED",
             ErrorCode::ChannelError => "CHANNEL_ERROR",
             ErrorCode::SystemError => "SYSTEM_ERROR",
+            ErrorCode::StorageFull => "STORAGE_FULL",
         }
     }
 }
@@ -105,6 +110,14 @@ impl CoreError {
     /// `ORDER_NOT_FOUND`: also the answer about another merchant's order.
     pub fn order_not_found() -> CoreError {
         CoreError::new(ErrorCode::OrderNotFound, "no such order")
+    }
+
+    /// `STORAGE_FULL`: nothing was recorded; the same request succeeds once space is freed.
+    pub fn storage_full() -> CoreError {
+        CoreError::new(
+            ErrorCode::StorageFull,
+            "the gateway's storage is full; nothing was recorded, retry the same request later",
+        )
     }
 
     /// The node is saturated: the caller should back off and retry.

@@ -13,7 +13,7 @@ use crate::daily_volume::{business_day, counted};
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
-use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, Ticket, TradeRef};
+use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, StorageError, Ticket, TradeRef};
 use crate::registry::{Published, Registry};
 use crate::shared_order::SharedOrder;
 
@@ -278,9 +278,12 @@ impl OrderCell {
         let seq = self.state.as_ref().map_or(0, |o| o.seq) + 1;
         next.seq = seq;
         let record = Record::Order { pay_order_no: self.pay_order_no.clone(), seq, events };
-        let ticket = oc.journal.append(record).await.map_err(|e| {
-            tracing::error!(error = %e, "journal append failed");
-            CoreError::system("could not record the order durably")
+        let ticket = oc.journal.append(record).await.map_err(|e| match e {
+            StorageError::Full(_) => e.into_core(),
+            StorageError::Failed(_) => {
+                tracing::error!(error = %e, "journal append failed");
+                CoreError::system("could not record the order durably")
+            }
         })?;
         // What the order counts against its channel's day changes with its status (a new
         // order's share was taken before it was opened).
@@ -360,6 +363,8 @@ impl OrderCell {
     /// the order; an unknown outcome leaves it PAYING, settled by query or a repeat.
     async fn submit(&mut self, oc: &OrderContext, order: Order, prior: Vec<OrderEvent>) -> CoreResult<Order> {
         let channel = self.channel(&oc.channels, &order)?;
+        // A trade we could not journal would be an orphan at the channel.
+        oc.journal.writable().map_err(StorageError::into_core)?;
         let request = ChannelOrder {
             pay_order_no: order.pay_order_no.clone(),
             amount: order.spec.amount,

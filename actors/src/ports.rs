@@ -28,17 +28,33 @@ pub enum Record {
     },
 }
 
-/// Storage failed. The node cannot promise durability, so callers answer
-/// `SYSTEM_ERROR` and the journal writer stops the process.
+/// Storage refused or failed a read or write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("storage: {0}")]
-pub struct StorageError(pub String);
+pub enum StorageError {
+    /// The disk has no room for the journal: writes are refused until space is freed,
+    /// reads go on. Nothing acknowledged is affected.
+    #[error("storage full: {0}")]
+    Full(String),
+    /// Anything else: the node cannot promise durability for this request.
+    #[error("storage: {0}")]
+    Failed(String),
+}
 
 impl StorageError {
-    /// Logs the failure and answers `SYSTEM_ERROR` (the detail stays in the log).
+    /// A failure described by `e`.
+    pub fn failed(e: impl std::fmt::Display) -> StorageError {
+        StorageError::Failed(e.to_string())
+    }
+
+    /// The API's answer: `STORAGE_FULL`, or `SYSTEM_ERROR` with the detail in the log.
     pub fn into_core(self) -> crate::error::CoreError {
-        tracing::error!(error = %self, "storage failed");
-        crate::error::CoreError::system("storage is unavailable")
+        match self {
+            StorageError::Full(_) => crate::error::CoreError::storage_full(),
+            StorageError::Failed(_) => {
+                tracing::error!(error = %self, "storage failed");
+                crate::error::CoreError::system("storage is unavailable")
+            }
+        }
     }
 }
 
@@ -57,6 +73,11 @@ pub trait Journal: Send + Sync + 'static {
     fn append(&self, record: Record) -> BoxFuture<Result<Ticket, StorageError>>;
     /// Whether the views show the record with `ticket` (and every record before it).
     fn is_projected(&self, ticket: Ticket) -> bool;
+    /// Whether appends are being taken now; checked before work that an append must
+    /// follow (opening a channel trade), so a full disk refuses a pay before it starts.
+    fn writable(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// Read side of the derived views: snapshots, the order index and timers.

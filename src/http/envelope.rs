@@ -44,6 +44,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::ChannelError => StatusCode::BAD_GATEWAY,
         ErrorCode::NoAvailableChannel => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::SystemError => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
     }
 }
 

@@ -41,8 +41,7 @@ use paygate_actors::ports::{Clock, Journal, Record};
 use paygate_actors::shared_order::SharedOrder;
 
 use crate::http::api::{authenticate_with, pay_answer, pay_spec, query_answer, PayLimits};
-use crate::storage::journal::{JournalHandle, JournalOptions, PROJECT_GATHER};
-use crate::storage::views::Position;
+use crate::storage::journal::{JournalEnd, JournalHandle, JournalOptions, PROJECT_GATHER};
 
 /// Where the floors say their orders can be paid (never visited).
 const PUBLIC_URL: &str = "http://127.0.0.1:8080";
@@ -184,8 +183,9 @@ fn start_journal(dir: &Path) -> Result<Arc<JournalHandle>, String> {
         max_batch: 1024,
         queue: 65536,
         gather: PROJECT_GATHER,
+        reserve_bytes: 0,
     };
-    let (journal, _threads) = JournalHandle::start(opts, Position::default(), None).map_err(|e| e.to_string())?;
+    let (journal, _threads) = JournalHandle::start(opts, JournalEnd::default(), None).map_err(|e| e.to_string())?;
     Ok(Arc::new(journal))
 }
 

@@ -56,6 +56,8 @@ pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
         max_batch: config.storage.max_batch,
         queue: config.storage.queue,
         cache_bytes: config.storage.cache_bytes,
+        reserve_bytes: 0,
+        accept_data_loss: false,
         query_policy: QueryPolicy::default(),
     })
     .map_err(|e| e.to_string())?;

@@ -5,12 +5,21 @@
 //! views' cost is off the answer's path; order actors stay live until the views show
 //! their last record (see [`Journal`]).
 //!
-//! An I/O error on the journal aborts the process: durability can no longer be
-//! promised, and recovery on restart restores exactly what was acknowledged.
+//! Every record gets the next journal sequence number and the next of its shard
+//! ([`Sequence`]), assigned here, in the one place records are ordered.
+//!
+//! A full disk is not a crash: segments take their disk when they are created, so the
+//! writer learns of it when it rolls to a new segment (or when free space would fall
+//! below the reserve). It then refuses appends with [`StorageError::Full`], which the
+//! API answers `STORAGE_FULL`, tries again every second, and takes writes again by
+//! itself once space is freed. Any other I/O error on the journal aborts the process:
+//! durability can no longer be promised, and recovery on restart restores exactly what
+//! was acknowledged.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +27,8 @@ use paygate_actors::ports::{BoxFuture, Journal, Record, StorageError, Ticket};
 use tokio::sync::oneshot;
 
 use super::codec::encode_record_into;
-use super::segment::{frame, SegmentFile};
-use super::views::{Position, Views};
+use super::segment::{frame, SegmentFile, SegmentHeader, Sequence, MAX_PAYLOAD, SEGMENT_HEADER};
+use super::views::{Applied, Position, ProjectError, Views};
 
 /// Journal tuning.
 #[derive(Debug, Clone)]
@@ -35,6 +44,20 @@ pub struct JournalOptions {
     /// How long the projector lets synced batches gather before it writes them to the
     /// views ([`PROJECT_GATHER`] in a node).
     pub gather: Duration,
+    /// Disk that must stay free beside a new segment (for the views, logs and the
+    /// operator); below it the journal refuses writes as if the disk were full.
+    pub reserve_bytes: u64,
+}
+
+/// Where the journal ends: the next append's position and sequence numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalEnd {
+    /// Just past the last record (offset 0: a segment that has no header yet).
+    pub position: Position,
+    /// The `seq` of the last record (0: none).
+    pub seq: u64,
+    /// Each shard's last `shard_seq`.
+    pub shard_seqs: HashMap<u16, u64>,
 }
 
 struct Pending {
@@ -51,6 +74,8 @@ pub struct JournalStats {
     pub records: AtomicU64,
     /// Batches written to the views (each gathers one or more group commits).
     pub views_batches: AtomicU64,
+    /// Whether the journal refuses writes because the disk is full.
+    pub full: AtomicBool,
 }
 
 /// The node's journal: cheap to clone into every actor.
@@ -75,10 +100,10 @@ impl JournalHandle {
     /// alone); a node always projects.
     pub fn start(
         opts: JournalOptions,
-        end: Position,
+        end: JournalEnd,
         views: Option<Arc<Views>>,
     ) -> std::io::Result<(JournalHandle, Vec<std::thread::JoinHandle<()>>)> {
-        let file = SegmentFile::open(&opts.dir, end.segment, opts.segment_bytes)?;
+        let file = SegmentFile::open(&opts.dir, end.position.segment, opts.segment_bytes)?;
         let (tx, rx) = mpsc::sync_channel::<Pending>(opts.queue);
         let (ptx, prx) = mpsc::sync_channel::<Synced>(1024);
         let stats = Arc::new(JournalStats::default());
@@ -105,6 +130,11 @@ impl JournalHandle {
     pub fn caught_up(&self) -> bool {
         self.projected.load(Ordering::Acquire) >= self.stats.records.load(Ordering::Acquire)
     }
+
+    /// Whether writes are refused because the disk is full.
+    pub fn is_full(&self) -> bool {
+        self.stats.full.load(Ordering::Acquire)
+    }
 }
 
 /// A durable batch on its way to the views: its records, the last ticket among them
@@ -112,20 +142,113 @@ impl JournalHandle {
 struct Synced {
     records: Vec<Record>,
     last_ticket: Ticket,
-    end: Position,
+    end: Applied,
+}
+
+/// How often a full journal tries again to take disk for its next segment.
+const FULL_RETRY: Duration = Duration::from_secs(1);
+
+/// Free bytes for unprivileged writers on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Opens segment `n` with its disk taken, if the disk has room for it and the reserve.
+fn open_segment(opts: &JournalOptions, n: u32) -> Result<SegmentFile, String> {
+    let free = free_bytes(&opts.dir).map_err(|e| format!("cannot read free space: {e}"))?;
+    let need = opts.segment_bytes.saturating_add(opts.reserve_bytes);
+    if free < need {
+        return Err(format!("{free} bytes free, a new segment and the reserve need {need}"));
+    }
+    SegmentFile::open(&opts.dir, n, opts.segment_bytes).map_err(|e| format!("creating segment {n}: {e}"))
+}
+
+fn set_full(stats: &JournalStats, full: bool, why: &str) {
+    if stats.full.swap(full, Ordering::AcqRel) != full {
+        metrics::gauge!("paygate_storage_full").set(if full { 1.0 } else { 0.0 });
+        if full {
+            metrics::counter!("paygate_alerts_total", "kind" => "storage_full").increment(1);
+            tracing::error!(why, "the journal's disk is full: writes are refused (STORAGE_FULL) until space is freed");
+        } else {
+            tracing::warn!("the journal has disk again: writes resume");
+        }
+    }
+}
+
+/// Refuses every record of `batch` with `error`.
+fn refuse(batch: Vec<Pending>, error: &StorageError) {
+    for p in batch {
+        let _ = p.done.send(Err(error.clone()));
+    }
+}
+
+/// The numbering of records: the journal's sequence and each shard's.
+struct Numbering {
+    seq: u64,
+    shards: HashMap<u16, u64>,
+}
+
+impl Numbering {
+    fn next(&mut self, record: &Record) -> Sequence {
+        let Record::Order { pay_order_no, .. } = record;
+        let shard = pay_order_no.shard().0;
+        let shard_seq = self.shards.entry(shard).or_insert(0);
+        *shard_seq += 1;
+        self.seq += 1;
+        Sequence { seq: self.seq, shard, shard_seq: *shard_seq }
+    }
+
+    /// Takes back the numbers of records that were not written, newest first.
+    fn undo(&mut self, records: &[Record]) {
+        for Record::Order { pay_order_no, .. } in records.iter().rev() {
+            if let Some(n) = self.shards.get_mut(&pay_order_no.shard().0) {
+                *n -= 1;
+            }
+            self.seq -= 1;
+        }
+    }
 }
 
 fn write_loop(
     rx: Receiver<Pending>,
     projector: SyncSender<Synced>,
     mut file: SegmentFile,
-    mut pos: Position,
+    end: JournalEnd,
     opts: JournalOptions,
     stats: &JournalStats,
 ) {
     let (mut buf, mut scratch, mut envelope) = (Vec::with_capacity(1 << 20), Vec::new(), Vec::new());
     let mut ticket: Ticket = 0;
-    while let Ok(first) = rx.recv() {
+    let mut pos = end.position;
+    let mut numbering = Numbering { seq: end.seq, shards: end.shard_seqs };
+    // Set while the next segment could not get its disk, with when that was last tried.
+    let mut rolling: Option<u32> = None;
+    let mut tried = Instant::now();
+    loop {
+        let first = if rolling.is_some() {
+            match rx.recv_timeout(FULL_RETRY) {
+                Ok(p) => Some(p),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(p) => Some(p),
+                Err(_) => return,
+            }
+        };
+        if let Some(n) = rolling.filter(|_| tried.elapsed() >= FULL_RETRY) {
+            tried = Instant::now();
+            match open_segment(&opts, n) {
+                Ok(f) => {
+                    (file, pos, rolling) = (f, Position { segment: n, offset: 0 }, None);
+                    set_full(stats, false, "");
+                }
+                Err(why) => set_full(stats, true, &why),
+            }
+        }
+        let Some(first) = first else { continue };
         let mut batch = Vec::with_capacity(opts.max_batch.min(1024));
         batch.push(first);
         while batch.len() < opts.max_batch {
@@ -134,42 +257,75 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        if rolling.is_some() {
+            refuse(batch, &StorageError::Full("the journal's disk is full".into()));
+            continue;
+        }
         buf.clear();
-        batch.retain_mut(|p| match encode_record_into(&p.record, &mut scratch, &mut envelope) {
-            Ok(()) => {
-                frame(&envelope, &mut buf);
-                true
-            }
-            Err(e) => {
-                let (done, _) = oneshot::channel();
-                let _ = std::mem::replace(&mut p.done, done).send(Err(StorageError(e.to_string())));
-                false
+        batch.retain_mut(|p| {
+            let refused = match encode_record_into(&p.record, &mut scratch, &mut envelope) {
+                // Checked before the write, never after: a record the reader would not
+                // believe must not be acknowledged.
+                Ok(()) if envelope.len() > MAX_PAYLOAD => {
+                    Some(format!("record of {} bytes exceeds the journal's {MAX_PAYLOAD}", envelope.len()))
+                }
+                Ok(()) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            match refused {
+                None => {
+                    frame(&envelope, numbering.next(&p.record), &mut buf);
+                    true
+                }
+                Some(why) => {
+                    let (done, _) = oneshot::channel();
+                    let _ = std::mem::replace(&mut p.done, done).send(Err(StorageError::Failed(why)));
+                    false
+                }
             }
         });
         if batch.is_empty() {
             continue;
         }
         if pos.offset > 0 && pos.offset + buf.len() as u64 > opts.segment_bytes {
-            pos = Position { segment: pos.segment + 1, offset: 0 };
-            file = SegmentFile::open(&opts.dir, pos.segment, opts.segment_bytes)
-                .unwrap_or_else(|e| fatal("cannot open a new segment", &e));
+            let n = pos.segment + 1;
+            match open_segment(&opts, n) {
+                Ok(f) => (file, pos) = (f, Position { segment: n, offset: 0 }),
+                Err(why) => {
+                    set_full(stats, true, &why);
+                    (rolling, tried) = (Some(n), Instant::now());
+                    let records: Vec<Record> = batch.iter().map(|p| p.record.clone()).collect();
+                    numbering.undo(&records);
+                    refuse(batch, &StorageError::Full(why));
+                    continue;
+                }
+            }
         }
         let started = Instant::now();
-        if let Err(e) = file.write_durably(&buf, pos.offset) {
-            fatal("journal write failed", &e);
-        }
+        let written = if pos.offset == 0 {
+            // A segment's first write carries its header: both are durable, or neither.
+            let mut first_write = Vec::with_capacity(SEGMENT_HEADER + buf.len());
+            let first_seq = numbering.seq + 1 - batch.len() as u64;
+            SegmentHeader { segment: pos.segment, first_seq }.encode(&mut first_write);
+            first_write.extend_from_slice(&buf);
+            file.write_durably(&first_write, 0).map(|()| first_write.len())
+        } else {
+            file.write_durably(&buf, pos.offset).map(|()| buf.len())
+        };
+        let written = written.unwrap_or_else(|e| fatal("journal write failed", &e));
         metrics::histogram!("paygate_journal_fsync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("paygate_journal_batch_records").record(batch.len() as f64);
         stats.syncs.fetch_add(1, Ordering::Relaxed);
         stats.records.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        pos.offset += buf.len() as u64;
+        pos.offset += written as u64;
         let mut records = Vec::with_capacity(batch.len());
         for p in batch {
             ticket += 1;
             let _ = p.done.send(Ok(ticket));
             records.push(p.record);
         }
-        if projector.send(Synced { records, last_ticket: ticket, end: pos }).is_err() {
+        let end = Applied { position: pos, seq: numbering.seq };
+        if projector.send(Synced { records, last_ticket: ticket, end }).is_err() {
             return;
         }
     }
@@ -211,9 +367,8 @@ fn project_loop(
             drain(&mut records);
         }
         let started = Instant::now();
-        if let Some(Err(e)) = views.as_ref().map(|v| v.project(records.iter(), end)) {
-            // The records are durable; the views are derived and are rebuilt on start.
-            fatal("projecting the journal into the views failed", &e);
+        if let Some(v) = views.as_ref() {
+            project_until_done(v, &records, end);
         }
         metrics::histogram!("paygate_views_project_seconds").record(started.elapsed().as_secs_f64());
         stats.views_batches.fetch_add(1, Ordering::Relaxed);
@@ -224,24 +379,53 @@ fn project_loop(
     }
 }
 
+/// Writes `records` to the views, trying again while the views' disk fails (full, say):
+/// the records are durable in the journal, and order actors stay in memory until the
+/// views show them. Views that disagree with the journal are a bug: stop, and recovery
+/// rebuilds them.
+fn project_until_done(views: &Views, records: &[Record], end: Applied) {
+    let mut attempt = 0u32;
+    loop {
+        match views.project(records.iter(), end) {
+            Ok(()) => return,
+            Err(ProjectError::Sled(sled::Error::Io(e))) => {
+                if attempt.is_multiple_of(60) {
+                    metrics::counter!("paygate_alerts_total", "kind" => "views_write_failed").increment(1);
+                    tracing::error!(error = %e, "writing the views failed; retrying (the journal has the records)");
+                }
+                attempt = attempt.saturating_add(1);
+                std::thread::sleep(FULL_RETRY);
+            }
+            Err(e) => fatal("projecting the journal into the views failed", &e),
+        }
+    }
+}
+
 impl Journal for JournalHandle {
     fn is_projected(&self, ticket: Ticket) -> bool {
         self.projected.load(Ordering::Acquire) >= ticket
+    }
+
+    fn writable(&self) -> Result<(), StorageError> {
+        match self.is_full() {
+            true => Err(StorageError::Full("the journal's disk is full".into())),
+            false => Ok(()),
+        }
     }
 
     fn append(&self, record: Record) -> BoxFuture<Result<Ticket, StorageError>> {
         let (done, rx) = oneshot::channel();
         let queued = match self.tx.try_send(Pending { record, done }) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(StorageError("journal queue is full".into())),
-            Err(TrySendError::Disconnected(_)) => Err(StorageError("journal is stopped".into())),
+            Err(TrySendError::Full(_)) => Err(StorageError::Failed("journal queue is full".into())),
+            Err(TrySendError::Disconnected(_)) => Err(StorageError::Failed("journal is stopped".into())),
         };
         let started = Instant::now();
         Box::pin(async move {
             queued?;
             let answer = rx.await;
             metrics::histogram!("paygate_journal_append_seconds").record(started.elapsed().as_secs_f64());
-            answer.unwrap_or_else(|_| Err(StorageError("journal stopped before the record was durable".into())))
+            answer.unwrap_or_else(|_| Err(StorageError::Failed("journal stopped before the record was durable".into())))
         })
     }
 }

@@ -20,6 +20,11 @@ const TIMER: u8 = b't';
 const VOLUME: u8 = b'v';
 const APPLIED: &[u8] = b"m:applied";
 const ID_HIGH_WATER: &[u8] = b"m:idhw";
+const SCHEMA: &[u8] = b"m:schema";
+
+/// The layout of the views this build writes. Views of another layout are rebuilt
+/// from the journal. 2: the applied marker carries the journal sequence.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A place in the journal: the end of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -28,6 +33,16 @@ pub struct Position {
     pub segment: u32,
     /// Byte offset just past the record.
     pub offset: u64,
+}
+
+/// How far the views reflect the journal: a position and the sequence of the record
+/// that ends there. Durable evidence of how much the journal held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    /// Just past the last applied record.
+    pub position: Position,
+    /// That record's journal sequence (0: none).
+    pub seq: u64,
 }
 
 /// The journal and the views disagree in a way replay cannot mend.
@@ -42,6 +57,21 @@ pub enum ProjectError {
     /// The records do not follow from the stored state.
     #[error("{0}")]
     Inconsistent(String),
+    /// Written by a build with another layout.
+    #[error("the views have layout {found}, this build writes {SCHEMA_VERSION}")]
+    Schema {
+        /// What is stored (0: none, on views that hold data).
+        found: u32,
+    },
+}
+
+impl ProjectError {
+    /// Whether the views are proven unusable (and may be rebuilt from the journal), as
+    /// opposed to unreadable now (a full disk, an I/O error), which must never cost
+    /// them.
+    pub fn proves_views_bad(&self) -> bool {
+        !matches!(self, ProjectError::Sled(sled::Error::Io(_)))
+    }
 }
 
 /// The sled-backed views.
@@ -82,7 +112,7 @@ fn volume_key(day: i64, channel: &str) -> Vec<u8> {
 }
 
 fn storage(e: impl std::fmt::Display) -> StorageError {
-    StorageError(e.to_string())
+    StorageError::failed(e)
 }
 
 impl Views {
@@ -94,19 +124,28 @@ impl Views {
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(1000))
             .open()?;
+        let schema = db.get(SCHEMA)?.and_then(|v| v.as_ref().try_into().ok()).map(u32::from_be_bytes);
+        match schema {
+            Some(SCHEMA_VERSION) => {}
+            None if db.is_empty() => {
+                db.insert(SCHEMA, &SCHEMA_VERSION.to_be_bytes()[..])?;
+            }
+            found => return Err(ProjectError::Schema { found: found.unwrap_or(0) }),
+        }
         let high_water = db.get(ID_HIGH_WATER)?.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes);
         Ok(Views { db, policy, high_water: AtomicU64::new(high_water) })
     }
 
-    /// The journal position the views reflect.
-    pub fn applied(&self) -> Result<Position, ProjectError> {
+    /// How far the views reflect the journal.
+    pub fn applied(&self) -> Result<Applied, ProjectError> {
         let Some(v) = self.db.get(APPLIED)? else {
-            return Ok(Position::default());
+            return Ok(Applied::default());
         };
         let segment = v.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
         let offset = v.get(4..12).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
-        match (segment, offset) {
-            (Some(segment), Some(offset)) => Ok(Position { segment, offset }),
+        let seq = v.get(12..20).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        match (segment, offset, seq) {
+            (Some(segment), Some(offset), Some(seq)) => Ok(Applied { position: Position { segment, offset }, seq }),
             _ => Err(ProjectError::Inconsistent("stored journal position is malformed".into())),
         }
     }
@@ -121,11 +160,7 @@ impl Views {
     /// Applies `records` (which end at `end`) atomically: snapshots, index, timers and
     /// position move together, so a record past the stored position was never applied.
     /// Each order's records must follow its stored sequence exactly.
-    pub fn project<'a>(
-        &self,
-        records: impl IntoIterator<Item = &'a Record>,
-        end: Position,
-    ) -> Result<(), ProjectError> {
+    pub fn project<'a>(&self, records: impl IntoIterator<Item = &'a Record>, end: Applied) -> Result<(), ProjectError> {
         let mut overlay: HashMap<PayOrderNo, Order> = HashMap::new();
         let mut volumes: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut batch = sled::Batch::default();
@@ -178,9 +213,10 @@ impl Views {
             let stored = self.db.get(&key)?.and_then(|v| v.as_ref().try_into().ok()).map_or(0, i64::from_be_bytes);
             batch.insert(key, &stored.saturating_add(delta).to_be_bytes()[..]);
         }
-        let mut pos = [0u8; 12];
-        pos[..4].copy_from_slice(&end.segment.to_be_bytes());
-        pos[4..].copy_from_slice(&end.offset.to_be_bytes());
+        let mut pos = [0u8; 20];
+        pos[..4].copy_from_slice(&end.position.segment.to_be_bytes());
+        pos[4..12].copy_from_slice(&end.position.offset.to_be_bytes());
+        pos[12..].copy_from_slice(&end.seq.to_be_bytes());
         batch.insert(APPLIED, &pos[..]);
         batch.insert(ID_HIGH_WATER, &high_water.to_be_bytes()[..]);
         self.db.apply_batch(batch)?;
@@ -224,7 +260,7 @@ impl OrderStore for Views {
             return Ok(None);
         };
         let text = std::str::from_utf8(&v).map_err(storage)?;
-        PayOrderNo::parse(text).map(Some).ok_or_else(|| StorageError(format!("malformed index entry {text:?}")))
+        PayOrderNo::parse(text).map(Some).ok_or_else(|| StorageError::Failed(format!("malformed index entry {text:?}")))
     }
 
     fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError> {

@@ -81,10 +81,10 @@ impl TestNode {
     pub fn order_count(&self) -> usize {
         let node = self.node();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !node.journal.caught_up() && std::time::Instant::now() < deadline {
+        while !node.caught_up() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        assert!(node.journal.caught_up(), "the views did not catch up with the journal");
+        assert!(node.caught_up(), "the views did not catch up with the journal");
         node.views.order_count()
     }
 
