@@ -315,3 +315,228 @@ fn an_unusable_segment_size_is_refused_at_start() {
         assert!(!data.path().join("journal").exists(), "nothing was written for {size}");
     }
 }
+
+/// The journal's files below `dir` with a digest of their bytes, and what the views
+/// hold (sled rewrites its own files when opened, not their content): to show that a
+/// refused start changed nothing.
+fn snapshot(dir: &Path) -> (Vec<(String, u64)>, u64, usize) {
+    use std::hash::{Hash, Hasher};
+    let mut out = Vec::new();
+    let mut stack = vec![dir.join("journal")];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&path).unwrap().hash(&mut h);
+                out.push((path.display().to_string(), h.finish()));
+            }
+        }
+    }
+    out.sort();
+    let views = paygate::storage::views::Views::open(&dir.join("views"), QueryPolicy::default(), 1 << 20).unwrap();
+    let applied = views.applied().unwrap().seq;
+    (out, applied, views.orders().count())
+}
+
+/// Runs `paygate serve` on `data` and expects it to refuse: its stderr.
+fn refused_start(data: &Path, extra: &[&str]) -> String {
+    let mut cmd = BinNode::command(data, free_port(), &[]);
+    cmd.args(extra);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "the node must not start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn journal_verify(data: &Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
+        .args(["journal", "verify", "--config"])
+        .arg(config_dir())
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last records of the last segment lost after they were acknowledged (zeroed by a
+/// lost write-back, or cut off): the views prove they existed, so the node refuses to
+/// serve without them, changes nothing, and says what to do.
+#[test]
+fn acknowledged_records_lost_from_the_tail_stop_the_start_until_the_operator_decides() {
+    let (original, a, b, start, end) = journal_with_two_orders();
+    for shorten in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(original.path(), dir.path());
+        let seg = segment_path(&dir.path().join("journal"), 0);
+        let file = OpenOptions::new().write(true).open(&seg).unwrap();
+        if shorten {
+            file.set_len(start as u64).unwrap();
+        } else {
+            file.write_all_at(&vec![0; end - start], start as u64).unwrap();
+        }
+        drop(file);
+        let before = snapshot(dir.path());
+        let stderr = refused_start(dir.path(), &[]);
+        assert!(stderr.contains("acknowledged records are missing from the journal"), "{stderr}");
+        assert!(stderr.contains(&format!("ends at record 2, ending at segment 0 offset {start}")), "{stderr}");
+        assert!(stderr.contains("the views show record 3"), "{stderr}");
+        assert!(stderr.contains("--accept-data-loss"), "{stderr}");
+        assert_eq!(snapshot(dir.path()), before, "a refused start changes nothing");
+
+        let (sound, report) = journal_verify(dir.path());
+        assert!(!sound && report.contains("DATA LOSS"), "{report}");
+        assert_eq!(snapshot(dir.path()), before, "verify changes nothing");
+
+        // The operator's decision: serve what is left; B is gone.
+        let node = BinNode::start_with_args(dir.path(), &[], &["--accept-data-loss"]);
+        let c = node.client();
+        assert_eq!(c.query_id(&a).data("status"), "SUCCESS");
+        assert_eq!(c.query_id(&b).code(), "ORDER_NOT_FOUND");
+        node.kill9();
+        assert!(journal_verify(dir.path()).0, "sound again after the decision");
+    }
+}
+
+/// Rewrites segment 0 of `data` with the records `pick` chooses from those it holds.
+fn rewrite_records(data: &Path, pick: impl FnOnce(Vec<Vec<u8>>) -> Vec<Vec<u8>>) {
+    let seg = segment_path(&data.join("journal"), 0);
+    let bytes = std::fs::read(&seg).unwrap();
+    let mut records = Vec::new();
+    let mut at = SEGMENT_HEADER;
+    while let Some(frame) = record_at(&bytes, at) {
+        records.push(bytes[at..frame.next].to_vec());
+        at = frame.next;
+    }
+    let mut out = bytes[..SEGMENT_HEADER].to_vec();
+    for r in pick(records) {
+        out.extend_from_slice(&r);
+    }
+    out.resize(bytes.len(), 0);
+    std::fs::write(&seg, out).unwrap();
+}
+
+/// Records that are each intact but missing, repeated or out of order in the middle of
+/// the journal stop the start, by their sequence numbers.
+#[test]
+fn a_gap_a_duplicate_or_a_reordered_record_stops_the_start() {
+    let (original, ..) = journal_with_two_orders();
+    let cases: [(&str, fn(Vec<Vec<u8>>) -> Vec<Vec<u8>>); 3] = [
+        ("gap", |r| vec![r[0].clone(), r[2].clone()]),
+        ("duplicate", |r| vec![r[0].clone(), r[1].clone(), r[1].clone(), r[2].clone()]),
+        ("reordered", |r| vec![r[1].clone(), r[0].clone(), r[2].clone()]),
+    ];
+    for (what, pick) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(original.path(), dir.path());
+        // Without views, only the sequence numbers can tell.
+        std::fs::remove_dir_all(dir.path().join("views")).unwrap();
+        rewrite_records(dir.path(), pick);
+        let stderr = refused_start(dir.path(), &[]);
+        assert!(stderr.contains("00000000.seg") && stderr.contains("was expected"), "{what}: {stderr}");
+        assert!(stderr.contains("last good record is"), "{what}: {stderr}");
+        assert!(!journal_verify(dir.path()).0, "{what}: verify reports it too");
+    }
+}
+
+/// Segments must follow each other: a missing one in the middle is a gap too.
+#[test]
+fn a_missing_middle_segment_stops_the_start() {
+    let data = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut ids = IdGenerator::new(ShardId(1), 0);
+    let storage = open_storage_with(data.path(), 4096);
+    for i in 0..60 {
+        rt.block_on(storage.journal.append(new_order_record(&mut ids, &format!("S{i}")))).unwrap();
+    }
+    storage.close();
+    let journal = data.path().join("journal");
+    assert!(list_segments(&journal).unwrap().len() >= 3);
+    std::fs::remove_file(segment_path(&journal, 1)).unwrap();
+    std::fs::remove_dir_all(data.path().join("views")).unwrap();
+    let err = Storage::open(&options(data.path(), 4096)).err().expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("00000002.seg") && text.contains("segment 1 is missing"), "{text}");
+}
+
+fn options(data: &Path, segment_bytes: u64) -> StorageOptions {
+    StorageOptions {
+        data_dir: data.to_path_buf(),
+        segment_bytes,
+        max_batch: 1024,
+        queue: 1024,
+        cache_bytes: 16 << 20,
+        reserve_bytes: 0,
+        accept_data_loss: false,
+        query_policy: QueryPolicy::default(),
+    }
+}
+
+/// A record the reader would refuse is refused before it is written, so it can never be
+/// acknowledged and then stop every later start.
+#[test]
+fn a_record_larger_than_the_reader_accepts_is_refused_before_it_is_written() {
+    let data = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut ids = IdGenerator::new(ShardId(1), 0);
+    let storage = open_storage(data.path());
+    rt.block_on(storage.journal.append(new_order_record(&mut ids, "BEFORE"))).unwrap();
+    let id = ids.next(1_700_000_000_000);
+    let money = Money::from_minor(100, Currency::CNY);
+    let spec = OrderSpec::new("M20240101001", "HUGE", money, "x".repeat(17 << 20), PayMethod::Sandbox);
+    let created = OrderEvent::created(id.clone(), spec, "sandbox".into(), 1_700_000_000_000, 1_800_000);
+    let huge = Record::Order { pay_order_no: id, seq: 1, events: vec![created] };
+    let refused = rt.block_on(storage.journal.append(huge));
+    assert!(matches!(&refused, Err(e) if e.to_string().contains("exceeds")), "{refused:?}");
+    rt.block_on(storage.journal.append(new_order_record(&mut ids, "AFTER"))).unwrap();
+    storage.close();
+    let storage = open_storage(data.path());
+    assert_eq!(storage.report.records, 2, "the two ordinary records, in sequence");
+    assert_eq!(all_orders(&storage).len(), 2);
+}
+
+/// Views written with another layout are rebuilt from the journal, not misread.
+#[test]
+fn views_of_another_layout_are_rebuilt_from_the_journal() {
+    let data = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut ids = IdGenerator::new(ShardId(1), 0);
+    let storage = open_storage(data.path());
+    for i in 0..5 {
+        rt.block_on(storage.journal.append(new_order_record(&mut ids, &format!("V{i}")))).unwrap();
+    }
+    storage.close();
+    let db = sled::open(data.path().join("views")).unwrap();
+    db.insert(b"m:schema", &1u32.to_be_bytes()[..]).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let storage = open_storage(data.path());
+    assert!(storage.report.rebuilt_views, "another layout is rebuilt");
+    assert_eq!(all_orders(&storage).len(), 5);
+    storage.close();
+    let storage = open_storage(data.path());
+    assert!(!storage.report.rebuilt_views, "and then kept");
+}
+
+/// One process per data directory: a second node refuses, names the first one's pid,
+/// and touches nothing; the first goes on and keeps every order.
+#[test]
+fn a_second_node_on_the_same_data_directory_refuses_and_changes_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let first = BinNode::start(data.path(), &[]);
+    let c = first.client();
+    let ids: Vec<String> =
+        (0..20).map(|i| c.pay(&format!("LOCK-{i}"), "1.00").data("pay_order_no").to_owned()).collect();
+    let stderr = refused_start(data.path(), &[]);
+    assert!(stderr.contains(&format!("in use by another paygate process (pid {})", first.child.id())), "{stderr}");
+    assert!(data.path().join("views").exists(), "the first node's views were not touched");
+    let more = c.pay("LOCK-AFTER", "1.00").data("pay_order_no").to_owned();
+    first.kill9();
+    let node = BinNode::start(data.path(), &[]);
+    let c = node.client();
+    for id in ids.iter().chain([&more]) {
+        assert_eq!(c.query_id(id).code(), "SUCCESS", "{id}");
+    }
+}

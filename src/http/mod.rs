@@ -309,7 +309,19 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
     let post = method == Method::POST;
     let get = method == Method::GET;
     match path {
-        "/healthz" if get => Ok(json_response(StatusCode::OK, &json!({ "status": "ok" }))),
+        // Alive: the process answers (a full disk does not make it dead: reads go on).
+        "/healthz" if get => {
+            let storage = if app.router.context().journal.writable().is_ok() { "ok" } else { "full" };
+            Ok(json_response(StatusCode::OK, &json!({ "status": "ok", "storage": storage })))
+        }
+        // Ready for writes: a load balancer sends pays elsewhere while the disk is full.
+        "/readyz" if get => Ok(match app.router.context().journal.writable() {
+            Ok(()) => json_response(StatusCode::OK, &json!({ "status": "ready", "storage": "ok" })),
+            Err(_) => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "status": "not_ready", "storage": "full", "reason": "the journal's disk is full; reads go on" }),
+            ),
+        }),
         "/openapi.json" if get => Ok(with_body(StatusCode::OK, "application/json", OPENAPI)),
         "/metrics" if get => {
             app.record_gauges();
