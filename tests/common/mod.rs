@@ -275,23 +275,17 @@ impl BinNode {
 
     /// Starts the binary on another configuration directory.
     pub fn start_with_config(config: &Path, data: &Path, env: &[(&str, &str)]) -> BinNode {
-        BinNode::spawn(BinNode::command_with_config, config, data, env, &[])
+        BinNode::spawn(config, data, env, &[])
     }
 
     /// Starts the binary with more `serve` arguments.
     pub fn start_with_args(data: &Path, env: &[(&str, &str)], args: &[&str]) -> BinNode {
-        BinNode::spawn(BinNode::command_with_config, &config_dir(), data, env, args)
+        BinNode::spawn(&config_dir(), data, env, args)
     }
 
-    fn spawn(
-        command: fn(&Path, &Path, u16, &[(&str, &str)]) -> Command,
-        config: &Path,
-        data: &Path,
-        env: &[(&str, &str)],
-        args: &[&str],
-    ) -> BinNode {
+    fn spawn(config: &Path, data: &Path, env: &[(&str, &str)], args: &[&str]) -> BinNode {
         let port = free_port();
-        let child = command(config, data, port, env).args(args).spawn().unwrap();
+        let child = BinNode::command_with_config(config, data, port, env).args(args).spawn().unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let mut node = BinNode { child, url };
         let up = eventually(Duration::from_secs(30), || {
