@@ -400,8 +400,8 @@ fn acknowledged_records_lost_from_the_tail_stop_the_start_until_the_operator_dec
     }
 }
 
-/// Rewrites segment 0 of `data` with the records `pick` chooses from those it holds.
-fn rewrite_records(data: &Path, pick: impl FnOnce(Vec<Vec<u8>>) -> Vec<Vec<u8>>) {
+/// Rewrites segment 0 of `data` with its records in the order of `pick` (indexes).
+fn rewrite_records(data: &Path, pick: &[usize]) {
     let seg = segment_path(&data.join("journal"), 0);
     let bytes = std::fs::read(&seg).unwrap();
     let mut records = Vec::new();
@@ -411,8 +411,8 @@ fn rewrite_records(data: &Path, pick: impl FnOnce(Vec<Vec<u8>>) -> Vec<Vec<u8>>)
         at = frame.next;
     }
     let mut out = bytes[..SEGMENT_HEADER].to_vec();
-    for r in pick(records) {
-        out.extend_from_slice(&r);
+    for &i in pick {
+        out.extend_from_slice(&records[i]);
     }
     out.resize(bytes.len(), 0);
     std::fs::write(&seg, out).unwrap();
@@ -423,11 +423,7 @@ fn rewrite_records(data: &Path, pick: impl FnOnce(Vec<Vec<u8>>) -> Vec<Vec<u8>>)
 #[test]
 fn a_gap_a_duplicate_or_a_reordered_record_stops_the_start() {
     let (original, ..) = journal_with_two_orders();
-    let cases: [(&str, fn(Vec<Vec<u8>>) -> Vec<Vec<u8>>); 3] = [
-        ("gap", |r| vec![r[0].clone(), r[2].clone()]),
-        ("duplicate", |r| vec![r[0].clone(), r[1].clone(), r[1].clone(), r[2].clone()]),
-        ("reordered", |r| vec![r[1].clone(), r[0].clone(), r[2].clone()]),
-    ];
+    let cases: [(&str, &[usize]); 3] = [("gap", &[0, 2]), ("duplicate", &[0, 1, 1, 2]), ("reordered", &[1, 0, 2])];
     for (what, pick) in cases {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(original.path(), dir.path());
