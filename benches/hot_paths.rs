@@ -150,6 +150,7 @@ fn decisions(c: &mut Criterion) {
                 } else {
                     vec![PayMethod::WechatPay]
                 },
+                currencies: vec![Currency::CNY],
                 weight: 10 + i,
                 status: ChannelStatus::Enabled,
                 single_limit_minor: Some(5_000_000),
@@ -194,6 +195,7 @@ fn actor_round_trip(c: &mut Criterion) {
             code: "sandbox".into(),
             provider: "sandbox".into(),
             methods: vec![PayMethod::Sandbox],
+            currencies: vec![Currency::CNY],
             weight: 1,
             status: ChannelStatus::Enabled,
             single_limit_minor: None,

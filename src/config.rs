@@ -203,6 +203,9 @@ pub struct ChannelConfig {
     pub provider: String,
     /// Methods it takes, e.g. `["SANDBOX"]`.
     pub methods: Vec<String>,
+    /// Currencies it takes (ISO codes), `["CNY"]` unless configured.
+    #[serde(default = "default_currencies")]
+    pub currencies: Vec<String>,
     /// Routing weight.
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -227,6 +230,10 @@ pub struct ChannelConfig {
 
 fn default_minute_ms() -> u64 {
     60_000
+}
+
+fn default_currencies() -> Vec<String> {
+    vec!["CNY".to_owned()]
 }
 
 fn default_weight() -> u32 {
@@ -400,6 +407,14 @@ impl ChannelConfig {
             .iter()
             .map(|m| PayMethod::from_str(m).map_err(|()| err(format!("unknown method {m:?}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        let currencies = self
+            .currencies
+            .iter()
+            .map(|c| Currency::from_str(c).map_err(|_| err(format!("unknown currency {c:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if currencies.is_empty() {
+            return Err(err("currencies must name at least one currency".into()));
+        }
         let limit = |name: &str, value: &Option<String>| match value {
             Some(text) => Money::parse_positive(text, Currency::CNY, i64::MAX)
                 .map(|m| Some(m.minor()))
@@ -417,6 +432,7 @@ impl ChannelConfig {
             code: self.code.clone(),
             provider: self.provider.clone(),
             methods,
+            currencies,
             weight: self.weight,
             status: self.status,
             single_limit_minor: limit("single_limit", &self.single_limit)?,

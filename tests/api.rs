@@ -343,3 +343,38 @@ fn an_order_read_from_its_snapshot_is_kept_until_it_changes() {
     assert_eq!(c.query_id(&id).data("status"), "SUCCESS");
     assert_eq!(c.query_no("KEPT-1").data("status"), "SUCCESS");
 }
+
+/// Every shipped channel takes CNY only: a payment in another currency is refused by
+/// name, never opened at a channel in CNY; one that a channel takes goes out in its own
+/// currency.
+#[test]
+fn a_currency_no_channel_takes_is_refused_by_name_and_none_is_charged_as_cny() {
+    let t = TestNode::start_with(|c| {
+        for ch in c.channels.iter_mut().filter(|ch| ch.provider == "unionpay") {
+            ch.currencies = vec!["CNY".into(), "HKD".into()];
+        }
+    });
+    let c = t.client();
+    for (method, currency) in [("ALIPAY", "USD"), ("WECHAT_PAY", "EUR"), ("SANDBOX", "JPY")] {
+        let mut p = Client::pay_params(&format!("FX-{method}"), "7.00");
+        p.insert("pay_method".into(), method.into());
+        p.insert("currency".into(), currency.into());
+        if currency == "JPY" {
+            p.insert("amount".into(), "700".into());
+        }
+        let a = c.call(PAY, p);
+        assert_eq!((a.status, a.code()), (503, "NO_AVAILABLE_CHANNEL"), "{a:?}");
+        let message = a.json["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("no channel takes {currency} payments")), "{message}");
+        assert_eq!(c.query_no(&format!("FX-{method}")).code(), "ORDER_NOT_FOUND", "nothing was opened");
+    }
+    // HKD through the channel configured for it: the front form carries HKD's code.
+    let mut p = Client::pay_params("FX-UP-HKD", "7.00");
+    p.insert("pay_method".into(), "UNION_PAY".into());
+    p.insert("currency".into(), "HKD".into());
+    let a = c.call(PAY, p);
+    assert_eq!(a.code(), "SUCCESS", "{a:?}");
+    let page = ureq::get(a.data("pay_url")).call().unwrap().into_string().unwrap();
+    assert!(page.contains("name=\"currencyCode\" value=\"344\""), "HKD is 344, not CNY's 156");
+    assert_eq!(c.query_no("FX-UP-HKD").data("currency"), "HKD");
+}

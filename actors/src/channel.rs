@@ -37,6 +37,8 @@ pub struct ChannelProfile {
     pub provider: String,
     /// Methods it takes.
     pub methods: Vec<PayMethod>,
+    /// Currencies it takes; a payment in another is never routed to it.
+    pub currencies: Vec<crate::money::Currency>,
     /// Routing weight.
     pub weight: u32,
     /// Routable or not.

@@ -36,6 +36,17 @@ impl Currency {
         }
     }
 
+    /// The ISO 4217 numeric code (UnionPay's `currencyCode`).
+    pub const fn numeric(self) -> &'static str {
+        match self {
+            Currency::CNY => "156",
+            Currency::HKD => "344",
+            Currency::USD => "840",
+            Currency::EUR => "978",
+            Currency::JPY => "392",
+        }
+    }
+
     /// The ISO code.
     pub const fn code(self) -> &'static str {
         match self {

@@ -7,9 +7,9 @@ use crate::error::{CoreError, ErrorCode};
 use crate::money::Money;
 use crate::order::PayMethod;
 
-/// Picks the channel for a new payment: enabled, takes the method, within the single
-/// limit, and with room today (`has_room`); the highest weight wins (ties:
-/// configuration order).
+/// Picks the channel for a new payment: enabled, takes the method and the currency,
+/// within the single limit, and with room today (`has_room`); the highest weight wins
+/// (ties: configuration order).
 pub fn select_channel(
     channels: &[Arc<ChannelProfile>],
     method: PayMethod,
@@ -20,6 +20,7 @@ pub fn select_channel(
         .iter()
         .map(Arc::as_ref)
         .filter(|c| c.status == ChannelStatus::Enabled && c.methods.contains(&method))
+        .filter(|c| c.currencies.contains(&amount.currency()))
         .filter(|c| c.single_limit_minor.is_none_or(|limit| amount.minor() <= limit))
         .filter(|c| has_room(c))
         .fold(None::<&ChannelProfile>, |best, c| match best {
@@ -27,7 +28,15 @@ pub fn select_channel(
             _ => Some(c),
         })
         .ok_or_else(|| {
-            CoreError::new(ErrorCode::NoAvailableChannel, format!("no channel available for pay_method {method}"))
+            let currency = amount.currency();
+            let takes_currency = channels.iter().any(|c| {
+                c.status == ChannelStatus::Enabled && c.methods.contains(&method) && c.currencies.contains(&currency)
+            });
+            let message = match takes_currency {
+                true => format!("no channel available for pay_method {method}"),
+                false => format!("no channel takes {currency} payments by pay_method {method}"),
+            };
+            CoreError::new(ErrorCode::NoAvailableChannel, message)
         })
 }
 
@@ -48,6 +57,7 @@ mod tests {
             code: code.into(),
             provider: "sandbox".into(),
             methods: methods.to_vec(),
+            currencies: vec![Currency::CNY],
             weight,
             status,
             single_limit_minor: limit,
@@ -73,5 +83,18 @@ mod tests {
         // A channel without room today is passed over for the next.
         let full = select_channel(&chans, PayMethod::Sandbox, cny(500), |c| c.code != "b");
         assert_eq!(full.map(|c| c.code.as_str()), Ok("a"));
+    }
+
+    #[test]
+    fn a_channel_takes_only_its_currencies() {
+        let mut hkd_too = (*ch("hk", &[PayMethod::Sandbox], 1, None, ChannelStatus::Enabled)).clone();
+        hkd_too.currencies.push(Currency::HKD);
+        let chans = vec![ch("cny", &[PayMethod::Sandbox], 90, None, ChannelStatus::Enabled), Arc::new(hkd_too)];
+        let pick = |m: Money| select_channel(&chans, PayMethod::Sandbox, m, |_| true).map(|c| c.code.clone());
+        assert_eq!(pick(Money::from_minor(700, Currency::CNY)), Ok("cny".into()), "the heavier CNY channel");
+        assert_eq!(pick(Money::from_minor(700, Currency::HKD)), Ok("hk".into()), "the only one taking HKD");
+        let usd = pick(Money::from_minor(700, Currency::USD)).unwrap_err();
+        assert_eq!(usd.code, ErrorCode::NoAvailableChannel);
+        assert_eq!(usd.message, "no channel takes USD payments by pay_method SANDBOX");
     }
 }

@@ -149,6 +149,7 @@ fn world_with(passivation: Passivation) -> World {
         code: "fake".into(),
         provider: "fake".into(),
         methods: vec![PayMethod::Sandbox],
+        currencies: vec![paygate_actors::money::Currency::CNY],
         weight: 1,
         status: ChannelStatus::Enabled,
         single_limit_minor: None,

@@ -84,6 +84,15 @@ fn signed_params(s: &AlipaySettings, method: &str, biz: &Value, return_url: Opti
     params
 }
 
+/// Sets the trade's price: `total_amount` in the order's currency, and for any currency
+/// but CNY its `trans_currency` (Alipay's pricing currency for cross-border trades).
+fn priced(biz: &mut Value, amount: paygate_actors::money::Money) {
+    biz["total_amount"] = Value::String(amount.to_string());
+    if amount.currency() != paygate_actors::money::Currency::CNY {
+        biz["trans_currency"] = Value::String(amount.currency().code().to_owned());
+    }
+}
+
 /// Page and wap pay are not server calls: the buyer's browser opens the gateway with a
 /// signed request, so the order's pay_url is that request as a GET URL.
 fn page_pay_url(s: &AlipaySettings, order: &ChannelOrder) -> String {
@@ -91,13 +100,13 @@ fn page_pay_url(s: &AlipaySettings, order: &ChannelOrder) -> String {
         PayScene::Wap => ("alipay.trade.wap.pay", "QUICK_WAP_WAY"),
         _ => ("alipay.trade.page.pay", "FAST_INSTANT_TRADE_PAY"),
     };
-    let biz = json!({
+    let mut biz = json!({
         "out_trade_no": order.pay_order_no.as_str(),
-        "total_amount": wire::yuan(order.amount.minor()),
         "subject": order.subject,
         "product_code": product,
         "time_expire": wire::timestamp(order.expire_time),
     });
+    priced(&mut biz, order.amount);
     let params = signed_params(s, method, &biz, order.return_url.as_deref());
     let sep = if s.gateway_url.contains('?') { '&' } else { '?' };
     format!("{}{sep}{}", s.gateway_url, wire::form(&params))
@@ -161,12 +170,12 @@ impl ChannelConnector for AlipayConnector {
         }
         let (s, http) = (Arc::clone(&self.settings), self.http.clone());
         Box::pin(async move {
-            let biz = json!({
+            let mut biz = json!({
                 "out_trade_no": order.pay_order_no.as_str(),
-                "total_amount": wire::yuan(order.amount.minor()),
                 "subject": order.subject,
                 "time_expire": wire::timestamp(order.expire_time),
             });
+            priced(&mut biz, order.amount);
             let node = call(&s, &http, "alipay.trade.precreate", biz).await?;
             let qr = text(&node, "qr_code");
             if qr.is_empty() {

@@ -180,7 +180,7 @@ impl ChannelConnector for UnionPayConnector {
             ("orderId", order.pay_order_no.to_string()),
             ("txnTime", wire::txn_time(order.create_time)),
             ("txnAmt", order.amount.minor().to_string()),
-            ("currencyCode", "156".to_owned()),
+            ("currencyCode", order.amount.currency().numeric().to_owned()),
             ("frontUrl", order.return_url.clone().unwrap_or_else(|| s.front_url.clone())),
             ("backUrl", s.back_url.clone()),
             ("payTimeout", wire::txn_time(order.expire_time)),
@@ -220,7 +220,7 @@ impl ChannelConnector for UnionPayConnector {
                 ("orderId", wire::refund_order_id(refund.trade.pay_order_no.as_str(), &refund.refund_no)),
                 ("txnTime", wire::txn_time(refund.requested_at)),
                 ("txnAmt", refund.amount.minor().to_string()),
-                ("currencyCode", "156".to_owned()),
+                ("currencyCode", refund.amount.currency().numeric().to_owned()),
                 ("origQryId", orig_qry_id),
                 ("backUrl", s.back_url.clone()),
             ];

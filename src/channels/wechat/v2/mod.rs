@@ -137,6 +137,7 @@ impl ChannelConnector for WechatV2Connector {
                 ("body", order.subject.chars().take(128).collect()),
                 ("out_trade_no", order.pay_order_no.to_string()),
                 ("total_fee", order.amount.minor().to_string()),
+                ("fee_type", order.amount.currency().code().to_owned()),
                 ("spbill_create_ip", order.client_ip.clone().unwrap_or_else(|| "127.0.0.1".into())),
                 ("notify_url", s.notify_url.clone()),
                 ("trade_type", "NATIVE".into()),
@@ -179,6 +180,7 @@ impl ChannelConnector for WechatV2Connector {
                 ("out_refund_no", refund.refund_no.clone()),
                 ("total_fee", refund.trade.amount.minor().to_string()),
                 ("refund_fee", refund.amount.minor().to_string()),
+                ("refund_fee_type", refund.amount.currency().code().to_owned()),
             ]);
             match call(&s, &http, "/secapi/pay/refund", p).await {
                 // Accepted: WeChat finishes refunds asynchronously.

@@ -244,7 +244,7 @@ impl ChannelConnector for WechatV3Connector {
                 "out_trade_no": order.pay_order_no.as_str(),
                 "time_expire": wire::rfc3339_beijing(order.expire_time),
                 "notify_url": s.notify_url,
-                "amount": { "total": order.amount.minor(), "currency": "CNY" },
+                "amount": { "total": order.amount.minor(), "currency": order.amount.currency().code() },
             });
             let a = call(&s, &http, hyper::Method::POST, "/v3/pay/transactions/native", Some(&body)).await?;
             let code_url = text(&a.json, "code_url");
@@ -280,7 +280,11 @@ impl ChannelConnector for WechatV3Connector {
             let body = json!({
                 "out_trade_no": refund.trade.pay_order_no.as_str(),
                 "out_refund_no": refund.refund_no,
-                "amount": { "refund": refund.amount.minor(), "total": refund.trade.amount.minor(), "currency": "CNY" },
+                "amount": {
+                    "refund": refund.amount.minor(),
+                    "total": refund.trade.amount.minor(),
+                    "currency": refund.amount.currency().code(),
+                },
             });
             match call(&s, &http, hyper::Method::POST, "/v3/refund/domestic/refunds", Some(&body)).await {
                 Ok(a) => Ok(refund_state(&a.json)),
