@@ -186,7 +186,17 @@ const REPLAY_CHUNK: usize = 4096;
 
 /// Opens the views, rebuilding them only when they are proven bad.
 fn open_views(dir: &Path, opts: &StorageOptions, report: &mut RecoveryReport) -> Result<Views, OpenError> {
-    match Views::open(dir, opts.query_policy, opts.cache_bytes) {
+    // We hold the data directory's lock, so a sled lock held on the views can only be
+    // this process's previous storage, still closing (a node restarted in-process).
+    let mut opened = Views::open(dir, opts.query_policy, opts.cache_bytes);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while matches!(&opened, Err(ProjectError::Sled(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        opened = Views::open(dir, opts.query_policy, opts.cache_bytes);
+    }
+    match opened {
         Ok(v) => Ok(v),
         Err(e) if e.proves_views_bad() => {
             tracing::warn!(error = %e, "views unusable; rebuilding them from the journal");
