@@ -258,6 +258,12 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
+/// A configuration file that must be there, readable and TOML.
+fn required_file(path: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    text.parse::<toml::Table>().map(|_| ()).map_err(|e| ConfigError(format!("{}: not valid TOML: {e}", path.display())))
+}
+
 impl Config {
     /// Loads the configuration from `dir` (the files above), the environment and `overrides`.
     pub fn load(dir: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -267,6 +273,11 @@ impl Config {
                 "{} not found (run from the repository root or pass --config)",
                 default.display()
             )));
+        }
+        // A node without merchants or channels answers every request with an error: an
+        // unreadable or empty file is a mistake to name now, not a node to serve.
+        for name in ["merchants.toml", "channels.toml"] {
+            required_file(&dir.join(name))?;
         }
         let mut fig = Figment::new()
             .merge(Toml::file(default))
@@ -285,6 +296,12 @@ impl Config {
         let key = MasterKey::resolve(env_key.as_deref(), config.secrets.master_key_file.as_deref())
             .map_err(|e| ConfigError(e.to_string()))?;
         config.open_secrets(&key)?;
+        if config.merchants.is_empty() {
+            return Err(ConfigError(format!("{} defines no [[merchants]]", dir.join("merchants.toml").display())));
+        }
+        if config.channels.is_empty() {
+            return Err(ConfigError(format!("{} defines no [[channels]]", dir.join("channels.toml").display())));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -368,6 +385,18 @@ impl Config {
         }
         if self.admin.token == DEMO_ADMIN_TOKEN {
             return Some("admin.token is the demo token; set PAYGATE_ADMIN__TOKEN to a sealed token of your own");
+        }
+        // Anyone can mark a sandbox order paid (`POST /sandbox/pay/…`), and the built-in
+        // simulator pays whatever it is asked to: neither belongs in front of real money.
+        if self.channels.iter().any(|c| c.provider == "sandbox") {
+            return Some(
+                "a channel uses the sandbox provider, which anyone can mark paid; remove it from channels.toml",
+            );
+        }
+        if self.channels.iter().any(|c| c.settings.get("gateway_url").and_then(|v| v.as_str()) == Some("builtin")) {
+            return Some(
+                "a channel's gateway_url is \"builtin\" (the simulator); point it at the provider's real gateway",
+            );
         }
         None
     }

@@ -6,7 +6,7 @@ use base64::Engine;
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::signature::{Keypair, SignatureEncoding, Signer, Verifier};
+use rsa::signature::{Keypair, RandomizedSigner, SignatureEncoding, Verifier};
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use sha2::Sha256;
 
@@ -59,9 +59,12 @@ impl RsaSigner {
         key.map(|k| RsaSigner(SigningKey::new(k))).ok_or_else(|| KeyError(what.to_owned()))
     }
 
-    /// The signature of `message`, standard base64 with padding.
+    /// The signature of `message`, standard base64 with padding. The private-key
+    /// operation is blinded with fresh randomness, so its timing says nothing about the
+    /// key; PKCS#1 v1.5 signatures are the same bytes either way.
     pub fn sign_base64(&self, message: &[u8]) -> String {
-        base64::engine::general_purpose::STANDARD.encode(self.0.sign(message).to_bytes())
+        let signature = self.0.sign_with_rng(&mut rand::rngs::OsRng, message);
+        base64::engine::general_purpose::STANDARD.encode(signature.to_bytes())
     }
 
     /// The public half.

@@ -1,4 +1,5 @@
 //! The `paygate` binary.
+#![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::process::ExitCode;
@@ -54,28 +55,25 @@ fn serve(dir: &std::path::Path, overrides: Overrides, production: bool, accept_d
     }
     let node = paygate::node::start(config).map_err(|e| e.to_string())?;
     println!("paygate listening on http://{} (public URL {})", node.addr, node.public_url);
-    stop_on_signal();
-    node.wait();
+    wait_for_signal()?;
+    eprintln!("paygate: stopping: no new connections, finishing requests in flight");
+    node.drain_and_stop(DRAIN);
     Ok(())
 }
 
-/// SIGINT / SIGTERM stop the process. Every acknowledged write is already durable, so
-/// exiting at once loses nothing (crash-only); views are rebuilt from the journal.
-fn stop_on_signal() {
-    std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-            return;
-        };
-        rt.block_on(async {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-                return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
-        eprintln!("paygate: stopping");
-        std::process::exit(0);
-    });
+/// How long a stopping node lets the requests in flight finish.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok(())
+    })
 }

@@ -71,6 +71,8 @@ pub struct Node {
     pub views: Arc<Views>,
     /// Live order actors.
     pub registry: Arc<Registry>,
+    /// Dropped when the node stops, with the journal handle it holds.
+    app: Option<Arc<App>>,
     /// Dropped when the node stops, so the journal's threads can finish.
     journal: Option<JournalHandle>,
     storage_threads: Vec<JoinHandle<()>>,
@@ -81,6 +83,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// A graceful stop: no new connections, the requests being handled finish (for at
+    /// most `limit`), then the node stops. Every acknowledged write was durable before
+    /// its answer, so nothing depends on this; it spares clients a reset mid-request.
+    pub fn drain_and_stop(self, limit: Duration) {
+        let left = self.app.as_ref().map_or(0, |app| app.drain(limit));
+        if left > 0 {
+            tracing::warn!(left, "stopping with requests still running after {limit:?}");
+        }
+        self.stop();
+    }
+
     /// Stops the node and waits for its actors to end.
     pub fn stop(mut self) {
         self.system.stop();
@@ -102,8 +115,9 @@ impl Node {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        // The actors are gone with the system; with this last handle the writer ends,
+        // The actors are gone with the system; with these last handles the writer ends,
         // and the projector after the last batch is in the views.
+        self.app = None;
         self.journal = None;
         let deadline = std::time::Instant::now() + STORAGE_CLOSE;
         while self.storage_threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
@@ -159,6 +173,7 @@ struct Started {
     sandbox: Option<Arc<Sandbox>>,
     sim: Option<crate::sim::SimHandle>,
     registry: Arc<Registry>,
+    app: Arc<App>,
     system: System,
 }
 
@@ -204,6 +219,7 @@ pub fn start(config: Config) -> Result<Node, StartError> {
         storage_threads,
         _lock: lock,
         registry: started.registry,
+        app: Some(started.app),
         system: started.system,
         thread: Some(thread),
     })
@@ -323,11 +339,13 @@ fn build(
         inflight: Default::default(),
         max_inflight: config.server.max_inflight,
         reconcile_gate: Default::default(),
+        active: Default::default(),
+        stopping: tokio::sync::watch::Sender::new(false),
     });
     // The acceptor runs on the system arbiter; connections are served by the workers.
-    actix_rt::spawn(crate::http::serve(listener, app, handles.clone()));
+    actix_rt::spawn(crate::http::serve(listener, Arc::clone(&app), handles.clone()));
     tracing::info!(%addr, workers, shards = config.shards.count, "paygate is serving");
-    Ok(Started { addr, public_url, sandbox, sim, registry, system: System::current() })
+    Ok(Started { addr, public_url, sandbox, sim, registry, app, system: System::current() })
 }
 
 /// The `gateway_url` that means "the simulator this node runs".

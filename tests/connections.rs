@@ -124,3 +124,20 @@ fn a_body_that_arrives_in_pieces_within_the_timeout_is_read_whole() {
     assert_eq!(answer["data"]["pay_order_no"], id.as_str());
     assert_eq!(answer["data"]["amount"], "3.21");
 }
+
+/// A declared body over the limit is refused when the headers arrive: the node does not
+/// wait (until the header timeout) for a body it will not take.
+#[test]
+fn a_declared_body_over_the_limit_is_refused_at_once() {
+    let t = TestNode::start_with(|c| c.server.header_timeout_secs = 10);
+    let mut s = TcpStream::connect(t.url.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let started = Instant::now();
+    s.write_all(b"POST /api/v1/payment/pay HTTP/1.1\r\nHost: paygate\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{\"a\":")
+        .unwrap();
+    let mut got = vec![0u8; 512];
+    let n = s.read(&mut got).expect("an answer before the header timeout");
+    let text = String::from_utf8_lossy(&got[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not after the 10 s timeout");
+}

@@ -536,3 +536,44 @@ fn a_second_node_on_the_same_data_directory_refuses_and_changes_nothing() {
         assert_eq!(c.query_id(id).code(), "SUCCESS", "{id}");
     }
 }
+
+/// SIGTERM: no new connections, the requests in flight finish and are answered, then
+/// the process exits 0; what they did is there after a restart.
+#[test]
+fn sigterm_finishes_the_requests_in_flight_before_exiting() {
+    let data = tempfile::tempdir().unwrap();
+    let mut node = BinNode::start(data.path(), &[]);
+    let slow = ureq::post(&format!("{}/admin/sandbox/settings", node.url))
+        .set("authorization", "Bearer demo-admin-token")
+        .send_json(serde_json::json!({ "latency_ms": 1500, "error_rate": 0.0, "hang_rate": 0.0 }));
+    assert_eq!(slow.map(|r| r.status()).ok(), Some(200), "the sandbox answers slowly now");
+    let client = node.client();
+    let in_flight: Vec<_> = (0..4)
+        .map(|i| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                client.post_signed("/api/v1/payment/pay", Client::pay_params(&format!("TERM-{i}"), "1.00"))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let term = std::process::Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(node.url.trim_start_matches("http://")).is_err(),
+        "no new connections while stopping"
+    );
+    let mut acked = Vec::new();
+    for h in in_flight {
+        let a = h.join().unwrap().expect("answered, not reset");
+        assert_eq!(a.code(), "SUCCESS", "{a:?}");
+        acked.push(a.data("pay_order_no").to_owned());
+    }
+    let status = node.child.wait().unwrap();
+    assert!(status.success(), "a clean exit: {status}");
+    let node = BinNode::start(data.path(), &[]);
+    for id in &acked {
+        assert_eq!(node.client().query_id(id).code(), "SUCCESS", "{id}");
+    }
+}

@@ -66,6 +66,42 @@ fn production_mode_refuses_the_demo_key_and_token() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin.token"));
+
+    // A real key and token: the sandbox channel (anyone can mark its orders paid) and
+    // the built-in simulator are refused in turn.
+    let admin = MasterKey::from_hex(&key_hex).unwrap().seal("a-real-admin-token-0123456789");
+    let env = [("PAYGATE_MASTER_KEY", key_hex.as_str()), ("PAYGATE_ADMIN__TOKEN", admin.as_str())];
+    let production = |config: &std::path::Path| {
+        let out =
+            BinNode::command_with_config(config, data.path(), free_port(), &env).arg("--production").output().unwrap();
+        assert!(!out.status.success(), "refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(production(config.path()).contains("sandbox provider"));
+    let channels = config.path().join("channels.toml");
+    let mut table: toml::Table = std::fs::read_to_string(&channels).unwrap().parse().unwrap();
+    if let Some(toml::Value::Array(list)) = table.get_mut("channels") {
+        list.retain(|c| c.get("provider").and_then(|p| p.as_str()) != Some("sandbox"));
+    }
+    std::fs::write(&channels, toml::to_string(&table).unwrap()).unwrap();
+    let err = production(config.path());
+    assert!(err.contains("gateway_url is \"builtin\""), "{err}");
+}
+
+#[test]
+fn an_empty_or_unreadable_channels_or_merchants_file_stops_the_start_by_name() {
+    for (file, contents) in [("channels.toml", ""), ("merchants.toml", "# nothing\n"), ("channels.toml", "[[[")] {
+        let config = tempfile::tempdir().unwrap();
+        copy_dir(&config_dir(), config.path());
+        std::fs::write(config.path().join(file), contents).unwrap();
+        let err = String::from_utf8_lossy(&load_config(config.path(), None).stderr).into_owned();
+        assert!(err.contains(file), "{file} {contents:?}: {err}");
+    }
+    let config = tempfile::tempdir().unwrap();
+    copy_dir(&config_dir(), config.path());
+    std::fs::remove_file(config.path().join("merchants.toml")).unwrap();
+    let err = String::from_utf8_lossy(&load_config(config.path(), None).stderr).into_owned();
+    assert!(err.contains("merchants.toml"), "{err}");
 }
 
 #[test]

@@ -36,11 +36,13 @@ pub enum ErrorCode {
     /// The node's disk is full: writes are refused until an operator frees space; reads
     /// go on.
     StorageFull,
+    /// The part of the node that holds this order is saturated: retry shortly.
+    SystemBusy,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidParam,
         ErrorCode::SignError,
         ErrorCode::TimestampExpired,
@@ -56,6 +58,7 @@ impl ErrorCode {
         ErrorCode::ChannelError,
         ErrorCode::SystemError,
         ErrorCode::StorageFull,
+        ErrorCode::SystemBusy,
     ];
 
     /// The code as it appears on the wire.
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::ChannelError => "CHANNEL_ERROR",
             ErrorCode::SystemError => "SYSTEM_ERROR",
             ErrorCode::StorageFull => "STORAGE_FULL",
+            ErrorCode::SystemBusy => "SYSTEM_BUSY",
         }
     }
 }
@@ -118,6 +122,11 @@ impl CoreError {
             ErrorCode::StorageFull,
             "the gateway's storage is full; nothing was recorded, retry the same request later",
         )
+    }
+
+    /// `SYSTEM_BUSY`: the order's shard has as much queued as it takes; nothing was done.
+    pub fn shard_busy() -> CoreError {
+        CoreError::new(ErrorCode::SystemBusy, "the gateway is busy; nothing was done, retry shortly")
     }
 
     /// The node is saturated: the caller should back off and retry.

@@ -1,6 +1,7 @@
 //! The front door to orders: the registry for live actors, the shard supervisors for
 //! everything else, and direct snapshot reads for queries of idle orders.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -17,17 +18,42 @@ use crate::shared_order::SharedOrder;
 /// How often a request is routed again after meeting a passivating actor.
 const MAX_ROUTES: usize = 4;
 
+/// Most requests on their way through one shard at once. Actix's `send` waits when a
+/// mailbox is full, so without this bound an overloaded shard would queue requests
+/// without limit behind the HTTP layer; past it a request is refused at once.
+pub const SHARD_QUEUE: usize = 4096;
+
 /// Routes requests to orders.
 #[derive(Clone)]
 pub struct OrderRouter {
     oc: Arc<OrderContext>,
     shards: Arc<Vec<Addr<ShardSupervisor>>>,
+    queued: Arc<Vec<AtomicUsize>>,
+}
+
+/// One request's place in its shard's queue, given back when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl OrderRouter {
     /// A router over started shard supervisors (index = shard number).
     pub fn new(oc: Arc<OrderContext>, shards: Vec<Addr<ShardSupervisor>>) -> OrderRouter {
-        OrderRouter { oc, shards: Arc::new(shards) }
+        let queued = Arc::new(shards.iter().map(|_| AtomicUsize::new(0)).collect());
+        OrderRouter { oc, shards: Arc::new(shards), queued }
+    }
+
+    fn enqueue(&self, shard: usize) -> CoreResult<Queued<'_>> {
+        let counter = self.queued.get(shard).ok_or_else(CoreError::order_not_found)?;
+        if counter.fetch_add(1, Ordering::AcqRel) >= SHARD_QUEUE {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return Err(CoreError::shard_busy());
+        }
+        Ok(Queued(counter))
     }
 
     /// The number of shards.
@@ -35,12 +61,12 @@ impl OrderRouter {
         self.shards.len() as u16
     }
 
-    fn shard(&self, target: &OrderTarget) -> Option<&Addr<ShardSupervisor>> {
+    fn shard(&self, target: &OrderTarget) -> Option<(usize, &Addr<ShardSupervisor>)> {
         let ShardId(n) = match target {
             OrderTarget::Id(id) => id.shard(),
             OrderTarget::Key { merchant_id, order_no } => shard_of(merchant_id, order_no, self.shard_count()),
         };
-        self.shards.get(usize::from(n))
+        self.shards.get(usize::from(n)).map(|s| (usize::from(n), s))
     }
 
     /// Sends `request` to the order, activating it if needed. `caller` is the merchant
@@ -51,7 +77,8 @@ impl OrderRouter {
         request: OrderRequest,
         caller: Option<String>,
     ) -> CoreResult<Order> {
-        let shard = self.shard(&target).ok_or_else(CoreError::order_not_found)?;
+        let (n, shard) = self.shard(&target).ok_or_else(CoreError::order_not_found)?;
+        let _queued = self.enqueue(n)?;
         for _ in 0..MAX_ROUTES {
             let msg = OrderMsg { request: request.clone(), caller: caller.clone() };
             let delivery = match self.oc.registry.lookup(&target) {

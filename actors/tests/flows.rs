@@ -313,3 +313,33 @@ async fn a_passivated_order_is_read_from_the_read_cache_and_a_reactivated_one_fr
     assert_eq!(registry.read_cache.get(&o.pay_order_no).map(|o| o.status), Some(OrderStatus::Closed));
     assert_eq!(w.router.read(key("RC"), None).await.unwrap().status, OrderStatus::Closed);
 }
+
+/// A shard holds at most `SHARD_QUEUE` requests in flight: past it, a request is refused
+/// at once with SYSTEM_BUSY instead of waiting behind a full mailbox, and the shard
+/// serves again once its queue drains.
+#[actix_rt::test]
+async fn a_saturated_shard_refuses_at_once_instead_of_queueing_without_limit() {
+    use paygate_actors::router::SHARD_QUEUE;
+
+    let w = world();
+    let o = w.router.dispatch(key("BUSY"), pay("BUSY"), Some("M1".into())).await.unwrap();
+    let id = OrderTarget::Id(o.pay_order_no.clone());
+    w.channel.hold_close.store(true, Ordering::SeqCst);
+    let held: Vec<_> = (0..SHARD_QUEUE)
+        .map(|_| {
+            let (router, id) = (w.router.clone(), id.clone());
+            actix_rt::spawn(async move { router.dispatch(id, OrderRequest::Close, Some("M1".into())).await })
+        })
+        .collect();
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let refused = w.router.dispatch(id.clone(), OrderRequest::Close, Some("M1".into())).await;
+    assert_eq!(refused.map_err(|e| e.code).err(), Some(ErrorCode::SystemBusy));
+    assert!(started.elapsed() < Duration::from_secs(1), "refused at once, not queued");
+    w.channel.hold_close.store(false, Ordering::SeqCst);
+    for h in held {
+        let _ = h.await.unwrap();
+    }
+    let o = w.router.dispatch(id, OrderRequest::Query, Some("M1".into())).await.unwrap();
+    assert_eq!(o.status, OrderStatus::Closed, "served again once the queue drained");
+}

@@ -10,6 +10,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+/// The largest answer a channel call reads: a day's bill file fits many times over; a
+/// peer that sends more is not a payment provider behaving, and is not held in memory.
+pub const MAX_ANSWER_BYTES: usize = 32 << 20;
+
 /// A pooled HTTP/1 client.
 #[derive(Clone)]
 pub struct HttpClient {
@@ -72,7 +76,11 @@ impl HttpClient {
                 .iter()
                 .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
                 .collect();
-            let body = resp.into_body().collect().await.map_err(|e| format!("{url}: {e}"))?.to_bytes();
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("{url}: answer unreadable or over {MAX_ANSWER_BYTES} bytes: {e}"))?
+                .to_bytes();
             Ok(Answer { status, headers, body })
         };
         tokio::time::timeout(timeout, call).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?

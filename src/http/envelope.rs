@@ -45,6 +45,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::NoAvailableChannel => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::SystemError => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::SystemBusy => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

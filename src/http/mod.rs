@@ -70,6 +70,24 @@ pub struct App {
     pub max_inflight: usize,
     /// Bounds the channel queries that unverifiable callbacks cause.
     pub reconcile_gate: reconcile_gate::ReconcileGate,
+    /// Requests of any kind being handled now (what a graceful stop waits for).
+    pub active: AtomicUsize,
+    /// Set once the node is stopping: the acceptor stops, answers close their
+    /// connections.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl App {
+    /// Stops accepting connections and waits, at most `limit`, for the requests being
+    /// handled to finish; answers how many were still running.
+    pub fn drain(&self, limit: Duration) -> usize {
+        self.stopping.send_replace(true);
+        let deadline = std::time::Instant::now() + limit;
+        while self.active.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.active.load(Ordering::Acquire)
+    }
 }
 
 /// Holds one of the node's in-flight API slots.
@@ -78,6 +96,13 @@ struct Slot<'a>(&'a AtomicUsize);
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<'a> Slot<'a> {
+    fn hold(counter: &'a AtomicUsize) -> Slot<'a> {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Slot(counter)
     }
 }
 
@@ -134,8 +159,16 @@ pub async fn serve(listener: std::net::TcpListener, app: Arc<App>, workers: Vec<
             return;
         }
     };
+    let mut stopping = app.stopping.subscribe();
     for turn in 0usize.. {
-        let stream = match listener.accept().await.and_then(|(s, _)| s.into_std()) {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|stop| *stop) => {
+                tracing::info!("stopping: no new connections");
+                return;
+            }
+        };
+        let stream = match accepted.and_then(|(s, _)| s.into_std()) {
             Ok(stream) => stream,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -199,7 +232,9 @@ async fn read_whole_body(app: &App, req: Request<Incoming>) -> Result<(hyper::ht
     let (parts, mut body) = req.into_parts();
     let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.max_body as u64) {
-        drain(body, app.max_body).await;
+        // Refused at once; what has already arrived is read so the client sees the 413
+        // rather than a reset, but nothing waits for a body that is slow or never sent.
+        let _ = tokio::time::timeout(REFUSED_BODY_GRACE, drain(body, app.max_body)).await;
         return Err(ApiError::TooLarge(app.max_body));
     }
     let mut collected = bytes::BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
@@ -216,6 +251,9 @@ async fn read_whole_body(app: &App, req: Request<Incoming>) -> Result<(hyper::ht
     }
     Ok((parts, collected.freeze()))
 }
+
+/// How long a refused body is read before the 413 goes out anyway.
+const REFUSED_BODY_GRACE: Duration = Duration::from_millis(200);
 
 /// Reads and drops the rest of a refused body (up to a bound), so the client is still
 /// reading when the 413 arrives instead of meeting a reset connection.
@@ -269,6 +307,7 @@ fn record_request(endpoint: Endpoint, status: StatusCode, seconds: f64) {
 }
 
 async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
+    let _active = Slot::hold(&app.active);
     let started = std::time::Instant::now();
     let method = req.method().clone();
     // A `Uri` clone shares the request's bytes; the path is not copied.
@@ -278,9 +317,12 @@ async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
         Some(endpoint) => api_call(app, req, &method, endpoint).await,
         None => dispatch(app, req, &method, uri.path()).await,
     };
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
     if let Some(endpoint) = endpoint {
         record_request(endpoint, resp.status(), started.elapsed().as_secs_f64());
+    }
+    if *app.stopping.borrow() {
+        resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
     }
     resp
 }
