@@ -190,7 +190,9 @@ fn actor_round_trip(c: &mut Criterion) {
     .unwrap();
     let system = actix::System::new();
     let (router, target) = system.block_on(async {
-        let sandbox = Arc::new(Sandbox::new("bench-notify-secret-0123456789".into(), Default::default()));
+        let store = paygate::sim::store::SimStore::in_memory().unwrap();
+        let sandbox =
+            Arc::new(Sandbox::new("bench-notify-secret-0123456789".into(), Default::default(), &store).unwrap());
         let profile = ChannelProfile {
             code: "sandbox".into(),
             provider: "sandbox".into(),

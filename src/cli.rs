@@ -59,6 +59,9 @@ pub enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:9100")]
         listen: String,
+        /// Where the simulated providers keep their trades across restarts.
+        #[arg(long, default_value = "sim-data")]
+        data_dir: PathBuf,
     },
     /// Sign and send a merchant API request.
     Client(ClientArgs),
@@ -507,10 +510,11 @@ pub fn secret(args: SecretArgs) -> Result<(), String> {
 }
 
 /// `paygate sim`: serves the simulator until killed.
-pub fn sim(config: &std::path::Path, listen: &str) -> CliResult {
+pub fn sim(config: &std::path::Path, listen: &str, data_dir: &std::path::Path) -> CliResult {
     let config = Config::load(config, &Overrides::default()).map_err(|e| e.to_string())?;
     let sim_config = config.sim.ok_or("the configuration has no [sim] section (config/sim.toml)")?;
-    let handle = crate::sim::start(&sim_config, listen)?;
+    let store = crate::sim::store::SimStore::open(data_dir)?;
+    let handle = crate::sim::start(&sim_config, listen, &store)?;
     println!("paygate sim listening on {}", handle.base_url);
     if handle.sim.alipay.is_some() {
         println!("  Alipay gateway: {}/alipay/gateway.do", handle.base_url);

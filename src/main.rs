@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         }
         Command::Journal(args) => cli::journal(args),
         Command::Secret(args) => cli::secret(args),
-        Command::Sim { config, listen } => cli::sim(&config, &listen),
+        Command::Sim { config, listen, data_dir } => cli::sim(&config, &listen, &data_dir),
         Command::Client(args) => cli::client(args),
         Command::Sandbox(args) => cli::sandbox(args),
         Command::Bench(args) => cli::bench(args),

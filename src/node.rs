@@ -249,7 +249,9 @@ fn build(
     let builtin = config.channels.iter().any(|c| setting(c, "gateway_url") == Some(BUILTIN));
     let sim = match (&config.sim, builtin) {
         (Some(sim_config), true) => {
-            Some(crate::sim::start(sim_config, "127.0.0.1:0").map_err(crate::config::ConfigError)?)
+            let store = crate::sim::store::SimStore::open(&config.storage.data_dir.join("sim"))
+                .map_err(crate::config::ConfigError)?;
+            Some(crate::sim::start(sim_config, "127.0.0.1:0", &store).map_err(crate::config::ConfigError)?)
         }
         (None, true) => {
             return Err(crate::config::ConfigError(
@@ -266,7 +268,7 @@ fn build(
             "wechat_v3" => Arc::new(WechatV3Connector::new(wechat_v3_from(c, sim.as_ref(), &public_url)?)),
             "unionpay" => Arc::new(UnionPayConnector::new(unionpay_from(c, sim.as_ref(), &public_url)?)),
             "sandbox" => {
-                let s = Arc::new(sandbox_from(c)?);
+                let s = Arc::new(sandbox_from(c, &config.storage.data_dir)?);
                 s.attach(format!("http://{addr}/callback/sandbox"), format!("{public_url}/sandbox/pay/"), pick(0));
                 sandbox = Some(Arc::clone(&s));
                 Arc::new(SandboxConnector(s))
@@ -497,7 +499,7 @@ fn unionpay_from(
     })
 }
 
-fn sandbox_from(c: &ChannelConfig) -> Result<Sandbox, crate::config::ConfigError> {
+fn sandbox_from(c: &ChannelConfig, data_dir: &std::path::Path) -> Result<Sandbox, crate::config::ConfigError> {
     let secret = required(c, "notify_secret")?;
     let settings = SandboxSettings {
         latency_ms: c.settings.get("latency_ms").and_then(|v| v.as_integer()).unwrap_or(0).max(0) as u64,
@@ -505,5 +507,6 @@ fn sandbox_from(c: &ChannelConfig) -> Result<Sandbox, crate::config::ConfigError
         hang_rate: c.settings.get("hang_rate").and_then(|v| v.as_float()).unwrap_or(0.0),
     };
     settings.validate().map_err(|e| setting_error(c, e))?;
-    Ok(Sandbox::new(secret.to_owned(), settings))
+    let store = crate::sim::store::SimStore::open(&data_dir.join("sandbox")).map_err(crate::config::ConfigError)?;
+    Sandbox::new(secret.to_owned(), settings, &store).map_err(crate::config::ConfigError)
 }

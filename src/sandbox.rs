@@ -5,6 +5,11 @@
 //! tests). Payments reach the gateway as signed HTTP callbacks to `/callback/sandbox`,
 //! retried until acknowledged: the same path a real provider's notification takes.
 //! Latency, an error rate and a no-answer rate can be injected on every call.
+//!
+//! Its trades are kept in a store under the data directory ([`crate::sim::store`]):
+//! a payment, failure, close or refund is durable before it is reported, an opened
+//! trade within half a second; a callback not yet acknowledged when the node stopped is
+//! sent again when it starts, as a provider that never restarted would keep sending it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +30,7 @@ use paygate_actors::signing::{self, SignType};
 use serde::{Deserialize, Serialize};
 
 use crate::http::client::HttpClient;
+use crate::sim::store::{SimStore, Table};
 
 /// Injected faults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -56,7 +62,7 @@ impl SandboxSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum TradeStatus {
     Open,
     Paid,
@@ -64,7 +70,7 @@ enum TradeStatus {
     Closed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Trade {
     amount: Money,
     subject: String,
@@ -73,6 +79,9 @@ struct Trade {
     hang: bool,
     paid_at: Option<i64>,
     refunds: HashMap<String, i64>,
+    /// The gateway acknowledged the callback of the trade's outcome.
+    #[serde(default)]
+    notified: bool,
 }
 
 /// A control request the sandbox refused.
@@ -89,6 +98,7 @@ pub enum SandboxError {
 /// The sandbox provider.
 pub struct Sandbox {
     trades: DashMap<String, Trade>,
+    stored: Table<Trade>,
     settings: RwLock<SandboxSettings>,
     secret: String,
     /// Where callbacks go (`…/callback/sandbox`), known once the node is listening.
@@ -105,11 +115,13 @@ pub struct Sandbox {
 const NOTIFY_DELAYS_MS: [u64; 8] = [0, 500, 1_000, 2_000, 5_000, 15_000, 60_000, 300_000];
 
 impl Sandbox {
-    /// A sandbox signing its callbacks with `secret`.
-    pub fn new(secret: String, settings: SandboxSettings) -> Sandbox {
+    /// A sandbox signing its callbacks with `secret`, keeping its trades in `store`.
+    pub fn new(secret: String, settings: SandboxSettings, store: &SimStore) -> Result<Sandbox, String> {
         let start = SystemClock.now_ms().max(0) as u64;
-        Sandbox {
-            trades: DashMap::new(),
+        let stored = store.table::<Trade>("sandbox")?;
+        Ok(Sandbox {
+            trades: stored.all().into_iter().collect(),
+            stored,
             settings: RwLock::new(settings),
             secret,
             notify_url: OnceLock::new(),
@@ -118,15 +130,25 @@ impl Sandbox {
             client: HttpClient::new(),
             next_trade: AtomicU64::new(start),
             clock: SystemClock,
-        }
+        })
     }
 
     /// Wires the sandbox to its node: where to send callbacks, where the cashier page
     /// is, and the arbiter that runs callback deliveries.
-    pub fn attach(&self, notify_url: String, cashier_url: String, spawner: actix_rt::ArbiterHandle) {
+    /// Callbacks of outcomes the gateway had not acknowledged are sent again.
+    pub fn attach(self: &Arc<Self>, notify_url: String, cashier_url: String, spawner: actix_rt::ArbiterHandle) {
         let _ = self.notify_url.set(notify_url);
         let _ = self.cashier_url.set(cashier_url);
         let _ = self.spawner.set(spawner);
+        let unacknowledged: Vec<(String, Vec<u8>)> = self
+            .trades
+            .iter()
+            .filter(|t| !t.notified && matches!(t.status, TradeStatus::Paid | TradeStatus::Failed(_)))
+            .map(|t| (t.key().clone(), self.notification(t.key(), t.value())))
+            .collect();
+        for (id, body) in unacknowledged {
+            self.deliver(id, body);
+        }
     }
 
     /// Current fault settings.
@@ -144,12 +166,12 @@ impl Sandbox {
     }
 
     /// The buyer pays: the trade succeeds and a callback is sent.
-    pub fn pay(&self, id: &str) -> Result<(), SandboxError> {
+    pub fn pay(self: &Arc<Self>, id: &str) -> Result<(), SandboxError> {
         self.settle(id, TradeStatus::Paid)
     }
 
     /// The payment fails: a FAILED callback is sent.
-    pub fn fail(&self, id: &str, reason: &str) -> Result<(), SandboxError> {
+    pub fn fail(self: &Arc<Self>, id: &str, reason: &str) -> Result<(), SandboxError> {
         self.settle(id, TradeStatus::Failed(reason.to_owned()))
     }
 
@@ -157,6 +179,7 @@ impl Sandbox {
     pub fn hang(&self, id: &str) -> Result<(), SandboxError> {
         let mut t = self.trades.get_mut(id).ok_or_else(|| SandboxError::UnknownTrade(id.to_owned()))?;
         t.hang = true;
+        self.stored.put(id, &t);
         Ok(())
     }
 
@@ -165,7 +188,7 @@ impl Sandbox {
         self.trades.get(id).map(|t| (t.amount, t.subject.clone(), t.status == TradeStatus::Open))
     }
 
-    fn settle(&self, id: &str, to: TradeStatus) -> Result<(), SandboxError> {
+    fn settle(self: &Arc<Self>, id: &str, to: TradeStatus) -> Result<(), SandboxError> {
         let body = {
             let mut t = self.trades.get_mut(id).ok_or_else(|| SandboxError::UnknownTrade(id.to_owned()))?;
             if t.status != TradeStatus::Open {
@@ -175,9 +198,11 @@ impl Sandbox {
             if t.status == TradeStatus::Paid {
                 t.paid_at = Some(self.clock.now_ms());
             }
+            // The buyer was told: the outcome survives a crash from here on.
+            self.stored.put_durably(id, &t);
             self.notification(id, &t)
         };
-        self.deliver(body);
+        self.deliver(id.to_owned(), body);
         Ok(())
     }
 
@@ -200,18 +225,24 @@ impl Sandbox {
         serde_json::to_vec(&p).unwrap_or_default()
     }
 
-    /// Posts a callback until the gateway answers `success`.
-    fn deliver(&self, body: Vec<u8>) {
+    /// Posts a callback until the gateway answers `success`, then remembers that it did.
+    fn deliver(self: &Arc<Self>, id: String, body: Vec<u8>) {
         let (Some(url), Some(spawner)) = (self.notify_url.get().cloned(), self.spawner.get()) else {
             tracing::warn!("sandbox is not attached to a node; callback not sent");
             return;
         };
-        let client = self.client.clone();
+        let sandbox = Arc::clone(self);
         spawner.spawn(async move {
             for delay in NOTIFY_DELAYS_MS {
                 sleep(Duration::from_millis(delay)).await;
-                match client.post(&url, "application/json", body.clone(), Duration::from_secs(5)).await {
-                    Ok(a) if a.status == 200 && a.body.as_ref() == b"success" => return,
+                match sandbox.client.post(&url, "application/json", body.clone(), Duration::from_secs(5)).await {
+                    Ok(a) if a.status == 200 && a.body.as_ref() == b"success" => {
+                        if let Some(mut t) = sandbox.trades.get_mut(&id) {
+                            t.notified = true;
+                            sandbox.stored.put(&id, &t);
+                        }
+                        return;
+                    }
                     Ok(a) => tracing::info!(status = a.status, "sandbox callback not acknowledged; will retry"),
                     Err(e) => tracing::info!(error = %e, "sandbox callback failed; will retry"),
                 }
@@ -266,16 +297,20 @@ impl ChannelConnector for SandboxConnector {
         Box::pin(async move {
             let id = order.pay_order_no.as_str().to_owned();
             // The trade exists at the provider even if its answer is then lost.
-            let trade_no = format!("SBX{:017}", s.next_trade.fetch_add(1, Ordering::Relaxed));
-            s.trades.entry(id.clone()).or_insert_with(|| Trade {
-                amount: order.amount,
-                subject: order.subject.clone(),
-                status: TradeStatus::Open,
-                trade_no,
-                hang: false,
-                paid_at: None,
-                refunds: HashMap::new(),
-            });
+            if let dashmap::Entry::Vacant(slot) = s.trades.entry(id.clone()) {
+                let trade = Trade {
+                    amount: order.amount,
+                    subject: order.subject.clone(),
+                    status: TradeStatus::Open,
+                    trade_no: format!("SBX{:017}", s.next_trade.fetch_add(1, Ordering::Relaxed)),
+                    hang: false,
+                    paid_at: None,
+                    refunds: HashMap::new(),
+                    notified: false,
+                };
+                s.stored.put(&id, &trade);
+                slot.insert(trade);
+            }
             s.faults(s.hangs(&order.pay_order_no)).await?;
             let existing = s.trades.get(&id).map(|t| (t.amount, t.trade_no.clone()));
             match existing {
@@ -318,6 +353,7 @@ impl ChannelConnector for SandboxConnector {
                 // trades answer "not paid", closes answer "closed"): forgetting it keeps
                 // the in-process provider's memory flat over long runs.
                 s.trades.remove(id);
+                s.stored.remove_durably(id);
             }
             Ok(notice)
         })
@@ -345,6 +381,7 @@ impl ChannelConnector for SandboxConnector {
                 return Err(ChannelError::Rejected { code: "REFUND_EXCEEDS".into(), message: "exceeds paid".into() });
             }
             t.refunds.insert(refund.refund_no, refund.amount.minor());
+            s.stored.put_durably(refund.trade.pay_order_no.as_str(), &t);
             Ok(RefundState::Success)
         })
     }
@@ -406,5 +443,82 @@ impl ChannelConnector for SandboxConnector {
 
     fn callback_nack(&self) -> CallbackReply {
         CallbackReply { status: 400, content_type: "text/plain", body: b"fail".to_vec() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use paygate_actors::ids::{IdGenerator, ShardId};
+    use paygate_actors::money::Currency;
+    use paygate_actors::order::PayScene;
+
+    use super::*;
+
+    const SECRET: &str = "sandbox-test-secret-0123456789";
+
+    fn open(dir: &std::path::Path) -> Arc<Sandbox> {
+        let store = SimStore::open(dir).unwrap();
+        Arc::new(Sandbox::new(SECRET.into(), SandboxSettings::default(), &store).unwrap())
+    }
+
+    /// A gateway that acknowledges one callback and hands its body over.
+    fn one_callback() -> (String, std::sync::mpsc::Receiver<String>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/callback/sandbox", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("\"sign\"") {
+                let n = s.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nsuccess").unwrap();
+            tx.send(String::from_utf8_lossy(&got).into_owned()).unwrap();
+        });
+        (url, rx)
+    }
+
+    #[test]
+    fn a_payment_whose_callback_was_never_acknowledged_is_sent_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = IdGenerator::new(ShardId(3), 0).next(1_700_000_000_000);
+        let order = ChannelOrder {
+            pay_order_no: id.clone(),
+            amount: Money::from_minor(250, Currency::CNY),
+            subject: "tea".into(),
+            create_time: 1_700_000_000_000,
+            expire_time: 1_700_001_800_000,
+            client_ip: None,
+            scene: PayScene::Qr,
+            return_url: None,
+        };
+        let system = actix_rt::System::new();
+        system.block_on(async {
+            let sandbox = open(dir.path());
+            SandboxConnector(Arc::clone(&sandbox)).create_order(order).await.unwrap();
+            // Paid, but the node went down before any callback could reach it.
+            sandbox.pay(id.as_str()).unwrap();
+        });
+        let (url, callbacks) = one_callback();
+        system.block_on(async {
+            let sandbox = open(dir.path());
+            sandbox.attach(url, "http://127.0.0.1:1/sandbox/pay/".into(), actix_rt::Arbiter::current());
+            let body = loop {
+                if let Ok(body) = callbacks.try_recv() {
+                    break body;
+                }
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            };
+            assert!(body.contains(id.as_str()) && body.contains("\"trade_status\":\"SUCCESS\""), "{body}");
+            // Acknowledged now: remembered, so a later start sends nothing again.
+            while !sandbox.trades.get(id.as_str()).is_some_and(|t| t.notified) {
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
     }
 }

@@ -2,6 +2,8 @@
 //! page/wap pay, query, close, refund, refund query and bill URLs; a cashier page for
 //! the QR code; RSA2-signed answers and notifications; bills from its own trades.
 
+use super::store::{Persisted, SimStore};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,6 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{answer, lock, random_hex, Fault, Faults, SimCore, SimRequest, SimResponse};
@@ -64,7 +65,7 @@ pub struct AlipaySimApp {
     pub app_public_key: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Status {
     WaitBuyerPay,
     Success,
@@ -81,14 +82,14 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Refund {
     out_request_no: String,
     fen: i64,
     at: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Trade {
     app_id: String,
     out_trade_no: String,
@@ -116,7 +117,7 @@ impl Trade {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Book {
     /// By out_trade_no.
     trades: HashMap<String, Trade>,
@@ -134,7 +135,7 @@ pub struct AlipaySim {
     apps: HashMap<String, RsaVerifier>,
     seller_id: String,
     fee_rate: Decimal,
-    book: Mutex<Book>,
+    book: Persisted<Book>,
     faults: Mutex<Faults>,
 }
 
@@ -158,7 +159,7 @@ fn text<'a>(biz: &'a Value, k: &str) -> &'a str {
 
 impl AlipaySim {
     /// The gateway for `config`.
-    pub fn new(config: &AlipaySimConfig, core: Arc<SimCore>) -> Result<AlipaySim, String> {
+    pub fn new(config: &AlipaySimConfig, core: Arc<SimCore>, store: &SimStore) -> Result<AlipaySim, String> {
         let key = RsaSigner::from_text("sim.alipay.alipay_private_key", &config.alipay_private_key)
             .map_err(|e| e.to_string())?;
         let mut apps = HashMap::new();
@@ -174,7 +175,7 @@ impl AlipaySim {
             apps,
             seller_id: config.seller_id.clone(),
             fee_rate,
-            book: Mutex::default(),
+            book: store.book("alipay")?,
             faults: Mutex::default(),
         })
     }
@@ -297,7 +298,7 @@ impl AlipaySim {
             return Err(business("ACQ.INVALID_PARAMETER", "total_amount must be 0.01-100000000.00"));
         };
         let now = self.core.now_ms();
-        let mut book = lock(&self.book);
+        let mut book = self.book.lock();
         if let Some(t) = book.trades.get(out_trade_no) {
             return match t.status {
                 Status::Success => Err(business("ACQ.TRADE_HAS_SUCCESS", "the trade is paid")),
@@ -333,7 +334,7 @@ impl AlipaySim {
     }
 
     fn query(&self, biz: &Value) -> Outcome {
-        let mut book = lock(&self.book);
+        let mut book = self.book.lock();
         let now = self.core.now_ms();
         let t = find(&mut book, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
         expire_if_due(t, now);
@@ -350,7 +351,7 @@ impl AlipaySim {
     }
 
     fn close(&self, biz: &Value) -> Outcome {
-        let mut book = lock(&self.book);
+        let mut book = self.book.lock();
         let now = self.core.now_ms();
         let t = find(&mut book, biz).ok_or_else(not_exist)?;
         expire_if_due(t, now);
@@ -374,7 +375,7 @@ impl AlipaySim {
         let notification;
         let answer;
         {
-            let mut book = lock(&self.book);
+            let mut book = self.book.lock();
             let t = find(&mut book, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
             let request_no = match text(biz, "out_request_no") {
                 "" => t.out_trade_no.clone(),
@@ -414,7 +415,7 @@ impl AlipaySim {
     }
 
     fn refund_query(&self, biz: &Value) -> Outcome {
-        let mut book = lock(&self.book);
+        let mut book = self.book.lock();
         let t = find(&mut book, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
         let request_no = match text(biz, "out_request_no") {
             "" => t.out_trade_no.clone(),
@@ -441,13 +442,13 @@ impl AlipaySim {
             return Err(business("BILL_NOT_EXIST", "the bill of that date is not ready"));
         }
         let token = random_hex(16);
-        lock(&self.book).bills.insert(token.clone(), (date.to_owned(), now + BILL_URL_LIFE_MS));
+        self.book.lock().bills.insert(token.clone(), (date.to_owned(), now + BILL_URL_LIFE_MS));
         Ok(fields(json!({ "bill_download_url": format!("{}/alipay/bill/{token}", self.core.base_url) })))
     }
 
     fn bill_file(&self, token: &str) -> SimResponse {
         let now = self.core.now_ms();
-        let book = lock(&self.book);
+        let book = self.book.lock();
         let Some((date, _)) = book.bills.get(token).filter(|(_, until)| *until >= now).cloned() else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "the link has expired");
         };
@@ -494,7 +495,7 @@ impl AlipaySim {
     /// The buyer's page behind the QR code; `pay` is the buyer pressing Pay.
     fn cashier(&self, token: &str, pay: bool) -> SimResponse {
         let out_trade_no = {
-            let mut book = lock(&self.book);
+            let mut book = self.book.lock();
             let Some(id) = book.codes.get(token).cloned() else {
                 return answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "二维码无效 (no such code)");
             };
@@ -511,7 +512,7 @@ impl AlipaySim {
         } else {
             String::new()
         };
-        let book = lock(&self.book);
+        let book = self.book.lock();
         let Some(t) = book.trades.get(&out_trade_no) else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "no such trade");
         };
@@ -533,7 +534,7 @@ impl AlipaySim {
     fn pay_trade(&self, out_trade_no: &str) -> Result<String, String> {
         let now = self.core.now_ms();
         let (url, params, trade_no) = {
-            let mut book = lock(&self.book);
+            let mut book = self.book.lock();
             let t = book.trades.get_mut(out_trade_no).ok_or("no such trade")?;
             expire_if_due(t, now);
             match t.status {
@@ -606,7 +607,7 @@ impl super::Controlled for AlipaySim {
     }
 
     fn trade(&self, out_trade_no: &str) -> Option<Value> {
-        let book = lock(&self.book);
+        let book = self.book.lock();
         let t = book.trades.get(out_trade_no)?;
         Some(json!({
             "out_trade_no": t.out_trade_no, "trade_no": t.trade_no, "status": t.status.as_str(),

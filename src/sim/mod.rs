@@ -13,9 +13,11 @@
 //! `GET /sim/{provider}/trades/{id}`.
 
 pub mod alipay;
+pub mod store;
 pub mod unionpay;
 pub mod wechat;
 
+use self::store::SimStore;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -203,11 +205,21 @@ pub struct SimHandle {
     pub base_url: String,
     /// The simulator.
     pub sim: Arc<Simulator>,
+    /// Stops the server (and so closes the simulator's store) once the last handle goes.
+    _stop: Arc<StopOnDrop>,
+}
+
+struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Simulator {
-    /// Builds the simulator for `base_url`.
-    pub fn new(config: &SimConfig, base_url: String) -> Result<Simulator, String> {
+    /// Builds the simulator for `base_url`, its trades kept in `store`.
+    pub fn new(config: &SimConfig, base_url: String, store: &SimStore) -> Result<Simulator, String> {
         let core = Arc::new(SimCore {
             offset_ms: AtomicI64::new(0),
             http: HttpClient::new(),
@@ -215,15 +227,15 @@ impl Simulator {
             base_url,
         });
         let alipay = match &config.alipay {
-            Some(c) => Some(Arc::new(alipay::AlipaySim::new(c, Arc::clone(&core))?)),
+            Some(c) => Some(Arc::new(alipay::AlipaySim::new(c, Arc::clone(&core), store)?)),
             None => None,
         };
         let wechat = match &config.wechat {
-            Some(c) => Some(Arc::new(wechat::WechatSim::new(c, Arc::clone(&core))?)),
+            Some(c) => Some(Arc::new(wechat::WechatSim::new(c, Arc::clone(&core), store)?)),
             None => None,
         };
         let unionpay = match &config.unionpay {
-            Some(c) => Some(Arc::new(unionpay::UnionPaySim::new(c, Arc::clone(&core))?)),
+            Some(c) => Some(Arc::new(unionpay::UnionPaySim::new(c, Arc::clone(&core), store)?)),
             None => None,
         };
         Ok(Simulator { core, alipay, wechat, unionpay })
@@ -266,12 +278,12 @@ impl Simulator {
 }
 
 /// Binds `listen` and serves the simulator on its own thread and runtime.
-pub fn start(config: &SimConfig, listen: &str) -> Result<SimHandle, String> {
+pub fn start(config: &SimConfig, listen: &str, store: &SimStore) -> Result<SimHandle, String> {
     let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("simulator {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let base_url = format!("http://{addr}");
-    let sim = Arc::new(Simulator::new(config, base_url.clone())?);
+    let sim = Arc::new(Simulator::new(config, base_url.clone(), store)?);
     let served = Arc::clone(&sim);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -279,20 +291,30 @@ pub fn start(config: &SimConfig, listen: &str) -> Result<SimHandle, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     std::thread::Builder::new()
         .name("paygate-sim".into())
-        .spawn(move || rt.block_on(serve(listener, served)))
+        .spawn(move || {
+            rt.block_on(serve(listener, served, stopped));
+            // Dropping the runtime ends its connections, and with them the last
+            // references to the simulator and its store.
+            drop(rt);
+        })
         .map_err(|e| e.to_string())?;
-    Ok(SimHandle { addr, base_url, sim })
+    Ok(SimHandle { addr, base_url, sim, _stop: Arc::new(StopOnDrop(stop)) })
 }
 
-async fn serve(listener: std::net::TcpListener, sim: Arc<Simulator>) {
+async fn serve(listener: std::net::TcpListener, sim: Arc<Simulator>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         tracing::error!("simulator: cannot listen");
         return;
     };
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
         let sim = Arc::clone(&sim);
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {

@@ -6,6 +6,8 @@
 //! notifications are signed with the simulator's signing certificate, issued by its own
 //! CA, which they carry in `signPubKeyCert`.
 
+use super::store::{Persisted, SimStore};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +15,6 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use serde_json::json;
 use std::str::FromStr;
 
@@ -59,14 +60,14 @@ pub struct UnionPaySimMerchant {
     pub certificate: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Status {
     /// Opened by the front form, not paid.
     Open,
     Paid,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Refund {
     order_id: String,
     txn_time: String,
@@ -75,7 +76,7 @@ struct Refund {
     at: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Trade {
     mer_id: String,
     order_id: String,
@@ -91,7 +92,7 @@ struct Trade {
     token: String,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Book {
     trades: HashMap<String, Trade>,
     tokens: HashMap<String, String>,
@@ -106,7 +107,7 @@ pub struct UnionPaySim {
     key: RsaSigner,
     fee_rate: Decimal,
     merchants: HashMap<String, (String, Certificate)>,
-    book: Mutex<Book>,
+    book: Persisted<Book>,
     faults: Mutex<Faults>,
 }
 
@@ -122,7 +123,7 @@ fn fields(pairs: &[(&str, String)]) -> Params {
 
 impl UnionPaySim {
     /// The gateway for `config`.
-    pub fn new(config: &UnionPaySimConfig, core: Arc<SimCore>) -> Result<UnionPaySim, String> {
+    pub fn new(config: &UnionPaySimConfig, core: Arc<SimCore>, store: &SimStore) -> Result<UnionPaySim, String> {
         let cert = Certificate::from_pem("sim.unionpay.signing_certificate", &config.signing_certificate)
             .map_err(|e| e.to_string())?;
         let key = RsaSigner::from_text("sim.unionpay.signing_private_key", &config.signing_private_key)
@@ -140,7 +141,7 @@ impl UnionPaySim {
             key,
             fee_rate: Decimal::from_str(&config.fee_rate).map_err(|e| format!("sim.unionpay.fee_rate: {e}"))?,
             merchants,
-            book: Mutex::default(),
+            book: store.book("unionpay")?,
             faults: Mutex::default(),
         })
     }
@@ -194,7 +195,7 @@ impl UnionPaySim {
         if !valid_id || get(p, "txnType") != "01" || get(p, "txnTime").len() != 14 || get(p, "currencyCode") != "156" {
             return Err(("30", "orderId, txnType 01, txnTime and currencyCode 156 are required".into()));
         }
-        let mut book = lock(&self.book);
+        let mut book = self.book.lock();
         if let Some(t) = book.trades.get(order_id) {
             return if t.txn_time == get(p, "txnTime") && t.amount == amount {
                 Ok(t.token.clone())
@@ -275,7 +276,7 @@ impl UnionPaySim {
     fn query(&self, p: &Params) -> Outcome {
         let (order_id, txn_time) = (get(p, "orderId"), get(p, "txnTime"));
         let now = self.core.now_ms();
-        let book = lock(&self.book);
+        let book = self.book.lock();
         if let Some(t) = book.trades.get(order_id).filter(|t| t.txn_time == txn_time && t.mer_id == get(p, "merId")) {
             let (code, msg) = match t.status {
                 Status::Paid => ("00", "成功[0000000]"),
@@ -323,7 +324,7 @@ impl UnionPaySim {
         let fee = |fen: i64| (Decimal::from(fen) * self.fee_rate).round().to_i64().unwrap_or(0);
         let mut rows = Vec::new();
         {
-            let book = lock(&self.book);
+            let book = self.book.lock();
             let mut trades: Vec<&Trade> = book.trades.values().filter(|t| t.mer_id == mer_id).collect();
             trades.sort_by_key(|t| t.paid_at);
             for t in trades {
@@ -361,7 +362,7 @@ impl UnionPaySim {
             return Err(("30", "txnType 04, orderId and txnTime are required".into()));
         }
         let notification = {
-            let mut book = lock(&self.book);
+            let mut book = self.book.lock();
             let t = book
                 .trades
                 .values_mut()
@@ -430,7 +431,7 @@ impl UnionPaySim {
     }
 
     fn cashier(&self, token: &str, pay: bool) -> SimResponse {
-        let Some(order_id) = lock(&self.book).tokens.get(token).cloned() else {
+        let Some(order_id) = self.book.lock().tokens.get(token).cloned() else {
             return answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "no such payment page");
         };
         let message = if pay {
@@ -438,7 +439,7 @@ impl UnionPaySim {
         } else {
             String::new()
         };
-        let book = lock(&self.book);
+        let book = self.book.lock();
         let Some(t) = book.trades.get(&order_id) else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "no such trade");
         };
@@ -468,7 +469,7 @@ impl UnionPaySim {
     fn pay_trade(&self, order_id: &str) -> Result<String, String> {
         let now = self.core.now_ms();
         let (mer_id, url, n, query_id) = {
-            let mut book = lock(&self.book);
+            let mut book = self.book.lock();
             let t = book.trades.get_mut(order_id).ok_or("no such trade")?;
             match t.status {
                 Status::Paid => return Ok(t.query_id.clone()),
@@ -503,7 +504,7 @@ impl super::Controlled for UnionPaySim {
     }
 
     fn trade(&self, out_trade_no: &str) -> Option<serde_json::Value> {
-        let book = lock(&self.book);
+        let book = self.book.lock();
         let t = book.trades.get(out_trade_no)?;
         Some(json!({ "orderId": t.order_id, "txnTime": t.txn_time, "txnAmt": t.amount, "queryId": t.query_id,
                      "status": if t.status == Status::Paid { "PAID" } else { "OPEN" },

@@ -6,6 +6,8 @@
 mod v2;
 mod v3;
 
+use crate::sim::store::{Persisted, SimStore};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -15,10 +17,9 @@ use hyper::{Method, StatusCode};
 use paygate_actors::signing::SignType;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use serde_json::json;
 
-use super::{answer, lock, random_hex, Faults, SimCore, SimRequest, SimResponse};
+use super::{answer, random_hex, Faults, SimCore, SimRequest, SimResponse};
 use crate::channels::alipay::wire::date;
 use crate::channels::wechat::bill::BillRow;
 use crate::channels::wechat::v3::wire as v3wire;
@@ -112,13 +113,13 @@ struct Platform {
 }
 
 /// Which API opened a trade, and so speaks its notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Api {
     V2(SignType),
     V3,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum State {
     NotPay,
     Success,
@@ -137,7 +138,7 @@ impl State {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Refund {
     out_refund_no: String,
     refund_id: String,
@@ -145,7 +146,7 @@ struct Refund {
     at: i64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Trade {
     appid: String,
     mch_id: String,
@@ -197,7 +198,7 @@ enum Refusal {
     RefundNotFound,
 }
 
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Book {
     trades: HashMap<String, Trade>,
     tokens: HashMap<String, String>,
@@ -210,13 +211,13 @@ pub struct WechatSim {
     merchants: HashMap<String, Merchant>,
     platform: Option<Platform>,
     fee_rate: Decimal,
-    book: Mutex<Book>,
+    book: Persisted<Book>,
     faults: Mutex<Faults>,
 }
 
 impl WechatSim {
     /// The simulator for `config`.
-    pub fn new(config: &WechatSimConfig, core: Arc<SimCore>) -> Result<WechatSim, String> {
+    pub fn new(config: &WechatSimConfig, core: Arc<SimCore>, store: &SimStore) -> Result<WechatSim, String> {
         let fee_rate = Decimal::from_str(&config.fee_rate).map_err(|e| format!("sim.wechat.fee_rate: {e}"))?;
         let mut merchants = HashMap::new();
         for m in &config.merchants {
@@ -250,7 +251,7 @@ impl WechatSim {
             }),
             None => None,
         };
-        Ok(WechatSim { core, merchants, platform, fee_rate, book: Mutex::default(), faults: Mutex::default() })
+        Ok(WechatSim { core, merchants, platform, fee_rate, book: store.book("wechat")?, faults: Mutex::default() })
     }
 
     pub(super) async fn route(self: Arc<Self>, req: SimRequest) -> SimResponse {
@@ -272,7 +273,7 @@ impl WechatSim {
 
     /// Opens a trade, or answers the code URL of the same trade opened before.
     fn open(&self, n: &NewTrade<'_>) -> Result<String, Refusal> {
-        let mut book = lock(&self.book);
+        let mut book = self.book.lock();
         if let Some(t) = book.trades.get(n.out_trade_no) {
             return match t.state {
                 State::NotPay if t.total_fee == n.total_fee => Ok(t.code_url()),
@@ -312,7 +313,7 @@ impl WechatSim {
         f: impl FnOnce(&mut Trade, i64) -> Result<T, Refusal>,
     ) -> Result<T, Refusal> {
         let now = self.core.now_ms();
-        let mut book = lock(&self.book);
+        let mut book = self.book.lock();
         let t = book.trades.get_mut(out_trade_no).filter(|t| t.mch_id == mch_id).ok_or(Refusal::NotFound)?;
         if t.state == State::NotPay && t.expire.is_some_and(|e| now > e) {
             t.state = State::Closed;
@@ -362,7 +363,7 @@ impl WechatSim {
 
     /// The trade holding refund `out_refund_no` of merchant `mch_id`.
     fn find_refund(&self, mch_id: &str, out_refund_no: &str) -> Result<(Trade, Refund), Refusal> {
-        let book = lock(&self.book);
+        let book = self.book.lock();
         book.trades
             .values()
             .filter(|t| t.mch_id == mch_id)
@@ -376,7 +377,7 @@ impl WechatSim {
             return None;
         }
         let fee = |fen: i64| (Decimal::from(fen) * self.fee_rate).round().to_i64().unwrap_or(0);
-        let book = lock(&self.book);
+        let book = self.book.lock();
         let mut trades: Vec<&Trade> = book.trades.values().filter(|t| t.mch_id == mch_id).collect();
         trades.sort_by_key(|t| t.paid_at);
         let mut rows = Vec::new();
@@ -403,7 +404,7 @@ impl WechatSim {
     }
 
     fn cashier(&self, token: &str, pay: bool) -> SimResponse {
-        let Some(out) = lock(&self.book).tokens.get(token).cloned() else {
+        let Some(out) = self.book.lock().tokens.get(token).cloned() else {
             return answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "二维码已失效 (no such code)");
         };
         let message = if pay {
@@ -411,7 +412,7 @@ impl WechatSim {
         } else {
             String::new()
         };
-        let book = lock(&self.book);
+        let book = self.book.lock();
         let Some(t) = book.trades.get(&out) else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "no such trade");
         };
@@ -433,7 +434,7 @@ impl WechatSim {
     fn pay_trade(&self, out_trade_no: &str) -> Result<String, String> {
         let now = self.core.now_ms();
         let paid = {
-            let mut book = lock(&self.book);
+            let mut book = self.book.lock();
             let t = book.trades.get_mut(out_trade_no).ok_or("no such trade")?;
             if t.state == State::NotPay && t.expire.is_some_and(|e| now > e) {
                 t.state = State::Closed;
@@ -469,7 +470,7 @@ impl super::Controlled for WechatSim {
     }
 
     fn trade(&self, out_trade_no: &str) -> Option<serde_json::Value> {
-        let book = lock(&self.book);
+        let book = self.book.lock();
         let t = book.trades.get(out_trade_no)?;
         Some(json!({ "out_trade_no": t.out_trade_no, "transaction_id": t.transaction_id,
                      "trade_state": t.state.as_str(), "total_fee": t.total_fee,
