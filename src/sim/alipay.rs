@@ -312,7 +312,7 @@ impl AlipaySim {
         let token = random_hex(12);
         let qr_code = format!("{}/alipay/qr/{token}", self.core.base_url);
         book.next_trade += 1;
-        let trade_no = format!("{}22001{:011}", &wire::date(now).replace('-', ""), book.next_trade);
+        let trade_no = format!("{}22001{:015}", &wire::date(now).replace('-', ""), book.next_trade);
         let trade = Trade {
             app_id: app_id.to_owned(),
             out_trade_no: out_trade_no.to_owned(),

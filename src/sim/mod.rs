@@ -340,7 +340,9 @@ async fn serve(listener: std::net::TcpListener, sim: Arc<Simulator>, mut stopped
                     Ok(sim.route(req).await)
                 }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            // Header names as the providers write them (Wechatpay-Signature, not lowercase).
+            let _ =
+                http1::Builder::new().title_case_headers(true).serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

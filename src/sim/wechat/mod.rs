@@ -136,6 +136,16 @@ impl State {
             State::Closed => "CLOSED",
         }
     }
+
+    /// WeChat's words for the state (`trade_state_desc`).
+    fn description(self) -> &'static str {
+        match self {
+            State::NotPay => "订单未支付",
+            State::Success => "支付成功",
+            State::Refund => "订单发生过退款",
+            State::Closed => "订单已关闭",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,6 +181,15 @@ impl Trade {
     fn refunded(&self) -> i64 {
         self.refunds.iter().map(|r| r.fee).sum()
     }
+}
+
+/// What a refund query names: at least one of WeChat's four ids.
+#[derive(Default)]
+struct RefundKey<'a> {
+    out_refund_no: &'a str,
+    refund_id: &'a str,
+    out_trade_no: &'a str,
+    transaction_id: &'a str,
 }
 
 /// A trade to open.
@@ -289,7 +308,13 @@ impl WechatSim {
             mch_id: n.mch_id.to_owned(),
             api: n.api,
             out_trade_no: n.out_trade_no.to_owned(),
-            transaction_id: format!("42000{:014}", book.next),
+            // WeChat's are 28 digits: 42000, a shard, the day, a sequence.
+            transaction_id: format!(
+                "42000{:03}{}{:012}",
+                book.next % 1000,
+                date(self.core.now_ms()).replace('-', ""),
+                book.next
+            ),
             total_fee: n.total_fee,
             body: n.body.to_owned(),
             notify_url: n.notify_url.to_owned(),
@@ -363,12 +388,43 @@ impl WechatSim {
 
     /// The trade holding refund `out_refund_no` of merchant `mch_id`.
     fn find_refund(&self, mch_id: &str, out_refund_no: &str) -> Result<(Trade, Refund), Refusal> {
+        let by = RefundKey { out_refund_no, ..RefundKey::default() };
+        self.refunds_of(mch_id, &by).and_then(|(t, mut r)| r.pop().map(|r| (t, r)).ok_or(Refusal::RefundNotFound))
+    }
+
+    /// The out_trade_no of `mch_id`'s trade `transaction_id`.
+    fn out_trade_no_of(&self, mch_id: &str, transaction_id: &str) -> Option<String> {
         let book = self.book.lock();
-        book.trades
+        let t = book.trades.values().find(|t| t.mch_id == mch_id && t.transaction_id == transaction_id)?;
+        Some(t.out_trade_no.clone())
+    }
+
+    /// A trade and its refunds that `by` names: any one of WeChat's four ids will do (a
+    /// refund's own ids pick that refund, a trade's ids all of its refunds).
+    fn refunds_of(&self, mch_id: &str, by: &RefundKey<'_>) -> Result<(Trade, Vec<Refund>), Refusal> {
+        let book = self.book.lock();
+        let refund_matches = |r: &Refund| {
+            (!by.out_refund_no.is_empty() && r.out_refund_no == by.out_refund_no)
+                || (!by.refund_id.is_empty() && r.refund_id == by.refund_id)
+        };
+        let names_refund = !by.out_refund_no.is_empty() || !by.refund_id.is_empty();
+        let t = book
+            .trades
             .values()
             .filter(|t| t.mch_id == mch_id)
-            .find_map(|t| t.refunds.iter().find(|r| r.out_refund_no == out_refund_no).map(|r| (t.clone(), r.clone())))
-            .ok_or(Refusal::RefundNotFound)
+            .find(|t| match names_refund {
+                true => t.refunds.iter().any(refund_matches),
+                false => {
+                    (!by.out_trade_no.is_empty() && t.out_trade_no == by.out_trade_no)
+                        || (!by.transaction_id.is_empty() && t.transaction_id == by.transaction_id)
+                }
+            })
+            .ok_or(Refusal::RefundNotFound)?;
+        let refunds: Vec<Refund> = t.refunds.iter().filter(|r| !names_refund || refund_matches(r)).cloned().collect();
+        match refunds.is_empty() {
+            true => Err(Refusal::RefundNotFound),
+            false => Ok((t.clone(), refunds)),
+        }
     }
 
     /// The bill of `day` (`yyyy-MM-dd`) for `mch_id`: `None` until the day has ended.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 use paygate_actors::signing::SignType;
 
-use super::{Api, Merchant, NewTrade, Refusal, Trade, WechatSim};
+use super::{Api, Merchant, NewTrade, RefundKey, Refusal, Trade, WechatSim};
 use crate::channels::wechat::bill;
 use crate::channels::wechat::v2::wire::{self, Params};
 use crate::sim::{answer, Fault, Notification, SimResponse};
@@ -132,7 +132,12 @@ impl WechatSim {
     }
 
     fn v2_query(&self, req: &Params) -> Answer {
-        self.with_trade(get(req, "mch_id"), get(req, "out_trade_no"), |t, _| {
+        // By out_trade_no or, as WeChat allows, by transaction_id alone.
+        let out_trade_no = match get(req, "out_trade_no") {
+            "" => self.out_trade_no_of(get(req, "mch_id"), get(req, "transaction_id")).unwrap_or_default(),
+            no => no.to_owned(),
+        };
+        self.with_trade(get(req, "mch_id"), &out_trade_no, |t, _| {
             let mut f = fields(&[
                 ("out_trade_no", t.out_trade_no.clone()),
                 ("trade_state", t.state.as_str().into()),
@@ -163,22 +168,27 @@ impl WechatSim {
     }
 
     fn v2_refund_query(&self, req: &Params) -> Answer {
-        let wanted = get(req, "out_refund_no");
-        self.with_trade(get(req, "mch_id"), get(req, "out_trade_no"), |t, _| {
-            let refunds: Vec<_> = t.refunds.iter().filter(|r| wanted.is_empty() || r.out_refund_no == wanted).collect();
-            if refunds.is_empty() {
-                return Err(Refusal::RefundNotFound);
-            }
-            let mut f =
-                fields(&[("out_trade_no", t.out_trade_no.clone()), ("refund_count", refunds.len().to_string())]);
-            for (i, r) in refunds.iter().enumerate() {
-                f.insert(format!("out_refund_no_{i}"), r.out_refund_no.clone());
-                f.insert(format!("refund_fee_{i}"), r.fee.to_string());
-                f.insert(format!("refund_status_{i}"), "SUCCESS".into());
-            }
-            Ok(f)
-        })
-        .map_err(worded)
+        let by = RefundKey {
+            out_refund_no: get(req, "out_refund_no"),
+            refund_id: get(req, "refund_id"),
+            out_trade_no: get(req, "out_trade_no"),
+            transaction_id: get(req, "transaction_id"),
+        };
+        let (t, refunds) = self.refunds_of(get(req, "mch_id"), &by).map_err(worded)?;
+        let mut f = fields(&[
+            ("out_trade_no", t.out_trade_no.clone()),
+            ("transaction_id", t.transaction_id.clone()),
+            ("total_fee", t.total_fee.to_string()),
+            ("cash_fee", t.total_fee.to_string()),
+            ("refund_count", refunds.len().to_string()),
+        ]);
+        for (i, r) in refunds.iter().enumerate() {
+            f.insert(format!("out_refund_no_{i}"), r.out_refund_no.clone());
+            f.insert(format!("refund_id_{i}"), r.refund_id.clone());
+            f.insert(format!("refund_fee_{i}"), r.fee.to_string());
+            f.insert(format!("refund_status_{i}"), "SUCCESS".into());
+        }
+        Ok(f)
     }
 
     fn v2_bill(&self, req: &Params) -> SimResponse {

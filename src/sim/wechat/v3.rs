@@ -36,7 +36,7 @@ enum Reply {
     /// 204, signed over the empty body.
     NoContent,
     /// A bill file: the one answer v3 does not sign (tradebill gave its hash).
-    File(String),
+    File(Vec<u8>),
 }
 
 type Outcome = Result<Reply, (StatusCode, &'static str, String)>;
@@ -99,7 +99,7 @@ impl WechatSim {
         match outcome {
             Ok(Reply::Json(status, v)) => self.signed(platform, status, &v, fault),
             Ok(Reply::NoContent) => self.signed_bytes(platform, StatusCode::NO_CONTENT, Vec::new(), fault),
-            Ok(Reply::File(text)) => answer(StatusCode::OK, "text/plain; charset=utf-8", text),
+            Ok(Reply::File(bytes)) => answer(StatusCode::OK, "application/octet-stream", bytes),
             Err((status, code, message)) => {
                 self.signed(platform, status, &json!({ "code": code, "message": message }), fault)
             }
@@ -133,6 +133,7 @@ impl WechatSim {
         };
         let path = req.path.as_str();
         const TRADE: &str = "/v3/pay/transactions/out-trade-no/";
+        const TRADE_BY_ID: &str = "/v3/pay/transactions/id/";
         const REFUNDS: &str = "/v3/refund/domestic/refunds";
         match (&req.method, path) {
             (&Method::POST, "/v3/pay/transactions/native") => self.v3_native(m, &body),
@@ -144,12 +145,15 @@ impl WechatSim {
                 self.close_trade(&m.mch_id, no).map_err(worded)?;
                 Ok(Reply::NoContent)
             }
-            (&Method::GET, p) if p.starts_with(TRADE) => {
+            (&Method::GET, p) if p.starts_with(TRADE) || p.starts_with(TRADE_BY_ID) => {
                 if query_param(&req.query, "mchid") != m.mch_id {
                     return Err(error(StatusCode::BAD_REQUEST, "PARAM_ERROR", "mchid"));
                 }
-                let t =
-                    self.with_trade(&m.mch_id, p.trim_start_matches(TRADE), |t, _| Ok(t.clone())).map_err(worded)?;
+                let out_trade_no = match p.strip_prefix(TRADE_BY_ID) {
+                    Some(id) => self.out_trade_no_of(&m.mch_id, id).unwrap_or_default(),
+                    None => p.trim_start_matches(TRADE).to_owned(),
+                };
+                let t = self.with_trade(&m.mch_id, &out_trade_no, |t, _| Ok(t.clone())).map_err(worded)?;
                 Ok(Reply::Json(StatusCode::OK, transaction(&t)))
             }
             (&Method::POST, REFUNDS) => {
@@ -180,15 +184,27 @@ impl WechatSim {
                     .bill_rows(&m.appid, &m.mch_id, day)
                     .ok_or_else(|| error(StatusCode::BAD_REQUEST, "NO_STATEMENT_EXIST", "账单文件不存在"))?;
                 let file = bill::write(&rows);
-                let url = format!("{}/v3/billdownload/file?token={}.{day}", self.core.base_url, m.mch_id);
+                // GZIP: the file comes compressed; the hash is the plain file's.
+                let gzip = query_param(&req.query, "tar_type") == "GZIP";
+                let url = format!(
+                    "{}/v3/billdownload/file?token={}.{day}{}",
+                    self.core.base_url,
+                    m.mch_id,
+                    if gzip { ".gz" } else { "" }
+                );
                 let hash = hex::encode_upper(Sha1::digest(file.as_bytes()));
                 Ok(Reply::Json(StatusCode::OK, json!({ "hash_type": "SHA1", "hash_value": hash, "download_url": url })))
             }
             (&Method::GET, "/v3/billdownload/file") => {
                 let token = query_param(&req.query, "token");
                 let (mch, day) = token.split_once('.').unwrap_or_default();
+                let (day, gzip) = match day.strip_suffix(".gz") {
+                    Some(day) => (day, true),
+                    None => (day, false),
+                };
                 match self.bill_rows(&m.appid, &m.mch_id, day).filter(|_| mch == m.mch_id) {
-                    Some(rows) => Ok(Reply::File(bill::write(&rows))),
+                    Some(rows) if gzip => Ok(Reply::File(gzipped(bill::write(&rows).as_bytes()))),
+                    Some(rows) => Ok(Reply::File(bill::write(&rows).into_bytes())),
                     None => Err(error(StatusCode::NOT_FOUND, "RESOURCE_NOT_EXISTS", "no such bill")),
                 }
             }
@@ -284,6 +300,15 @@ impl WechatSim {
     }
 }
 
+/// `bytes` gzipped, as WeChat sends a bill asked for with `tar_type=GZIP`.
+fn gzipped(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = out.write_all(bytes);
+    out.finish().unwrap_or_default()
+}
+
 /// A trade as v3 shows it (query answers and notification resources).
 fn transaction(t: &Trade) -> Value {
     let mut v = serde_json::Map::new();
@@ -293,7 +318,7 @@ fn transaction(t: &Trade) -> Value {
         ("out_trade_no".to_owned(), json!(t.out_trade_no)),
         ("trade_type".to_owned(), json!("NATIVE")),
         ("trade_state".to_owned(), json!(t.state.as_str())),
-        ("trade_state_desc".to_owned(), json!(t.state.as_str())),
+        ("trade_state_desc".to_owned(), json!(t.state.description())),
         ("amount".to_owned(), json!({ "total": t.total_fee, "currency": "CNY" })),
     ]);
     if let Some(paid) = t.paid_at {
