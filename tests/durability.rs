@@ -134,6 +134,22 @@ fn journal_with_two_orders() -> (tempfile::TempDir, String, String, usize, usize
     (dir, a, b, start, end)
 }
 
+/// A copy of the data directory `original` whose segment 0 loses its bytes from `cut`
+/// to `end`: zeroed (a torn write in a sized segment, or a lost write-back), or cut off
+/// (`shorten`).
+fn torn_copy(original: &Path, cut: usize, end: usize, shorten: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(original, dir.path());
+    let seg = segment_path(&dir.path().join("journal"), 0);
+    let file = OpenOptions::new().write(true).open(&seg).unwrap();
+    if shorten {
+        file.set_len(cut as u64).unwrap();
+    } else {
+        file.write_all_at(&vec![0; end - cut], cut as u64).unwrap();
+    }
+    (dir, seg)
+}
+
 #[test]
 fn a_torn_tail_is_cut_and_the_node_starts_with_everything_before_it() {
     let (original, a, b, start, end) = journal_with_two_orders();
@@ -142,16 +158,7 @@ fn a_torn_tail_is_cut_and_the_node_starts_with_everything_before_it() {
     // shortened file is the same tear in a segment written before segments were sized.
     let tears = [(start + 1, false), (start + 7, false), (start + 12, true), (start + 20, false), (end - 1, true)];
     for (cut, shorten) in tears {
-        let dir = tempfile::tempdir().unwrap();
-        copy_dir(original.path(), dir.path());
-        let seg = segment_path(&dir.path().join("journal"), 0);
-        let file = OpenOptions::new().write(true).open(&seg).unwrap();
-        if shorten {
-            file.set_len(cut as u64).unwrap();
-        } else {
-            file.write_all_at(&vec![0; end - cut], cut as u64).unwrap();
-        }
-        drop(file);
+        let (dir, seg) = torn_copy(original.path(), cut, end, shorten);
         // A torn write was never acknowledged, so the views never saw it.
         std::fs::remove_dir_all(dir.path().join("views")).unwrap();
         let t = TestNode::start_in(dir, |_| {});
@@ -368,16 +375,7 @@ fn journal_verify(data: &Path) -> (bool, String) {
 fn acknowledged_records_lost_from_the_tail_stop_the_start_until_the_operator_decides() {
     let (original, a, b, start, end) = journal_with_two_orders();
     for shorten in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        copy_dir(original.path(), dir.path());
-        let seg = segment_path(&dir.path().join("journal"), 0);
-        let file = OpenOptions::new().write(true).open(&seg).unwrap();
-        if shorten {
-            file.set_len(start as u64).unwrap();
-        } else {
-            file.write_all_at(&vec![0; end - start], start as u64).unwrap();
-        }
-        drop(file);
+        let (dir, _) = torn_copy(original.path(), start, end, shorten);
         let before = snapshot(dir.path());
         let stderr = refused_start(dir.path(), &[]);
         assert!(stderr.contains("acknowledged records are missing from the journal"), "{stderr}");
@@ -576,4 +574,23 @@ fn sigterm_finishes_the_requests_in_flight_before_exiting() {
     for id in &acked {
         assert_eq!(node.client().query_id(id).code(), "SUCCESS", "{id}");
     }
+}
+
+/// A journal of the earlier format has no segment header: it must be refused as such,
+/// never taken for a torn first write and cut.
+#[test]
+fn a_journal_of_the_earlier_format_is_refused_and_left_whole() {
+    let data = tempfile::tempdir().unwrap();
+    let journal = data.path().join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    // An old record: magic, length, checksum, payload; then the segment's zeros.
+    let mut old = b"PGJ1".to_vec();
+    old.extend_from_slice(&5u32.to_le_bytes());
+    old.extend_from_slice(&crc32c::crc32c(b"hello").to_le_bytes());
+    old.extend_from_slice(b"hello");
+    old.resize(4096, 0);
+    std::fs::write(segment_path(&journal, 0), &old).unwrap();
+    let err = Storage::open(&options(data.path(), 64 << 20)).err().expect("refused");
+    assert!(err.to_string().contains("earlier journal format"), "{err}");
+    assert_eq!(std::fs::read(segment_path(&journal, 0)).unwrap(), old, "nothing was cut");
 }

@@ -457,6 +457,16 @@ fn scan(
             }
             return Err(corrupt(0, "the segment is empty, yet later segments exist".into(), last_good));
         }
+        if buf.starts_with(b"PGJ1") {
+            // Never mistaken for a torn write (which would cut it): it is a whole journal.
+            return Err(corrupt(
+                0,
+                "it was written in the earlier journal format (PGJ1, records without sequence numbers), which \
+                 this build does not read"
+                    .into(),
+                last_good,
+            ));
+        }
         let header = match SegmentHeader::decode(&buf) {
             Some(h) => h,
             None if last && !any_record_after(&buf, 0) => {
