@@ -141,3 +141,30 @@ fn a_declared_body_over_the_limit_is_refused_at_once() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(5), "refused at once, not after the 10 s timeout");
 }
+
+/// A channel that answers without end is not read into memory without end: the client
+/// stops at its bound and reports an unknown outcome.
+#[test]
+fn a_channel_answer_over_the_bound_is_refused() {
+    use paygate::http::client::{HttpClient, MAX_ANSWER_BYTES};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/gateway", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let len = MAX_ANSWER_BYTES + (1 << 20);
+        let _ = s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").as_bytes());
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..len / chunk.len() {
+            if s.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answer = rt.block_on(HttpClient::new().post(&url, "text/plain", b"q".to_vec(), Duration::from_secs(20)));
+    let err = answer.expect_err("refused");
+    assert!(err.contains(&format!("over {MAX_ANSWER_BYTES} bytes")), "{err}");
+}
