@@ -341,10 +341,12 @@ fn an_unverifiable_callback_makes_the_node_ask_alipay() {
 #[test]
 fn a_gateway_talks_to_a_standalone_paygate_sim() {
     let port = free_port();
+    let sim_data = tempfile::tempdir().unwrap();
     let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
         .args(["sim", "--config"])
         .arg(config_dir())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(sim_data.path())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
