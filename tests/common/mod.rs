@@ -290,7 +290,11 @@ impl BinNode {
         let mut node = BinNode { child, url };
         let up = eventually(Duration::from_secs(30), || {
             if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("paygate exited during start: {status}");
+                let mut stderr = String::new();
+                if let Some(mut e) = node.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+                }
+                panic!("paygate exited during start: {status}\n{stderr}");
             }
             ureq::get(&format!("{}/healthz", node.url)).call().ok().map(|_| ())
         });
