@@ -21,19 +21,10 @@ pub struct SimStore {
 }
 
 impl SimStore {
-    /// Opens (or creates) the store at `dir`. A store still held by this process's
-    /// previous node (restarted in-process, closing) is waited for, a few seconds.
+    /// Opens (or creates) the store at `dir`.
     pub fn open(dir: &Path) -> Result<SimStore, String> {
-        let open = || sled::Config::new().path(dir).flush_every_ms(Some(500)).open();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut opened = open();
-        while matches!(&opened, Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock)
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            opened = open();
-        }
-        let db = opened.map_err(|e| format!("simulator store {}: {e}", dir.display()))?;
+        let config = sled::Config::new().path(dir).flush_every_ms(Some(500));
+        let db = crate::storage::open_sled(&config).map_err(|e| format!("simulator store {}: {e}", dir.display()))?;
         Ok(SimStore { db })
     }
 

@@ -181,22 +181,32 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpenError {
     move |source| OpenError::Io { context, source }
 }
 
+/// How long [`open_sled`] waits for a database this process is still closing.
+const SLED_CLOSING: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens a sled database. sled locks its files, and one this process closed a moment
+/// ago (a node restarted in-process) is released only once its last handle is gone, so a
+/// held lock is waited for, [`SLED_CLOSING`] at most. Under a node, the data directory's
+/// own lock rules out any other holder; elsewhere (`paygate sim`) a second process gets
+/// sled's error after the wait.
+pub fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + SLED_CLOSING;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// How many replayed records go into one atomic views batch.
 const REPLAY_CHUNK: usize = 4096;
 
 /// Opens the views, rebuilding them only when they are proven bad.
 fn open_views(dir: &Path, opts: &StorageOptions, report: &mut RecoveryReport) -> Result<Views, OpenError> {
-    // We hold the data directory's lock, so a sled lock held on the views can only be
-    // this process's previous storage, still closing (a node restarted in-process).
-    let mut opened = Views::open(dir, opts.query_policy, opts.cache_bytes);
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while matches!(&opened, Err(ProjectError::Sled(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock)
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        opened = Views::open(dir, opts.query_policy, opts.cache_bytes);
-    }
-    match opened {
+    match Views::open(dir, opts.query_policy, opts.cache_bytes) {
         Ok(v) => Ok(v),
         Err(e) if e.proves_views_bad() => {
             tracing::warn!(error = %e, "views unusable; rebuilding them from the journal");

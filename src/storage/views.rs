@@ -118,12 +118,12 @@ fn storage(e: impl std::fmt::Display) -> StorageError {
 impl Views {
     /// Opens (or creates) the views at `dir`.
     pub fn open(dir: &Path, policy: QueryPolicy, cache_bytes: u64) -> Result<Views, ProjectError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(1000))
-            .open()?;
+            .flush_every_ms(Some(1000));
+        let db = super::open_sled(&config)?;
         let schema = db.get(SCHEMA)?.and_then(|v| v.as_ref().try_into().ok()).map(u32::from_be_bytes);
         match schema {
             Some(SCHEMA_VERSION) => {}
