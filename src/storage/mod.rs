@@ -299,7 +299,7 @@ impl Storage {
             Err(e) => Some(e.into_open().to_string()),
         };
         let missing = match (&damage, &views) {
-            (None, Ok(Some(a))) if a.seq > report.end.seq => Some(*a),
+            (None, Ok(Some(a))) if views_ahead(*a, report.end) => Some(*a),
             _ => None,
         };
         Ok(VerifyReport { report, damage, views, missing })
@@ -388,6 +388,12 @@ impl Recovery {
     }
 }
 
+/// Whether views that applied up to `applied` show more than a journal ending at `end`
+/// holds: proof that acknowledged records are missing from it.
+fn views_ahead(applied: Applied, end: Applied) -> bool {
+    applied.seq > end.seq || (applied.seq == end.seq && applied.position > end.position)
+}
+
 /// Checks every record, cuts a torn tail, replays what the views lack; returns where the
 /// journal ends, or [`OpenError::DataLoss`] when the views show more than it holds.
 fn recover(dir: &Path, views: &Views, report: &mut RecoveryReport) -> Result<JournalEnd, Recovery> {
@@ -416,7 +422,7 @@ fn recover(dir: &Path, views: &Views, report: &mut RecoveryReport) -> Result<Jou
         replayed += chunk.len() as u64;
     }
     report.replayed = replayed;
-    if applied.seq > end.seq || (applied.seq == end.seq && applied.position > end.position) {
+    if views_ahead(applied, report.end) {
         return Err(Recovery::Open(OpenError::DataLoss {
             views: describe(applied),
             journal: dir.to_owned(),
