@@ -342,7 +342,8 @@ fn build(
         max_inflight: config.server.max_inflight,
         reconcile_gate: Default::default(),
         active: Default::default(),
-        stopping: tokio::sync::watch::Sender::new(false),
+        stopping: Default::default(),
+        stop_accepting: Default::default(),
     });
     // The acceptor runs on the system arbiter; connections are served by the workers.
     actix_rt::spawn(crate::http::serve(listener, Arc::clone(&app), handles.clone()));

@@ -72,16 +72,19 @@ pub struct App {
     pub reconcile_gate: reconcile_gate::ReconcileGate,
     /// Requests of any kind being handled now (what a graceful stop waits for).
     pub active: AtomicUsize,
-    /// Set once the node is stopping: the acceptor stops, answers close their
-    /// connections.
-    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Set once the node is stopping: answers close their connections. Read on every
+    /// request, so a plain flag; the acceptor is woken by `stop_accepting`.
+    pub stopping: std::sync::atomic::AtomicBool,
+    /// Wakes the acceptor to stop (it holds the permit if it was not waiting yet).
+    pub stop_accepting: tokio::sync::Notify,
 }
 
 impl App {
     /// Stops accepting connections and waits, at most `limit`, for the requests being
     /// handled to finish; answers how many were still running.
     pub fn drain(&self, limit: Duration) -> usize {
-        self.stopping.send_replace(true);
+        self.stopping.store(true, Ordering::Release);
+        self.stop_accepting.notify_one();
         let deadline = std::time::Instant::now() + limit;
         while self.active.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -159,11 +162,10 @@ pub async fn serve(listener: std::net::TcpListener, app: Arc<App>, workers: Vec<
             return;
         }
     };
-    let mut stopping = app.stopping.subscribe();
     for turn in 0usize.. {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stopping.wait_for(|stop| *stop) => {
+            () = app.stop_accepting.notified() => {
                 tracing::info!("stopping: no new connections");
                 return;
             }
@@ -321,7 +323,7 @@ async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
     if let Some(endpoint) = endpoint {
         record_request(endpoint, resp.status(), started.elapsed().as_secs_f64());
     }
-    if *app.stopping.borrow() {
+    if app.stopping.load(Ordering::Acquire) {
         resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
     }
     resp
