@@ -87,9 +87,11 @@ fn signed_params(s: &AlipaySettings, method: &str, biz: &Value, return_url: Opti
 /// Sets the trade's price: `total_amount` in the order's currency, and for any currency
 /// but CNY its `trans_currency` (Alipay's pricing currency for cross-border trades).
 fn priced(biz: &mut Value, amount: paygate_actors::money::Money) {
-    biz["total_amount"] = Value::String(amount.to_string());
+    // Every caller passes a json! object; `IndexMut` would panic on anything else.
+    let Some(fields) = biz.as_object_mut() else { return };
+    fields.insert("total_amount".into(), Value::String(amount.to_string()));
     if amount.currency() != paygate_actors::money::Currency::CNY {
-        biz["trans_currency"] = Value::String(amount.currency().code().to_owned());
+        fields.insert("trans_currency".into(), Value::String(amount.currency().code().to_owned()));
     }
 }
 
