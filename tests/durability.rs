@@ -26,17 +26,7 @@ fn open_storage(data: &Path) -> Storage {
 }
 
 fn open_storage_with(data: &Path, segment_bytes: u64) -> Storage {
-    Storage::open(&StorageOptions {
-        data_dir: data.to_path_buf(),
-        segment_bytes,
-        max_batch: 1024,
-        queue: 1024,
-        cache_bytes: 16 << 20,
-        reserve_bytes: 0,
-        accept_data_loss: false,
-        query_policy: QueryPolicy::default(),
-    })
-    .unwrap()
+    Storage::open(&options(data, segment_bytes)).unwrap()
 }
 
 fn all_orders(storage: &Storage) -> Vec<Order> {
