@@ -28,6 +28,15 @@ fn up_node(tweak: impl FnOnce(&mut Config)) -> TestNode {
     })
 }
 
+/// A node whose UnionPay notifications go nowhere: only what the test posts reaches it.
+fn node_hearing_only_the_test() -> TestNode {
+    up_node(|c| {
+        for ch in c.channels.iter_mut().filter(|ch| ch.provider == "unionpay") {
+            ch.settings.insert("notify_url".into(), toml::Value::String("http://127.0.0.1:9/nowhere".into()));
+        }
+    })
+}
+
 fn setting(t: &TestNode, name: &str) -> String {
     let c = test_config(t.dir.path());
     let ch = c.channels.iter().find(|ch| ch.provider == "unionpay").unwrap();
@@ -222,11 +231,7 @@ fn close_refunds_refund_query_and_the_settlement_file_through_the_real_adapter()
 fn a_notification_signed_with_a_merchant_certificate_of_the_same_root_does_not_pay_the_order() {
     // Every merchant holds a certificate from UnionPay's CA: the chain alone proves
     // nothing about who signed "paid".
-    let t = up_node(|c| {
-        for ch in c.channels.iter_mut().filter(|ch| ch.provider == "unionpay") {
-            ch.settings.insert("notify_url".into(), toml::Value::String("http://127.0.0.1:9/nowhere".into()));
-        }
-    });
+    let t = node_hearing_only_the_test();
     let c = t.client();
     let id = c.pay_by("UNION_PAY", "UP-FORGED-MER-1", "12.34").data("pay_order_no").to_owned();
     let (mer_id, mer_cert) = (setting(&t, "mer_id"), setting(&t, "signing_certificate"));
@@ -242,12 +247,7 @@ fn a_notification_signed_with_a_merchant_certificate_of_the_same_root_does_not_p
 
 #[test]
 fn hostile_notifications_change_nothing_and_are_answered_fail() {
-    let t = up_node(|c| {
-        for ch in c.channels.iter_mut().filter(|ch| ch.provider == "unionpay") {
-            // Only what this test posts reaches the node.
-            ch.settings.insert("notify_url".into(), toml::Value::String("http://127.0.0.1:9/nowhere".into()));
-        }
-    });
+    let t = node_hearing_only_the_test();
     let c = t.client();
     let a = c.pay_by("UNION_PAY", "UP-HOSTILE-1", "9.99");
     let id = a.data("pay_order_no").to_owned();
@@ -299,11 +299,7 @@ fn hostile_notifications_change_nothing_and_are_answered_fail() {
 
 #[test]
 fn an_unverifiable_answer_is_an_unknown_outcome_and_an_unverifiable_notification_is_asked_about() {
-    let t = up_node(|c| {
-        for ch in c.channels.iter_mut().filter(|ch| ch.provider == "unionpay") {
-            ch.settings.insert("notify_url".into(), toml::Value::String("http://127.0.0.1:9/nowhere".into()));
-        }
-    });
+    let t = node_hearing_only_the_test();
     let c = t.client();
     let a = c.pay_by("UNION_PAY", "UP-UNKNOWN-1", "2.00");
     let id = a.data("pay_order_no").to_owned();
