@@ -376,6 +376,8 @@ fn acknowledged_records_lost_from_the_tail_stop_the_start_until_the_operator_dec
 
         let (sound, report) = journal_verify(dir.path());
         assert!(!sound && report.contains("DATA LOSS"), "{report}");
+        let mistyped = dir.path().join("no-such-node");
+        assert!(!journal_verify(&mistyped).0 && !mistyped.exists(), "a mistyped directory is refused, not made");
         assert_eq!(snapshot(dir.path()), before, "verify changes nothing");
 
         // The operator's decision: serve what is left; B is gone.

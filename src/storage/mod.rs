@@ -282,6 +282,13 @@ impl Storage {
     /// Checks the journal of `data_dir` against itself and its views, changing nothing
     /// in the journal (a torn tail is reported, not cut): `paygate journal verify`.
     pub fn verify(data_dir: &Path, cache_bytes: u64) -> Result<VerifyReport, OpenError> {
+        // Taking the lock would create a mistyped directory; there is nothing to verify.
+        if !data_dir.join("journal").is_dir() {
+            return Err(OpenError::Io {
+                context: format!("{} holds no journal", data_dir.display()),
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        }
         let _lock = DataDirLock::acquire(data_dir)?;
         let journal_dir = data_dir.join("journal");
         let views_dir = data_dir.join("views");
