@@ -39,6 +39,8 @@ fn merchant() -> MerchantProfile {
         legacy_md5: false,
         status: MerchantStatus::Active,
         expire_minutes: 30,
+        notify_url: None,
+        allow_private_notify: false,
     }
 }
 
@@ -213,6 +215,7 @@ fn actor_round_trip(c: &mut Criterion) {
             registry: Arc::new(Registry::default()),
             query_policy: QueryPolicy::default(),
             passivation: Passivation { idle: Duration::from_secs(3600), final_idle: Duration::from_secs(3600) },
+            notifier: Default::default(),
         });
         let shards = (0..4).map(|n| actix::Actor::start(ShardSupervisor::new(ShardId(n), oc.clone()))).collect();
         let router = OrderRouter::new(oc, shards);

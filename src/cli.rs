@@ -65,6 +65,22 @@ pub enum Command {
     },
     /// Sign and send a merchant API request.
     Client(ClientArgs),
+    /// A merchant-side notification receiver: verifies both signatures, answers
+    /// SUCCESS and prints each notification as a JSON line.
+    Receiver {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9200")]
+        listen: String,
+        /// The merchant's secret (default: the demo merchant's, from the configuration).
+        #[arg(long, env = "PAYGATE_MERCHANT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// The merchant whose secret the configuration holds.
+        #[arg(long, default_value = "M20240101001")]
+        merchant_id: String,
+        /// Configuration directory.
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+    },
     /// Tell the sandbox channel of a running node to pay, fail or hang an order.
     Sandbox(SandboxArgs),
     /// Load harness: throughput and latency against a same-run baseline; `recovery`
@@ -237,6 +253,10 @@ pub enum ClientAction {
     Query(OrderRef),
     /// Close an unpaid order.
     Close(OrderRef),
+    /// An order's notifications to the merchant, with every attempt.
+    NotifyQuery(OrderRef),
+    /// Send an order's latest notification again now.
+    NotifyResend(OrderRef),
 }
 
 /// Names an order.
@@ -361,6 +381,13 @@ pub fn client(args: ClientArgs) -> CliResult {
             p.insert(k.to_owned(), v);
         }
     };
+    let path = match &args.action {
+        ClientAction::Pay { .. } => "payment/pay",
+        ClientAction::Query(_) => "payment/query",
+        ClientAction::Close(_) => "payment/close",
+        ClientAction::NotifyQuery(_) => "notify/query",
+        ClientAction::NotifyResend(_) => "notify/resend",
+    };
     let path = match args.action {
         ClientAction::Pay { amount, order_no, method, subject, currency, expire_minutes, notify_url, return_url } => {
             put("order_no", Some(order_no.unwrap_or_else(|| format!("CLI{now_ms}"))));
@@ -371,23 +398,21 @@ pub fn client(args: ClientArgs) -> CliResult {
             put("expire_minutes", expire_minutes.map(|m| m.to_string()));
             put("notify_url", notify_url);
             put("return_url", return_url);
-            "pay"
+            path
         }
-        ClientAction::Query(r) => {
+        ClientAction::Query(r)
+        | ClientAction::Close(r)
+        | ClientAction::NotifyQuery(r)
+        | ClientAction::NotifyResend(r) => {
             put("pay_order_no", r.pay_order_no);
             put("order_no", r.order_no);
-            "query"
-        }
-        ClientAction::Close(r) => {
-            put("pay_order_no", r.pay_order_no);
-            put("order_no", r.order_no);
-            "close"
+            path
         }
     };
     let sign = signing::sign(&p, &secret, sign_type);
     p.insert("sign".to_owned(), sign);
     let body = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
-    let url = format!("{}/api/v1/payment/{path}", args.url.trim_end_matches('/'));
+    let url = format!("{}/api/v1/{path}", args.url.trim_end_matches('/'));
     let answer =
         runtime()?.block_on(HttpClient::new().post(&url, "application/json", body, Duration::from_secs(30)))?;
     print_answer(answer.status, &answer.body, args.full)
@@ -522,4 +547,19 @@ pub fn sim(config: &std::path::Path, listen: &str, data_dir: &std::path::Path) -
     loop {
         std::thread::park();
     }
+}
+
+/// Runs `paygate receiver`.
+pub fn receiver(listen: &str, secret: Option<String>, merchant_id: &str, config: &std::path::Path) -> CliResult {
+    let secret = match secret {
+        Some(s) => s,
+        None => Config::load(config, &Overrides::default())
+            .map_err(|e| format!("{e}; or pass --secret"))?
+            .merchants
+            .into_iter()
+            .find(|m| m.merchant_id == merchant_id)
+            .map(|m| m.secret)
+            .ok_or_else(|| format!("merchant {merchant_id} is not in the configuration; pass --secret"))?,
+    };
+    crate::receiver::run(listen, secret)
 }

@@ -44,6 +44,9 @@ pub struct Config {
     /// The channel simulator (`sim.toml`).
     #[serde(default)]
     pub sim: Option<crate::sim::SimConfig>,
+    /// Notifications to merchants.
+    #[serde(default)]
+    pub notify: crate::notify::NotifyConfig,
     /// Whether the secrets were opened with the public demo key.
     #[serde(skip)]
     pub demo_master_key: bool,
@@ -370,6 +373,16 @@ impl Config {
         }
         for c in &self.channels {
             c.profile()?;
+        }
+        self.notify.policy()?;
+        for m in &self.merchants {
+            let Some(url) = &m.notify_url else { continue };
+            let bad = |why: String| ConfigError(format!("merchant {:?}: notify_url {url:?} {why}", m.merchant_id));
+            let host = crate::http::ssrf::host_of(url).map_err(bad)?;
+            let private = host.parse::<std::net::IpAddr>().ok().and_then(crate::http::ssrf::forbidden);
+            if let (Some(why), false) = (private, m.allow_private_notify) {
+                return Err(bad(format!("is a {why} address; set allow_private_notify = true to allow it")));
+            }
         }
         Ok(())
     }

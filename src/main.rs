@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         Command::Sim { config, listen, data_dir } => cli::sim(&config, &listen, &data_dir),
         Command::Client(args) => cli::client(args),
         Command::Sandbox(args) => cli::sandbox(args),
+        Command::Receiver { listen, secret, merchant_id, config } => {
+            cli::receiver(&listen, secret, &merchant_id, &config)
+        }
         Command::Bench(args) => cli::bench(args),
         Command::BenchBaseline { listen, workers, journal_dir, auth_config, pay } => {
             paygate::load::baseline::serve(&listen, workers, journal_dir.as_deref(), auth_config.as_deref(), pay)

@@ -11,9 +11,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle};
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::ShardId;
-use paygate_actors::merchant::{MerchantDirectory, MerchantProfile};
+use paygate_actors::merchant::MerchantDirectory;
+use paygate_actors::notifier::{MerchantNotifier, NotifierContext, NotifierDirectory};
 use paygate_actors::order_actor::{OrderContext, Passivation};
-use paygate_actors::ports::{ChannelConnector, Clock};
+use paygate_actors::ports::{ChannelConnector, Clock, Journal, NotifyStore};
 use paygate_actors::registry::Registry;
 use paygate_actors::router::OrderRouter;
 use paygate_actors::shard::ShardSupervisor;
@@ -293,13 +294,25 @@ fn build(
     let channels = ChannelDirectory::new(channel_handles);
 
     let auth = config.auth_policy();
-    let merchants: Vec<MerchantProfile> = config.merchants.clone();
+    let merchants = MerchantDirectory::new(config.merchants.clone(), auth);
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let registry = Arc::new(Registry::with_read_cache(config.orders.read_cache_entries));
     let views: Arc<Views> = Arc::clone(&storage.views);
+    let journal: Arc<dyn Journal> = Arc::new(storage.journal.clone());
+    let nc = Arc::new(NotifierContext {
+        journal: Arc::clone(&journal),
+        store: Arc::clone(&views) as Arc<dyn NotifyStore>,
+        transport: crate::notify::transport(&config.notify)?,
+        clock: Arc::clone(&clock),
+        policy: config.notify.policy()?,
+        jitter: Arc::new(rand::random::<f64>),
+    });
+    let notifier = NotifierDirectory::start(nc, merchants.profiles().cloned(), |i, actor| {
+        MerchantNotifier::start_in_arbiter(&pick(i), move |_| actor)
+    });
     let oc = Arc::new(OrderContext {
-        journal: Arc::new(storage.journal),
+        journal,
         store: views,
         channels: channels.clone(),
         clock: Arc::clone(&clock),
@@ -309,6 +322,7 @@ fn build(
             idle: Duration::from_secs(config.orders.passivate_idle_secs),
             final_idle: Duration::from_millis(config.orders.passivate_final_ms),
         },
+        notifier: notifier.clone(),
     });
     let shards = (0..config.shards.count)
         .map(|n| {
@@ -326,7 +340,10 @@ fn build(
 
     let app = Arc::new(App {
         router,
-        merchants: MerchantDirectory::new(merchants, auth),
+        merchants,
+        notifier,
+        notifications: Arc::clone(&storage.views) as Arc<dyn NotifyStore>,
+        url_guard: Default::default(),
         channels,
         clock,
         sandbox: sandbox.clone(),

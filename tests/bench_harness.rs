@@ -116,7 +116,9 @@ fn the_pay_floor_authenticates_validates_journals_and_answers_a_pay() {
         let buf = read_segment(&segment_path(&journal, n)).unwrap();
         let mut at = SEGMENT_HEADER;
         while let Some(frame) = record_at(&buf, at) {
-            let Record::Order { pay_order_no, events: e, .. } = decode_record(frame.payload).unwrap();
+            let Record::Order { pay_order_no, events: e, .. } = decode_record(frame.payload).unwrap() else {
+                panic!("the pay floor journals only orders");
+            };
             events.extend(e.into_iter().map(|e| (pay_order_no.as_str().to_owned(), e)));
             at = frame.next;
         }

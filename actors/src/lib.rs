@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 #![warn(missing_docs)]
 
+pub mod breaker;
 pub mod channel;
 pub mod clock;
 pub mod daily_volume;
@@ -14,6 +15,8 @@ pub mod error;
 pub mod ids;
 pub mod merchant;
 pub mod money;
+pub mod notification;
+pub mod notifier;
 pub mod order;
 pub mod order_actor;
 pub mod ports;
@@ -24,4 +27,5 @@ pub mod routing;
 pub mod shard;
 pub mod shared_order;
 pub mod signing;
+pub mod time_fmt;
 pub mod timers;

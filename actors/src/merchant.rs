@@ -38,6 +38,25 @@ pub struct MerchantProfile {
     /// Order lifetime when a request gives none.
     #[serde(default = "default_expire_minutes")]
     pub expire_minutes: u32,
+    /// Where notifications go for orders that name no `notify_url`.
+    #[serde(default)]
+    pub notify_url: Option<String>,
+    /// Whether notifications may go to loopback, private, link-local, unique-local or
+    /// multicast addresses (a merchant on the same network; the demo). Off by default:
+    /// such a URL is a way to make the gateway call into its own network.
+    #[serde(default)]
+    pub allow_private_notify: bool,
+}
+
+impl MerchantProfile {
+    /// How this merchant's requests and notifications are signed by default.
+    pub fn sign_type(&self) -> SignType {
+        if self.legacy_md5 {
+            SignType::Md5
+        } else {
+            SignType::HmacSha256
+        }
+    }
 }
 
 fn default_expire_minutes() -> u32 {
@@ -52,6 +71,8 @@ impl std::fmt::Debug for MerchantProfile {
             .field("secret", &"<redacted>")
             .field("legacy_md5", &self.legacy_md5)
             .field("status", &self.status)
+            .field("notify_url", &self.notify_url)
+            .field("allow_private_notify", &self.allow_private_notify)
             .finish()
     }
 }
@@ -183,6 +204,16 @@ impl MerchantDirectory {
         MerchantDirectory { merchants: Arc::new(merchants), policy }
     }
 
+    /// The merchant with `merchant_id`.
+    pub fn get(&self, merchant_id: &str) -> Option<Arc<MerchantProfile>> {
+        self.merchants.get(merchant_id).map(|m| Arc::clone(&m.profile))
+    }
+
+    /// Every merchant.
+    pub fn profiles(&self) -> impl Iterator<Item = &Arc<MerchantProfile>> {
+        self.merchants.values().map(|m| &m.profile)
+    }
+
     /// Authenticates a request with the merchant it names.
     pub fn authenticate(&self, params: &impl ParamMap, now_secs: i64) -> CoreResult<Arc<MerchantProfile>> {
         let id = params.param("merchant_id").unwrap_or_default();
@@ -209,6 +240,8 @@ mod tests {
             legacy_md5: legacy,
             status: MerchantStatus::Active,
             expire_minutes: 30,
+            notify_url: None,
+            allow_private_notify: false,
         }
     }
 

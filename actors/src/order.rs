@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CoreError, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::money::Money;
+use crate::notification::NotifyType;
 
 /// How the buyer pays: picks the family of channels that can take the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -448,6 +449,15 @@ pub enum OrderEvent {
         /// Unix millis.
         at: i64,
     },
+    /// The outbox: the merchant is owed a notification of the state this record leaves
+    /// the order in ([`crate::notification::Notification::for_order`]). Journaled in
+    /// the same record as the change, so neither is durable without the other.
+    NotifyDue {
+        /// What the notification reports.
+        notify_type: NotifyType,
+        /// Unix millis.
+        at: i64,
+    },
 }
 
 /// An event that cannot follow the state it is applied to: a bug or a damaged journal.
@@ -504,6 +514,7 @@ impl OrderEvent {
             OrderEvent::LatePaymentRecorded { .. } => "LatePaymentRecorded",
             OrderEvent::SignalIgnored { .. } => "SignalIgnored",
             OrderEvent::Refunded { .. } => "Refunded",
+            OrderEvent::NotifyDue { .. } => "NotifyDue",
         }
     }
 
@@ -558,6 +569,13 @@ impl Order {
                 Ok(order)
             }
         }
+    }
+
+    /// The outbox event owed for this state, reached from `before`: decided with the
+    /// change, so the record that makes an order final also makes its notification due.
+    pub fn notify_due(&self, before: Option<OrderStatus>, now: i64) -> Option<OrderEvent> {
+        NotifyType::owed(before.unwrap_or(OrderStatus::Pending), self.status)
+            .map(|notify_type| OrderEvent::NotifyDue { notify_type, at: now })
     }
 
     /// Decides the events `cmd` causes at `now` (unix millis). No events means the
@@ -737,6 +755,8 @@ impl Order {
                 payment.at
             }
             OrderEvent::SignalIgnored { at, .. } => *at,
+            // The notification is the outbox's business; the order itself is unchanged.
+            OrderEvent::NotifyDue { .. } => return Ok(()),
             OrderEvent::Refunded { amount_minor, at, .. } => {
                 let total = self.refunded_minor.checked_add(*amount_minor);
                 let amount = self.spec.amount.minor();

@@ -12,6 +12,8 @@ use crate::channel::{ChannelDirectory, ChannelHandle};
 use crate::daily_volume::{business_day, counted};
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
+use crate::notification::Notification;
+use crate::notifier::NotifierDirectory;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
 use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, StorageError, Ticket, TradeRef};
 use crate::registry::{Published, Registry};
@@ -48,6 +50,8 @@ pub struct OrderContext {
     pub query_policy: QueryPolicy,
     /// Memory policy.
     pub passivation: Passivation,
+    /// The merchants' delivery actors, handed each notification once it is durable.
+    pub notifier: NotifierDirectory,
 }
 
 /// A new payment as the API layer prepared it.
@@ -268,6 +272,11 @@ impl OrderCell {
                 events.push(event);
             }
         }
+        // The outbox rides the change's own record: no second write, no window.
+        let before = self.state.as_ref().map(|o| o.status);
+        if let Some(due) = next.notify_due(before, now).filter(|_| oc.notifier.owes(&next)) {
+            events.push(due);
+        }
         self.commit(oc, events, next).await
     }
 
@@ -277,6 +286,8 @@ impl OrderCell {
         }
         let seq = self.state.as_ref().map_or(0, |o| o.seq) + 1;
         next.seq = seq;
+        let events_due: Vec<OrderEvent> =
+            events.iter().filter(|e| matches!(e, OrderEvent::NotifyDue { .. })).cloned().collect();
         let record = Record::Order { pay_order_no: self.pay_order_no.clone(), seq, events };
         let ticket = oc.journal.append(record).await.map_err(|e| match e {
             StorageError::Full(_) => e.into_core(),
@@ -292,6 +303,11 @@ impl OrderCell {
             h.stats.daily.adjust(business_day(next.create_time), delta);
         }
         self.published.set(SharedOrder::share(next.clone()));
+        for event in &events_due {
+            if let OrderEvent::NotifyDue { notify_type, at } = event {
+                oc.notifier.enqueue(Notification::for_order(&next, *notify_type, *at));
+            }
+        }
         self.state = Some(next);
         self.last_ticket = Some(ticket);
         Ok(())

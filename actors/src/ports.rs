@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::PayOrderNo;
 use crate::money::Money;
+use crate::notification::{Attempt, Notification, NotifyEvent};
 use crate::order::{ChannelNotice, Order, OrderEvent, PayScene};
 
 /// A boxed, sendable future: the shape of every asynchronous port method.
@@ -26,6 +27,27 @@ pub enum Record {
         /// What happened, in order.
         events: Vec<OrderEvent>,
     },
+    /// Delivery events of one notification to a merchant (its creation is the
+    /// `NotifyDue` event in an order record).
+    Notify {
+        /// The order it concerns (where its shard and its `notify_id` come from).
+        pay_order_no: PayOrderNo,
+        /// The notification.
+        notify_id: String,
+        /// The notification's record sequence: 2 for its first own record, then +1.
+        version: u64,
+        /// What happened, in order.
+        events: Vec<NotifyEvent>,
+    },
+}
+
+impl Record {
+    /// The order the record belongs to.
+    pub fn pay_order_no(&self) -> &PayOrderNo {
+        match self {
+            Record::Order { pay_order_no, .. } | Record::Notify { pay_order_no, .. } => pay_order_no,
+        }
+    }
 }
 
 /// Storage refused or failed a read or write.
@@ -288,4 +310,37 @@ pub trait ChannelConnector: Send + Sync + 'static {
     fn callback_ack(&self) -> CallbackReply;
     /// The answer that tells the provider to retry.
     fn callback_nack(&self) -> CallbackReply;
+}
+
+/// Read side of the notifications the views keep.
+pub trait NotifyStore: Send + Sync + 'static {
+    /// A merchant's pending notifications, earliest due first.
+    fn pending(&self, merchant_id: &str, limit: usize) -> Result<Vec<Notification>, StorageError>;
+    /// A merchant's dead notifications.
+    fn dead(&self, merchant_id: &str, limit: usize) -> Result<Vec<Notification>, StorageError>;
+    /// Every notification of an order, oldest first.
+    fn of_order(&self, pay_order_no: &PayOrderNo) -> Result<Vec<Notification>, StorageError>;
+}
+
+/// One HTTP attempt to deliver a notification.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Where to.
+    pub url: String,
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// The `Paygate-Signature` header.
+    pub signature_header: String,
+    /// The notification's id (sent as a header too, for logs at the merchant).
+    pub notify_id: String,
+    /// Whether the merchant may be reached at private addresses (else they are refused
+    /// when connecting, whatever DNS says then).
+    pub allow_private: bool,
+}
+
+/// Delivers notifications to merchants over HTTP(S).
+pub trait NotifyTransport: Send + Sync + 'static {
+    /// POSTs `outgoing` and says what came of it; never fails otherwise (a transport
+    /// error is a failed [`Attempt`]). `started` is the attempt's unix millis.
+    fn deliver(&self, outgoing: Outgoing, started: i64) -> BoxFuture<Attempt>;
 }

@@ -133,6 +133,47 @@ pub fn verify(params: &impl ParamMap, secret: &str, sign_type: SignType) -> bool
     decoded && bool::from(expected.as_slice().ct_eq(given))
 }
 
+/// The `Paygate-Signature` header of a notification `body` sent at `t` (unix seconds):
+/// `t=<t>,v1=<lowercase hex HMAC-SHA256(secret, "<t>.<body>")>`, for receivers that
+/// verify the raw bytes they got.
+pub fn payload_signature_header(secret: &str, t: i64, body: &[u8]) -> String {
+    format!("t={t},v1={}", hex::encode(payload_mac(secret, t, body)))
+}
+
+fn payload_mac(secret: &str, t: i64, body: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // HMAC accepts keys of any length.
+    if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        out.copy_from_slice(&mac.finalize().into_bytes());
+    }
+    out
+}
+
+/// Checks a `Paygate-Signature` header against `body`: one of its `v1` values matches
+/// (constant time) and its `t` is within `tolerance_secs` of `now_secs`.
+pub fn verify_payload_signature(secret: &str, header: &str, body: &[u8], now_secs: i64, tolerance_secs: i64) -> bool {
+    let mut t = None;
+    let mut given = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => given.push(v),
+            _ => {}
+        }
+    }
+    let Some(t) = t.filter(|t| (now_secs - t).abs() <= tolerance_secs) else {
+        return false;
+    };
+    let expected = payload_mac(secret, t, body);
+    given.iter().any(|v| {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(v, &mut bytes).is_ok() && bool::from(expected.ct_eq(&bytes))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

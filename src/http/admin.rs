@@ -6,6 +6,8 @@ use paygate_actors::error::{CoreError, ErrorCode};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use paygate_actors::notifier::ResendWhat;
+
 use super::envelope::{success, ApiError, HttpResponse};
 use super::App;
 use crate::sandbox::{SandboxError, SandboxSettings};
@@ -66,4 +68,17 @@ pub async fn sandbox(
         (_, ["settings"] | ["orders", _, _]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// `POST /admin/notify/resend` with `{"merchant_id": …}`: sends every DEAD notification
+/// of the merchant again now (after its endpoint's outage, say).
+pub async fn notify_resend(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    authorize(app, headers)?;
+    let merchant_id = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("merchant_id").and_then(|m| m.as_str()).map(str::to_owned))
+        .ok_or_else(|| CoreError::invalid("merchant_id", "is required: {\"merchant_id\": \"…\"}"))?;
+    let resent = app.notifier.resend(&merchant_id, ResendWhat::Dead).await?;
+    let ids: Vec<&str> = resent.iter().map(|n| n.notify_id.as_str()).collect();
+    Ok(success(&json!({ "merchant_id": merchant_id, "resent": ids.len(), "notify_ids": ids })))
 }

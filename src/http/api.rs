@@ -10,8 +10,11 @@ use paygate_actors::error::{CoreError, CoreResult, ErrorCode};
 use paygate_actors::ids::{is_valid_external_id, PayOrderNo};
 use paygate_actors::merchant::{MerchantDirectory, MerchantProfile};
 use paygate_actors::money::{Currency, Money};
+use paygate_actors::notification::Notification;
+use paygate_actors::notifier::ResendWhat;
 use paygate_actors::order::{Order, OrderSpec, PayMethod, PayScene};
 use paygate_actors::order_actor::{OrderRequest, PaySubmission};
+use paygate_actors::ports::StorageError;
 use paygate_actors::registry::OrderTarget;
 use paygate_actors::shared_order::SharedOrder;
 use serde::Serialize;
@@ -53,6 +56,9 @@ async fn bounded<T>(app: &App, fut: impl std::future::Future<Output = CoreResult
 pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body)?;
     let spec = pay_spec(&app.limits, &params, &merchant)?;
+    if let (Some(url), false) = (&spec.notify_url, merchant.allow_private_notify) {
+        app.url_guard.check(url).await.map_err(|why| CoreError::invalid("notify_url", why))?;
+    }
     let expire_minutes = spec.expire_minutes.unwrap_or(merchant.expire_minutes);
     let route = app.channels.select(spec.pay_method, spec.amount, app.clock.now_ms()).map(|c| c.code.clone());
     let target = OrderTarget::Key { merchant_id: spec.merchant_id.clone(), order_no: spec.order_no.clone() };
@@ -320,4 +326,95 @@ pub fn order_view<'a>(public_url: &'a str, order: &'a Order) -> OrderView<'a> {
         expire_time: Shown(Rfc3339(order.expire_time)),
         paid_time: order.paid_time.map(|t| Shown(Rfc3339(t))),
     }
+}
+
+/// One attempt as the notify APIs show it.
+#[derive(Serialize)]
+struct AttemptView<'a> {
+    time: Shown<Rfc3339>,
+    http_status: Option<u16>,
+    latency_ms: u32,
+    answer: &'a str,
+    error: Option<&'a str>,
+    acknowledged: bool,
+}
+
+/// A notification as the notify APIs show it.
+#[derive(Serialize)]
+pub struct NotificationView<'a> {
+    notify_id: &'a str,
+    notify_type: &'static str,
+    status: &'static str,
+    sequence: u64,
+    order_status: Option<&'a str>,
+    url: Option<&'a str>,
+    create_time: Shown<Rfc3339>,
+    next_attempt_time: Option<Shown<Rfc3339>>,
+    attempts_total: u32,
+    attempts: Vec<AttemptView<'a>>,
+}
+
+/// How `n` is shown; `default_url` is its merchant's, used when the order named none.
+pub fn notification_view<'a>(n: &'a Notification, default_url: Option<&'a str>) -> NotificationView<'a> {
+    NotificationView {
+        notify_id: &n.notify_id,
+        notify_type: n.notify_type.as_str(),
+        status: n.status.as_str(),
+        sequence: n.sequence,
+        order_status: n.fields.get("status").map(String::as_str),
+        url: n.url.as_deref().or(default_url),
+        create_time: Shown(Rfc3339(n.created_at)),
+        next_attempt_time: n.due.map(|t| Shown(Rfc3339(t))),
+        attempts_total: n.total_attempts,
+        attempts: n
+            .attempts
+            .iter()
+            .map(|a| AttemptView {
+                time: Shown(Rfc3339(a.at)),
+                http_status: a.http_status,
+                latency_ms: a.latency_ms,
+                answer: &a.answer,
+                error: a.error.as_deref(),
+                acknowledged: a.acknowledged,
+            })
+            .collect(),
+    }
+}
+
+/// The merchant's order a signed notify request names.
+async fn notified_order(app: &App, params: &Params<'_>, merchant: &MerchantProfile) -> CoreResult<Arc<SharedOrder>> {
+    let target = order_target(params, merchant)?;
+    bounded(app, app.router.read(target, Some(&merchant.merchant_id))).await
+}
+
+/// `POST /api/v1/notify/query`: an order's notifications with their attempts.
+pub async fn notify_query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let (params, merchant) = authenticate(app, body)?;
+    let order = notified_order(app, &params, &merchant).await?;
+    let list = app.notifications.of_order(&order.pay_order_no).map_err(StorageError::into_core)?;
+    let views: Vec<_> = list.iter().map(|n| notification_view(n, merchant.notify_url.as_deref())).collect();
+    Ok(success(&serde_json::json!({
+        "pay_order_no": order.pay_order_no.as_str(),
+        "order_no": order.spec.order_no,
+        "notifications": views,
+    })))
+}
+
+/// `POST /api/v1/notify/resend`: sends the order's latest notification again now.
+pub async fn notify_resend(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let (params, merchant) = authenticate(app, body)?;
+    let order = notified_order(app, &params, &merchant).await?;
+    let what = ResendWhat::Latest(order.pay_order_no.clone());
+    let resent = bounded(app, app.notifier.resend(&merchant.merchant_id, what)).await?;
+    let Some(n) = resent.last() else {
+        return Err(CoreError::new(
+            ErrorCode::OrderStatusError,
+            format!(
+                "order {} is {} and has no notification yet: one is sent when the order reaches a final state",
+                order.pay_order_no, order.status
+            ),
+        )
+        .into());
+    };
+    Ok(success(&notification_view(n, merchant.notify_url.as_deref())))
 }

@@ -6,18 +6,43 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+use super::ssrf::GuardedResolver;
 
 /// The largest answer a channel call reads: a day's bill file fits many times over; a
 /// peer that sends more is not a payment provider behaving, and is not held in memory.
 pub const MAX_ANSWER_BYTES: usize = 32 << 20;
 
-/// A pooled HTTP/1 client.
+/// A pooled HTTP/1 client for `http://` and `https://` (rustls with its ring provider;
+/// the webpki roots and, optionally, the CAs of a PEM file).
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Inner,
+    max_answer: usize,
+    public_only: bool,
+}
+
+/// The pooled client: with TLS, or — only if TLS could not be set up, which the
+/// compiled-in roots and provider rule out — plain HTTP, refusing `https://`.
+#[derive(Clone)]
+enum Inner {
+    Tls(Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>),
+    Plain(Client<HttpConnector<GuardedResolver>, Full<Bytes>>, String),
+}
+
+/// How a client is built.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// A PEM file of further CA certificates to trust (a private CA, a test one).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Connect only to public addresses ([`crate::http::ssrf`]).
+    pub public_only: bool,
+    /// The largest answer read; 0: [`MAX_ANSWER_BYTES`].
+    pub max_answer: usize,
 }
 
 /// An answer: status, headers and body.
@@ -44,14 +69,72 @@ impl Default for HttpClient {
     }
 }
 
+/// The TLS configuration: rustls on ring, TLS 1.2 and 1.3, webpki roots plus `ca_file`.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = ca_file {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
 impl HttpClient {
-    /// A new client.
+    /// A client that trusts the webpki roots and may connect anywhere.
     pub fn new() -> HttpClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        HttpClient { inner }
+        let options = ClientOptions::default();
+        let http = HttpClient::connector(&options);
+        let inner = match tls_config(None) {
+            Ok(tls) => HttpClient::tls(http, tls),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS is unavailable; https:// calls will fail");
+                Inner::Plain(HttpClient::pool().build(http), e)
+            }
+        };
+        HttpClient { inner, max_answer: MAX_ANSWER_BYTES, public_only: false }
+    }
+
+    /// A client built as `options` say; fails on an unreadable CA file.
+    pub fn with(options: &ClientOptions) -> Result<HttpClient, String> {
+        let tls = tls_config(options.ca_file.as_deref())?;
+        let inner = HttpClient::tls(HttpClient::connector(options), tls);
+        let max_answer = if options.max_answer == 0 { MAX_ANSWER_BYTES } else { options.max_answer };
+        Ok(HttpClient { inner, max_answer, public_only: options.public_only })
+    }
+
+    fn connector(options: &ClientOptions) -> HttpConnector<GuardedResolver> {
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver { public_only: options.public_only });
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.enforce_http(false);
+        http
+    }
+
+    fn pool() -> hyper_util::client::legacy::Builder {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(30));
+        builder
+    }
+
+    fn tls(http: HttpConnector<GuardedResolver>, tls: rustls::ClientConfig) -> Inner {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Inner::Tls(HttpClient::pool().build(https))
     }
 
     /// Sends `method url` with `body`; fails on transport errors and on timeout.
@@ -63,23 +146,38 @@ impl HttpClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Answer, String> {
+        if self.public_only {
+            // A literal address is not resolved, so the resolver cannot refuse it.
+            let host = super::ssrf::host_of(url)?;
+            if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+                if let Some(why) = super::ssrf::forbidden(ip) {
+                    return Err(format!("{url}: {ip} is a {why} address"));
+                }
+            }
+        }
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::from(body))).map_err(|e| format!("bad request: {e}"))?;
         let call = async {
-            let resp = self.inner.request(req).await.map_err(|e| format!("{url}: {e}"))?;
+            let sent = match &self.inner {
+                Inner::Tls(client) => client.request(req).await,
+                Inner::Plain(_, why) if url.starts_with("https:") => return Err(format!("{url}: {why}")),
+                Inner::Plain(client, _) => client.request(req).await,
+            };
+            let resp = sent.map_err(|e| format!("{url}: {}", error_chain(&e)))?;
             let status = resp.status().as_u16();
             let headers = resp
                 .headers()
                 .iter()
                 .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
                 .collect();
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+            let max = self.max_answer;
+            let body = http_body_util::Limited::new(resp.into_body(), max)
                 .collect()
                 .await
-                .map_err(|e| format!("{url}: answer unreadable or over {MAX_ANSWER_BYTES} bytes: {e}"))?
+                .map_err(|e| format!("{url}: answer unreadable or over {max} bytes: {e}"))?
                 .to_bytes();
             Ok(Answer { status, headers, body })
         };
@@ -96,4 +194,17 @@ impl HttpClient {
     ) -> Result<Answer, String> {
         self.send(hyper::Method::POST, url, &[("content-type", content_type)], body, timeout).await
     }
+}
+
+/// An error with its causes: hyper's own message ("client error (Connect)") hides the
+/// reason (refused, a certificate not trusted, an address the guard refused).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod pages;
 pub mod params;
 pub mod reconcile_gate;
+pub mod ssrf;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,6 +43,12 @@ pub struct App {
     pub router: OrderRouter,
     /// Merchants.
     pub merchants: MerchantDirectory,
+    /// The merchants' delivery actors.
+    pub notifier: paygate_actors::notifier::NotifierDirectory,
+    /// Notifications as the views hold them.
+    pub notifications: Arc<dyn paygate_actors::ports::NotifyStore>,
+    /// Checks merchants' notify URLs at pay time.
+    pub url_guard: ssrf::UrlGuard,
     /// Channels.
     pub channels: ChannelDirectory,
     /// Time.
@@ -269,10 +276,13 @@ enum Endpoint {
     Pay,
     Query,
     Close,
+    NotifyQuery,
+    NotifyResend,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 3] = [Endpoint::Pay, Endpoint::Query, Endpoint::Close];
+    const ALL: [Endpoint; 5] =
+        [Endpoint::Pay, Endpoint::Query, Endpoint::Close, Endpoint::NotifyQuery, Endpoint::NotifyResend];
 
     /// The endpoint at `path`, if it is one.
     fn at(path: &str) -> Option<Endpoint> {
@@ -284,6 +294,8 @@ impl Endpoint {
             Endpoint::Pay => "/api/v1/payment/pay",
             Endpoint::Query => "/api/v1/payment/query",
             Endpoint::Close => "/api/v1/payment/close",
+            Endpoint::NotifyQuery => "/api/v1/notify/query",
+            Endpoint::NotifyResend => "/api/v1/notify/resend",
         }
     }
 }
@@ -345,6 +357,8 @@ async fn api_call(
         Endpoint::Pay => api::pay(app, &body).await,
         Endpoint::Query => api::query(app, &body).await,
         Endpoint::Close => api::close(app, &body).await,
+        Endpoint::NotifyQuery => api::notify_query(app, &body).await,
+        Endpoint::NotifyResend => api::notify_resend(app, &body).await,
     }
 }
 
@@ -384,6 +398,13 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
                     .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
                     .collect();
                 return callback::handle(app, provider, CallbackRequest { headers, body: body.to_vec() }).await;
+            }
+            if path == "/admin/notify/resend" {
+                if !post {
+                    return Err(ApiError::MethodNotAllowed);
+                }
+                let (parts, body) = read_body(app, req).await?;
+                return admin::notify_resend(app, &parts.headers, &body).await;
             }
             if let Some(rest) = path.strip_prefix("/admin/sandbox/") {
                 let (parts, body) = read_body(app, req).await?;

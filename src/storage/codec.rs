@@ -2,6 +2,7 @@
 //! payload}`, each part postcard-encoded. A reader refuses versions it does not know
 //! rather than guessing.
 
+use paygate_actors::notification::Notification;
 use paygate_actors::order::Order;
 use paygate_actors::ports::Record;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,8 @@ pub enum Kind {
     Record = 1,
     /// An order snapshot.
     OrderSnapshot = 2,
+    /// A notification's state.
+    NotificationSnapshot = 3,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -115,6 +118,16 @@ pub fn encode_order(order: &Order) -> Result<Vec<u8>, CodecError> {
 /// Decodes an order snapshot.
 pub fn decode_order(bytes: &[u8]) -> Result<Order, CodecError> {
     Ok(postcard::from_bytes(unwrap(Kind::OrderSnapshot, bytes)?)?)
+}
+
+/// Encodes a notification's state.
+pub fn encode_notification(n: &Notification) -> Result<Vec<u8>, CodecError> {
+    wrap(Kind::NotificationSnapshot, &postcard::to_stdvec(n)?)
+}
+
+/// Decodes a notification's state.
+pub fn decode_notification(bytes: &[u8]) -> Result<Notification, CodecError> {
+    Ok(postcard::from_bytes(unwrap(Kind::NotificationSnapshot, bytes)?)?)
 }
 
 #[cfg(test)]

@@ -191,8 +191,7 @@ struct Numbering {
 
 impl Numbering {
     fn next(&mut self, record: &Record) -> Sequence {
-        let Record::Order { pay_order_no, .. } = record;
-        let shard = pay_order_no.shard().0;
+        let shard = record.pay_order_no().shard().0;
         let shard_seq = self.shards.entry(shard).or_insert(0);
         *shard_seq += 1;
         self.seq += 1;
@@ -201,8 +200,8 @@ impl Numbering {
 
     /// Takes back the numbers of records that were not written, newest first.
     fn undo(&mut self, records: &[Record]) {
-        for Record::Order { pay_order_no, .. } in records.iter().rev() {
-            if let Some(n) = self.shards.get_mut(&pay_order_no.shard().0) {
+        for record in records.iter().rev() {
+            if let Some(n) = self.shards.get_mut(&record.pay_order_no().shard().0) {
                 *n -= 1;
             }
             self.seq -= 1;

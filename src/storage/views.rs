@@ -8,16 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use paygate_actors::daily_volume::{business_day, counted};
 use paygate_actors::ids::PayOrderNo;
-use paygate_actors::order::{Order, QueryPolicy};
-use paygate_actors::ports::{OrderStore, Record, StorageError};
+use paygate_actors::notification::{Notification, NotifyStatus};
+use paygate_actors::order::{Order, OrderEvent, QueryPolicy};
+use paygate_actors::ports::{NotifyStore, OrderStore, Record, StorageError};
 use paygate_actors::registry::merchant_key;
 
-use super::codec::{decode_order, encode_order};
+use super::codec::{decode_notification, decode_order, encode_notification, encode_order};
 
 const ORDER: u8 = b'o';
 const INDEX: u8 = b'i';
 const TIMER: u8 = b't';
 const VOLUME: u8 = b'v';
+const NOTIFICATION: u8 = b'n';
+const NOTIFY_PENDING: u8 = b'p';
+const NOTIFY_DEAD: u8 = b'd';
 const APPLIED: &[u8] = b"m:applied";
 const ID_HIGH_WATER: &[u8] = b"m:idhw";
 const SCHEMA: &[u8] = b"m:schema";
@@ -111,6 +115,38 @@ fn volume_key(day: i64, channel: &str) -> Vec<u8> {
     k
 }
 
+fn notification_key(notify_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + notify_id.len());
+    k.push(NOTIFICATION);
+    k.extend_from_slice(notify_id.as_bytes());
+    k
+}
+
+/// `tag ‖ merchant ‖ 0`: where a merchant's pending or dead notifications start.
+fn merchant_prefix(tag: u8, merchant_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + merchant_id.len() + 8 + 32);
+    k.push(tag);
+    k.extend_from_slice(merchant_id.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `p ‖ merchant ‖ 0 ‖ due ‖ notify_id` for a pending notification, `d ‖ merchant ‖ 0 ‖
+/// notify_id` for a dead one; nothing for a delivered one.
+fn notify_index_key(n: &Notification) -> Option<Vec<u8>> {
+    let mut k = match n.status {
+        NotifyStatus::Pending => {
+            let mut k = merchant_prefix(NOTIFY_PENDING, &n.merchant_id);
+            k.extend_from_slice(&(n.due.unwrap_or(0).max(0) as u64).to_be_bytes());
+            k
+        }
+        NotifyStatus::Dead => merchant_prefix(NOTIFY_DEAD, &n.merchant_id),
+        NotifyStatus::Delivered => return None,
+    };
+    k.extend_from_slice(n.notify_id.as_bytes());
+    Some(k)
+}
+
 fn storage(e: impl std::fmt::Display) -> StorageError {
     StorageError::failed(e)
 }
@@ -157,6 +193,13 @@ impl Views {
         }
     }
 
+    fn load_notification(&self, notify_id: &str) -> Result<Option<Notification>, ProjectError> {
+        match self.db.get(notification_key(notify_id))? {
+            Some(bytes) => Ok(Some(decode_notification(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Applies `records` (which end at `end`) atomically: snapshots, index, timers and
     /// position move together, so a record past the stored position was never applied.
     /// Each order's records must follow its stored sequence exactly.
@@ -165,8 +208,37 @@ impl Views {
         let mut volumes: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut batch = sled::Batch::default();
         let mut high_water = self.high_water.load(Ordering::Relaxed);
+        let mut notes: HashMap<String, Notification> = HashMap::new();
         for record in records {
-            let Record::Order { pay_order_no: id, seq, events } = record;
+            let (id, seq, events) = match record {
+                Record::Order { pay_order_no, seq, events } => (pay_order_no, seq, events),
+                Record::Notify { notify_id, version, events, .. } => {
+                    let prev = match notes.get(notify_id) {
+                        Some(n) => Some(n.clone()),
+                        None => self.load_notification(notify_id)?,
+                    };
+                    let mut n = prev.ok_or_else(|| {
+                        ProjectError::Inconsistent(format!(
+                            "notification {notify_id}: record {version} has no notification"
+                        ))
+                    })?;
+                    if *version != n.version + 1 {
+                        return Err(ProjectError::Inconsistent(format!(
+                            "notification {notify_id}: journal record {version} follows stored record {}",
+                            n.version
+                        )));
+                    }
+                    let old_index = notify_index_key(&n);
+                    for e in events {
+                        n.apply(e).map_err(|e| ProjectError::Inconsistent(e.to_string()))?;
+                    }
+                    n.version = *version;
+                    reindex_notification(&mut batch, old_index, &n);
+                    batch.insert(notification_key(notify_id), encode_notification(&n)?);
+                    notes.insert(notify_id.clone(), n);
+                    continue;
+                }
+            };
             // A first record needs no lookup: the position moves atomically with the
             // data, so a record past it has never been applied.
             let prev = match overlay.get(id) {
@@ -204,6 +276,14 @@ impl Views {
             let delta = counted(&order) - counted_before;
             if delta != 0 {
                 *volumes.entry(volume_key(business_day(order.create_time), &order.channel)).or_default() += delta;
+            }
+            for event in events {
+                if let OrderEvent::NotifyDue { notify_type, at } = event {
+                    let n = Notification::for_order(&order, *notify_type, *at);
+                    reindex_notification(&mut batch, None, &n);
+                    batch.insert(notification_key(&n.notify_id), encode_notification(&n)?);
+                    notes.insert(n.notify_id.clone(), n);
+                }
             }
             batch.insert(order_key(id), encode_order(&order)?);
             high_water = high_water.max(id.millis());
@@ -247,6 +327,56 @@ impl Views {
     /// How many orders are stored.
     pub fn order_count(&self) -> usize {
         self.db.scan_prefix([ORDER]).count()
+    }
+}
+
+/// Moves a notification's index entry from `old` to where its state puts it.
+fn reindex_notification(batch: &mut sled::Batch, old: Option<Vec<u8>>, n: &Notification) {
+    let new = notify_index_key(n);
+    if old != new {
+        if let Some(k) = old {
+            batch.remove(k);
+        }
+        if let Some(k) = new {
+            batch.insert(k, &[][..]);
+        }
+    }
+}
+
+impl Views {
+    /// Notifications whose index entries start with `prefix`, the id after `skip` bytes.
+    fn indexed(&self, prefix: Vec<u8>, skip: usize, limit: usize) -> Result<Vec<Notification>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(&prefix).take(limit) {
+            let (k, _) = item.map_err(storage)?;
+            let id = k.get(prefix.len() + skip..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
+            if let Some(n) = self.load_notification(id).map_err(storage)? {
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl NotifyStore for Views {
+    fn pending(&self, merchant_id: &str, limit: usize) -> Result<Vec<Notification>, StorageError> {
+        self.indexed(merchant_prefix(NOTIFY_PENDING, merchant_id), 8, limit)
+    }
+
+    fn dead(&self, merchant_id: &str, limit: usize) -> Result<Vec<Notification>, StorageError> {
+        self.indexed(merchant_prefix(NOTIFY_DEAD, merchant_id), 0, limit)
+    }
+
+    fn of_order(&self, pay_order_no: &PayOrderNo) -> Result<Vec<Notification>, StorageError> {
+        let mut prefix = notification_key(pay_order_no.as_str());
+        prefix.push(b'-');
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(&prefix) {
+            let (_, v) = item.map_err(storage)?;
+            out.push(decode_notification(&v).map_err(storage)?);
+        }
+        out.sort_by_key(|n| n.sequence);
+        Ok(out)
     }
 }
 
