@@ -68,6 +68,22 @@ fn the_openapi_document_matches_the_server() {
     assert_eq!(keys(&paid.json), strings(&schemas["PayAnswer"]["required"]));
     let queried = c.query_id(paid.data("pay_order_no"));
     assert_eq!(keys(&queried.json["data"]), strings(&schemas["OrderData"]["required"]));
+    // A notification as documented (its endpoint is a receiver on loopback that never
+    // answers: the fields are there whatever the outcome).
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut p = Client::pay_params("DOC-NOTIFY", "1.00");
+    p.insert("notify_url".into(), format!("http://{}/", sink.local_addr().unwrap()));
+    let id = c.call("/api/v1/payment/pay", p).data("pay_order_no").to_owned();
+    assert_eq!(c.close_id(&id).code(), "SUCCESS");
+    let listed = eventually(std::time::Duration::from_secs(10), || {
+        let a = c.call("/api/v1/notify/query", params(&[("pay_order_no", &id)]));
+        a.json["data"]["notifications"].as_array().is_some_and(|n| !n.is_empty()).then_some(a)
+    })
+    .unwrap();
+    assert_eq!(keys(&listed.json["data"]), strings(&schemas["NotifyQueryData"]["required"]));
+    let n = &listed.json["data"]["notifications"][0];
+    assert_eq!(keys(n), strings(&schemas["Notification"]["required"]));
+    assert!(strings(&schemas["Notification"]["properties"]["status"]["enum"]).contains(n["status"].as_str().unwrap()));
     let error = c.query_id("P000000000000000000000");
     assert_eq!(keys(&error.json), strings(&schemas["Error"]["required"]));
 }

@@ -402,3 +402,141 @@ pub fn refund_of(trade: paygate_actors::ports::TradeRef, no: &str, fen: i64) -> 
         requested_at: 1_763_870_400_000,
     }
 }
+
+/// How a [`MerchantEndpoint`] answers one notification.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// An HTTP answer.
+    Status(u16, &'static str),
+    /// No answer for this long, then the connection is closed.
+    Hang(Duration),
+}
+
+/// One request a [`MerchantEndpoint`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn json(&self) -> BTreeMap<String, String> {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// A merchant's notification endpoint on loopback (a plain HTTP/1.1 server on threads):
+/// answers by a script, then by a default, and keeps everything it received.
+#[derive(Clone)]
+pub struct MerchantEndpoint {
+    pub url: String,
+    script: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Reply>>>,
+    default: std::sync::Arc<std::sync::Mutex<Reply>>,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl MerchantEndpoint {
+    pub fn start(default: Reply) -> MerchantEndpoint {
+        MerchantEndpoint::start_on(0, default)
+    }
+
+    pub fn start_on(port: u16, default: Reply) -> MerchantEndpoint {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let url = format!("http://{}/notify", listener.local_addr().unwrap());
+        let ep = MerchantEndpoint {
+            url,
+            script: Default::default(),
+            default: std::sync::Arc::new(std::sync::Mutex::new(default)),
+            received: Default::default(),
+        };
+        let server = ep.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let server = server.clone();
+                std::thread::spawn(move || server.serve(stream));
+            }
+        });
+        ep
+    }
+
+    /// Answers the next notifications with `replies`, in order.
+    pub fn then(&self, replies: &[Reply]) {
+        self.script.lock().unwrap().extend(replies.iter().cloned());
+    }
+
+    pub fn set_default(&self, reply: Reply) {
+        *self.default.lock().unwrap() = reply;
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` notifications arrived.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
+        eventually(limit, || (self.count() >= n).then(|| self.all()))
+            .unwrap_or_else(|| panic!("{} of {n} notifications arrived", self.count()))
+    }
+
+    fn serve(&self, stream: std::net::TcpStream) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            let mut headers = BTreeMap::new();
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                    return;
+                }
+                let h = h.trim_end();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+            }
+            let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let mut body = vec![0; len];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            self.received.lock().unwrap().push(Received { at: Instant::now(), headers, body });
+            let reply = self.script.lock().unwrap().pop_front().unwrap_or_else(|| self.default.lock().unwrap().clone());
+            match reply {
+                Reply::Status(status, text) => {
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if writer.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                Reply::Hang(d) => {
+                    std::thread::sleep(d);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The admin API's sandbox: the buyer pays `pay_order_no`.
+pub fn sandbox_pay(base: &str, pay_order_no: &str) {
+    let resp = ureq::post(&format!("{base}/admin/sandbox/orders/{pay_order_no}/pay"))
+        .set("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

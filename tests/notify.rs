@@ -1,0 +1,370 @@
+//! Merchant notifications over real loopback HTTP: signed bodies, the retry schedule,
+//! DEAD and resend, the breaker, one merchant not delaying another, the address guard,
+//! and delivery surviving kill -9.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use paygate::config::Config;
+use paygate_actors::signing::{self, SignType};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A node whose notifications retry fast: `delays` millis between attempts.
+fn fast(delays: &[i64]) -> impl FnOnce(&mut Config) + '_ {
+    move |c: &mut Config| {
+        c.notify.retry_delays_ms = delays.to_vec();
+        c.notify.timeout_ms = 2_000;
+    }
+}
+
+/// Pays `order_no` with `notify_url` and has the sandbox's buyer pay it.
+fn paid(client: &Client, order_no: &str, notify_url: &str) -> String {
+    let mut p = Client::pay_params(order_no, "12.34");
+    p.insert("notify_url".into(), notify_url.into());
+    let a = client.call("/api/v1/payment/pay", p);
+    assert_eq!(a.code(), "SUCCESS", "{a:?}");
+    let id = a.data("pay_order_no").to_owned();
+    sandbox_pay(&client.base, &id);
+    id
+}
+
+fn notifications(client: &Client, pay_order_no: &str) -> Vec<Value> {
+    let a = client.call("/api/v1/notify/query", params(&[("pay_order_no", pay_order_no)]));
+    assert_eq!(a.code(), "SUCCESS", "{a:?}");
+    a.json["data"]["notifications"].as_array().unwrap().clone()
+}
+
+/// Waits until the order's only notification has `status`.
+fn wait_notification(client: &Client, pay_order_no: &str, status: &str) -> Value {
+    let mut last = None;
+    eventually(WAIT, || {
+        let list = notifications(client, pay_order_no);
+        last = Some(list.clone());
+        list.first().filter(|n| n["status"] == status).cloned()
+    })
+    .unwrap_or_else(|| panic!("no {status} notification: {last:?}"))
+}
+
+fn verify_both(r: &Received, secret: &str, sign_type: SignType) -> BTreeMap<String, String> {
+    let fields = r.json();
+    assert!(signing::verify(&fields, secret, sign_type), "sign field: {fields:?}");
+    let header = r.headers.get("paygate-signature").expect("Paygate-Signature header");
+    assert!(signing::verify_payload_signature(secret, header, &r.body, now_secs(), 300), "{header}");
+    fields
+}
+
+#[test]
+fn a_paid_order_is_notified_once_signed_both_ways() {
+    let t = TestNode::start();
+    let ep = MerchantEndpoint::start(Reply::Status(200, "success\n"));
+    let client = t.client();
+    let id = paid(&client, "N-PAID", &ep.url);
+    let got = ep.wait_for(1, WAIT);
+    let fields = verify_both(&got[0], SECRET, SignType::HmacSha256);
+    assert_eq!(fields["status"], "SUCCESS");
+    assert_eq!(fields["notify_type"], "PAY");
+    assert_eq!(fields["amount"], "12.34");
+    assert_eq!(fields["currency"], "CNY");
+    assert_eq!(fields["order_no"], "N-PAID");
+    assert_eq!(fields["pay_order_no"], id);
+    assert_eq!(fields["merchant_id"], MERCHANT);
+    assert!(!fields["channel_trade_no"].is_empty() && !fields["paid_time"].is_empty(), "{fields:?}");
+    assert_eq!(got[0].headers["paygate-notify-id"], fields["notify_id"]);
+
+    let n = wait_notification(&client, &id, "DELIVERED");
+    assert_eq!(n["notify_id"], fields["notify_id"].as_str());
+    assert_eq!(n["attempts_total"], 1);
+    assert_eq!(n["attempts"][0]["http_status"], 200);
+    assert_eq!(n["attempts"][0]["answer"], "success\n");
+    assert_eq!(n["attempts"][0]["acknowledged"], true);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ep.count(), 1, "an acknowledged notification is not sent again");
+
+    // Closing an unpaid order is a final outcome too.
+    let mut p = Client::pay_params("N-CLOSED", "1.00");
+    p.insert("notify_url".into(), ep.url.clone());
+    let closed = client.call("/api/v1/payment/pay", p).data("pay_order_no").to_owned();
+    assert_eq!(client.close_id(&closed).code(), "SUCCESS");
+    let got = ep.wait_for(2, WAIT);
+    assert_eq!(verify_both(&got[1], SECRET, SignType::HmacSha256)["status"], "CLOSED");
+    // An order that is still open owes nothing yet.
+    let mut p = Client::pay_params("N-OPEN", "1.00");
+    p.insert("notify_url".into(), ep.url.clone());
+    let open = client.call("/api/v1/payment/pay", p).data("pay_order_no").to_owned();
+    assert!(notifications(&client, &open).is_empty());
+    let resend = client.call("/api/v1/notify/resend", params(&[("pay_order_no", &open)]));
+    assert_eq!(resend.code(), "ORDER_STATUS_ERROR", "{resend:?}");
+    // Another merchant's order is not found.
+    let other = Client::new(&t.url, LEGACY_MERCHANT, LEGACY_SECRET);
+    let p = params(&[("pay_order_no", &id), ("sign_type", "MD5")]);
+    assert_eq!(other.call("/api/v1/notify/query", p).code(), "ORDER_NOT_FOUND");
+}
+
+#[test]
+fn legacy_merchants_are_signed_with_md5_and_the_default_url_is_used() {
+    let ep = MerchantEndpoint::start(Reply::Status(200, "SUCCESS"));
+    let url = ep.url.clone();
+    let t = TestNode::start_with(move |c| {
+        let m = c.merchants.iter_mut().find(|m| m.merchant_id == LEGACY_MERCHANT).unwrap();
+        m.allow_private_notify = true;
+        m.notify_url = Some(url);
+    });
+    let client = Client::new(&t.url, LEGACY_MERCHANT, LEGACY_SECRET);
+    let mut p = Client::pay_params("N-MD5", "1.00");
+    p.insert("sign_type".into(), "MD5".into());
+    let id = client.call("/api/v1/payment/pay", p).data("pay_order_no").to_owned();
+    sandbox_pay(&t.url, &id);
+    let got = ep.wait_for(1, WAIT);
+    let fields = verify_both(&got[0], LEGACY_SECRET, SignType::Md5);
+    assert_eq!(fields["sign_type"], "MD5");
+    assert_eq!(fields["pay_order_no"], id);
+}
+
+#[test]
+fn failures_follow_the_schedule_then_dead_then_resend_delivers() {
+    // A breaker that would open on this test's run of failures is another test's.
+    let t = TestNode::start_with(|c| {
+        fast(&[300, 600])(c);
+        c.notify.breaker_failures = 1_000;
+    });
+    let ep = MerchantEndpoint::start(Reply::Status(500, "try later"));
+    let client = t.client();
+    let id = paid(&client, "N-RETRY", &ep.url);
+    let got = ep.wait_for(3, WAIT);
+    // Delays of 300 and 600 ms, each within ±10%: never early.
+    let gap = |i: usize| got[i].at.duration_since(got[i - 1].at);
+    assert!(gap(1) >= Duration::from_millis(260), "{:?}", gap(1));
+    assert!(gap(2) >= Duration::from_millis(530), "{:?}", gap(2));
+    let ids: Vec<String> = got.iter().map(|r| r.json()["notify_id"].clone()).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one notify_id on every attempt: {ids:?}");
+
+    let n = wait_notification(&client, &id, "DEAD");
+    assert_eq!(n["attempts_total"], 3);
+    assert!(n["next_attempt_time"].is_null());
+    for a in n["attempts"].as_array().unwrap() {
+        assert_eq!(a["http_status"], 500);
+        assert_eq!(a["answer"], "try later");
+        assert_eq!(a["acknowledged"], false);
+    }
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(ep.count(), 3, "a DEAD notification is not attempted again by itself");
+    assert!(metric(&t.url, "paygate_notify_dead_total") >= 1.0);
+
+    // The merchant's endpoint is back: it resends, and the same notify_id arrives.
+    ep.set_default(Reply::Status(200, "SUCCESS"));
+    let resent = client.call("/api/v1/notify/resend", params(&[("order_no", "N-RETRY")]));
+    assert_eq!(resent.code(), "SUCCESS", "{resent:?}");
+    let got = ep.wait_for(4, WAIT);
+    assert_eq!(got[3].json()["notify_id"], ids[0]);
+    let n = wait_notification(&client, &id, "DELIVERED");
+    assert_eq!(n["attempts_total"], 4);
+
+    // An operator resends every DEAD notification of a merchant at once.
+    ep.set_default(Reply::Status(503, "down"));
+    let a = paid(&client, "N-DEAD-A", &ep.url);
+    let b = paid(&client, "N-DEAD-B", &ep.url);
+    wait_notification(&client, &a, "DEAD");
+    wait_notification(&client, &b, "DEAD");
+    ep.set_default(Reply::Status(200, "SUCCESS"));
+    let answer = ureq::post(&format!("{}/admin/notify/resend", t.url))
+        .set("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .send_string(&format!(r#"{{"merchant_id":"{MERCHANT}"}}"#))
+        .unwrap()
+        .into_json::<Value>()
+        .unwrap();
+    assert_eq!(answer["data"]["resent"], 2, "{answer}");
+    wait_notification(&client, &a, "DELIVERED");
+    wait_notification(&client, &b, "DELIVERED");
+    let unauthorized = ureq::post(&format!("{}/admin/notify/resend", t.url)).send_string("{}");
+    assert!(matches!(unauthorized, Err(ureq::Error::Status(401, _))));
+}
+
+#[test]
+fn an_open_breaker_probes_instead_of_spending_every_schedule() {
+    // Its own merchant id: metrics are one registry for every node in this process.
+    const BRK: &str = "MBREAKER01";
+    let t = TestNode::start_with(|c| {
+        c.notify.retry_delays_ms = vec![100; 10];
+        c.notify.max_in_flight = 1;
+        c.notify.breaker_failures = 2;
+        c.notify.breaker_open_ms = 60_000;
+        c.merchants.iter_mut().find(|m| m.merchant_id == MERCHANT).unwrap().merchant_id = BRK.into();
+    });
+    let ep = MerchantEndpoint::start(Reply::Status(500, "down"));
+    let client = Client::new(&t.url, BRK, SECRET);
+    let ids: Vec<String> = (0..4).map(|i| paid(&client, &format!("N-BRK-{i}"), &ep.url)).collect();
+    ep.wait_for(2, WAIT);
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(ep.count(), 2, "after two failures the breaker is open: no more attempts");
+    let attempted: usize = ids
+        .iter()
+        .map(|id| notifications(&client, id).first().map_or(0, |n| n["attempts_total"].as_u64().unwrap() as usize))
+        .sum();
+    assert_eq!(attempted, 2, "the queued notifications kept their schedules");
+    assert_eq!(metric(&t.url, &format!("paygate_notify_breaker_state{{merchant=\"{BRK}\"}}")), 2.0);
+    assert_eq!(metric(&t.url, &format!("paygate_notify_backlog{{merchant=\"{BRK}\"}}")), 4.0);
+}
+
+#[test]
+fn a_slow_merchant_does_not_delay_another() {
+    let slow = MerchantEndpoint::start(Reply::Hang(Duration::from_secs(4)));
+    let fast_ep = MerchantEndpoint::start(Reply::Status(200, "SUCCESS"));
+    let t = TestNode::start_with(|c| {
+        c.notify.timeout_ms = 3_000;
+        c.merchants.iter_mut().for_each(|m| m.allow_private_notify = true);
+    });
+    let client = t.client();
+    for i in 0..12 {
+        paid(&client, &format!("N-SLOW-{i}"), &slow.url);
+    }
+    slow.wait_for(8, WAIT);
+    let started = Instant::now();
+    let other = Client::new(&t.url, LEGACY_MERCHANT, LEGACY_SECRET);
+    let mut p = Client::pay_params("N-FAST", "1.00");
+    p.insert("notify_url".into(), fast_ep.url.clone());
+    p.insert("sign_type".into(), "MD5".into());
+    let id = other.call("/api/v1/payment/pay", p).data("pay_order_no").to_owned();
+    sandbox_pay(&t.url, &id);
+    fast_ep.wait_for(1, WAIT);
+    // The slow merchant's attempts in flight take 3 s to time out; the other merchant's
+    // notification did not wait for any of them.
+    assert!(started.elapsed() < Duration::from_millis(2_500), "{:?}", started.elapsed());
+    assert_eq!(slow.count(), 8, "at most max_in_flight deliveries to one endpoint at once");
+}
+
+#[test]
+fn internal_addresses_are_refused_unless_the_merchant_allows_them() {
+    let ep = MerchantEndpoint::start(Reply::Status(200, "SUCCESS"));
+    let port = ep.url.trim_start_matches("http://127.0.0.1:").trim_end_matches("/notify").to_owned();
+    let default_url = format!("http://localhost:{port}/notify");
+    let t = TestNode::start_with(move |c| {
+        // A name is resolved when used, so configuration cannot refuse it.
+        let m = c.merchants.iter_mut().find(|m| m.merchant_id == LEGACY_MERCHANT).unwrap();
+        m.notify_url = Some(default_url);
+    });
+    let legacy = Client::new(&t.url, LEGACY_MERCHANT, LEGACY_SECRET);
+    for (i, url) in [
+        ep.url.as_str(),
+        "http://localhost:9/n",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:80/n",
+        "http://10.1.2.3/n",
+        "http://192.168.0.1/n",
+        "http://[fd00::1]/n",
+        "http://224.0.0.1/n",
+        "http://0.0.0.0/n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut p = Client::pay_params(&format!("N-SSRF-{i}"), "1.00");
+        p.insert("notify_url".into(), url.into());
+        p.insert("sign_type".into(), "MD5".into());
+        let a = legacy.call("/api/v1/payment/pay", p);
+        assert_eq!(a.code(), "INVALID_PARAM", "{url}: {a:?}");
+        assert!(a.json["message"].as_str().unwrap().contains("notify_url"), "{a:?}");
+    }
+    // The demo merchant is allowed its own network.
+    assert_eq!(t.client().pay("N-SSRF-OK", "1.00").code(), "SUCCESS");
+
+    // At connection time the name is checked again: the merchant's default URL names
+    // localhost, which the guard refuses without calling it.
+    let mut p = Client::pay_params("N-SSRF-DEFAULT", "1.00");
+    p.insert("sign_type".into(), "MD5".into());
+    let id = legacy.call("/api/v1/payment/pay", p).data("pay_order_no").to_owned();
+    sandbox_pay(&t.url, &id);
+    let p = params(&[("pay_order_no", &id), ("sign_type", "MD5")]);
+    let n = eventually(WAIT, || {
+        let a = legacy.call("/api/v1/notify/query", p.clone());
+        a.json["data"]["notifications"][0].as_object().filter(|n| n["attempts_total"].as_u64() >= Some(1)).cloned()
+    })
+    .unwrap();
+    let error = n["attempts"][0]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("loopback"), "{n:?}");
+    assert_eq!(ep.count(), 0, "nothing reached the internal address");
+}
+
+#[test]
+fn the_receiver_command_verifies_and_acknowledges() {
+    let port = free_port();
+    let mut receiver = std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
+        .args(["receiver", "--listen", &format!("127.0.0.1:{port}"), "--secret", SECRET])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = eventually(WAIT, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    assert!(up.is_some());
+    let t = TestNode::start();
+    let client = t.client();
+    let id = paid(&client, "N-RECV", &format!("http://127.0.0.1:{port}/"));
+    let n = wait_notification(&client, &id, "DELIVERED");
+    assert_eq!(n["attempts"][0]["answer"], "SUCCESS");
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut receiver.stdout.take().unwrap(), &mut out).unwrap();
+    let line: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(line["verified"], true, "{out}");
+    assert_eq!(line["notification"]["pay_order_no"], id.as_str());
+}
+
+/// A configuration directory whose `[notify]` section is `notify`.
+fn config_with(notify: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&config_dir(), dir.path());
+    let path = dir.path().join("default.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[notify]\n");
+    text.push_str(notify);
+    std::fs::write(path, text).unwrap();
+    dir
+}
+
+#[test]
+fn a_pending_retry_survives_kill_9_and_resumes_at_its_due_time() {
+    let config = config_with("retry_delays_ms = [2000, 2000]\ntimeout_ms = 2000\n");
+    let data = tempfile::tempdir().unwrap();
+    let ep = MerchantEndpoint::start(Reply::Status(500, "not yet"));
+    let node = BinNode::start_with_config(config.path(), data.path(), &[]);
+    let id = paid(&node.client(), "N-KILL", &ep.url);
+    ep.wait_for(1, WAIT);
+    // The failed attempt is journaled a moment after the answer.
+    eventually(WAIT, || {
+        let n = notifications(&node.client(), &id);
+        (n.first()?["attempts_total"] == 1).then_some(())
+    })
+    .unwrap();
+    node.kill9();
+    ep.set_default(Reply::Status(200, "SUCCESS"));
+    let node = BinNode::start_with_config(config.path(), data.path(), &[]);
+    let got = ep.wait_for(2, WAIT);
+    assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(1_750), "not before its due time");
+    assert_eq!(got[0].json()["notify_id"], got[1].json()["notify_id"]);
+    let n = wait_notification(&node.client(), &id, "DELIVERED");
+    assert_eq!(n["attempts_total"], 2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ep.count(), 2, "nothing skipped, nothing sent twice");
+}
+
+#[test]
+fn a_delivery_cut_by_kill_9_is_made_again_after_restart() {
+    let config = config_with("retry_delays_ms = [500, 500]\ntimeout_ms = 4000\n");
+    let data = tempfile::tempdir().unwrap();
+    let ep = MerchantEndpoint::start(Reply::Status(200, "SUCCESS"));
+    ep.then(&[Reply::Hang(Duration::from_secs(10))]);
+    let node = BinNode::start_with_config(config.path(), data.path(), &[]);
+    let id = paid(&node.client(), "N-CUT", &ep.url);
+    ep.wait_for(1, WAIT);
+    node.kill9();
+    let node = BinNode::start_with_config(config.path(), data.path(), &[]);
+    let got = ep.wait_for(2, WAIT);
+    assert_eq!(got[0].json()["notify_id"], got[1].json()["notify_id"]);
+    let n = wait_notification(&node.client(), &id, "DELIVERED");
+    assert_eq!(n["attempts"].as_array().unwrap().last().unwrap()["acknowledged"], true);
+}
