@@ -368,3 +368,158 @@ fn a_delivery_cut_by_kill_9_is_made_again_after_restart() {
     let n = wait_notification(&node.client(), &id, "DELIVERED");
     assert_eq!(n["attempts"].as_array().unwrap().last().unwrap()["acknowledged"], true);
 }
+
+/// Runs `openssl` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (installed by .ci/run)");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A test CA and a certificate it issued for localhost and 127.0.0.1.
+fn test_pki(dir: &std::path::Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=paygate test CA"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+    openssl(dir, &csr);
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+/// An HTTPS endpoint (rustls) that answers SUCCESS; returns its port and a counter of
+/// the notifications it read.
+fn tls_endpoint(dir: &std::path::Path) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls_pki_types::pem::PemObject;
+    use std::io::{Read, Write};
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (config, seen) = (config.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), stream);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = tls.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nSUCCESS");
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, count)
+}
+
+#[test]
+fn https_endpoints_are_verified_against_the_configured_roots() {
+    let pki = tempfile::tempdir().unwrap();
+    test_pki(pki.path());
+    let (port, count) = tls_endpoint(pki.path());
+    let url = format!("https://localhost:{port}/notify");
+
+    let ca = pki.path().join("ca.pem");
+    let trusting = TestNode::start_with(move |c| c.notify.ca_file = Some(ca));
+    let id = paid(&trusting.client(), "N-TLS", &url);
+    let n = wait_notification(&trusting.client(), &id, "DELIVERED");
+    assert_eq!(n["attempts"][0]["http_status"], 200);
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Without the CA the certificate is not trusted: no request is sent.
+    let strict = TestNode::start_with(fast(&[60_000]));
+    let id = paid(&strict.client(), "N-TLS-UNTRUSTED", &url);
+    let n = eventually(WAIT, || {
+        let list = notifications(&strict.client(), &id);
+        list.first().filter(|n| n["attempts_total"] == 1).cloned()
+    })
+    .unwrap();
+    let error = n["attempts"][0]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.to_ascii_lowercase().contains("certificate"), "{error}");
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_successful_probe_closes_the_breaker_and_the_queue_drains() {
+    const PROBE: &str = "MPROBE01";
+    let t = TestNode::start_with(|c| {
+        c.notify.retry_delays_ms = vec![100; 10];
+        c.notify.max_in_flight = 1;
+        c.notify.breaker_failures = 2;
+        c.notify.breaker_open_ms = 1_000;
+        c.merchants.iter_mut().find(|m| m.merchant_id == MERCHANT).unwrap().merchant_id = PROBE.into();
+    });
+    let ep = MerchantEndpoint::start(Reply::Status(500, "down"));
+    let client = Client::new(&t.url, PROBE, SECRET);
+    let ids: Vec<String> = (0..3).map(|i| paid(&client, &format!("N-PROBE-{i}"), &ep.url)).collect();
+    let failed = ep.wait_for(2, WAIT);
+    ep.set_default(Reply::Status(200, "SUCCESS"));
+    let got = ep.wait_for(5, WAIT);
+    assert!(got[2].at.duration_since(failed[1].at) >= Duration::from_millis(900), "the probe waited for the open time");
+    for id in &ids {
+        wait_notification(&client, id, "DELIVERED");
+    }
+    assert_eq!(metric(&t.url, &format!("paygate_notify_breaker_state{{merchant=\"{PROBE}\"}}")), 0.0);
+}
