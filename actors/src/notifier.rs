@@ -129,6 +129,8 @@ pub struct MerchantNotifier {
     /// The ticket of this actor's last record: the views are read only once they show it.
     last_ticket: Ticket,
     wake: Option<(i64, SpawnHandle)>,
+    /// A later [`Self::refill`] is scheduled.
+    refill_scheduled: bool,
     stats: Arc<NotifierStats>,
 }
 
@@ -153,6 +155,7 @@ impl MerchantNotifier {
             overflow: true,
             last_ticket: 0,
             wake: None,
+            refill_scheduled: false,
             stats,
         }
     }
@@ -234,7 +237,9 @@ impl MerchantNotifier {
             }
         }
         self.publish(now);
-        let next_due = self.queue.first().map(|(due, _)| *due).filter(|due| *due > now);
+        // Jobs due now but not started wait for a slot or for their order's earlier
+        // notification: a completion wakes them. The rest need a timer.
+        let next_due = self.queue.iter().map(|(due, _)| *due).find(|due| *due > now);
         let wake = match self.breaker.open_until() {
             Some(until) if !self.queue.is_empty() => Some(until.max(now + 1)),
             _ => next_due,
@@ -310,6 +315,9 @@ impl MerchantNotifier {
                 }
             };
             act.settle(n);
+            if act.overflow && act.jobs.len() + act.busy.len() <= act.nc.policy.queue / 2 {
+                act.refill(ctx);
+            }
             act.pump(ctx);
         }));
     }
@@ -341,9 +349,11 @@ impl MerchantNotifier {
             return;
         }
         let room = self.nc.policy.queue.saturating_sub(self.jobs.len() + self.busy.len());
-        if room == 0 || !self.nc.journal.is_projected(self.last_ticket) {
-            ctx.run_later(if room == 0 { Duration::from_secs(1) } else { VIEWS_LAG_RECHECK }, Self::refill);
-            return;
+        if room == 0 {
+            return self.refill_later(Duration::from_secs(1), ctx);
+        }
+        if !self.nc.journal.is_projected(self.last_ticket) {
+            return self.refill_later(VIEWS_LAG_RECHECK, ctx);
         }
         let limit = self.nc.policy.queue;
         match self.nc.store.pending(&self.merchant.merchant_id, limit) {
@@ -361,15 +371,26 @@ impl MerchantNotifier {
                 }
                 self.overflow = !complete || added >= room;
                 if self.overflow {
-                    ctx.run_later(Duration::from_secs(1), Self::refill);
+                    // Drained deliveries call again sooner; this is the fallback.
+                    self.refill_later(Duration::from_secs(1), ctx);
                 }
             }
             Err(e) => {
                 tracing::error!(merchant_id = %self.merchant.merchant_id, error = %e, "reading pending notifications failed");
-                ctx.run_later(Duration::from_secs(1), Self::refill);
+                self.refill_later(Duration::from_secs(1), ctx);
             }
         }
         self.pump(ctx);
+    }
+
+    fn refill_later(&mut self, after: Duration, ctx: &mut Context<Self>) {
+        if !self.refill_scheduled {
+            self.refill_scheduled = true;
+            ctx.run_later(after, |act, ctx| {
+                act.refill_scheduled = false;
+                act.refill(ctx);
+            });
+        }
     }
 }
 
@@ -416,10 +437,8 @@ impl Handler<Enqueue> for MerchantNotifier {
         }
         if self.jobs.len() + self.busy.len() >= self.nc.policy.queue {
             // It is durable in the journal; the views give it back when there is room.
-            if !self.overflow {
-                self.overflow = true;
-                ctx.run_later(Duration::from_secs(1), Self::refill);
-            }
+            self.overflow = true;
+            self.refill_later(Duration::from_secs(1), ctx);
             return;
         }
         self.hold(n);
