@@ -153,6 +153,13 @@ pub enum BenchMode {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// Pay N orders through the sandbox and time their notifications to a local
+    /// receiver, alone and beside another merchant's dead endpoint.
+    Notify {
+        /// Orders per phase.
+        #[arg(long, default_value_t = 2_000)]
+        orders: u64,
+    },
     /// Complete N orders (pay + close) and watch the node's RSS.
     Soak {
         /// Orders to complete.
@@ -181,6 +188,12 @@ pub fn bench(args: BenchArgs) -> CliResult {
         Some(BenchMode::Recovery { events }) => crate::load::recovery::run(&crate::load::recovery::RecoveryOptions {
             config: args.config,
             events,
+            json: args.json,
+        }),
+        Some(BenchMode::Notify { orders }) => crate::load::notify::run(&crate::load::notify::NotifyBenchOptions {
+            config: args.config,
+            orders: orders.max(1),
+            connections: args.connections.max(1),
             json: args.json,
         }),
         Some(BenchMode::Soak { orders, sample_secs }) => crate::load::soak(&crate::load::SoakOptions {
