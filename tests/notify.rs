@@ -523,3 +523,32 @@ fn a_successful_probe_closes_the_breaker_and_the_queue_drains() {
     }
     assert_eq!(metric(&t.url, &format!("paygate_notify_breaker_state{{merchant=\"{PROBE}\"}}")), 0.0);
 }
+
+#[test]
+fn the_readmes_python_receiver_acknowledges_what_it_verifies() {
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("```python\n").expect("a Python receiver in the README") + "```python\n".len();
+    let script = &readme[start..start + readme[start..].find("```").unwrap()];
+    assert!(script.lines().count() <= 16, "the receiver stays short");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("receiver.py");
+    std::fs::write(&path, script.replace("9200", &port.to_string())).unwrap();
+    let mut python = std::process::Command::new("python3")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    assert!(eventually(WAIT, || std::net::TcpStream::connect(("127.0.0.1", port)).ok()).is_some());
+    let t = TestNode::start();
+    let client = t.client();
+    let id = paid(&client, "N-PY", &format!("http://127.0.0.1:{port}/"));
+    let n = wait_notification(&client, &id, "DELIVERED");
+    assert_eq!(n["attempts"][0]["answer"], "SUCCESS");
+    let _ = python.kill();
+    let _ = python.wait();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut python.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains(&format!("True {id} SUCCESS")), "{out}");
+}
