@@ -314,35 +314,29 @@ fn the_receiver_command_verifies_and_acknowledges() {
     assert_eq!(line["notification"]["pay_order_no"], id.as_str());
 }
 
-/// A configuration directory whose `[notify]` section is `notify`.
-fn config_with(notify: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&config_dir(), dir.path());
-    let path = dir.path().join("default.toml");
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("\n[notify]\n");
-    text.push_str(notify);
-    std::fs::write(path, text).unwrap();
-    dir
-}
-
 #[test]
 fn a_pending_retry_survives_kill_9_and_resumes_at_its_due_time() {
-    let config = config_with("retry_delays_ms = [2000, 2000]\ntimeout_ms = 2000\n");
+    let env = [("PAYGATE_NOTIFY__RETRY_DELAYS_MS", "[2000, 2000]"), ("PAYGATE_NOTIFY__TIMEOUT_MS", "2000")];
     let data = tempfile::tempdir().unwrap();
     let ep = MerchantEndpoint::start(Reply::Status(500, "not yet"));
-    let node = BinNode::start_with_config(config.path(), data.path(), &[]);
+    let node = BinNode::start(data.path(), &env);
     let id = paid(&node.client(), "N-KILL", &ep.url);
     ep.wait_for(1, WAIT);
     // The failed attempt is journaled a moment after the answer.
-    eventually(WAIT, || {
+    let n = eventually(WAIT, || {
         let n = notifications(&node.client(), &id);
-        (n.first()?["attempts_total"] == 1).then_some(())
+        n.first().filter(|n| n["attempts_total"] == 1).cloned()
     })
     .unwrap();
+    let ms = |v: &Value| {
+        let t = time::OffsetDateTime::parse(v.as_str().unwrap(), &time::format_description::well_known::Rfc3339);
+        (t.unwrap().unix_timestamp_nanos() / 1_000_000) as i64
+    };
+    let delay = ms(&n["next_attempt_time"]) - ms(&n["attempts"][0]["time"]);
+    assert!((1_800..=2_200).contains(&delay), "the configured 2 s ±10%: {delay} ms");
     node.kill9();
     ep.set_default(Reply::Status(200, "SUCCESS"));
-    let node = BinNode::start_with_config(config.path(), data.path(), &[]);
+    let node = BinNode::start(data.path(), &env);
     let got = ep.wait_for(2, WAIT);
     assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(1_750), "not before its due time");
     assert_eq!(got[0].json()["notify_id"], got[1].json()["notify_id"]);
@@ -354,15 +348,15 @@ fn a_pending_retry_survives_kill_9_and_resumes_at_its_due_time() {
 
 #[test]
 fn a_delivery_cut_by_kill_9_is_made_again_after_restart() {
-    let config = config_with("retry_delays_ms = [500, 500]\ntimeout_ms = 4000\n");
+    let env = [("PAYGATE_NOTIFY__RETRY_DELAYS_MS", "[500, 500]"), ("PAYGATE_NOTIFY__TIMEOUT_MS", "4000")];
     let data = tempfile::tempdir().unwrap();
     let ep = MerchantEndpoint::start(Reply::Status(200, "SUCCESS"));
     ep.then(&[Reply::Hang(Duration::from_secs(10))]);
-    let node = BinNode::start_with_config(config.path(), data.path(), &[]);
+    let node = BinNode::start(data.path(), &env);
     let id = paid(&node.client(), "N-CUT", &ep.url);
     ep.wait_for(1, WAIT);
     node.kill9();
-    let node = BinNode::start_with_config(config.path(), data.path(), &[]);
+    let node = BinNode::start(data.path(), &env);
     let got = ep.wait_for(2, WAIT);
     assert_eq!(got[0].json()["notify_id"], got[1].json()["notify_id"]);
     let n = wait_notification(&node.client(), &id, "DELIVERED");
