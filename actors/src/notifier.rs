@@ -13,7 +13,6 @@
 //! in the journal's views and are read back as the queue drains.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,17 +71,6 @@ pub struct NotifierContext {
     pub jitter: JitterSource,
 }
 
-/// What a merchant's actor publishes for metrics and operators, read without asking it.
-#[derive(Debug, Default)]
-pub struct NotifierStats {
-    /// Notifications pending (in memory, in flight, or waiting in the views).
-    pub backlog: AtomicUsize,
-    /// The breaker's state as [`crate::breaker::BreakerState::gauge`] × 1 (0, 1, 2).
-    pub breaker: AtomicUsize,
-    /// Deliveries in flight.
-    pub in_flight: AtomicUsize,
-}
-
 /// Hands a new notification to its merchant's actor.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -118,8 +106,10 @@ pub struct MerchantNotifier {
     jobs: HashMap<String, Notification>,
     /// `(due, notify_id)` of `jobs`.
     queue: BTreeSet<(i64, String)>,
-    /// Being delivered or resent now.
+    /// Being delivered or resent now (called, or its outcome being recorded).
     busy: HashSet<String>,
+    /// HTTP calls to the endpoint in flight: at most `max_in_flight`.
+    calling: usize,
     /// Per order, the sequences of its notifications held here: only the lowest goes.
     heads: HashMap<PayOrderNo, BTreeSet<u64>>,
     recently_done: VecDeque<String>,
@@ -131,17 +121,12 @@ pub struct MerchantNotifier {
     wake: Option<(i64, SpawnHandle)>,
     /// A later [`Self::refill`] is scheduled.
     refill_scheduled: bool,
-    stats: Arc<NotifierStats>,
 }
 
 impl MerchantNotifier {
     /// An actor for `merchant`'s notifications; it reads its pending ones from the views
     /// when it starts.
-    pub fn new(
-        nc: Arc<NotifierContext>,
-        merchant: Arc<MerchantProfile>,
-        stats: Arc<NotifierStats>,
-    ) -> MerchantNotifier {
+    pub fn new(nc: Arc<NotifierContext>, merchant: Arc<MerchantProfile>) -> MerchantNotifier {
         let breaker = Breaker::new(nc.policy.breaker);
         MerchantNotifier {
             nc,
@@ -149,6 +134,7 @@ impl MerchantNotifier {
             jobs: HashMap::new(),
             queue: BTreeSet::new(),
             busy: HashSet::new(),
+            calling: 0,
             heads: HashMap::new(),
             recently_done: VecDeque::new(),
             breaker,
@@ -156,7 +142,6 @@ impl MerchantNotifier {
             last_ticket: 0,
             wake: None,
             refill_scheduled: false,
-            stats,
         }
     }
 
@@ -206,12 +191,9 @@ impl MerchantNotifier {
         self.heads.get(&n.pay_order_no).and_then(|s| s.first()).is_none_or(|first| *first == n.sequence)
     }
 
-    fn publish(&self, now: i64) {
+    fn record_gauges(&self, now: i64) {
         let backlog = self.jobs.len() + self.busy.len();
-        self.stats.backlog.store(backlog, Ordering::Relaxed);
-        self.stats.in_flight.store(self.busy.len(), Ordering::Relaxed);
         let state = self.breaker.state(now);
-        self.stats.breaker.store(state.gauge() as usize, Ordering::Relaxed);
         let id = self.merchant.merchant_id.clone();
         metrics::gauge!("paygate_notify_backlog", "merchant" => id.clone()).set(backlog as f64);
         metrics::gauge!("paygate_notify_breaker_state", "merchant" => id).set(state.gauge());
@@ -221,7 +203,7 @@ impl MerchantNotifier {
     /// next one can be.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let now = self.nc.clock.now_ms();
-        while self.busy.len() < self.nc.policy.max_in_flight.max(1) {
+        while self.calling < self.nc.policy.max_in_flight.max(1) {
             let next = self
                 .queue
                 .iter()
@@ -236,7 +218,7 @@ impl MerchantNotifier {
                 self.deliver(n, ctx);
             }
         }
-        self.publish(now);
+        self.record_gauges(now);
         // Jobs due now but not started wait for a slot or for their order's earlier
         // notification: a completion wakes them. The rest need a timer.
         let next_due = self.queue.iter().map(|(due, _)| *due).find(|due| *due > now);
@@ -265,10 +247,14 @@ impl MerchantNotifier {
         self.wake = Some((at, handle));
     }
 
+    /// Makes one attempt: the HTTP call holds one of the endpoint's slots; recording
+    /// its outcome (a journal append) does not, so the endpoint's concurrency is not
+    /// spent waiting for the disk. The job stays busy until it is recorded.
     fn deliver(&mut self, n: Notification, ctx: &mut Context<Self>) {
+        self.calling += 1;
         let nc = Arc::clone(&self.nc);
         let merchant = Arc::clone(&self.merchant);
-        let fut = async move {
+        let call = async move {
             let started = nc.clock.now_ms();
             let attempt = match n.url.as_ref().or(merchant.notify_url.as_ref()) {
                 Some(url) => {
@@ -288,38 +274,48 @@ impl MerchantNotifier {
                     "no notify_url: the order named none and the merchant has no default",
                 ),
             };
-            let acknowledged = attempt.acknowledged;
-            let latency = f64::from(attempt.latency_ms) / 1000.0;
-            let cmd = NotifyCommand::RecordAttempt { attempt, jitter_unit: (nc.jitter)() };
-            let recorded = record(&nc, n.clone(), cmd).await;
-            (n, acknowledged, latency, recorded)
+            (n, attempt)
         };
-        ctx.spawn(fut.into_actor(self).map(|(n, acknowledged, latency, recorded), act, ctx| {
-            let now = act.nc.clock.now_ms();
-            act.breaker.record(acknowledged, now);
-            let outcome = if acknowledged { "acknowledged" } else { "failed" };
-            metrics::counter!("paygate_notify_attempts_total", "outcome" => outcome).increment(1);
-            metrics::histogram!("paygate_notify_attempt_seconds").record(latency);
-            let n = match recorded {
-                Ok((next, ticket)) => {
-                    act.last_ticket = act.last_ticket.max(ticket);
-                    act.count_outcome(&next);
-                    next
-                }
-                Err(e) => {
-                    // The attempt is not on record: it is made again, later.
-                    tracing::error!(notify_id = %n.notify_id, error = %e, "recording a notification attempt failed");
-                    let mut n = n;
-                    n.due = Some(now + APPEND_RETRY_MS);
-                    n
-                }
-            };
-            act.settle(n);
-            if act.overflow && act.jobs.len() + act.busy.len() <= act.nc.policy.queue / 2 {
-                act.refill(ctx);
-            }
-            act.pump(ctx);
-        }));
+        ctx.spawn(
+            call.into_actor(self)
+                .then(|(n, attempt), act, ctx| {
+                    act.calling = act.calling.saturating_sub(1);
+                    let now = act.nc.clock.now_ms();
+                    act.breaker.record(attempt.acknowledged, now);
+                    let outcome = if attempt.acknowledged { "acknowledged" } else { "failed" };
+                    metrics::counter!("paygate_notify_attempts_total", "outcome" => outcome).increment(1);
+                    metrics::histogram!("paygate_notify_attempt_seconds").record(f64::from(attempt.latency_ms) / 1000.0);
+                    act.pump(ctx);
+                    let nc = Arc::clone(&act.nc);
+                    let cmd = NotifyCommand::RecordAttempt { attempt, jitter_unit: (nc.jitter)() };
+                    async move {
+                        let recorded = record(&nc, n.clone(), cmd).await;
+                        (n, recorded)
+                    }
+                    .into_actor(act)
+                })
+                .map(|(n, recorded), act, ctx| {
+                    let n = match recorded {
+                        Ok((next, ticket)) => {
+                            act.last_ticket = act.last_ticket.max(ticket);
+                            act.count_outcome(&next);
+                            next
+                        }
+                        Err(e) => {
+                            // The attempt is not on record: it is made again, later.
+                            tracing::error!(notify_id = %n.notify_id, error = %e, "recording a notification attempt failed");
+                            let mut n = n;
+                            n.due = Some(act.nc.clock.now_ms() + APPEND_RETRY_MS);
+                            n
+                        }
+                    };
+                    act.settle(n);
+                    if act.overflow && act.jobs.len() + act.busy.len() <= act.nc.policy.queue / 2 {
+                        act.refill(ctx);
+                    }
+                    act.pump(ctx);
+                }),
+        );
     }
 
     fn count_outcome(&self, n: &Notification) {
@@ -529,8 +525,8 @@ pub struct NotifierDirectory {
     actors: Arc<HashMap<String, Entry>>,
 }
 
-/// One merchant's actor, profile and published state.
-type Entry = (Addr<MerchantNotifier>, Arc<MerchantProfile>, Arc<NotifierStats>);
+/// One merchant's actor and profile.
+type Entry = (Addr<MerchantNotifier>, Arc<MerchantProfile>);
 
 impl NotifierDirectory {
     /// Starts one actor per merchant in `merchants`, each where `place` puts it.
@@ -543,9 +539,8 @@ impl NotifierDirectory {
             .into_iter()
             .enumerate()
             .map(|(i, m)| {
-                let stats = Arc::new(NotifierStats::default());
-                let actor = MerchantNotifier::new(Arc::clone(&nc), Arc::clone(&m), Arc::clone(&stats));
-                (m.merchant_id.clone(), (place(i, actor), m, stats))
+                let actor = MerchantNotifier::new(Arc::clone(&nc), Arc::clone(&m));
+                (m.merchant_id.clone(), (place(i, actor), m))
             })
             .collect();
         NotifierDirectory { actors: Arc::new(actors) }
@@ -555,14 +550,14 @@ impl NotifierDirectory {
     /// `notify_url` or its merchant has a default one.
     pub fn owes(&self, order: &Order) -> bool {
         order.spec.notify_url.is_some()
-            || self.actors.get(&order.spec.merchant_id).is_some_and(|(_, m, _)| m.notify_url.is_some())
+            || self.actors.get(&order.spec.merchant_id).is_some_and(|(_, m)| m.notify_url.is_some())
     }
 
     /// Hands `n` to its merchant's actor without waiting. A merchant without an actor
     /// (no longer configured) keeps it pending in the journal.
     pub fn enqueue(&self, n: Notification) {
         match self.actors.get(&n.merchant_id) {
-            Some((addr, _, _)) => addr.do_send(Enqueue(Box::new(n))),
+            Some((addr, _)) => addr.do_send(Enqueue(Box::new(n))),
             None => {
                 tracing::warn!(notify_id = %n.notify_id, merchant_id = %n.merchant_id, "no notifier for this merchant")
             }
@@ -571,15 +566,10 @@ impl NotifierDirectory {
 
     /// Sends `what` of `merchant_id`'s notifications again now.
     pub async fn resend(&self, merchant_id: &str, what: ResendWhat) -> CoreResult<Vec<Notification>> {
-        let (addr, _, _) = self
+        let (addr, _) = self
             .actors
             .get(merchant_id)
             .ok_or_else(|| CoreError::new(ErrorCode::MerchantNotFound, "no such merchant"))?;
         addr.send(Resend(what)).await.map_err(|_| CoreError::system("the merchant's notifier is not running"))?
-    }
-
-    /// Each merchant's published delivery state.
-    pub fn stats(&self) -> impl Iterator<Item = (&str, &NotifierStats)> {
-        self.actors.iter().map(|(id, (_, _, s))| (id.as_str(), s.as_ref()))
     }
 }
