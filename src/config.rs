@@ -165,6 +165,34 @@ pub struct OrdersConfig {
     /// keep their last state in the read cache.
     #[serde(default = "default_read_cache_entries")]
     pub read_cache_entries: usize,
+    /// How many days after payment an order may be refunded.
+    #[serde(default = "default_refund_window_days")]
+    pub refund_window_days: u32,
+    /// First query of a refund whose outcome is unknown, seconds after it was asked.
+    #[serde(default = "default_refund_query_first_after_secs")]
+    pub refund_query_first_after_secs: u64,
+    /// Between a refund's queries, seconds.
+    #[serde(default = "default_refund_query_interval_secs")]
+    pub refund_query_interval_secs: u64,
+    /// Queries before a refund goes to manual review.
+    #[serde(default = "default_refund_query_max_attempts")]
+    pub refund_query_max_attempts: u8,
+}
+
+fn default_refund_window_days() -> u32 {
+    365
+}
+
+fn default_refund_query_first_after_secs() -> u64 {
+    10
+}
+
+fn default_refund_query_interval_secs() -> u64 {
+    60
+}
+
+fn default_refund_query_max_attempts() -> u8 {
+    10
 }
 
 fn default_read_cache_entries() -> usize {
@@ -436,6 +464,12 @@ impl Config {
             first_after_ms: (o.query_first_after_secs * 1000) as i64,
             interval_ms: (o.query_interval_secs * 1000) as i64,
             max_attempts: o.query_max_attempts,
+            refunds: paygate_actors::refund::RefundPolicy {
+                window_ms: i64::from(o.refund_window_days).saturating_mul(86_400_000),
+                first_query_after_ms: (o.refund_query_first_after_secs * 1000) as i64,
+                query_interval_ms: (o.refund_query_interval_secs * 1000) as i64,
+                max_queries: o.refund_query_max_attempts,
+            },
         }
     }
 }

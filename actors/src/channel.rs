@@ -130,6 +130,11 @@ impl ChannelHandle {
     pub async fn refund(&self, refund: ChannelRefund) -> Result<RefundState, ChannelError> {
         self.call(self.connector.refund(refund)).await
     }
+
+    /// Where a refund stands.
+    pub async fn query_refund(&self, refund: ChannelRefund) -> Result<RefundState, ChannelError> {
+        self.call(self.connector.query_refund(refund)).await
+    }
 }
 
 /// Every channel of the node.

@@ -21,6 +21,7 @@ pub mod order;
 pub mod order_actor;
 pub mod ports;
 pub mod read_cache;
+pub mod refund;
 pub mod registry;
 pub mod router;
 pub mod routing;

@@ -18,6 +18,8 @@ use crate::error::{CoreError, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::money::Money;
 use crate::notification::NotifyType;
+use crate::ports::RefundState;
+use crate::refund::{Refund, RefundEvent, RefundPolicy, RefundSpec, MAX_REFUNDS};
 
 /// How the buyer pays: picks the family of channels that can take the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -300,6 +302,8 @@ pub struct Order {
     pub query_attempts: u8,
     /// Payments that arrived after the order closed, flagged for refund.
     pub late_payments: Vec<LatePayment>,
+    /// Refunds, in the order they were asked for (see [`crate::refund`]).
+    pub refunds: Vec<Refund>,
     /// Journal sequence of the last record applied to this order.
     pub seq: u64,
 }
@@ -351,12 +355,26 @@ pub enum OrderCommand {
     Expire,
     /// An active query was made.
     RecordQueryAttempt,
-    /// A refund succeeded.
-    Refund {
-        /// The merchant's refund number.
-        refund_no: String,
-        /// Refunded amount, minor units.
-        amount_minor: i64,
+    /// The merchant asks for a refund (a repeat of the same request changes nothing).
+    RequestRefund {
+        /// What it asks for.
+        spec: RefundSpec,
+        /// How long after payment a refund may be asked for, millis.
+        window_ms: i64,
+    },
+    /// What the channel said of a refund (its answer, a query's, a notification's).
+    RefundOutcome {
+        /// Which refund.
+        refund_order_no: String,
+        /// What the channel said.
+        outcome: RefundState,
+    },
+    /// A refund's outcome was queried; after `max_queries` it goes to manual review.
+    RecordRefundQuery {
+        /// Which refund.
+        refund_order_no: String,
+        /// Queries before review.
+        max_queries: u8,
     },
 }
 
@@ -440,14 +458,13 @@ pub enum OrderEvent {
         /// Unix millis.
         at: i64,
     },
-    /// A refund succeeded: → PARTIALLY_REFUNDED or REFUNDED.
-    Refunded {
-        /// The merchant's refund number.
-        refund_no: String,
-        /// Refunded amount, minor units.
-        amount_minor: i64,
-        /// Unix millis.
-        at: i64,
+    /// Something happened to one of the order's refunds; a success moves the order to
+    /// PARTIALLY_REFUNDED or REFUNDED.
+    Refund {
+        /// Which refund.
+        refund_order_no: String,
+        /// What happened.
+        event: RefundEvent,
     },
     /// The outbox: the merchant is owed a notification of the state this record leaves
     /// the order in ([`crate::notification::Notification::for_order`]). Journaled in
@@ -481,22 +498,26 @@ pub struct QueryPolicy {
     pub interval_ms: i64,
     /// How many queries at most.
     pub max_attempts: u8,
+    /// The refund window, and when refunds of unknown outcome are queried.
+    pub refunds: RefundPolicy,
 }
 
 impl Default for QueryPolicy {
     /// SPEC F1: at 60 s, then every 5 minutes, up to 5 times.
     fn default() -> Self {
-        QueryPolicy { first_after_ms: 60_000, interval_ms: 300_000, max_attempts: 5 }
+        QueryPolicy { first_after_ms: 60_000, interval_ms: 300_000, max_attempts: 5, refunds: RefundPolicy::default() }
     }
 }
 
 /// What a due timer asks of an order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TimerAction {
     /// Query the channel, then expire if unpaid.
     Expire,
     /// Query the channel (active query).
     Query,
+    /// Ask the channel where a refund of unknown outcome stands.
+    RefundQuery(String),
 }
 
 impl OrderEvent {
@@ -513,7 +534,7 @@ impl OrderEvent {
             OrderEvent::QueryAttempted { .. } => "QueryAttempted",
             OrderEvent::LatePaymentRecorded { .. } => "LatePaymentRecorded",
             OrderEvent::SignalIgnored { .. } => "SignalIgnored",
-            OrderEvent::Refunded { .. } => "Refunded",
+            OrderEvent::Refund { event, .. } => event.name(),
             OrderEvent::NotifyDue { .. } => "NotifyDue",
         }
     }
@@ -552,6 +573,7 @@ impl Order {
             refunded_minor: 0,
             query_attempts: 0,
             late_payments: Vec::new(),
+            refunds: Vec::new(),
             seq: 0,
         })
     }
@@ -623,24 +645,103 @@ impl Order {
                 Pending | Paying => vec![OrderEvent::QueryAttempted { at: now }],
                 _ => vec![],
             },
-            OrderCommand::Refund { refund_no, amount_minor } => {
-                if !matches!(status, Success | PartiallyRefunded) {
-                    return Err(CoreError::new(
-                        ErrorCode::OrderStatusError,
-                        format!("order is {status}; only a paid order can be refunded"),
-                    ));
+            OrderCommand::RequestRefund { spec, window_ms } => self.decide_refund(spec, window_ms, now)?,
+            OrderCommand::RefundOutcome { refund_order_no, outcome } => {
+                let Some(refund) = self.refunds.iter().find(|r| r.refund_order_no == refund_order_no) else {
+                    return Err(CoreError::new(ErrorCode::OrderNotFound, format!("no refund {refund_order_no}")));
+                };
+                let event = match outcome {
+                    _ if !refund.status.is_open() => None,
+                    RefundState::Success => Some(RefundEvent::Succeeded { at: now }),
+                    RefundState::Failed(reason) => Some(RefundEvent::Failed { reason, at: now }),
+                    RefundState::Processing => None,
+                };
+                event.map(|event| OrderEvent::Refund { refund_order_no, event }).into_iter().collect()
+            }
+            OrderCommand::RecordRefundQuery { refund_order_no, max_queries } => {
+                match self.refunds.iter().find(|r| r.refund_order_no == refund_order_no) {
+                    Some(r) if r.status == crate::refund::RefundStatus::Refunding => {
+                        let mut events = vec![OrderEvent::Refund {
+                            refund_order_no: refund_order_no.clone(),
+                            event: RefundEvent::QueryAttempted { at: now },
+                        }];
+                        if r.query_attempts.saturating_add(1) >= max_queries {
+                            let reason = format!("no outcome from the channel after {max_queries} queries");
+                            let event = RefundEvent::SentToReview { reason, at: now };
+                            events.push(OrderEvent::Refund { refund_order_no, event });
+                        }
+                        events
+                    }
+                    _ => vec![],
                 }
-                if amount_minor <= 0 {
-                    return Err(CoreError::invalid("refund_amount", "must be greater than zero"));
-                }
-                let total = self.refunded_minor.checked_add(amount_minor);
-                if total.is_none_or(|t| t > self.spec.amount.minor()) {
-                    return Err(CoreError::new(ErrorCode::RefundExceedsPaid, "refunds would exceed the amount paid"));
-                }
-                vec![OrderEvent::Refunded { refund_no, amount_minor, at: now }]
             }
         };
         Ok(events)
+    }
+
+    /// What paid refunds and refunds in flight hold of the amount paid, minor units.
+    pub fn refund_held_minor(&self) -> i64 {
+        self.refunds.iter().filter(|r| r.status.holds_amount()).map(|r| r.spec.amount_minor).sum()
+    }
+
+    /// The refund the merchant's `refund_no` names.
+    pub fn refund(&self, refund_no: &str) -> Option<&Refund> {
+        self.refunds.iter().find(|r| r.spec.refund_no == refund_no)
+    }
+
+    fn decide_refund(&self, spec: RefundSpec, window_ms: i64, now: i64) -> Result<Vec<OrderEvent>, CoreError> {
+        use OrderStatus::*;
+        if let Some(existing) = self.refund(&spec.refund_no) {
+            if existing.spec == spec {
+                return Ok(vec![]);
+            }
+            return Err(CoreError::new(
+                ErrorCode::IdempotencyConflict,
+                format!("refund_no {} was used before with other parameters", spec.refund_no),
+            ));
+        }
+        match self.status {
+            Success | PartiallyRefunded => {}
+            Refunded => {
+                return Err(CoreError::new(ErrorCode::RefundExceedsPaid, "the order is refunded in full already"));
+            }
+            status => {
+                return Err(CoreError::new(
+                    ErrorCode::OrderStatusError,
+                    format!("order is {status}; only a paid order can be refunded"),
+                ));
+            }
+        }
+        if spec.amount_minor <= 0 {
+            return Err(CoreError::invalid("refund_amount", "must be greater than zero"));
+        }
+        if self.paid_time.is_some_and(|paid| now > paid.saturating_add(window_ms)) {
+            return Err(CoreError::new(
+                ErrorCode::OrderStatusError,
+                format!("the refund window ({} days after payment) has passed", window_ms / 86_400_000),
+            ));
+        }
+        if self.refunds.len() >= MAX_REFUNDS {
+            return Err(CoreError::new(
+                ErrorCode::OrderStatusError,
+                format!("an order takes at most {MAX_REFUNDS} refunds"),
+            ));
+        }
+        let paid = self.spec.amount.minor();
+        let held = self.refund_held_minor();
+        if held.checked_add(spec.amount_minor).is_none_or(|total| total > paid) {
+            let currency = self.spec.amount.currency();
+            return Err(CoreError::new(
+                ErrorCode::RefundExceedsPaid,
+                format!(
+                    "refunds would exceed the amount paid: {} paid, {} refunded or being refunded",
+                    Money::from_minor(paid, currency),
+                    Money::from_minor(held, currency)
+                ),
+            ));
+        }
+        let refund_order_no = Refund::number(&self.pay_order_no, self.refunds.len());
+        Ok(vec![OrderEvent::Refund { refund_order_no, event: RefundEvent::Requested { spec, at: now } }])
     }
 
     fn decide_notice(&self, notice: ChannelNotice, now: i64) -> Result<Vec<OrderEvent>, CoreError> {
@@ -757,32 +858,64 @@ impl Order {
             OrderEvent::SignalIgnored { at, .. } => *at,
             // The notification is the outbox's business; the order itself is unchanged.
             OrderEvent::NotifyDue { .. } => return Ok(()),
-            OrderEvent::Refunded { amount_minor, at, .. } => {
-                let total = self.refunded_minor.checked_add(*amount_minor);
-                let amount = self.spec.amount.minor();
-                if !matches!(status, Success | PartiallyRefunded)
-                    || *amount_minor <= 0
-                    || total.is_none_or(|t| t > amount)
-                {
-                    return Err(violation());
+            OrderEvent::Refund { refund_order_no, event } => match self.apply_refund(refund_order_no, event) {
+                Some(at) => at,
+                None => {
+                    return Err(InvariantViolation {
+                        pay_order_no: self.pay_order_no.to_string(),
+                        status,
+                        event: event.name(),
+                    })
                 }
-                self.refunded_minor = total.unwrap_or(amount);
-                self.status = if self.refunded_minor == amount { Refunded } else { PartiallyRefunded };
-                *at
-            }
+            },
         };
         self.update_time = self.update_time.max(at);
         debug_assert!(self.status.rank() >= status.rank(), "status went backwards");
         Ok(())
     }
 
-    /// When the order next needs attention (expiry or an active query), unix millis.
+    /// Applies a refund's event: `None` when it cannot follow the state. The order's
+    /// refunded amount and status follow its successful refunds, and what its refunds
+    /// hold never exceeds what was paid.
+    fn apply_refund(&mut self, refund_order_no: &str, event: &RefundEvent) -> Option<i64> {
+        use OrderStatus::*;
+        let paid = self.spec.amount.minor();
+        let at = match event {
+            RefundEvent::Requested { spec, at } => {
+                let fits = self.refund_held_minor().checked_add(spec.amount_minor).is_some_and(|t| t <= paid);
+                let fresh = self.refund(&spec.refund_no).is_none()
+                    && refund_order_no == Refund::number(&self.pay_order_no, self.refunds.len());
+                if !matches!(self.status, Success | PartiallyRefunded) || spec.amount_minor <= 0 || !fits || !fresh {
+                    return None;
+                }
+                self.refunds.push(Refund::requested(refund_order_no.to_owned(), spec.clone(), *at));
+                *at
+            }
+            _ => {
+                let refund = self.refunds.iter_mut().find(|r| r.refund_order_no == refund_order_no)?;
+                if !refund.apply(event) {
+                    return None;
+                }
+                if let RefundEvent::Succeeded { .. } = event {
+                    self.refunded_minor = self.refunded_minor.checked_add(refund.spec.amount_minor)?;
+                    self.status = if self.refunded_minor >= paid { Refunded } else { PartiallyRefunded };
+                }
+                refund.update_time
+            }
+        };
+        debug_assert!(self.refund_held_minor() <= paid, "refunds hold more than was paid");
+        Some(at)
+    }
+
+    /// When the order next needs attention (expiry, an active query, a refund's
+    /// query), unix millis.
     pub fn next_timer(&self, policy: &QueryPolicy) -> Option<i64> {
-        if !self.status.is_open() {
-            return None;
-        }
-        let query = self.next_query_time(policy);
-        Some(query.map_or(self.expire_time, |q| q.min(self.expire_time)))
+        let order = self
+            .status
+            .is_open()
+            .then(|| self.next_query_time(policy).map_or(self.expire_time, |q| q.min(self.expire_time)));
+        let refunds = self.refunds.iter().filter_map(|r| r.next_query(&policy.refunds));
+        order.into_iter().chain(refunds).min()
     }
 
     fn next_query_time(&self, policy: &QueryPolicy) -> Option<i64> {
@@ -795,15 +928,18 @@ impl Order {
 
     /// What a timer firing at `now` should do, if anything.
     pub fn due_action(&self, now: i64, policy: &QueryPolicy) -> Option<TimerAction> {
-        if !self.status.is_open() {
-            None
-        } else if now >= self.expire_time {
-            Some(TimerAction::Expire)
-        } else if self.next_query_time(policy).is_some_and(|q| now >= q) {
-            Some(TimerAction::Query)
-        } else {
-            None
+        if self.status.is_open() {
+            if now >= self.expire_time {
+                return Some(TimerAction::Expire);
+            }
+            if self.next_query_time(policy).is_some_and(|q| now >= q) {
+                return Some(TimerAction::Query);
+            }
         }
+        self.refunds
+            .iter()
+            .find(|r| r.next_query(&policy.refunds).is_some_and(|q| now >= q))
+            .map(|r| TimerAction::RefundQuery(r.refund_order_no.clone()))
     }
 }
 
@@ -833,6 +969,20 @@ mod tests {
         Ok(events.len())
     }
 
+    fn refund_spec(no: &str, amount: i64) -> RefundSpec {
+        RefundSpec { refund_no: no.into(), amount_minor: amount, reason: None, notify_url: None }
+    }
+
+    fn ask_refund(no: &str, amount: i64) -> OrderCommand {
+        OrderCommand::RequestRefund { spec: refund_spec(no, amount), window_ms: 365 * 86_400_000 }
+    }
+
+    /// The channel's answer about the order's `index`-th refund.
+    fn outcome(index: usize, outcome: RefundState) -> OrderCommand {
+        let id = PayOrderNo::parse("P170406720000000010000").unwrap();
+        OrderCommand::RefundOutcome { refund_order_no: Refund::number(&id, index), outcome }
+    }
+
     fn paid(trade: &str, amount: i64) -> OrderCommand {
         OrderCommand::Notice(ChannelNotice::Paid { channel_trade_no: trade.into(), amount_minor: amount })
     }
@@ -845,12 +995,53 @@ mod tests {
         run(&mut o, paid("T1", 10_000), 3).unwrap();
         assert_eq!((o.status, o.paid_time), (OrderStatus::Success, Some(3)));
         assert_eq!(run(&mut o, paid("T1", 10_000), 4), Ok(0), "duplicate callback is a no-op");
-        run(&mut o, OrderCommand::Refund { refund_no: "R1".into(), amount_minor: 4_000 }, 5).unwrap();
-        assert_eq!(o.status, OrderStatus::PartiallyRefunded);
-        let over = run(&mut o, OrderCommand::Refund { refund_no: "R2".into(), amount_minor: 6_001 }, 6);
-        assert_eq!(over.map_err(|e| e.code), Err(ErrorCode::RefundExceedsPaid));
-        run(&mut o, OrderCommand::Refund { refund_no: "R2".into(), amount_minor: 6_000 }, 7).unwrap();
-        assert_eq!(o.status, OrderStatus::Refunded);
+        run(&mut o, ask_refund("r1", 4_000), 5).unwrap();
+        assert_eq!(o.status, OrderStatus::Success, "a refund in flight is not a refund yet");
+        let over = run(&mut o, ask_refund("r2", 6_001), 6);
+        assert_eq!(over.map_err(|e| e.code), Err(ErrorCode::RefundExceedsPaid), "the one in flight holds its amount");
+        run(&mut o, outcome(0, RefundState::Success), 6).unwrap();
+        assert_eq!((o.status, o.refunded_minor), (OrderStatus::PartiallyRefunded, 4_000));
+        assert_eq!(run(&mut o, ask_refund("r1", 4_000), 7), Ok(0), "the same request again is the same refund");
+        let conflict = run(&mut o, ask_refund("r1", 3_000), 7);
+        assert_eq!(conflict.map_err(|e| e.code), Err(ErrorCode::IdempotencyConflict));
+        run(&mut o, ask_refund("r2", 6_000), 7).unwrap();
+        run(&mut o, outcome(1, RefundState::Failed("refused".into())), 8).unwrap();
+        assert_eq!(o.status, OrderStatus::PartiallyRefunded, "a failed refund releases its amount");
+        run(&mut o, ask_refund("r3", 6_000), 9).unwrap();
+        run(&mut o, outcome(2, RefundState::Success), 10).unwrap();
+        assert_eq!((o.status, o.refunded_minor), (OrderStatus::Refunded, 10_000));
+        assert_eq!(run(&mut o, outcome(2, RefundState::Failed("late".into())), 11), Ok(0), "settled stays settled");
+    }
+
+    #[test]
+    fn refunds_only_of_paid_orders_within_the_window() {
+        let mut o = new_order(100);
+        assert_eq!(run(&mut o, ask_refund("r1", 1), 2).map_err(|e| e.code), Err(ErrorCode::OrderStatusError));
+        run(&mut o, paid("T1", 100), 3).unwrap();
+        let late = OrderCommand::RequestRefund { spec: refund_spec("r1", 1), window_ms: 10 };
+        assert_eq!(run(&mut o, late, 14).map_err(|e| e.code), Err(ErrorCode::OrderStatusError));
+        assert_eq!(run(&mut o, ask_refund("r1", 0), 4).map_err(|e| e.code), Err(ErrorCode::InvalidParam));
+    }
+
+    #[test]
+    fn an_unknown_refund_is_queried_then_reviewed_and_still_settles() {
+        let mut policy = QueryPolicy::default();
+        policy.refunds.max_queries = 2;
+        let mut o = new_order(100);
+        run(&mut o, paid("T1", 100), 3).unwrap();
+        run(&mut o, ask_refund("r1", 50), 10).unwrap();
+        let no = o.refunds[0].refund_order_no.clone();
+        let first = 10 + policy.refunds.first_query_after_ms;
+        assert_eq!(o.next_timer(&policy), Some(first));
+        assert_eq!(o.due_action(first, &policy), Some(TimerAction::RefundQuery(no.clone())));
+        let query = || OrderCommand::RecordRefundQuery { refund_order_no: no.clone(), max_queries: 2 };
+        run(&mut o, query(), first).unwrap();
+        run(&mut o, query(), first + policy.refunds.query_interval_ms).unwrap();
+        assert_eq!(o.refunds[0].status, crate::refund::RefundStatus::ManualReview);
+        assert_eq!(o.next_timer(&policy), None);
+        assert_eq!(run(&mut o, ask_refund("r2", 51), 20).map_err(|e| e.code), Err(ErrorCode::RefundExceedsPaid));
+        run(&mut o, outcome(0, RefundState::Success), 30).unwrap();
+        assert_eq!((o.status, o.refunded_minor), (OrderStatus::PartiallyRefunded, 50));
     }
 
     #[test]
@@ -906,7 +1097,15 @@ mod tests {
             Just(OrderCommand::Notice(ChannelNotice::NotPaid)),
             Just(OrderCommand::Notice(ChannelNotice::Failed { reason: "f".into() })),
             (0usize..3, 99i64..=101).prop_map(|(t, a)| paid(["T1", "T2", "T3"][t], a)),
-            (1i64..=120).prop_map(|a| OrderCommand::Refund { refund_no: "R".into(), amount_minor: a }),
+            (0usize..4, 1i64..=120).prop_map(|(n, a)| ask_refund(["r1", "r2", "r3", "r4"][n], a)),
+            (0usize..4, 0usize..3).prop_map(|(i, o)| outcome(
+                i,
+                [RefundState::Success, RefundState::Processing, RefundState::Failed("f".into())][o].clone()
+            )),
+            (0usize..4).prop_map(|i| OrderCommand::RecordRefundQuery {
+                refund_order_no: Refund::number(&PayOrderNo::parse("P170406720000000010000").unwrap(), i),
+                max_queries: 2,
+            }),
         ]
     }
 
@@ -923,7 +1122,20 @@ mod tests {
             Just(OrderEvent::LatePaymentRecorded {
                 payment: LatePayment { channel_trade_no: "L".into(), amount_minor: 100, at: 5 }
             }),
-            (-5i64..=120).prop_map(|a| OrderEvent::Refunded { refund_no: "R".into(), amount_minor: a, at: 5 }),
+            (0usize..4, -5i64..=120).prop_map(|(i, a)| OrderEvent::Refund {
+                refund_order_no: Refund::number(&PayOrderNo::parse("P170406720000000010000").unwrap(), i),
+                event: RefundEvent::Requested { spec: refund_spec(["r1", "r2", "r1", "r3"][i], a), at: 5 },
+            }),
+            (0usize..4, 0usize..4).prop_map(|(i, e)| OrderEvent::Refund {
+                refund_order_no: Refund::number(&PayOrderNo::parse("P170406720000000010000").unwrap(), i),
+                event: [
+                    RefundEvent::Succeeded { at: 5 },
+                    RefundEvent::Failed { reason: "f".into(), at: 5 },
+                    RefundEvent::QueryAttempted { at: 5 },
+                    RefundEvent::SentToReview { reason: "r".into(), at: 5 },
+                ][e]
+                    .clone(),
+            }),
         ]
     }
 
@@ -938,6 +1150,17 @@ mod tests {
         prop_assert_eq!(&after.spec, &before.spec, "the order's request changed");
         prop_assert!(after.refunded_minor >= before.refunded_minor);
         prop_assert!(after.refunded_minor <= after.spec.amount.minor());
+        // The paid-amount invariant: what refunds hold never exceeds what was paid, and
+        // the refunded amount is exactly the successful refunds.
+        prop_assert!(after.refund_held_minor() <= after.spec.amount.minor());
+        let succeeded: i64 = after
+            .refunds
+            .iter()
+            .filter(|r| r.status == crate::refund::RefundStatus::Success)
+            .map(|r| r.spec.amount_minor)
+            .sum();
+        prop_assert_eq!(after.refunded_minor, succeeded);
+        prop_assert!(after.refunds.len() >= before.refunds.len());
         prop_assert!(after.update_time >= before.update_time);
         Ok(())
     }

@@ -12,10 +12,15 @@ use crate::channel::{ChannelDirectory, ChannelHandle};
 use crate::daily_volume::{business_day, counted};
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
+use crate::money::Money;
 use crate::notification::Notification;
 use crate::notifier::NotifierDirectory;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
-use crate::ports::{ChannelError, ChannelOrder, Clock, Journal, OrderStore, Record, StorageError, Ticket, TradeRef};
+use crate::ports::{
+    ChannelError, ChannelOrder, ChannelRefund, Clock, Journal, OrderStore, Record, RefundState, StorageError, Ticket,
+    TradeRef,
+};
+use crate::refund::{RefundSpec, RefundStatus};
 use crate::registry::{Published, Registry};
 use crate::shared_order::SharedOrder;
 
@@ -82,6 +87,8 @@ pub enum OrderRequest {
     /// Ask the channel now where an open order's trade stands (e.g. after a callback
     /// that could not be verified), and apply the answer.
     Reconcile,
+    /// Refund (or repeat the request for a refund of) part of a paid order.
+    Refund(RefundSpec),
 }
 
 /// How a message to an order actor ended.
@@ -247,6 +254,7 @@ impl OrderCell {
             }
             OrderRequest::Tick => self.tick(oc).await,
             OrderRequest::Reconcile => self.reconcile(oc).await,
+            OrderRequest::Refund(spec) => self.refund(oc, spec).await,
         }
     }
 
@@ -474,6 +482,9 @@ impl OrderCell {
                 cmds.push(OrderCommand::RecordQueryAttempt);
                 self.execute(oc, cmds).await?;
             }
+            TimerAction::RefundQuery(refund_order_no) => {
+                return self.settle_refund(oc, &refund_order_no, false).await;
+            }
             TimerAction::Expire => {
                 // SPEC F1: query first; if unpaid, close at the channel, then here.
                 let queried = channel.query(trade.clone()).await.map_err(channel_failure)?;
@@ -490,6 +501,59 @@ impl OrderCell {
                 self.execute(oc, vec![cmd]).await?;
             }
         }
+        self.current()
+    }
+}
+
+impl OrderCell {
+    /// Records the refund `spec` asks for (held against the amount paid before the
+    /// channel hears of it), then asks the channel. A repeated request answers the
+    /// refund as it stands and asks nothing again.
+    async fn refund(&mut self, oc: &OrderContext, spec: RefundSpec) -> CoreResult<Order> {
+        let repeat = self.current()?.refund(&spec.refund_no).is_some();
+        let window_ms = oc.query_policy.refunds.window_ms;
+        let refund_no = spec.refund_no.clone();
+        self.execute(oc, vec![OrderCommand::RequestRefund { spec, window_ms }]).await?;
+        let order = self.current()?;
+        let refund = order.refund(&refund_no).ok_or_else(|| CoreError::system("refund not recorded"))?;
+        if repeat || refund.status != RefundStatus::Refunding {
+            return Ok(order);
+        }
+        let refund_order_no = refund.refund_order_no.clone();
+        self.settle_refund(oc, &refund_order_no, true).await
+    }
+
+    /// Asks the channel to refund (`ask`) or where the refund stands, and records the
+    /// answer. An unknown outcome changes nothing but the query count: the refund is
+    /// queried again on its schedule under the same number, never asked for twice.
+    async fn settle_refund(&mut self, oc: &OrderContext, refund_order_no: &str, ask: bool) -> CoreResult<Order> {
+        let order = self.current()?;
+        let Some(refund) = order.refunds.iter().find(|r| r.refund_order_no == refund_order_no) else {
+            return Ok(order);
+        };
+        let channel = self.channel(&oc.channels, &order)?;
+        let request = ChannelRefund {
+            trade: TradeRef::of(&order),
+            refund_no: refund.refund_order_no.clone(),
+            amount: Money::from_minor(refund.spec.amount_minor, order.spec.amount.currency()),
+            requested_at: refund.create_time,
+        };
+        let answer = if ask { channel.refund(request).await } else { channel.query_refund(request).await };
+        let mut cmds = Vec::with_capacity(2);
+        let refund_order_no = refund_order_no.to_owned();
+        match answer {
+            Ok(outcome) => cmds.push(OrderCommand::RefundOutcome { refund_order_no: refund_order_no.clone(), outcome }),
+            Err(ChannelError::Rejected { code, message }) if ask => cmds.push(OrderCommand::RefundOutcome {
+                refund_order_no: refund_order_no.clone(),
+                outcome: RefundState::Failed(format!("{code}: {message}")),
+            }),
+            Err(e) => tracing::info!(%refund_order_no, error = %e, "refund outcome unknown; it will be queried"),
+        }
+        if !ask {
+            let max_queries = oc.query_policy.refunds.max_queries;
+            cmds.push(OrderCommand::RecordRefundQuery { refund_order_no, max_queries });
+        }
+        self.execute(oc, cmds).await?;
         self.current()
     }
 }

@@ -108,6 +108,8 @@ pub trait OrderStore: Send + Sync + 'static {
     fn load(&self, pay_order_no: &PayOrderNo) -> Result<Option<Order>, StorageError>;
     /// The order a merchant's `order_no` names.
     fn find(&self, merchant_id: &str, order_no: &str) -> Result<Option<PayOrderNo>, StorageError>;
+    /// The refund (its `refund_order_no`) a merchant's `refund_no` names.
+    fn find_refund(&self, merchant_id: &str, refund_no: &str) -> Result<Option<String>, StorageError>;
     /// Orders whose timer is due at or before `now` (unix millis), earliest first.
     fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError>;
     /// The highest id millisecond journaled so far, for the id generators.

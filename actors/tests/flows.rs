@@ -64,6 +64,14 @@ impl OrderStore for MemStore {
         let orders = self.orders.lock().unwrap();
         Ok(orders.values().find(|x| x.spec.merchant_id == m && x.spec.order_no == o).map(|x| x.pay_order_no.clone()))
     }
+    fn find_refund(&self, m: &str, refund_no: &str) -> Result<Option<String>, StorageError> {
+        let orders = self.orders.lock().unwrap();
+        let refund = orders
+            .values()
+            .filter(|x| x.spec.merchant_id == m)
+            .find_map(|x| x.refund(refund_no).map(|r| r.refund_order_no.clone()));
+        Ok(refund)
+    }
     fn due_timers(&self, _: i64, _: usize) -> Result<Vec<PayOrderNo>, StorageError> {
         Ok(vec![])
     }

@@ -15,6 +15,7 @@ use paygate_actors::notifier::ResendWhat;
 use paygate_actors::order::{Order, OrderSpec, PayMethod, PayScene};
 use paygate_actors::order_actor::{OrderRequest, PaySubmission};
 use paygate_actors::ports::StorageError;
+use paygate_actors::refund::{Refund, RefundSpec};
 use paygate_actors::registry::OrderTarget;
 use paygate_actors::shared_order::SharedOrder;
 use serde::Serialize;
@@ -417,4 +418,131 @@ pub async fn notify_resend(app: &App, body: &[u8]) -> Result<HttpResponse, ApiEr
         .into());
     };
     Ok(success(&notification_view(n, merchant.notify_url.as_deref())))
+}
+
+/// A refund as the refund APIs show it.
+#[derive(Serialize)]
+pub struct RefundView<'a> {
+    refund_order_no: &'a str,
+    refund_no: &'a str,
+    pay_order_no: &'a str,
+    order_no: &'a str,
+    merchant_id: &'a str,
+    refund_amount: Shown<Money>,
+    currency: &'static str,
+    status: &'static str,
+    reason: Option<&'a str>,
+    failure: Option<&'a str>,
+    create_time: Shown<Rfc3339>,
+    update_time: Shown<Rfc3339>,
+    finish_time: Option<Shown<Rfc3339>>,
+    order_status: &'static str,
+    order_amount: Shown<Money>,
+    refunded_amount: Shown<Money>,
+}
+
+/// How `refund` of `order` is shown.
+pub fn refund_view<'a>(order: &'a Order, refund: &'a Refund) -> RefundView<'a> {
+    let currency = order.spec.amount.currency();
+    RefundView {
+        refund_order_no: &refund.refund_order_no,
+        refund_no: &refund.spec.refund_no,
+        pay_order_no: order.pay_order_no.as_str(),
+        order_no: &order.spec.order_no,
+        merchant_id: &order.spec.merchant_id,
+        refund_amount: Shown(Money::from_minor(refund.spec.amount_minor, currency)),
+        currency: currency.code(),
+        status: refund.status.as_str(),
+        reason: refund.spec.reason.as_deref(),
+        failure: refund.failure.as_deref(),
+        create_time: Shown(Rfc3339(refund.create_time)),
+        update_time: Shown(Rfc3339(refund.update_time)),
+        finish_time: refund.finish_time.map(|t| Shown(Rfc3339(t))),
+        order_status: order.status.as_str(),
+        order_amount: Shown(order.spec.amount),
+        refunded_amount: Shown(Money::from_minor(order.refunded_minor, currency)),
+    }
+}
+
+/// A merchant's refund number, as the refund APIs accept it.
+fn refund_no<'a>(params: &'a Params) -> Result<&'a str, CoreError> {
+    let no = required(params, "refund_no")?;
+    if !is_valid_external_id(no) {
+        return Err(CoreError::invalid("refund_no", "must be 1-32 characters of A-Z a-z 0-9 _ -"));
+    }
+    Ok(no)
+}
+
+/// `POST /api/v1/refund/apply`: refunds part or all of a paid order. The same request
+/// again answers the same refund.
+pub async fn refund_apply(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let (params, merchant) = authenticate(app, body)?;
+    let target = order_target(&params, &merchant)?;
+    let refund_no = refund_no(&params)?.to_owned();
+    let amount_text = required(&params, "refund_amount")?;
+    let reason = match optional(&params, "reason", 256)? {
+        Some(r) => Some(params::text("reason", &r, 256)?.to_owned()),
+        None => None,
+    };
+    let notify_url = url("notify_url", &params)?;
+    if let (Some(url), false) = (&notify_url, merchant.allow_private_notify) {
+        app.url_guard.check(url).await.map_err(|why| CoreError::invalid("notify_url", why))?;
+    }
+    let caller = Some(merchant.merchant_id.as_str());
+    let order = bounded(app, app.router.read(target, caller)).await?;
+    let currency = order.spec.amount.currency();
+    let max = app.limits.max_amounts.get(&currency).copied().unwrap_or(0);
+    let amount =
+        Money::parse_positive(amount_text, currency, max).map_err(|e| CoreError::invalid("refund_amount", e))?;
+    // A refund number names one refund of the merchant, whatever the order.
+    let store = &app.router.context().store;
+    if let Some(existing) = store.find_refund(&merchant.merchant_id, &refund_no).map_err(StorageError::into_core)? {
+        if Refund::order_of(&existing).as_ref() != Some(&order.pay_order_no) {
+            return Err(CoreError::new(
+                ErrorCode::IdempotencyConflict,
+                format!("refund_no {refund_no} was used for another order"),
+            )
+            .into());
+        }
+    }
+    let spec = RefundSpec { refund_no: refund_no.clone(), amount_minor: amount.minor(), reason, notify_url };
+    let request = OrderRequest::Refund(spec);
+    let id = OrderTarget::Id(order.pay_order_no.clone());
+    let order = bounded(app, app.router.dispatch(id, request, Some(merchant.merchant_id.clone()))).await?;
+    let refund = order.refund(&refund_no).ok_or_else(|| CoreError::system("the refund was not recorded"))?;
+    Ok(success(&refund_view(&order, refund)))
+}
+
+/// `POST /api/v1/refund/query`: a refund by `refund_order_no`, or by `refund_no` (with
+/// its order's `order_no` or `pay_order_no`, or alone).
+pub async fn refund_query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let (params, merchant) = authenticate(app, body)?;
+    let not_found = || CoreError::new(ErrorCode::OrderNotFound, "no such refund");
+    let (target, by_number) = match (params.get("refund_order_no").filter(|v| !v.is_empty()), params.get("refund_no")) {
+        (Some(no), _) => {
+            let order = Refund::order_of(no)
+                .ok_or_else(|| CoreError::invalid("refund_order_no", "is not a paygate refund number"))?;
+            (OrderTarget::Id(order), Some(no.to_string()))
+        }
+        (None, Some(_)) => {
+            let no = refund_no(&params)?;
+            let named = params.get("pay_order_no").or(params.get("order_no")).is_some_and(|v| !v.is_empty());
+            if named {
+                (order_target(&params, &merchant)?, None)
+            } else {
+                let store = &app.router.context().store;
+                let found = store.find_refund(&merchant.merchant_id, no).map_err(StorageError::into_core)?;
+                let order = found.as_deref().and_then(Refund::order_of).ok_or_else(not_found)?;
+                (OrderTarget::Id(order), None)
+            }
+        }
+        (None, None) => return Err(CoreError::invalid("refund_order_no", "or refund_no is required").into()),
+    };
+    let order = bounded(app, app.router.read(target, Some(&merchant.merchant_id))).await?;
+    let refund = match &by_number {
+        Some(no) => order.refunds.iter().find(|r| r.refund_order_no == *no),
+        None => params.get("refund_no").and_then(|no| order.refund(no)),
+    };
+    let refund = refund.ok_or_else(not_found)?;
+    Ok(success(&refund_view(&order, refund)))
 }

@@ -278,11 +278,20 @@ enum Endpoint {
     Close,
     NotifyQuery,
     NotifyResend,
+    RefundApply,
+    RefundQuery,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 5] =
-        [Endpoint::Pay, Endpoint::Query, Endpoint::Close, Endpoint::NotifyQuery, Endpoint::NotifyResend];
+    const ALL: [Endpoint; 7] = [
+        Endpoint::Pay,
+        Endpoint::Query,
+        Endpoint::Close,
+        Endpoint::NotifyQuery,
+        Endpoint::NotifyResend,
+        Endpoint::RefundApply,
+        Endpoint::RefundQuery,
+    ];
 
     /// The endpoint at `path`, if it is one.
     fn at(path: &str) -> Option<Endpoint> {
@@ -296,6 +305,8 @@ impl Endpoint {
             Endpoint::Close => "/api/v1/payment/close",
             Endpoint::NotifyQuery => "/api/v1/notify/query",
             Endpoint::NotifyResend => "/api/v1/notify/resend",
+            Endpoint::RefundApply => "/api/v1/refund/apply",
+            Endpoint::RefundQuery => "/api/v1/refund/query",
         }
     }
 }
@@ -359,6 +370,8 @@ async fn api_call(
         Endpoint::Close => api::close(app, &body).await,
         Endpoint::NotifyQuery => api::notify_query(app, &body).await,
         Endpoint::NotifyResend => api::notify_resend(app, &body).await,
+        Endpoint::RefundApply => api::refund_apply(app, &body).await,
+        Endpoint::RefundQuery => api::refund_query(app, &body).await,
     }
 }
 

@@ -11,6 +11,7 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::notification::{Notification, NotifyStatus};
 use paygate_actors::order::{Order, OrderEvent, QueryPolicy};
 use paygate_actors::ports::{NotifyStore, OrderStore, Record, StorageError};
+use paygate_actors::refund::RefundEvent;
 use paygate_actors::registry::merchant_key;
 
 use super::codec::{decode_notification, decode_order, encode_notification, encode_order};
@@ -22,13 +23,15 @@ const VOLUME: u8 = b'v';
 const NOTIFICATION: u8 = b'n';
 const NOTIFY_PENDING: u8 = b'p';
 const NOTIFY_DEAD: u8 = b'd';
+const REFUND_INDEX: u8 = b'f';
 const APPLIED: &[u8] = b"m:applied";
 const ID_HIGH_WATER: &[u8] = b"m:idhw";
 const SCHEMA: &[u8] = b"m:schema";
 
 /// The layout of the views this build writes. Views of another layout are rebuilt
-/// from the journal. 2: the applied marker carries the journal sequence.
-pub const SCHEMA_VERSION: u32 = 2;
+/// from the journal. 2: the applied marker carries the journal sequence. 3: order
+/// snapshots carry their refunds; the refund index.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// A place in the journal: the end of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -278,6 +281,11 @@ impl Views {
                 *volumes.entry(volume_key(business_day(order.create_time), &order.channel)).or_default() += delta;
             }
             for event in events {
+                if let OrderEvent::Refund { refund_order_no, event: RefundEvent::Requested { spec, .. } } = event {
+                    let mut k = merchant_prefix(REFUND_INDEX, &order.spec.merchant_id);
+                    k.extend_from_slice(spec.refund_no.as_bytes());
+                    batch.insert(k, refund_order_no.as_bytes());
+                }
                 if let OrderEvent::NotifyDue { notify_type, at } = event {
                     let n = Notification::for_order(&order, *notify_type, *at);
                     reindex_notification(&mut batch, None, &n);
@@ -391,6 +399,13 @@ impl OrderStore for Views {
         };
         let text = std::str::from_utf8(&v).map_err(storage)?;
         PayOrderNo::parse(text).map(Some).ok_or_else(|| StorageError::Failed(format!("malformed index entry {text:?}")))
+    }
+
+    fn find_refund(&self, merchant_id: &str, refund_no: &str) -> Result<Option<String>, StorageError> {
+        let mut k = merchant_prefix(REFUND_INDEX, merchant_id);
+        k.extend_from_slice(refund_no.as_bytes());
+        let found = self.db.get(k).map_err(storage)?;
+        found.map(|v| String::from_utf8(v.to_vec()).map_err(storage)).transpose()
     }
 
     fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError> {
