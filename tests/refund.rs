@@ -161,3 +161,47 @@ fn refunds_survive_kill_9_without_being_lost_or_repeated() {
     let over: Value = refund(&c, &id, "K-9", "0.01").json;
     assert_eq!(over["code"], "REFUND_EXCEEDS_PAID");
 }
+
+#[test]
+fn each_refund_outcome_is_notified_signed_after_the_payment() {
+    let t = TestNode::start();
+    let c = t.client();
+    let pay_ep = MerchantEndpoint::start(Reply::Status(200, "SUCCESS"));
+    let refund_ep = MerchantEndpoint::start(Reply::Status(200, "SUCCESS"));
+    let mut p = Client::pay_params("RF-NOTIFY", "2.00");
+    p.insert("notify_url".into(), pay_ep.url.clone());
+    let id = c.call("/api/v1/payment/pay", p).data("pay_order_no").to_owned();
+    sandbox_pay(&t.url, &id);
+    let paid = pay_ep.wait_for(1, WAIT);
+    assert_eq!(paid[0].json()["notify_type"], "PAY");
+
+    // A refund with its own notify_url; another without one goes to the order's.
+    let mut p = params(&[("pay_order_no", &id), ("refund_no", "RN-N1"), ("refund_amount", "0.50")]);
+    p.insert("notify_url".into(), refund_ep.url.clone());
+    assert_eq!(c.call("/api/v1/refund/apply", p).data("status"), "SUCCESS");
+    let got = refund_ep.wait_for(1, WAIT);
+    let fields = got[0].json();
+    assert!(paygate_actors::signing::verify(&fields, SECRET, paygate_actors::signing::SignType::HmacSha256));
+    let header = &got[0].headers["paygate-signature"];
+    assert!(paygate_actors::signing::verify_payload_signature(SECRET, header, &got[0].body, now_secs(), 300));
+    assert_eq!(fields["notify_type"], "REFUND");
+    assert_eq!((fields["status"].as_str(), fields["order_status"].as_str()), ("SUCCESS", "PARTIALLY_REFUNDED"));
+    assert_eq!((fields["refund_no"].as_str(), fields["refund_amount"].as_str()), ("RN-N1", "0.50"));
+    assert!(fields["sequence"].parse::<u64>().unwrap() > paid[0].json()["sequence"].parse::<u64>().unwrap());
+
+    assert_eq!(refund(&c, &id, "RN-N2", "1.50").data("order_status"), "REFUNDED");
+    let got = pay_ep.wait_for(2, WAIT);
+    let fields = got[1].json();
+    assert_eq!((fields["notify_type"].as_str(), fields["refund_no"].as_str()), ("REFUND", "RN-N2"));
+    assert_eq!(fields["order_status"], "REFUNDED");
+
+    // The order's notifications, in order.
+    let list = eventually(WAIT, || {
+        let a = c.call("/api/v1/notify/query", params(&[("pay_order_no", &id)]));
+        let n = a.json["data"]["notifications"].as_array().cloned().unwrap_or_default();
+        (n.len() == 3 && n.iter().all(|n| n["status"] == "DELIVERED")).then_some(n)
+    })
+    .expect("three delivered notifications");
+    let types: Vec<&str> = list.iter().map(|n| n["notify_type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["PAY", "REFUND", "REFUND"]);
+}

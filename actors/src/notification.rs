@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::PayOrderNo;
 use crate::money::Money;
-use crate::order::{Order, OrderStatus};
+use crate::order::Order;
 use crate::signing::{self, SignType};
 use crate::time_fmt::Rfc3339;
 
@@ -32,6 +32,8 @@ use crate::time_fmt::Rfc3339;
 pub enum NotifyType {
     /// A payment's final outcome: SUCCESS, FAILED, CLOSED or EXPIRED.
     Pay,
+    /// A refund's outcome: SUCCESS or FAILED.
+    Refund,
 }
 
 impl NotifyType {
@@ -39,16 +41,7 @@ impl NotifyType {
     pub const fn as_str(self) -> &'static str {
         match self {
             NotifyType::Pay => "PAY",
-        }
-    }
-
-    /// The notification an order's change from `before` to `after` owes its merchant,
-    /// if any. A new kind of notification is one line here.
-    pub fn owed(before: OrderStatus, after: OrderStatus) -> Option<NotifyType> {
-        use OrderStatus::*;
-        match (before, after) {
-            (Pending | Paying, Success | Failed | Closed | Expired) => Some(NotifyType::Pay),
-            _ => None,
+            NotifyType::Refund => "REFUND",
         }
     }
 }
@@ -171,7 +164,8 @@ fn kept(body: &[u8]) -> String {
 /// A notification and its delivery state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
-    /// Same on every attempt: `<pay_order_no>-<sequence>`.
+    /// Same on every attempt: `<pay_order_no>-<sequence>`, and `-<refund index>` for a
+    /// refund's.
     pub notify_id: String,
     /// What it reports.
     pub notify_type: NotifyType,
@@ -181,7 +175,7 @@ pub struct Notification {
     pub pay_order_no: PayOrderNo,
     /// The order's record sequence that caused it: later states have higher ones.
     pub sequence: u64,
-    /// The order's `notify_url`; `None`: the merchant's configured default.
+    /// The refund's or the order's `notify_url`; `None`: the merchant's default.
     pub url: Option<String>,
     /// The body's fields, as of the change (without `timestamp`, `sign_type`, `sign`,
     /// which each attempt adds).
@@ -271,20 +265,27 @@ pub struct Rendered {
 }
 
 impl Notification {
-    /// The id of the notification of `pay_order_no`'s record `sequence`.
-    pub fn id_for(pay_order_no: &PayOrderNo, sequence: u64) -> String {
-        format!("{}-{sequence}", pay_order_no.as_str())
+    /// The id of the notification of `pay_order_no`'s record `sequence` (about its
+    /// refund `refund_order_no`, if any).
+    pub fn id_for(pay_order_no: &PayOrderNo, sequence: u64, refund_order_no: Option<&str>) -> String {
+        match refund_order_no.and_then(|r| r.get(r.len().saturating_sub(2)..)) {
+            Some(index) => format!("{}-{sequence}-{index}", pay_order_no.as_str()),
+            None => format!("{}-{sequence}", pay_order_no.as_str()),
+        }
     }
 
-    /// The notification `order` (as its record `order.seq` left it) owes, made at `at`.
-    pub fn for_order(order: &Order, notify_type: NotifyType, at: i64) -> Notification {
+    /// The notification `order` (as its record `order.seq` left it) owes, made at `at`:
+    /// of its payment, or of its refund `refund_order_no`.
+    pub fn for_order(order: &Order, notify_type: NotifyType, refund_order_no: Option<&str>, at: i64) -> Notification {
         let mut fields = BTreeMap::new();
         let mut put = |k: &str, v: String| {
             if !v.is_empty() {
                 fields.insert(k.to_owned(), v);
             }
         };
-        let notify_id = Notification::id_for(&order.pay_order_no, order.seq);
+        let refund = refund_order_no.and_then(|no| order.refunds.iter().find(|r| r.refund_order_no == no));
+        let notify_id =
+            Notification::id_for(&order.pay_order_no, order.seq, refund.map(|r| r.refund_order_no.as_str()));
         let currency = order.spec.amount.currency();
         put("notify_id", notify_id.clone());
         put("notify_type", notify_type.as_str().to_owned());
@@ -293,7 +294,6 @@ impl Notification {
         put("pay_order_no", order.pay_order_no.as_str().to_owned());
         put("amount", order.spec.amount.to_string());
         put("currency", currency.code().to_owned());
-        put("status", order.status.as_str().to_owned());
         put("pay_method", order.spec.pay_method.as_str().to_owned());
         put("channel", order.channel.clone());
         put("channel_trade_no", order.channel_trade_no.clone().unwrap_or_default());
@@ -303,13 +303,30 @@ impl Notification {
         put("refunded_amount", Money::from_minor(order.refunded_minor, currency).to_string());
         put("fail_reason", order.failure.clone().unwrap_or_default());
         put("sequence", order.seq.to_string());
+        let url = match refund {
+            // A refund's notification: `status` is the refund's, the order's is beside it.
+            Some(r) => {
+                put("status", r.status.as_str().to_owned());
+                put("order_status", order.status.as_str().to_owned());
+                put("refund_order_no", r.refund_order_no.clone());
+                put("refund_no", r.spec.refund_no.clone());
+                put("refund_amount", Money::from_minor(r.spec.amount_minor, currency).to_string());
+                put("refund_time", r.finish_time.map(|t| Rfc3339(t).to_string()).unwrap_or_default());
+                put("refund_failure", r.failure.clone().unwrap_or_default());
+                r.spec.notify_url.clone().or_else(|| order.spec.notify_url.clone())
+            }
+            None => {
+                put("status", order.status.as_str().to_owned());
+                order.spec.notify_url.clone()
+            }
+        };
         Notification {
             notify_id,
             notify_type,
             merchant_id: order.spec.merchant_id.clone(),
             pay_order_no: order.pay_order_no.clone(),
             sequence: order.seq,
-            url: order.spec.notify_url.clone(),
+            url,
             fields,
             created_at: at,
             status: NotifyStatus::Pending,
@@ -422,7 +439,7 @@ mod tests {
 
     #[test]
     fn body_carries_the_order_and_both_signatures_verify() {
-        let n = Notification::for_order(&paid_order(), NotifyType::Pay, 5);
+        let n = Notification::for_order(&paid_order(), NotifyType::Pay, None, 5);
         assert_eq!(n.notify_id, "P170406720000000000001-2");
         let r = n.render("s3cret", SignType::HmacSha256, 1_704_067_300);
         let params: BTreeMap<String, String> = serde_json::from_slice(&r.body).unwrap();
@@ -459,7 +476,7 @@ mod tests {
     #[test]
     fn follows_the_schedule_then_dies_and_resend_revives() {
         let s = RetrySchedule::default();
-        let mut n = Notification::for_order(&paid_order(), NotifyType::Pay, 0);
+        let mut n = Notification::for_order(&paid_order(), NotifyType::Pay, None, 0);
         let mut now = 0;
         let mut delays = Vec::new();
         while n.status == NotifyStatus::Pending {
@@ -494,7 +511,7 @@ mod tests {
         #[test]
         fn jitter_stays_in_bounds(units in proptest::collection::vec(0.0f64..1.0, 10), jitter in 0.0f64..0.5) {
             let s = RetrySchedule { jitter, ..RetrySchedule::default() };
-            let mut n = Notification::for_order(&paid_order(), NotifyType::Pay, 0);
+            let mut n = Notification::for_order(&paid_order(), NotifyType::Pay, None, 0);
             for (i, unit) in units.iter().enumerate() {
                 let now = n.due.unwrap();
                 run(&mut n, NotifyCommand::RecordAttempt { attempt: Attempt::failed(now, 1, "x"), jitter_unit: *unit }, &s);

@@ -25,7 +25,7 @@ use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::merchant::MerchantProfile;
 use crate::notification::{Notification, NotifyCommand, NotifyStatus, RetrySchedule};
-use crate::order::Order;
+use crate::order::{Order, OrderEvent};
 use crate::ports::{Clock, Journal, NotifyStore, NotifyTransport, Outgoing, Record, StorageError, Ticket};
 
 /// How merchants are notified.
@@ -546,10 +546,17 @@ impl NotifierDirectory {
         NotifierDirectory { actors: Arc::new(actors) }
     }
 
-    /// Whether `order`'s merchant is owed notifications for it: the order names a
-    /// `notify_url` or its merchant has a default one.
-    pub fn owes(&self, order: &Order) -> bool {
-        order.spec.notify_url.is_some()
+    /// Whether the notification `due` (a `NotifyDue` of `order`) can be sent: it has a
+    /// URL — the refund's, the order's, or its merchant's default.
+    pub fn owes(&self, order: &Order, due: &OrderEvent) -> bool {
+        let refund_url = match due {
+            OrderEvent::NotifyDue { refund_order_no: Some(no), .. } => {
+                order.refunds.iter().find(|r| r.refund_order_no == *no).and_then(|r| r.spec.notify_url.as_ref())
+            }
+            _ => None,
+        };
+        refund_url.is_some()
+            || order.spec.notify_url.is_some()
             || self.actors.get(&order.spec.merchant_id).is_some_and(|(_, m)| m.notify_url.is_some())
     }
 

@@ -472,6 +472,8 @@ pub enum OrderEvent {
     NotifyDue {
         /// What the notification reports.
         notify_type: NotifyType,
+        /// The refund it reports (REFUND notifications).
+        refund_order_no: Option<String>,
         /// Unix millis.
         at: i64,
     },
@@ -593,11 +595,26 @@ impl Order {
         }
     }
 
-    /// The outbox event owed for this state, reached from `before`: decided with the
-    /// change, so the record that makes an order final also makes its notification due.
-    pub fn notify_due(&self, before: Option<OrderStatus>, now: i64) -> Option<OrderEvent> {
-        NotifyType::owed(before.unwrap_or(OrderStatus::Pending), self.status)
-            .map(|notify_type| OrderEvent::NotifyDue { notify_type, at: now })
+    /// The outbox events owed for `events`, which took this order from `before` to its
+    /// state: decided with the change, so the record that makes an order final (or a
+    /// refund settled) also makes its notification due. Each kind is one arm here.
+    pub fn notifications_due(&self, before: Option<OrderStatus>, events: &[OrderEvent], now: i64) -> Vec<OrderEvent> {
+        use OrderStatus::*;
+        let due = |notify_type, refund_order_no| OrderEvent::NotifyDue { notify_type, refund_order_no, at: now };
+        let mut out = Vec::new();
+        if let (Pending | Paying, Success | Failed | Closed | Expired) = (before.unwrap_or(Pending), self.status) {
+            out.push(due(NotifyType::Pay, None));
+        }
+        for event in events {
+            if let OrderEvent::Refund {
+                refund_order_no,
+                event: RefundEvent::Succeeded { .. } | RefundEvent::Failed { .. },
+            } = event
+            {
+                out.push(due(NotifyType::Refund, Some(refund_order_no.clone())));
+            }
+        }
+        out
     }
 
     /// Decides the events `cmd` causes at `now` (unix millis). No events means the

@@ -282,9 +282,8 @@ impl OrderCell {
         }
         // The outbox rides the change's own record: no second write, no window.
         let before = self.state.as_ref().map(|o| o.status);
-        if let Some(due) = next.notify_due(before, now).filter(|_| oc.notifier.owes(&next)) {
-            events.push(due);
-        }
+        let due = next.notifications_due(before, &events, now);
+        events.extend(due.into_iter().filter(|e| oc.notifier.owes(&next, e)));
         self.commit(oc, events, next).await
     }
 
@@ -312,8 +311,8 @@ impl OrderCell {
         }
         self.published.set(SharedOrder::share(next.clone()));
         for event in &events_due {
-            if let OrderEvent::NotifyDue { notify_type, at } = event {
-                oc.notifier.enqueue(Notification::for_order(&next, *notify_type, *at));
+            if let OrderEvent::NotifyDue { notify_type, refund_order_no, at } = event {
+                oc.notifier.enqueue(Notification::for_order(&next, *notify_type, refund_order_no.as_deref(), *at));
             }
         }
         self.state = Some(next);

@@ -105,7 +105,7 @@ fn note(n: u64, seq: u64) -> Notification {
     let mut order = Order::from_created(&OrderEvent::created(id, spec, "sandbox".into(), 0, 60_000)).unwrap();
     order.apply(&OrderEvent::Paid { channel_trade_no: "T".into(), amount_minor: 100, at: 1 }).unwrap();
     order.seq = seq;
-    Notification::for_order(&order, NotifyType::Pay, 0)
+    Notification::for_order(&order, NotifyType::Pay, None, 0)
 }
 
 fn world(policy: NotifyPolicy) -> (Arc<Mem>, Arc<Transport>, NotifierDirectory) {

@@ -286,8 +286,8 @@ impl Views {
                     k.extend_from_slice(spec.refund_no.as_bytes());
                     batch.insert(k, refund_order_no.as_bytes());
                 }
-                if let OrderEvent::NotifyDue { notify_type, at } = event {
-                    let n = Notification::for_order(&order, *notify_type, *at);
+                if let OrderEvent::NotifyDue { notify_type, refund_order_no, at } = event {
+                    let n = Notification::for_order(&order, *notify_type, refund_order_no.as_deref(), *at);
                     reindex_notification(&mut batch, None, &n);
                     batch.insert(notification_key(&n.notify_id), encode_notification(&n)?);
                     notes.insert(n.notify_id.clone(), n);
