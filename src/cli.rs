@@ -266,6 +266,33 @@ pub enum ClientAction {
     Query(OrderRef),
     /// Close an unpaid order.
     Close(OrderRef),
+    /// Refund part or all of a paid order.
+    Refund {
+        /// The order.
+        #[command(flatten)]
+        order: OrderRef,
+        /// Your refund number (default: generated); the same number again is the same refund.
+        #[arg(long)]
+        refund_no: Option<String>,
+        /// How much, e.g. 1.00.
+        #[arg(long)]
+        amount: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Where the refund's outcome is posted.
+        #[arg(long)]
+        notify_url: Option<String>,
+    },
+    /// Read a refund by our number or yours.
+    RefundQuery {
+        /// Our refund number (R…).
+        #[arg(long, conflicts_with = "refund_no", required_unless_present = "refund_no")]
+        refund_order_no: Option<String>,
+        /// Your refund number.
+        #[arg(long)]
+        refund_no: Option<String>,
+    },
     /// An order's notifications to the merchant, with every attempt.
     NotifyQuery(OrderRef),
     /// Send an order's latest notification again now.
@@ -399,6 +426,8 @@ pub fn client(args: ClientArgs) -> CliResult {
         ClientAction::Query(_) => "payment/query",
         ClientAction::Close(_) => "payment/close",
         ClientAction::NotifyQuery(_) => "notify/query",
+        ClientAction::Refund { .. } => "refund/apply",
+        ClientAction::RefundQuery { .. } => "refund/query",
         ClientAction::NotifyResend(_) => "notify/resend",
     };
     let path = match args.action {
@@ -411,6 +440,20 @@ pub fn client(args: ClientArgs) -> CliResult {
             put("expire_minutes", expire_minutes.map(|m| m.to_string()));
             put("notify_url", notify_url);
             put("return_url", return_url);
+            path
+        }
+        ClientAction::Refund { order, refund_no, amount, reason, notify_url } => {
+            put("pay_order_no", order.pay_order_no);
+            put("order_no", order.order_no);
+            put("refund_no", Some(refund_no.unwrap_or_else(|| format!("RF{now_ms}"))));
+            put("refund_amount", Some(amount));
+            put("reason", reason);
+            put("notify_url", notify_url);
+            path
+        }
+        ClientAction::RefundQuery { refund_order_no, refund_no } => {
+            put("refund_order_no", refund_order_no);
+            put("refund_no", refund_no);
             path
         }
         ClientAction::Query(r)

@@ -344,6 +344,7 @@ fn build(
         notifier,
         notifications: Arc::clone(&storage.views) as Arc<dyn NotifyStore>,
         url_guard: Default::default(),
+        recent_refunds: Default::default(),
         channels,
         clock,
         sandbox: sandbox.clone(),

@@ -84,6 +84,25 @@ fn the_openapi_document_matches_the_server() {
     let n = &listed.json["data"]["notifications"][0];
     assert_eq!(keys(n), strings(&schemas["Notification"]["required"]));
     assert!(strings(&schemas["Notification"]["properties"]["status"]["enum"]).contains(n["status"].as_str().unwrap()));
+    // A refund as documented, its statuses the code's.
+    assert_eq!(
+        strings(&schemas["RefundData"]["properties"]["status"]["enum"]),
+        set(paygate_actors::refund::RefundStatus::ALL.iter().map(|s| s.as_str()))
+    );
+    let paid = c.pay("DOC-REFUND", "1.00").data("pay_order_no").to_owned();
+    sandbox_pay(&t.url, &paid);
+    wait_status(&c, &paid, "SUCCESS", std::time::Duration::from_secs(10));
+    let p = params(&[("pay_order_no", &paid), ("refund_no", "DOC-R1"), ("refund_amount", "0.40")]);
+    let refunded = c.call("/api/v1/refund/apply", p);
+    assert_eq!(keys(&refunded.json["data"]), strings(&schemas["RefundData"]["required"]));
+    let refund_required = strings(&schemas["RefundRequest"]["allOf"][1]["required"]);
+    for field in &refund_required {
+        let mut p = params(&[("pay_order_no", &paid), ("refund_no", "DOC-R2"), ("refund_amount", "0.10")]);
+        p.remove(field);
+        let a = c.call("/api/v1/refund/apply", p);
+        assert_eq!(a.code(), "INVALID_PARAM", "{field}: {a:?}");
+        assert!(a.json["message"].as_str().unwrap().contains(field.as_str()), "{field}: {a:?}");
+    }
     let error = c.query_id("P000000000000000000000");
     assert_eq!(keys(&error.json), strings(&schemas["Error"]["required"]));
 }

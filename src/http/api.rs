@@ -464,6 +464,47 @@ pub fn refund_view<'a>(order: &'a Order, refund: &'a Refund) -> RefundView<'a> {
     }
 }
 
+/// The refund numbers this node took most recently, by (merchant, refund_no) → their
+/// order: what the views' index may not show yet (it trails the journal by
+/// milliseconds, and a merchant asks right away), and the reservation that keeps two
+/// concurrent requests from using one number on two orders. Bounded: once full it is
+/// cleared, long after the views caught up with its entries.
+#[derive(Default)]
+pub struct RecentRefunds(dashmap::DashMap<(String, String), PayOrderNo>);
+
+/// Entries [`RecentRefunds`] holds before it starts again.
+const RECENT_REFUNDS: usize = 65_536;
+
+impl RecentRefunds {
+    /// Reserves `refund_no` for `order`; `false` when it names a refund of another order.
+    fn reserve(&self, app: &App, merchant_id: &str, refund_no: &str, order: &PayOrderNo) -> CoreResult<bool> {
+        if let Some(known) = self.order_of(app, merchant_id, refund_no)? {
+            return Ok(known == *order);
+        }
+        if self.0.len() >= RECENT_REFUNDS {
+            self.0.clear();
+        }
+        let key = (merchant_id.to_owned(), refund_no.to_owned());
+        Ok(*self.0.entry(key).or_insert_with(|| order.clone()) == *order)
+    }
+
+    /// Lets a number go that no refund was recorded under.
+    fn release(&self, merchant_id: &str, refund_no: &str, order: &PayOrderNo) {
+        self.0.remove_if(&(merchant_id.to_owned(), refund_no.to_owned()), |_, o| o == order);
+    }
+
+    /// The order whose refund `refund_no` names: from the views, else from what this
+    /// node just took.
+    fn order_of(&self, app: &App, merchant_id: &str, refund_no: &str) -> CoreResult<Option<PayOrderNo>> {
+        let store = &app.router.context().store;
+        let found = store.find_refund(merchant_id, refund_no).map_err(StorageError::into_core)?;
+        match found.as_deref().and_then(Refund::order_of) {
+            Some(order) => Ok(Some(order)),
+            None => Ok(self.0.get(&(merchant_id.to_owned(), refund_no.to_owned())).map(|o| o.value().clone())),
+        }
+    }
+}
+
 /// A merchant's refund number, as the refund APIs accept it.
 fn refund_no<'a>(params: &'a Params) -> Result<&'a str, CoreError> {
     let no = required(params, "refund_no")?;
@@ -495,20 +536,31 @@ pub async fn refund_apply(app: &App, body: &[u8]) -> Result<HttpResponse, ApiErr
     let amount =
         Money::parse_positive(amount_text, currency, max).map_err(|e| CoreError::invalid("refund_amount", e))?;
     // A refund number names one refund of the merchant, whatever the order.
-    let store = &app.router.context().store;
-    if let Some(existing) = store.find_refund(&merchant.merchant_id, &refund_no).map_err(StorageError::into_core)? {
-        if Refund::order_of(&existing).as_ref() != Some(&order.pay_order_no) {
-            return Err(CoreError::new(
-                ErrorCode::IdempotencyConflict,
-                format!("refund_no {refund_no} was used for another order"),
-            )
-            .into());
-        }
+    let merchant_id = merchant.merchant_id.clone();
+    if !app.recent_refunds.reserve(app, &merchant_id, &refund_no, &order.pay_order_no)? {
+        return Err(CoreError::new(
+            ErrorCode::IdempotencyConflict,
+            format!("refund_no {refund_no} was used for another order"),
+        )
+        .into());
     }
     let spec = RefundSpec { refund_no: refund_no.clone(), amount_minor: amount.minor(), reason, notify_url };
-    let request = OrderRequest::Refund(spec);
-    let id = OrderTarget::Id(order.pay_order_no.clone());
-    let order = bounded(app, app.router.dispatch(id, request, Some(merchant.merchant_id.clone()))).await?;
+    let id = order.pay_order_no.clone();
+    let refunded = bounded(
+        app,
+        app.router.dispatch(OrderTarget::Id(id.clone()), OrderRequest::Refund(spec), Some(merchant_id.clone())),
+    )
+    .await;
+    let order = match refunded {
+        Ok(order) if order.refund(&refund_no).is_some() => order,
+        other => {
+            let recorded = other.as_ref().ok().and_then(|o| o.refund(&refund_no)).is_some();
+            if !recorded {
+                app.recent_refunds.release(&merchant_id, &refund_no, &id);
+            }
+            return Err(other.err().unwrap_or_else(|| CoreError::system("the refund was not recorded")).into());
+        }
+    };
     let refund = order.refund(&refund_no).ok_or_else(|| CoreError::system("the refund was not recorded"))?;
     Ok(success(&refund_view(&order, refund)))
 }
@@ -530,9 +582,7 @@ pub async fn refund_query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiErr
             if named {
                 (order_target(&params, &merchant)?, None)
             } else {
-                let store = &app.router.context().store;
-                let found = store.find_refund(&merchant.merchant_id, no).map_err(StorageError::into_core)?;
-                let order = found.as_deref().and_then(Refund::order_of).ok_or_else(not_found)?;
+                let order = app.recent_refunds.order_of(app, &merchant.merchant_id, no)?.ok_or_else(not_found)?;
                 (OrderTarget::Id(order), None)
             }
         }

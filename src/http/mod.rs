@@ -49,6 +49,9 @@ pub struct App {
     pub notifications: Arc<dyn paygate_actors::ports::NotifyStore>,
     /// Checks merchants' notify URLs at pay time.
     pub url_guard: ssrf::UrlGuard,
+    /// Refunds answered in the last moments, by (merchant, refund_no): the views' refund
+    /// index trails the journal by milliseconds, and a merchant asks right away.
+    pub recent_refunds: api::RecentRefunds,
     /// Channels.
     pub channels: ChannelDirectory,
     /// Time.
