@@ -221,3 +221,50 @@ fn each_refund_outcome_is_notified_signed_after_the_payment() {
     let types: Vec<&str> = list.iter().map(|n| n["notify_type"].as_str().unwrap()).collect();
     assert_eq!(types, ["PAY", "REFUND", "REFUND"]);
 }
+
+#[test]
+fn an_unanswered_refund_is_settled_by_query_and_an_outage_goes_to_review() {
+    let t = TestNode::start_with(|c| {
+        c.orders.refund_query_first_after_secs = 1;
+        c.orders.refund_query_interval_secs = 1;
+        c.orders.refund_query_max_attempts = 3;
+        c.channels.iter_mut().for_each(|ch| ch.timeout_ms = 1_000);
+    });
+    let c = t.client();
+    let a = c.pay_by("ALIPAY", "RF-ALI", "5.00");
+    let id = a.data("pay_order_no").to_owned();
+    sim_post(&t, "/sim/alipay/pay", serde_json::json!({ "out_trade_no": id }));
+    wait_status(&c, &id, "SUCCESS", WAIT);
+
+    // Carried out at Alipay, the answer lost: REFUNDING, then settled by a query under
+    // the same number — one refund at Alipay.
+    sim_post(&t, "/sim/alipay/faults", serde_json::json!({ "timeout_rate": 1.0 }));
+    let r = refund(&c, &id, "ALI-1", "2.00");
+    assert_eq!((r.code(), r.data("status")), ("SUCCESS", "REFUNDING"), "{r:?}");
+    let over = refund(&c, &id, "ALI-X", "3.01");
+    assert_eq!(over.code(), "REFUND_EXCEEDS_PAID", "the refund in flight holds its amount");
+    sim_post(&t, "/sim/alipay/faults", serde_json::json!({}));
+    let no = r.data("refund_order_no").to_owned();
+    eventually(WAIT, || {
+        let q = c.call("/api/v1/refund/query", params(&[("refund_order_no", &no)]));
+        (q.data("status") == "SUCCESS").then_some(())
+    })
+    .expect("settled by query");
+    let trade = sim_get(&t, &format!("/sim/alipay/trades/{id}"));
+    assert_eq!(trade["refunded_amount"], "2.00", "refunded once at Alipay: {trade}");
+
+    // Alipay down through every query: manual review, the amount still held.
+    sim_post(&t, "/sim/alipay/faults", serde_json::json!({ "outage": true }));
+    let r = refund(&c, &id, "ALI-2", "3.00");
+    assert_eq!(r.data("status"), "REFUNDING", "{r:?}");
+    let no = r.data("refund_order_no").to_owned();
+    let q = eventually(WAIT, || {
+        let q = c.call("/api/v1/refund/query", params(&[("refund_order_no", &no)]));
+        (q.data("status") == "MANUAL_REVIEW").then_some(q)
+    })
+    .expect("sent to review");
+    assert!(q.data("failure").contains("3 queries"), "{q:?}");
+    assert_eq!(refund(&c, &id, "ALI-3", "0.01").code(), "REFUND_EXCEEDS_PAID");
+    assert!(metric(&t.url, "paygate_alerts_total{kind=\"refund_manual_review\"}") >= 1.0);
+    sim_post(&t, "/sim/alipay/faults", serde_json::json!({}));
+}

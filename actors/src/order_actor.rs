@@ -20,7 +20,7 @@ use crate::ports::{
     ChannelError, ChannelOrder, ChannelRefund, Clock, Journal, OrderStore, Record, RefundState, StorageError, Ticket,
     TradeRef,
 };
-use crate::refund::{RefundSpec, RefundStatus};
+use crate::refund::{RefundEvent, RefundSpec, RefundStatus};
 use crate::registry::{Published, Registry};
 use crate::shared_order::SharedOrder;
 
@@ -295,6 +295,18 @@ impl OrderCell {
         next.seq = seq;
         let events_due: Vec<OrderEvent> =
             events.iter().filter(|e| matches!(e, OrderEvent::NotifyDue { .. })).cloned().collect();
+        let refunds_settled: Vec<(String, &'static str)> = events
+            .iter()
+            .filter_map(|e| match e {
+                OrderEvent::Refund { refund_order_no, event } => match event {
+                    RefundEvent::Succeeded { .. } => Some((refund_order_no.clone(), "success")),
+                    RefundEvent::Failed { .. } => Some((refund_order_no.clone(), "failed")),
+                    RefundEvent::SentToReview { .. } => Some((refund_order_no.clone(), "manual_review")),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
         let record = Record::Order { pay_order_no: self.pay_order_no.clone(), seq, events };
         let ticket = oc.journal.append(record).await.map_err(|e| match e {
             StorageError::Full(_) => e.into_core(),
@@ -310,6 +322,13 @@ impl OrderCell {
             h.stats.daily.adjust(business_day(next.create_time), delta);
         }
         self.published.set(SharedOrder::share(next.clone()));
+        for (refund_order_no, outcome) in refunds_settled {
+            metrics::counter!("paygate_refunds_total", "outcome" => outcome).increment(1);
+            if outcome == "manual_review" {
+                metrics::counter!("paygate_alerts_total", "kind" => "refund_manual_review").increment(1);
+                tracing::warn!(%refund_order_no, "refund outcome unknown after every query: manual review needed");
+            }
+        }
         for event in &events_due {
             if let OrderEvent::NotifyDue { notify_type, refund_order_no, at } = event {
                 oc.notifier.enqueue(Notification::for_order(&next, *notify_type, refund_order_no.as_deref(), *at));
