@@ -103,6 +103,14 @@ fn the_openapi_document_matches_the_server() {
         assert_eq!(a.code(), "INVALID_PARAM", "{field}: {a:?}");
         assert!(a.json["message"].as_str().unwrap().contains(field.as_str()), "{field}: {a:?}");
     }
+    // Listings answer the documented fields.
+    let listed = c.call("/api/v1/payment/list", params(&[("start_time", "2020-01-01T00:00:00Z"), ("limit", "1")]));
+    let list_schema = &schemas["OrderListAnswer"]["properties"]["data"];
+    assert_eq!(keys(&listed.json["data"]), strings(&list_schema["required"]));
+    assert_eq!(keys(&listed.json["data"]["orders"][0]), strings(&schemas["OrderData"]["required"]));
+    let listed = c.call("/api/v1/refund/list", params(&[("start_time", "2020-01-01T00:00:00Z")]));
+    let list_schema = &schemas["RefundListAnswer"]["properties"]["data"];
+    assert_eq!(keys(&listed.json["data"]), strings(&list_schema["required"]));
     let error = c.query_id("P000000000000000000000");
     assert_eq!(keys(&error.json), strings(&schemas["Error"]["required"]));
 }

@@ -102,6 +102,41 @@ pub trait Journal: Send + Sync + 'static {
     }
 }
 
+/// Where a listing continues: the creation time and id of the last record it gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    /// Unix millis.
+    pub time: i64,
+    /// The record's id (pay_order_no or refund_order_no).
+    pub id: String,
+}
+
+/// Which of a merchant's records a listing wants, newest first.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Whose.
+    pub merchant_id: String,
+    /// Created at or after, unix millis.
+    pub from_ms: i64,
+    /// Created before, unix millis.
+    pub to_ms: i64,
+    /// Only records in this status (its wire name).
+    pub status: Option<&'static str>,
+    /// Continue below this record.
+    pub after: Option<ListCursor>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// A page of a listing; `next` continues it when more may follow.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The records.
+    pub items: Vec<T>,
+    /// Where the next page starts.
+    pub next: Option<ListCursor>,
+}
+
 /// Read side of the derived views: snapshots, the order index and timers.
 pub trait OrderStore: Send + Sync + 'static {
     /// The latest snapshot of an order.
@@ -110,6 +145,10 @@ pub trait OrderStore: Send + Sync + 'static {
     fn find(&self, merchant_id: &str, order_no: &str) -> Result<Option<PayOrderNo>, StorageError>;
     /// The refund (its `refund_order_no`) a merchant's `refund_no` names.
     fn find_refund(&self, merchant_id: &str, refund_no: &str) -> Result<Option<String>, StorageError>;
+    /// A merchant's orders by creation time, newest first.
+    fn list_orders(&self, query: &ListQuery) -> Result<Page<Order>, StorageError>;
+    /// A merchant's refunds by creation time, newest first, each with its order.
+    fn list_refunds(&self, query: &ListQuery) -> Result<Page<(Order, String)>, StorageError>;
     /// Orders whose timer is due at or before `now` (unix millis), earliest first.
     fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError>;
     /// The highest id millisecond journaled so far, for the id generators.

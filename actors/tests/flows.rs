@@ -72,6 +72,16 @@ impl OrderStore for MemStore {
             .find_map(|x| x.refund(refund_no).map(|r| r.refund_order_no.clone()));
         Ok(refund)
     }
+    fn list_orders(&self, q: &ListQuery) -> Result<Page<Order>, StorageError> {
+        let orders = self.orders.lock().unwrap();
+        let mut items: Vec<Order> = orders.values().filter(|o| o.spec.merchant_id == q.merchant_id).cloned().collect();
+        items.sort_by_key(|o| std::cmp::Reverse(o.create_time));
+        items.truncate(q.limit);
+        Ok(Page { items, next: None })
+    }
+    fn list_refunds(&self, _: &ListQuery) -> Result<Page<(Order, String)>, StorageError> {
+        Ok(Page { items: Vec::new(), next: None })
+    }
     fn due_timers(&self, _: i64, _: usize) -> Result<Vec<PayOrderNo>, StorageError> {
         Ok(vec![])
     }

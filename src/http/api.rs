@@ -14,7 +14,7 @@ use paygate_actors::notification::Notification;
 use paygate_actors::notifier::ResendWhat;
 use paygate_actors::order::{Order, OrderSpec, PayMethod, PayScene};
 use paygate_actors::order_actor::{OrderRequest, PaySubmission};
-use paygate_actors::ports::StorageError;
+use paygate_actors::ports::{ListCursor, ListQuery, StorageError};
 use paygate_actors::refund::{Refund, RefundSpec};
 use paygate_actors::registry::OrderTarget;
 use paygate_actors::shared_order::SharedOrder;
@@ -595,4 +595,96 @@ pub async fn refund_query(app: &App, body: &[u8]) -> Result<HttpResponse, ApiErr
     };
     let refund = refund.ok_or_else(not_found)?;
     Ok(success(&refund_view(&order, refund)))
+}
+
+/// The most records one listing page answers.
+const LIST_MAX: usize = 100;
+
+/// A listing's parameters: the creation-time range, an optional status among
+/// `statuses`, the page size and where to continue.
+fn list_query(
+    params: &Params,
+    merchant: &MerchantProfile,
+    statuses: &[&'static str],
+    now_ms: i64,
+) -> Result<ListQuery, CoreError> {
+    let time = |field: &'static str| -> Result<Option<i64>, CoreError> {
+        optional(params, field, 40)?
+            .map(|t| {
+                time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                    .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                    .map_err(|_| CoreError::invalid(field, "must be an RFC 3339 time, e.g. 2024-01-01T00:00:00Z"))
+            })
+            .transpose()
+    };
+    let from_ms = time("start_time")?.ok_or_else(|| CoreError::invalid("start_time", "is required"))?;
+    let to_ms = time("end_time")?.unwrap_or(now_ms + 1);
+    if to_ms <= from_ms {
+        return Err(CoreError::invalid("end_time", "must be after start_time"));
+    }
+    let status =
+        match optional(params, "status", 32)? {
+            None => None,
+            Some(s) => {
+                Some(statuses.iter().copied().find(|known| *known == s).ok_or_else(|| {
+                    CoreError::invalid("status", format_args!("must be one of {}", statuses.join(", ")))
+                })?)
+            }
+        };
+    let limit = match optional(params, "limit", 3)? {
+        None => 20,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=LIST_MAX).contains(l))
+            .ok_or_else(|| CoreError::invalid("limit", format_args!("must be 1 to {LIST_MAX}")))?,
+    };
+    let after = optional(params, "cursor", 128)?.map(|c| decode_cursor(&c)).transpose()?;
+    Ok(ListQuery { merchant_id: merchant.merchant_id.clone(), from_ms, to_ms, status, after, limit })
+}
+
+fn encode_cursor(c: &ListCursor) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}.{}", c.time, c.id))
+}
+
+fn decode_cursor(text: &str) -> Result<ListCursor, CoreError> {
+    use base64::Engine;
+    let bad = || CoreError::invalid("cursor", "is not a cursor this API gave");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let (time, id) = raw.split_once('.').ok_or_else(bad)?;
+    let time = time.parse().map_err(|_| bad())?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(bad());
+    }
+    Ok(ListCursor { time, id: id.to_owned() })
+}
+
+/// `POST /api/v1/payment/list`: the merchant's orders created in a time range, newest
+/// first, optionally of one status; `next_cursor` continues the listing.
+pub async fn payment_list(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let (params, merchant) = authenticate(app, body)?;
+    let statuses: Vec<&'static str> = paygate_actors::order::OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
+    let query = list_query(&params, &merchant, &statuses, app.clock.now_ms())?;
+    let page = app.router.context().store.list_orders(&query).map_err(StorageError::into_core)?;
+    let orders: Vec<_> = page.items.iter().map(|o| order_view(&app.public_url, o)).collect();
+    Ok(success(&serde_json::json!({ "orders": orders, "next_cursor": page.next.as_ref().map(encode_cursor) })))
+}
+
+/// `POST /api/v1/refund/list`: the merchant's refunds asked for in a time range, newest
+/// first, optionally of one status; `next_cursor` continues the listing.
+pub async fn refund_list(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let (params, merchant) = authenticate(app, body)?;
+    let statuses: Vec<&'static str> = paygate_actors::refund::RefundStatus::ALL.iter().map(|s| s.as_str()).collect();
+    let query = list_query(&params, &merchant, &statuses, app.clock.now_ms())?;
+    let page = app.router.context().store.list_refunds(&query).map_err(StorageError::into_core)?;
+    let refunds: Vec<_> = page
+        .items
+        .iter()
+        .filter_map(|(order, no)| {
+            order.refunds.iter().find(|r| r.refund_order_no == *no).map(|r| refund_view(order, r))
+        })
+        .collect();
+    Ok(success(&serde_json::json!({ "refunds": refunds, "next_cursor": page.next.as_ref().map(encode_cursor) })))
 }

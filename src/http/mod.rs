@@ -283,10 +283,12 @@ enum Endpoint {
     NotifyResend,
     RefundApply,
     RefundQuery,
+    PaymentList,
+    RefundList,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 7] = [
+    const ALL: [Endpoint; 9] = [
         Endpoint::Pay,
         Endpoint::Query,
         Endpoint::Close,
@@ -294,6 +296,8 @@ impl Endpoint {
         Endpoint::NotifyResend,
         Endpoint::RefundApply,
         Endpoint::RefundQuery,
+        Endpoint::PaymentList,
+        Endpoint::RefundList,
     ];
 
     /// The endpoint at `path`, if it is one.
@@ -310,6 +314,8 @@ impl Endpoint {
             Endpoint::NotifyResend => "/api/v1/notify/resend",
             Endpoint::RefundApply => "/api/v1/refund/apply",
             Endpoint::RefundQuery => "/api/v1/refund/query",
+            Endpoint::PaymentList => "/api/v1/payment/list",
+            Endpoint::RefundList => "/api/v1/refund/list",
         }
     }
 }
@@ -375,6 +381,8 @@ async fn api_call(
         Endpoint::NotifyResend => api::notify_resend(app, &body).await,
         Endpoint::RefundApply => api::refund_apply(app, &body).await,
         Endpoint::RefundQuery => api::refund_query(app, &body).await,
+        Endpoint::PaymentList => api::payment_list(app, &body).await,
+        Endpoint::RefundList => api::refund_list(app, &body).await,
     }
 }
 

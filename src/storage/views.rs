@@ -10,8 +10,8 @@ use paygate_actors::daily_volume::{business_day, counted};
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::notification::{Notification, NotifyStatus};
 use paygate_actors::order::{Order, OrderEvent, QueryPolicy};
-use paygate_actors::ports::{NotifyStore, OrderStore, Record, StorageError};
-use paygate_actors::refund::RefundEvent;
+use paygate_actors::ports::{ListCursor, ListQuery, NotifyStore, OrderStore, Page, Record, StorageError};
+use paygate_actors::refund::{Refund, RefundEvent};
 use paygate_actors::registry::merchant_key;
 
 use super::codec::{decode_notification, decode_order, encode_notification, encode_order};
@@ -24,6 +24,11 @@ const NOTIFICATION: u8 = b'n';
 const NOTIFY_PENDING: u8 = b'p';
 const NOTIFY_DEAD: u8 = b'd';
 const REFUND_INDEX: u8 = b'f';
+const ORDER_LIST: u8 = b'l';
+const REFUND_LIST: u8 = b'g';
+/// The most index entries one listing page reads; a page that finds fewer matches
+/// within it ends early with a cursor to continue.
+const LIST_SCAN: usize = 10_000;
 const APPLIED: &[u8] = b"m:applied";
 const ID_HIGH_WATER: &[u8] = b"m:idhw";
 const SCHEMA: &[u8] = b"m:schema";
@@ -150,6 +155,14 @@ fn notify_index_key(n: &Notification) -> Option<Vec<u8>> {
     Some(k)
 }
 
+/// `tag ‖ merchant ‖ 0 ‖ created ‖ id`: a listing's entry.
+fn list_key(tag: u8, merchant_id: &str, created: i64, id: &str) -> Vec<u8> {
+    let mut k = merchant_prefix(tag, merchant_id);
+    k.extend_from_slice(&(created.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
 fn storage(e: impl std::fmt::Display) -> StorageError {
     StorageError::failed(e)
 }
@@ -256,6 +269,7 @@ impl Views {
                 )));
             }
             let old_timer = prev.as_ref().and_then(|o| o.next_timer(&self.policy));
+            let prev_status = prev.as_ref().map(|o| o.status);
             let counted_before = prev.as_ref().map_or(0, counted);
             let mut state = prev;
             for event in events {
@@ -291,6 +305,23 @@ impl Views {
                     reindex_notification(&mut batch, None, &n);
                     batch.insert(notification_key(&n.notify_id), encode_notification(&n)?);
                     notes.insert(n.notify_id.clone(), n);
+                }
+            }
+            // The listings: an order's entry carries its status, so a status filter
+            // reads no snapshot; written when the status changes.
+            if prev_status != Some(order.status) {
+                batch.insert(
+                    list_key(ORDER_LIST, &order.spec.merchant_id, order.create_time, id.as_str()),
+                    order.status.as_str().as_bytes(),
+                );
+            }
+            for r in &order.refunds {
+                let touched = events.iter().any(|e| matches!(e, OrderEvent::Refund { refund_order_no, .. } if *refund_order_no == r.refund_order_no));
+                if touched {
+                    batch.insert(
+                        list_key(REFUND_LIST, &order.spec.merchant_id, r.create_time, &r.refund_order_no),
+                        r.status.as_str().as_bytes(),
+                    );
                 }
             }
             batch.insert(order_key(id), encode_order(&order)?);
@@ -366,6 +397,48 @@ impl Views {
     }
 }
 
+impl Views {
+    /// Walks a listing's entries newest first: the ids (with their creation time) whose
+    /// status matches, at most `query.limit`, and where to continue.
+    fn list(&self, tag: u8, query: &ListQuery) -> Result<Page<(i64, String)>, StorageError> {
+        let prefix = merchant_prefix(tag, &query.merchant_id);
+        let bound = |t: i64| {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&(t.max(0) as u64).to_be_bytes());
+            k
+        };
+        let start = bound(query.from_ms);
+        let end = match &query.after {
+            Some(c) => {
+                let mut k = bound(c.time);
+                k.extend_from_slice(c.id.as_bytes());
+                k
+            }
+            None => bound(query.to_ms),
+        };
+        let mut items = Vec::new();
+        let mut scanned = 0usize;
+        for entry in self.db.range(start..end).rev() {
+            let (k, status) = entry.map_err(storage)?;
+            let time =
+                k.get(prefix.len()..prefix.len() + 8).and_then(|b| b.try_into().ok()).map_or(0, i64::from_be_bytes);
+            let id = k.get(prefix.len() + 8..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default().to_owned();
+            scanned += 1;
+            let here = ListCursor { time, id: id.clone() };
+            if query.status.is_none_or(|s| s.as_bytes() == status.as_ref()) {
+                items.push((time, id));
+                if items.len() >= query.limit {
+                    return Ok(Page { items, next: Some(here) });
+                }
+            }
+            if scanned >= LIST_SCAN {
+                return Ok(Page { items, next: Some(here) });
+            }
+        }
+        Ok(Page { items, next: None })
+    }
+}
+
 impl NotifyStore for Views {
     fn pending(&self, merchant_id: &str, limit: usize) -> Result<Vec<Notification>, StorageError> {
         self.indexed(merchant_prefix(NOTIFY_PENDING, merchant_id), 8, limit)
@@ -406,6 +479,26 @@ impl OrderStore for Views {
         k.extend_from_slice(refund_no.as_bytes());
         let found = self.db.get(k).map_err(storage)?;
         found.map(|v| String::from_utf8(v.to_vec()).map_err(storage)).transpose()
+    }
+
+    fn list_orders(&self, query: &ListQuery) -> Result<Page<Order>, StorageError> {
+        let page = self.list(ORDER_LIST, query)?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for (_, id) in page.items {
+            let order = PayOrderNo::parse(&id).map(|id| self.load_order(&id)).transpose().map_err(storage)?.flatten();
+            items.extend(order);
+        }
+        Ok(Page { items, next: page.next })
+    }
+
+    fn list_refunds(&self, query: &ListQuery) -> Result<Page<(Order, String)>, StorageError> {
+        let page = self.list(REFUND_LIST, query)?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for (_, no) in page.items {
+            let order = Refund::order_of(&no).map(|id| self.load_order(&id)).transpose().map_err(storage)?.flatten();
+            items.extend(order.map(|o| (o, no)));
+        }
+        Ok(Page { items, next: page.next })
     }
 
     fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError> {
