@@ -293,6 +293,27 @@ pub enum ClientAction {
         #[arg(long)]
         refund_no: Option<String>,
     },
+    /// List your orders (or refunds) created in a time range, newest first.
+    List {
+        /// Refunds instead of orders.
+        #[arg(long)]
+        refunds: bool,
+        /// Created at or after (RFC 3339; default: 24 hours ago).
+        #[arg(long)]
+        start_time: Option<String>,
+        /// Created before (RFC 3339; default: now).
+        #[arg(long)]
+        end_time: Option<String>,
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (1 to 100).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The previous page's next_cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// An order's notifications to the merchant, with every attempt.
     NotifyQuery(OrderRef),
     /// Send an order's latest notification again now.
@@ -427,6 +448,8 @@ pub fn client(args: ClientArgs) -> CliResult {
         ClientAction::Close(_) => "payment/close",
         ClientAction::NotifyQuery(_) => "notify/query",
         ClientAction::Refund { .. } => "refund/apply",
+        ClientAction::List { refunds: true, .. } => "refund/list",
+        ClientAction::List { refunds: false, .. } => "payment/list",
         ClientAction::RefundQuery { .. } => "refund/query",
         ClientAction::NotifyResend(_) => "notify/resend",
     };
@@ -449,6 +472,15 @@ pub fn client(args: ClientArgs) -> CliResult {
             put("refund_amount", Some(amount));
             put("reason", reason);
             put("notify_url", notify_url);
+            path
+        }
+        ClientAction::List { start_time, end_time, status, limit, cursor, .. } => {
+            let day_ago = paygate_actors::time_fmt::Rfc3339(now_ms - 86_400_000).to_string();
+            put("start_time", Some(start_time.unwrap_or(day_ago)));
+            put("end_time", end_time);
+            put("status", status);
+            put("limit", limit.map(|l| l.to_string()));
+            put("cursor", cursor);
             path
         }
         ClientAction::RefundQuery { refund_order_no, refund_no } => {
