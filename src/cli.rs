@@ -160,6 +160,12 @@ pub enum BenchMode {
         #[arg(long, default_value_t = 2_000)]
         orders: u64,
     },
+    /// Write a merchant history of N orders, then time payment/list on it.
+    List {
+        /// Orders in the history.
+        #[arg(long, default_value_t = 1_000_000)]
+        orders: u64,
+    },
     /// Complete N orders (pay + close) and watch the node's RSS.
     Soak {
         /// Orders to complete.
@@ -194,6 +200,11 @@ pub fn bench(args: BenchArgs) -> CliResult {
             config: args.config,
             orders: orders.max(1),
             connections: args.connections.max(1),
+            json: args.json,
+        }),
+        Some(BenchMode::List { orders }) => crate::load::listing::run(&crate::load::listing::ListBenchOptions {
+            config: args.config,
+            orders,
             json: args.json,
         }),
         Some(BenchMode::Soak { orders, sample_secs }) => crate::load::soak(&crate::load::SoakOptions {

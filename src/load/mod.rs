@@ -6,6 +6,7 @@
 
 pub mod baseline;
 pub mod generator;
+pub mod listing;
 pub mod notify;
 pub mod recovery;
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paygate_actors::ids::{IdGenerator, ShardId};
+use paygate_actors::ids::{IdGenerator, PayOrderNo, ShardId};
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{OrderEvent, OrderSpec, PayMethod, QueryPolicy};
 use paygate_actors::ports::{Journal, Record};
@@ -44,14 +44,11 @@ fn spec(merchant: &str, i: u64) -> OrderSpec {
     }
 }
 
-/// Generates the journal and times the restarts.
-pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
-    let config = Config::load(&opts.config, &Overrides::default()).map_err(|e| e.to_string())?;
-    let merchant = config.merchants.first().ok_or("the configuration has no merchant")?.clone();
-    let data = std::env::temp_dir().join(format!("paygate-recovery-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&data);
-    let storage = Storage::open(&StorageOptions {
-        data_dir: data.clone(),
+/// Opens a fresh data directory at `data` with `config`'s storage settings.
+pub(crate) fn fresh_storage(config: &Config, data: &std::path::Path) -> Result<Storage, String> {
+    let _ = std::fs::remove_dir_all(data);
+    Storage::open(&StorageOptions {
+        data_dir: data.to_path_buf(),
         segment_bytes: config.storage.segment_bytes,
         max_batch: config.storage.max_batch,
         queue: config.storage.queue,
@@ -60,37 +57,35 @@ pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
         accept_data_loss: false,
         query_policy: QueryPolicy::default(),
     })
-    .map_err(|e| e.to_string())?;
-    let orders = opts.events.div_ceil(2);
+    .map_err(|e| e.to_string())
+}
+
+/// Writes `orders` orders through the real journal, 512 writers at once: order `i`'s
+/// records are `records(id, i)` (each a `seq` and its events). Answers the first
+/// order written (its id and `i`).
+pub(crate) fn write_orders(
+    rt: &tokio::runtime::Runtime,
+    storage: &Storage,
+    orders: u64,
+    records: impl Fn(&PayOrderNo, u64) -> Vec<(u64, Vec<OrderEvent>)> + Send + Sync + 'static,
+) -> Option<(PayOrderNo, u64)> {
     let writers = 512u64;
     let now = paygate_actors::ports::Clock::now_ms(&paygate_actors::clock::SystemClock);
-    let generated = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
     let journal = Arc::new(storage.journal.clone());
-    let first_id = rt.block_on(async {
+    let records = Arc::new(records);
+    rt.block_on(async {
         let mut tasks = Vec::new();
         for w in 0..writers {
-            let journal = Arc::clone(&journal);
-            let merchant_id = merchant.merchant_id.clone();
+            let (journal, records) = (Arc::clone(&journal), Arc::clone(&records));
             tasks.push(tokio::spawn(async move {
                 let mut ids = IdGenerator::new(ShardId(w as u16), 0);
                 let mut first = None;
                 let mut i = w;
                 while i < orders {
                     let id = ids.next(now as u64);
-                    let created =
-                        OrderEvent::created(id.clone(), spec(&merchant_id, i), "sandbox".into(), now, 600 * 60_000);
-                    let accepted = OrderEvent::ChannelAccepted {
-                        code_url: format!("sandbox://{id}"),
-                        channel_trade_no: None,
-                        at: now,
-                    };
-                    journal.append(Record::Order { pay_order_no: id.clone(), seq: 1, events: vec![created] }).await?;
-                    journal.append(Record::Order { pay_order_no: id.clone(), seq: 2, events: vec![accepted] }).await?;
+                    for (seq, events) in records(&id, i) {
+                        journal.append(Record::Order { pay_order_no: id.clone(), seq, events }).await?;
+                    }
                     first.get_or_insert((id, i));
                     i += writers;
                 }
@@ -104,8 +99,30 @@ pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
             }
         }
         first
+    })
+}
+
+/// Generates the journal and times the restarts.
+pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
+    let config = Config::load(&opts.config, &Overrides::default()).map_err(|e| e.to_string())?;
+    let merchant = config.merchants.first().ok_or("the configuration has no merchant")?.clone();
+    let data = std::env::temp_dir().join(format!("paygate-recovery-{}", std::process::id()));
+    let storage = fresh_storage(&config, &data)?;
+    let orders = opts.events.div_ceil(2);
+    let now = paygate_actors::ports::Clock::now_ms(&paygate_actors::clock::SystemClock);
+    let generated = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let merchant_id = merchant.merchant_id.clone();
+    let first_id = write_orders(&rt, &storage, orders, move |id, i| {
+        let created = OrderEvent::created(id.clone(), spec(&merchant_id, i), "sandbox".into(), now, 600 * 60_000);
+        let accepted =
+            OrderEvent::ChannelAccepted { code_url: format!("sandbox://{id}"), channel_trade_no: None, at: now };
+        vec![(1, vec![created]), (2, vec![accepted])]
     });
-    drop(journal);
     let generate_secs = generated.elapsed().as_secs_f64();
     let (first_id, first_no) = first_id.ok_or("nothing was written")?;
     storage.close();
