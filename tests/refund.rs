@@ -268,3 +268,27 @@ fn an_unanswered_refund_is_settled_by_query_and_an_outage_goes_to_review() {
     assert!(metric(&t.url, "paygate_alerts_total{kind=\"refund_manual_review\"}") >= 1.0);
     sim_post(&t, "/sim/alipay/faults", serde_json::json!({}));
 }
+
+#[test]
+fn alipays_refund_notification_settles_a_refund_whose_answer_was_lost() {
+    // Queries far off: only the notification can settle the refund in this test.
+    let t = TestNode::start_with(|c| {
+        c.orders.refund_query_first_after_secs = 600;
+        c.channels.iter_mut().for_each(|ch| ch.timeout_ms = 1_000);
+    });
+    let c = t.client();
+    let id = c.pay_by("ALIPAY", "RF-ALI-N", "3.00").data("pay_order_no").to_owned();
+    sim_post(&t, "/sim/alipay/pay", serde_json::json!({ "out_trade_no": id }));
+    wait_status(&c, &id, "SUCCESS", WAIT);
+    sim_post(&t, "/sim/alipay/faults", serde_json::json!({ "timeout_rate": 1.0 }));
+    let r = refund(&c, &id, "ALI-N1", "1.00");
+    sim_post(&t, "/sim/alipay/faults", serde_json::json!({}));
+    assert_eq!(r.data("status"), "REFUNDING", "{r:?}");
+    let no = r.data("refund_order_no").to_owned();
+    let q = eventually(WAIT, || {
+        let q = c.call("/api/v1/refund/query", params(&[("refund_order_no", &no)]));
+        (q.data("status") == "SUCCESS").then_some(q)
+    })
+    .expect("settled by Alipay's notification");
+    assert_eq!(q.data("order_status"), "PARTIALLY_REFUNDED");
+}

@@ -89,6 +89,13 @@ pub enum OrderRequest {
     Reconcile,
     /// Refund (or repeat the request for a refund of) part of a paid order.
     Refund(RefundSpec),
+    /// A verified channel notification of a refund's outcome.
+    RefundNotice {
+        /// Which refund.
+        refund_order_no: String,
+        /// What the channel says.
+        outcome: RefundState,
+    },
 }
 
 /// How a message to an order actor ended.
@@ -255,6 +262,10 @@ impl OrderCell {
             OrderRequest::Tick => self.tick(oc).await,
             OrderRequest::Reconcile => self.reconcile(oc).await,
             OrderRequest::Refund(spec) => self.refund(oc, spec).await,
+            OrderRequest::RefundNotice { refund_order_no, outcome } => {
+                self.execute(oc, vec![OrderCommand::RefundOutcome { refund_order_no, outcome }]).await?;
+                self.current()
+            }
         }
     }
 

@@ -284,9 +284,21 @@ pub struct CallbackRequest {
 pub enum Verified {
     /// News of an order, to apply.
     Order(VerifiedCallback),
-    /// Genuine, but about nothing an order holds (a refund's result, which is asked for
-    /// by query): acknowledged, and it changes nothing.
+    /// A refund's outcome, to apply to the refund it names.
+    Refund(VerifiedRefund),
+    /// Genuine, but about nothing an order holds: acknowledged, and it changes nothing.
     Informational,
+}
+
+/// A refund notification whose signature checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRefund {
+    /// The order refunded.
+    pub pay_order_no: PayOrderNo,
+    /// Our refund number, as the channel knows the refund.
+    pub refund_order_no: String,
+    /// What the channel says of it.
+    pub outcome: RefundState,
 }
 
 /// A callback whose signature checked out.

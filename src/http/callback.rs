@@ -27,43 +27,24 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
             .increment(1);
         return Ok(reply(connector.callback_ack()));
     }
-    let Some(Verified::Order(verified)) = verified else {
-        metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "bad_signature")
-            .increment(1);
-        tracing::warn!(provider, "callback failed verification; it changes nothing");
-        // What it claims is not believed, but the channel is asked about the order it
-        // names (if it is one this channel carries): a real notification whose
-        // signature we could not check must not leave a paid order waiting.
-        // Anyone can post such callbacks: the gate bounds how often they cost a query.
-        if let Some(id) = connector.unverified_order(&request) {
-            let result = match app.reconcile_gate.admit(&id, std::time::Instant::now()) {
-                Some(slot) => {
-                    let (router, code) = (app.router.clone(), channel.profile.code.clone());
-                    tokio::spawn(async move {
-                        let _slot = slot;
-                        let target = OrderTarget::Id(id);
-                        if router.read(target.clone(), None).await.is_ok_and(|o| o.channel == code) {
-                            let _ = router.dispatch(target, OrderRequest::Reconcile, None).await;
-                        }
-                    });
-                    "asked"
-                }
-                None => "skipped",
-            };
-            metrics::counter!("paygate_callback_reconciles_total", "result" => result).increment(1);
+    let (pay_order_no, request) = match verified {
+        Some(Verified::Order(v)) => (v.pay_order_no, OrderRequest::Notice(v.notice)),
+        Some(Verified::Refund(v)) => {
+            let request = OrderRequest::RefundNotice { refund_order_no: v.refund_order_no, outcome: v.outcome };
+            (v.pay_order_no, request)
         }
-        return Ok(reply(connector.callback_nack()));
+        _ => return unverified(app, provider, channel, &request),
     };
-    let target = OrderTarget::Id(verified.pay_order_no.clone());
+    let target = OrderTarget::Id(pay_order_no.clone());
     // The order must be one this channel carries: a well-signed callback about another
     // channel's order is an anomaly, not a payment.
     let carried = app.router.read(target.clone(), None).await.is_ok_and(|o| o.channel == channel.profile.code);
     if !carried {
         metrics::counter!("paygate_alerts_total", "kind" => "callback_foreign_order").increment(1);
-        tracing::warn!(provider, pay_order_no = %verified.pay_order_no, "verified callback for an order this channel does not carry");
+        tracing::warn!(provider, %pay_order_no, "verified callback for an order this channel does not carry");
         return Ok(reply(connector.callback_nack()));
     }
-    match app.router.dispatch(target, OrderRequest::Notice(verified.notice), None).await {
+    match app.router.dispatch(target, request, None).await {
         Ok(_) => {
             metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "applied")
                 .increment(1);
@@ -76,8 +57,44 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
             if e.code == ErrorCode::ChannelError {
                 metrics::counter!("paygate_alerts_total", "kind" => "callback_mismatch").increment(1);
             }
-            tracing::warn!(provider, pay_order_no = %verified.pay_order_no, error = %e, "callback not applied");
+            tracing::warn!(provider, %pay_order_no, error = %e, "callback not applied");
             Ok(reply(connector.callback_nack()))
         }
     }
+}
+
+/// A callback that failed verification changes nothing; the channel is asked about the
+/// order it names instead.
+fn unverified(
+    app: &App,
+    provider: &str,
+    channel: &paygate_actors::channel::ChannelHandle,
+    request: &CallbackRequest,
+) -> Result<HttpResponse, ApiError> {
+    let connector = &channel.connector;
+    metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "bad_signature")
+        .increment(1);
+    tracing::warn!(provider, "callback failed verification; it changes nothing");
+    // What it claims is not believed, but the channel is asked about the order it names
+    // (if it is one this channel carries): a real notification whose signature we could
+    // not check must not leave a paid order waiting. Anyone can post such callbacks: the
+    // gate bounds how often they cost a query.
+    if let Some(id) = connector.unverified_order(request) {
+        let result = match app.reconcile_gate.admit(&id, std::time::Instant::now()) {
+            Some(slot) => {
+                let (router, code) = (app.router.clone(), channel.profile.code.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let target = OrderTarget::Id(id);
+                    if router.read(target.clone(), None).await.is_ok_and(|o| o.channel == code) {
+                        let _ = router.dispatch(target, OrderRequest::Reconcile, None).await;
+                    }
+                });
+                "asked"
+            }
+            None => "skipped",
+        };
+        metrics::counter!("paygate_callback_reconciles_total", "result" => result).increment(1);
+    }
+    Ok(reply(connector.callback_nack()))
 }

@@ -15,7 +15,7 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::{ChannelNotice, PayScene};
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
+    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback, VerifiedRefund,
 };
 use serde_json::{json, Value};
 
@@ -274,6 +274,15 @@ impl ChannelConnector for AlipayConnector {
             return None;
         }
         let id = PayOrderNo::parse(p.get("out_trade_no")?)?;
+        // A refund's notification names the refund by the out_request_no it was asked
+        // with (here out_biz_no): the refund is done.
+        if let Some(refund) = p.get("out_biz_no").filter(|_| p.contains_key("gmt_refund")) {
+            return Some(Verified::Refund(VerifiedRefund {
+                pay_order_no: id,
+                refund_order_no: refund.clone(),
+                outcome: RefundState::Success,
+            }));
+        }
         let refunded = p.contains_key("refund_fee") || p.contains_key("gmt_refund");
         let notice = notice(get("trade_status"), get("trade_no"), get("total_amount"), refunded)?;
         Some(Verified::Order(VerifiedCallback { pay_order_no: id, notice }))
