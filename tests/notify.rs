@@ -184,19 +184,26 @@ fn failures_follow_the_schedule_then_dead_then_resend_delivers() {
     assert!(matches!(unauthorized, Err(ureq::Error::Status(401, _))));
 }
 
-#[test]
-fn an_open_breaker_probes_instead_of_spending_every_schedule() {
-    // Its own merchant id: metrics are one registry for every node in this process.
-    const BRK: &str = "MBREAKER01";
-    let t = TestNode::start_with(|c| {
+/// A node whose breaker opens after two failures in a row for `open_ms`, one delivery
+/// at a time, with the demo merchant renamed `merchant_id` (metrics are one registry
+/// for every node in this process), and that merchant's endpoint failing every call.
+fn breaker_node(merchant_id: &'static str, open_ms: i64) -> (TestNode, MerchantEndpoint, Client) {
+    let t = TestNode::start_with(move |c| {
         c.notify.retry_delays_ms = vec![100; 10];
         c.notify.max_in_flight = 1;
         c.notify.breaker_failures = 2;
-        c.notify.breaker_open_ms = 60_000;
-        c.merchants.iter_mut().find(|m| m.merchant_id == MERCHANT).unwrap().merchant_id = BRK.into();
+        c.notify.breaker_open_ms = open_ms;
+        c.merchants.iter_mut().find(|m| m.merchant_id == MERCHANT).unwrap().merchant_id = merchant_id.into();
     });
     let ep = MerchantEndpoint::start(Reply::Status(500, "down"));
-    let client = Client::new(&t.url, BRK, SECRET);
+    let client = Client::new(&t.url, merchant_id, SECRET);
+    (t, ep, client)
+}
+
+#[test]
+fn an_open_breaker_probes_instead_of_spending_every_schedule() {
+    const BRK: &str = "MBREAKER01";
+    let (t, ep, client) = breaker_node(BRK, 60_000);
     let ids: Vec<String> = (0..4).map(|i| paid(&client, &format!("N-BRK-{i}"), &ep.url)).collect();
     ep.wait_for(2, WAIT);
     std::thread::sleep(Duration::from_millis(1_500));
@@ -498,15 +505,7 @@ fn https_endpoints_are_verified_against_the_configured_roots() {
 #[test]
 fn a_successful_probe_closes_the_breaker_and_the_queue_drains() {
     const PROBE: &str = "MPROBE01";
-    let t = TestNode::start_with(|c| {
-        c.notify.retry_delays_ms = vec![100; 10];
-        c.notify.max_in_flight = 1;
-        c.notify.breaker_failures = 2;
-        c.notify.breaker_open_ms = 1_000;
-        c.merchants.iter_mut().find(|m| m.merchant_id == MERCHANT).unwrap().merchant_id = PROBE.into();
-    });
-    let ep = MerchantEndpoint::start(Reply::Status(500, "down"));
-    let client = Client::new(&t.url, PROBE, SECRET);
+    let (t, ep, client) = breaker_node(PROBE, 1_000);
     let ids: Vec<String> = (0..3).map(|i| paid(&client, &format!("N-PROBE-{i}"), &ep.url)).collect();
     let failed = ep.wait_for(2, WAIT);
     ep.set_default(Reply::Status(200, "SUCCESS"));
