@@ -325,6 +325,12 @@ pub enum ClientAction {
         #[arg(long)]
         cursor: Option<String>,
     },
+    /// Download your bill of a day that has ended (CSV on standard output).
+    Bill {
+        /// The business day, YYYY-MM-DD.
+        #[arg(long)]
+        date: String,
+    },
     /// An order's notifications to the merchant, with every attempt.
     NotifyQuery(OrderRef),
     /// Send an order's latest notification again now.
@@ -461,6 +467,7 @@ pub fn client(args: ClientArgs) -> CliResult {
         ClientAction::Refund { .. } => "refund/apply",
         ClientAction::List { refunds: true, .. } => "refund/list",
         ClientAction::List { refunds: false, .. } => "payment/list",
+        ClientAction::Bill { .. } => "bill/download",
         ClientAction::RefundQuery { .. } => "refund/query",
         ClientAction::NotifyResend(_) => "notify/resend",
     };
@@ -494,6 +501,10 @@ pub fn client(args: ClientArgs) -> CliResult {
             put("cursor", cursor);
             path
         }
+        ClientAction::Bill { date } => {
+            put("bill_date", Some(date));
+            path
+        }
         ClientAction::RefundQuery { refund_order_no, refund_no } => {
             put("refund_order_no", refund_order_no);
             put("refund_no", refund_no);
@@ -514,6 +525,10 @@ pub fn client(args: ClientArgs) -> CliResult {
     let url = format!("{}/api/v1/{path}", args.url.trim_end_matches('/'));
     let answer =
         runtime()?.block_on(HttpClient::new().post(&url, "application/json", body, Duration::from_secs(30)))?;
+    if answer.status == 200 && answer.header("content-type").is_some_and(|t| t.starts_with("text/csv")) {
+        use std::io::Write;
+        return std::io::stdout().write_all(&answer.body).map_err(|e| e.to_string());
+    }
     print_answer(answer.status, &answer.body, args.full)
 }
 

@@ -137,6 +137,16 @@ pub struct Page<T> {
     pub next: Option<ListCursor>,
 }
 
+/// A line of a merchant's daily bill: a payment or a refund that reached its final
+/// state that day.
+#[derive(Debug, Clone)]
+pub enum BillItem {
+    /// A payment (SUCCESS, FAILED, CLOSED or EXPIRED), as its order is now.
+    Payment(Order),
+    /// A refund (SUCCESS or FAILED), with its order.
+    Refund(Order, String),
+}
+
 /// Read side of the derived views: snapshots, the order index and timers.
 pub trait OrderStore: Send + Sync + 'static {
     /// The latest snapshot of an order.
@@ -149,6 +159,15 @@ pub trait OrderStore: Send + Sync + 'static {
     fn list_orders(&self, query: &ListQuery) -> Result<Page<Order>, StorageError>;
     /// A merchant's refunds by creation time, newest first, each with its order.
     fn list_refunds(&self, query: &ListQuery) -> Result<Page<(Order, String)>, StorageError>;
+    /// Up to `limit` lines of a merchant's bill for business `day`, after the line
+    /// `after` names (the `next` of the previous call), in a stable order.
+    fn bill(
+        &self,
+        merchant_id: &str,
+        day: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<BillItem>, StorageError>;
     /// Orders whose timer is due at or before `now` (unix millis), earliest first.
     fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError>;
     /// The highest id millisecond journaled so far, for the id generators.

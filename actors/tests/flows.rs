@@ -82,6 +82,9 @@ impl OrderStore for MemStore {
     fn list_refunds(&self, _: &ListQuery) -> Result<Page<(Order, String)>, StorageError> {
         Ok(Page { items: Vec::new(), next: None })
     }
+    fn bill(&self, _: &str, _: i64, _: Option<&str>, _: usize) -> Result<Page<BillItem>, StorageError> {
+        Ok(Page { items: Vec::new(), next: None })
+    }
     fn due_timers(&self, _: i64, _: usize) -> Result<Vec<PayOrderNo>, StorageError> {
         Ok(vec![])
     }

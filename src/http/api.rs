@@ -688,3 +688,186 @@ pub async fn refund_list(app: &App, body: &[u8]) -> Result<HttpResponse, ApiErro
         .collect();
     Ok(success(&serde_json::json!({ "refunds": refunds, "next_cursor": page.next.as_ref().map(encode_cursor) })))
 }
+
+/// Lines read from the views per step of a bill, and the size a chunk of the file
+/// reaches before it is sent.
+const BILL_STEP: usize = 1_000;
+const BILL_CHUNK: usize = 64 * 1024;
+
+/// The columns of a bill file.
+const BILL_COLUMNS: [&str; 17] = [
+    "type",
+    "bill_date",
+    "pay_order_no",
+    "order_no",
+    "refund_order_no",
+    "refund_no",
+    "channel",
+    "channel_trade_no",
+    "pay_method",
+    "status",
+    "currency",
+    "amount",
+    "refund_amount",
+    "fee",
+    "create_time",
+    "finish_time",
+    "reason",
+];
+
+/// The business day a `bill_date` (YYYY-MM-DD) names.
+fn bill_day(text: &str) -> Result<i64, CoreError> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(text, &format)
+        .map_err(|_| CoreError::invalid("bill_date", "must be a date as YYYY-MM-DD"))?;
+    Ok(i64::from(date.to_julian_day() - time::Date::from_ordinal_date(1970, 1).map_or(0, |d| d.to_julian_day())))
+}
+
+/// One line of a bill file.
+fn bill_line(
+    item: &paygate_actors::ports::BillItem,
+    date: &str,
+    channels: &paygate_actors::channel::ChannelDirectory,
+) -> [String; 17] {
+    use paygate_actors::ports::BillItem;
+    let shown = |ms: Option<i64>| ms.map(|t| Rfc3339(t).to_string()).unwrap_or_default();
+    match item {
+        BillItem::Payment(o) => {
+            let currency = o.spec.amount.currency();
+            // What the payment came to that day: refunds since are lines of their own.
+            let paid = o.status.is_paid();
+            let status = if paid { "SUCCESS" } else { o.status.as_str() };
+            let fee = match (paid, channels.get(&o.channel)) {
+                // The channel's share, rounded half away from zero to a minor unit.
+                (true, Some(c)) => {
+                    let exact = rust_decimal::Decimal::from(o.spec.amount.minor()) * c.profile.fee_rate;
+                    let minor = exact.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+                    Money::from_minor(i64::try_from(minor.mantissa()).unwrap_or(0), currency).to_string()
+                }
+                _ => Money::from_minor(0, currency).to_string(),
+            };
+            [
+                "PAY".into(),
+                date.into(),
+                o.pay_order_no.as_str().into(),
+                o.spec.order_no.clone(),
+                String::new(),
+                String::new(),
+                o.channel.clone(),
+                o.channel_trade_no.clone().unwrap_or_default(),
+                o.spec.pay_method.as_str().into(),
+                status.into(),
+                currency.code().into(),
+                o.spec.amount.to_string(),
+                String::new(),
+                fee,
+                shown(Some(o.create_time)),
+                shown(o.paid_time.or(Some(o.update_time))),
+                o.failure.clone().unwrap_or_default(),
+            ]
+        }
+        BillItem::Refund(o, no) => {
+            let currency = o.spec.amount.currency();
+            let r = o.refunds.iter().find(|r| r.refund_order_no == *no);
+            [
+                "REFUND".into(),
+                date.into(),
+                o.pay_order_no.as_str().into(),
+                o.spec.order_no.clone(),
+                no.clone(),
+                r.map(|r| r.spec.refund_no.clone()).unwrap_or_default(),
+                o.channel.clone(),
+                o.channel_trade_no.clone().unwrap_or_default(),
+                o.spec.pay_method.as_str().into(),
+                r.map_or("", |r| r.status.as_str()).into(),
+                currency.code().into(),
+                o.spec.amount.to_string(),
+                r.map(|r| Money::from_minor(r.spec.amount_minor, currency).to_string()).unwrap_or_default(),
+                Money::from_minor(0, currency).to_string(),
+                shown(r.map(|r| r.create_time)),
+                shown(r.and_then(|r| r.finish_time)),
+                r.and_then(|r| r.failure.clone().or_else(|| r.spec.reason.clone())).unwrap_or_default(),
+            ]
+        }
+    }
+}
+
+/// `POST /api/v1/bill/download`: the merchant's bill of a business day that has ended —
+/// every payment and refund that reached its final state that day — as CSV, streamed.
+pub async fn bill_download(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let (params, merchant) = authenticate(app, body)?;
+    let date = required(&params, "bill_date")?.to_owned();
+    let day = bill_day(&date)?;
+    if day >= paygate_actors::daily_volume::business_day(app.clock.now_ms()) {
+        return Err(CoreError::invalid(
+            "bill_date",
+            format_args!("{date} has not ended (business days end at 00:00 UTC+8)"),
+        )
+        .into());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let store = std::sync::Arc::clone(&app.router.context().store);
+    let channels = app.channels.clone();
+    let merchant_id = merchant.merchant_id.clone();
+    let file = format!("attachment; filename=\"bill-{merchant_id}-{date}.csv\"");
+    tokio::task::spawn_blocking(move || {
+        let mut csv = csv::Writer::from_writer(ChunkSink { chunk: Vec::with_capacity(BILL_CHUNK), tx });
+        let _ = csv.write_record(BILL_COLUMNS);
+        let mut after: Option<String> = None;
+        loop {
+            let page = match store.bill(&merchant_id, day, after.as_deref(), BILL_STEP) {
+                Ok(page) => page,
+                Err(e) => {
+                    // The answer has begun: a cut-short file is the only way to say so.
+                    tracing::error!(error = %e, %merchant_id, day, "reading the bill failed; the file is cut short");
+                    return;
+                }
+            };
+            for item in &page.items {
+                if csv.write_record(bill_line(item, &date, &channels)).is_err() {
+                    return; // the merchant went away
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next.id),
+                None => break,
+            }
+        }
+        if let Ok(mut sink) = csv.into_inner() {
+            sink.send();
+        }
+    });
+    let mut resp = super::envelope::streamed("text/csv; charset=utf-8", rx);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&file) {
+        resp.headers_mut().insert(hyper::header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+/// Where a bill file is written: bytes gather into chunks, each sent to the answer as it
+/// fills (waiting while the merchant reads slower than we write).
+struct ChunkSink {
+    chunk: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> bool {
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(BILL_CHUNK));
+        chunk.is_empty() || self.tx.blocking_send(Bytes::from(chunk)).is_ok()
+    }
+}
+
+impl std::io::Write for ChunkSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.chunk.extend_from_slice(buf);
+        if self.chunk.len() >= BILL_CHUNK && !self.send() {
+            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the merchant went away"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

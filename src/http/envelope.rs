@@ -1,14 +1,18 @@
 //! The API envelope and the one mapping from errors to codes and HTTP statuses.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use paygate_actors::error::{CoreError, ErrorCode};
 use serde_json::json;
 
+/// A response body: whole (every API answer), or streamed in chunks (a bill file).
+pub type Body = http_body_util::Either<Full<Bytes>, UnsyncBoxBody<Bytes, std::convert::Infallible>>;
+
 /// The response type of every handler.
-pub type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<Body>;
 
 /// Every way a request can fail at the HTTP layer.
 #[derive(Debug)]
@@ -166,8 +170,20 @@ impl<const N: usize> std::fmt::Write for StackText<N> {
 
 /// Any body.
 pub fn with_body(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
-    let mut resp = Response::new(Full::new(body.into()));
+    let mut resp = Response::new(http_body_util::Either::Left(Full::new(body.into())));
     *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// A 200 whose body is the chunks `chunks` yields, sent as they come (chunked): the
+/// answer starts before the whole body exists, and never all of it is in memory.
+pub fn streamed(content_type: &'static str, chunks: tokio::sync::mpsc::Receiver<Bytes>) -> HttpResponse {
+    let stream = futures_util::stream::unfold(chunks, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)), rx))
+    });
+    let body = http_body_util::StreamBody::new(stream).boxed_unsync();
+    let mut resp = Response::new(http_body_util::Either::Right(body));
     resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }

@@ -285,10 +285,11 @@ enum Endpoint {
     RefundQuery,
     PaymentList,
     RefundList,
+    BillDownload,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 9] = [
+    const ALL: [Endpoint; 10] = [
         Endpoint::Pay,
         Endpoint::Query,
         Endpoint::Close,
@@ -298,6 +299,7 @@ impl Endpoint {
         Endpoint::RefundQuery,
         Endpoint::PaymentList,
         Endpoint::RefundList,
+        Endpoint::BillDownload,
     ];
 
     /// The endpoint at `path`, if it is one.
@@ -316,6 +318,7 @@ impl Endpoint {
             Endpoint::RefundQuery => "/api/v1/refund/query",
             Endpoint::PaymentList => "/api/v1/payment/list",
             Endpoint::RefundList => "/api/v1/refund/list",
+            Endpoint::BillDownload => "/api/v1/bill/download",
         }
     }
 }
@@ -383,6 +386,7 @@ async fn api_call(
         Endpoint::RefundQuery => api::refund_query(app, &body).await,
         Endpoint::PaymentList => api::payment_list(app, &body).await,
         Endpoint::RefundList => api::refund_list(app, &body).await,
+        Endpoint::BillDownload => api::bill_download(app, &body).await,
     }
 }
 

@@ -45,7 +45,7 @@ fn spec(merchant: &str, i: u64) -> OrderSpec {
 }
 
 /// Opens a fresh data directory at `data` with `config`'s storage settings.
-pub(crate) fn fresh_storage(config: &Config, data: &std::path::Path) -> Result<Storage, String> {
+pub fn fresh_storage(config: &Config, data: &std::path::Path) -> Result<Storage, String> {
     let _ = std::fs::remove_dir_all(data);
     Storage::open(&StorageOptions {
         data_dir: data.to_path_buf(),
@@ -63,7 +63,7 @@ pub(crate) fn fresh_storage(config: &Config, data: &std::path::Path) -> Result<S
 /// Writes `orders` orders through the real journal, 512 writers at once: order `i`'s
 /// records are `records(id, i)` (each a `seq` and its events). Answers the first
 /// order written (its id and `i`).
-pub(crate) fn write_orders(
+pub fn write_orders(
     rt: &tokio::runtime::Runtime,
     storage: &Storage,
     orders: u64,

@@ -10,7 +10,7 @@ use paygate_actors::daily_volume::{business_day, counted};
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::notification::{Notification, NotifyStatus};
 use paygate_actors::order::{Order, OrderEvent, QueryPolicy};
-use paygate_actors::ports::{ListCursor, ListQuery, NotifyStore, OrderStore, Page, Record, StorageError};
+use paygate_actors::ports::{BillItem, ListCursor, ListQuery, NotifyStore, OrderStore, Page, Record, StorageError};
 use paygate_actors::refund::{Refund, RefundEvent};
 use paygate_actors::registry::merchant_key;
 
@@ -26,6 +26,7 @@ const NOTIFY_DEAD: u8 = b'd';
 const REFUND_INDEX: u8 = b'f';
 const ORDER_LIST: u8 = b'l';
 const REFUND_LIST: u8 = b'g';
+const BILL: u8 = b'b';
 /// The most index entries one listing page reads; a page that finds fewer matches
 /// within it ends early with a cursor to continue.
 const LIST_SCAN: usize = 10_000;
@@ -159,6 +160,15 @@ fn notify_index_key(n: &Notification) -> Option<Vec<u8>> {
 fn list_key(tag: u8, merchant_id: &str, created: i64, id: &str) -> Vec<u8> {
     let mut k = merchant_prefix(tag, merchant_id);
     k.extend_from_slice(&(created.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `b ‖ merchant ‖ 0 ‖ day ‖ kind ‖ id`: a line of the merchant's bill of `day`.
+fn bill_key(merchant_id: &str, day: i64, kind: u8, id: &str) -> Vec<u8> {
+    let mut k = merchant_prefix(BILL, merchant_id);
+    k.extend_from_slice(&day.to_be_bytes());
+    k.push(kind);
     k.extend_from_slice(id.as_bytes());
     k
 }
@@ -322,6 +332,21 @@ impl Views {
                         list_key(REFUND_LIST, &order.spec.merchant_id, r.create_time, &r.refund_order_no),
                         r.status.as_str().as_bytes(),
                     );
+                }
+            }
+            // The bill: a payment on the day it reached its final state, a refund on the
+            // day it did.
+            let merchant = &order.spec.merchant_id;
+            if prev_status.is_none_or(|s| s.is_open()) && !order.status.is_open() {
+                batch.insert(bill_key(merchant, business_day(order.update_time), b'p', id.as_str()), &[][..]);
+            }
+            for e in events.iter() {
+                if let OrderEvent::Refund {
+                    refund_order_no,
+                    event: RefundEvent::Succeeded { at } | RefundEvent::Failed { at, .. },
+                } = e
+                {
+                    batch.insert(bill_key(merchant, business_day(*at), b'r', refund_order_no), &[][..]);
                 }
             }
             batch.insert(order_key(id), encode_order(&order)?);
@@ -499,6 +524,47 @@ impl OrderStore for Views {
             items.extend(order.map(|o| (o, no)));
         }
         Ok(Page { items, next: page.next })
+    }
+
+    fn bill(
+        &self,
+        merchant_id: &str,
+        day: i64,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<BillItem>, StorageError> {
+        let mut prefix = merchant_prefix(BILL, merchant_id);
+        prefix.extend_from_slice(&day.to_be_bytes());
+        let mut start = prefix.clone();
+        if let Some(after) = after {
+            start.extend_from_slice(after.as_bytes());
+            start.push(0);
+        }
+        let mut items = Vec::new();
+        for entry in self.db.range(start..).take_while(|e| e.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))) {
+            let (k, _) = entry.map_err(storage)?;
+            let line = k.get(prefix.len()..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
+            let (kind, id) = (line.get(..1).unwrap_or_default(), line.get(1..).unwrap_or_default());
+            let item = match kind {
+                "p" => PayOrderNo::parse(id)
+                    .map(|id| self.load_order(&id))
+                    .transpose()
+                    .map_err(storage)?
+                    .flatten()
+                    .map(BillItem::Payment),
+                _ => Refund::order_of(id)
+                    .map(|o| self.load_order(&o))
+                    .transpose()
+                    .map_err(storage)?
+                    .flatten()
+                    .map(|o| BillItem::Refund(o, id.to_owned())),
+            };
+            items.extend(item);
+            if items.len() >= limit {
+                return Ok(Page { items, next: Some(ListCursor { time: day, id: line.to_owned() }) });
+            }
+        }
+        Ok(Page { items, next: None })
     }
 
     fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError> {
