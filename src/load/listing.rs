@@ -1,7 +1,8 @@
-//! `paygate bench list`: N orders of one merchant written through the real journal
-//! (one in a hundred paid, creation times a millisecond apart), then the time a node
-//! takes to answer `payment/list`: the newest page, a page filtered by a rare status,
-//! and pages deep into the listing by cursor.
+//! `paygate bench list`: N orders of one merchant written through the real journal,
+//! all on yesterday's business day (one in a hundred paid, the rest closed, creation
+//! times a millisecond apart), then the time a node takes to answer `payment/list` —
+//! the newest page, a page filtered by a rare status, pages deep into the listing by
+//! cursor — and to stream that day's bill of N lines.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,6 +42,14 @@ fn signed_body(merchant: &MerchantProfile, extra: &[(&str, String)]) -> Vec<u8> 
     serde_json::to_vec(&p).unwrap_or_default()
 }
 
+/// A bill download: its lines (without the header), size and time to its end.
+#[derive(serde::Serialize)]
+struct BillTiming {
+    lines: usize,
+    bytes: usize,
+    total_ms: f64,
+}
+
 /// Latencies of one kind of request, millis.
 #[derive(serde::Serialize)]
 struct Latency {
@@ -68,11 +77,15 @@ pub fn run(opts: &ListBenchOptions) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let orders = opts.orders.max(1);
+    // Noon of yesterday's business day (UTC+8): the whole history is one finished day.
     let now = super::notify::now_ms();
+    let day = paygate_actors::daily_volume::business_day(now) - 1;
+    let yesterday = day * 86_400_000 - 8 * 3_600_000 + 12 * 3_600_000;
+    let bill_date = paygate_actors::time_fmt::date(yesterday + 8 * 3_600_000);
     let generated = Instant::now();
     let merchant_id = merchant.merchant_id.clone();
     write_orders(&rt, &storage, orders, move |id, i| {
-        let at = now - (orders - i) as i64;
+        let at = yesterday - (orders - i) as i64;
         let amount = Money::from_minor(100, Currency::CNY);
         let spec = OrderSpec {
             expire_minutes: Some(600),
@@ -84,6 +97,8 @@ pub fn run(opts: &ListBenchOptions) -> Result<(), String> {
         ];
         if i % 100 == 0 {
             events.push(OrderEvent::Paid { channel_trade_no: format!("T{i}"), amount_minor: 100, at });
+        } else {
+            events.push(OrderEvent::Closed { at });
         }
         vec![(1, events)]
     })
@@ -93,7 +108,9 @@ pub fn run(opts: &ListBenchOptions) -> Result<(), String> {
 
     let node = spawn_node(&opts.config, &data, &[])?;
     let url = format!("http://{}/api/v1/payment/list", node.addr);
-    let client = HttpClient::new();
+    // The bill of a million lines is ~200 MiB: more than a channel's answer may be.
+    let options = crate::http::client::ClientOptions { max_answer: 1 << 30, ..Default::default() };
+    let client = HttpClient::with(&options)?;
     let result = rt.block_on(async {
         let call = |extra: Vec<(&'static str, String)>| {
             let body = signed_body(&merchant, &extra);
@@ -130,15 +147,27 @@ pub fn run(opts: &ListBenchOptions) -> Result<(), String> {
                 None => break,
             }
         }
-        Ok::<_, String>((summary(newest), summary(filtered), summary(deep)))
+        // The bill: time to its end.
+        let body = signed_body(&merchant, &[("bill_date", bill_date.clone())]);
+        let bill_url = url.replace("/payment/list", "/bill/download");
+        let started = Instant::now();
+        let a = client.post(&bill_url, "application/json", body, Duration::from_secs(600)).await?;
+        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let lines = a.body.iter().filter(|b| **b == b'\n').count();
+        if a.status != 200 || lines < 2 {
+            return Err(format!("bill: HTTP {} with {lines} lines", a.status));
+        }
+        let bill = BillTiming { lines: lines - 1, bytes: a.body.len(), total_ms };
+        Ok::<_, String>((summary(newest), summary(filtered), summary(deep), bill))
     });
     drop(node);
     let _ = std::fs::remove_dir_all(&data);
-    let (newest, filtered, deep) = result?;
+    let (newest, filtered, deep, bill) = result?;
     if opts.json {
         let out = json!({
             "orders": orders, "generate_s": generate_secs,
             "newest_page_100": newest, "status_filtered_page_100": filtered, "cursor_pages_100": deep,
+            "bill": bill,
         });
         println!("{out}");
     } else {
@@ -149,6 +178,8 @@ pub fn run(opts: &ListBenchOptions) -> Result<(), String> {
                 l.p50_ms, l.p99_ms, l.max_ms, l.n
             );
         }
+        let mib = bill.bytes as f64 / (1 << 20) as f64;
+        println!("  the day's bill: {} lines, {mib:.1} MiB, in {:.0} ms", bill.lines, bill.total_ms);
     }
     Ok(())
 }
