@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use paygate_actors::clock::SystemClock;
+use paygate_actors::ports::Clock;
 use paygate_actors::signing::{self, SignType};
 
 /// How far a `Paygate-Signature` timestamp may be from this machine's clock, seconds.
@@ -57,7 +58,7 @@ async fn answer(secret: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
         Ok(b) => b.to_bytes(),
         Err(_) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "FAIL: body too large"),
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let now = SystemClock.now_ms() / 1000;
     let verdict = verify(secret, header.as_deref(), &body, now);
     let line = serde_json::json!({
         "verified": verdict.refusal.is_none(),

@@ -54,10 +54,32 @@ pub fn date(ms: i64) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
+/// Reads an RFC 3339 time (any offset) into unix millis.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Reads a calendar date `YYYY-MM-DD` into its day number: days since 1970-01-01.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(text, &format).ok()?;
+    Some(i64::from(date.to_julian_day() - time::Date::from_ordinal_date(1970, 1).ok()?.to_julian_day()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn dates_and_times_are_read_back() {
+        assert_eq!(parse_date("1970-01-02"), Some(1));
+        assert_eq!(parse_date("2024-01-01"), Some(19_723));
+        assert_eq!(parse_date("2024-13-01"), None);
+        assert_eq!(parse_rfc3339(&rfc3339(1_704_067_200_123)), Some(1_704_067_200_123));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
     use time::format_description::well_known;
 
     /// The instant as `time` builds it from nanoseconds: the reference.

@@ -611,9 +611,8 @@ fn list_query(
     let time = |field: &'static str| -> Result<Option<i64>, CoreError> {
         optional(params, field, 40)?
             .map(|t| {
-                time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
-                    .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                    .map_err(|_| CoreError::invalid(field, "must be an RFC 3339 time, e.g. 2024-01-01T00:00:00Z"))
+                crate::time_fmt::parse_rfc3339(&t)
+                    .ok_or_else(|| CoreError::invalid(field, "must be an RFC 3339 time, e.g. 2024-01-01T00:00:00Z"))
             })
             .transpose()
     };
@@ -715,14 +714,6 @@ const BILL_COLUMNS: [&str; 17] = [
     "reason",
 ];
 
-/// The business day a `bill_date` (YYYY-MM-DD) names.
-fn bill_day(text: &str) -> Result<i64, CoreError> {
-    let format = time::macros::format_description!("[year]-[month]-[day]");
-    let date = time::Date::parse(text, &format)
-        .map_err(|_| CoreError::invalid("bill_date", "must be a date as YYYY-MM-DD"))?;
-    Ok(i64::from(date.to_julian_day() - time::Date::from_ordinal_date(1970, 1).map_or(0, |d| d.to_julian_day())))
-}
-
 /// One line of a bill file.
 fn bill_line(
     item: &paygate_actors::ports::BillItem,
@@ -797,7 +788,8 @@ fn bill_line(
 pub async fn bill_download(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body)?;
     let date = required(&params, "bill_date")?.to_owned();
-    let day = bill_day(&date)?;
+    let day = crate::time_fmt::parse_date(&date)
+        .ok_or_else(|| CoreError::invalid("bill_date", "must be a date as YYYY-MM-DD"))?;
     if day >= paygate_actors::daily_volume::business_day(app.clock.now_ms()) {
         return Err(CoreError::invalid(
             "bill_date",

@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use paygate_actors::clock::SystemClock;
 use paygate_actors::merchant::MerchantProfile;
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{OrderEvent, OrderSpec, PayMethod};
+use paygate_actors::ports::Clock;
 use paygate_actors::signing;
 use serde_json::{json, Value};
 
@@ -33,7 +35,7 @@ pub struct ListBenchOptions {
 fn signed_body(merchant: &MerchantProfile, extra: &[(&str, String)]) -> Vec<u8> {
     let mut p = BTreeMap::new();
     p.insert("merchant_id".to_owned(), merchant.merchant_id.clone());
-    p.insert("timestamp".to_owned(), (super::notify::now_ms() / 1000).to_string());
+    p.insert("timestamp".to_owned(), (SystemClock.now_ms() / 1000).to_string());
     for (k, v) in extra {
         p.insert((*k).to_owned(), v.clone());
     }
@@ -61,8 +63,8 @@ struct Latency {
 
 fn summary(mut samples: Vec<f64>) -> Latency {
     samples.sort_by(f64::total_cmp);
-    let at = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
-    Latency { p50_ms: at(0.5), p99_ms: at(0.99), max_ms: samples.last().copied().unwrap_or(0.0), n: samples.len() }
+    let at = |p| super::percentile(&samples, p);
+    Latency { p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0), n: samples.len() }
 }
 
 /// Writes the history, starts a node on it and times the listings.
@@ -78,7 +80,7 @@ pub fn run(opts: &ListBenchOptions) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let orders = opts.orders.max(1);
     // Noon of yesterday's business day (UTC+8): the whole history is one finished day.
-    let now = super::notify::now_ms();
+    let now = SystemClock.now_ms();
     let day = paygate_actors::daily_volume::business_day(now) - 1;
     let yesterday = day * 86_400_000 - 8 * 3_600_000 + 12 * 3_600_000;
     let bill_date = paygate_actors::time_fmt::date(yesterday + 8 * 3_600_000);

@@ -40,6 +40,12 @@ impl Drop for Process {
     }
 }
 
+/// The `p` quantile (0..=1) of `sorted` samples, nearest rank; the default when empty.
+pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
 /// A free loopback port.
 pub fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;

@@ -8,17 +8,19 @@ use std::collections::{BTreeMap, HashSet};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Response;
 use hyper_util::rt::TokioIo;
+use paygate_actors::clock::SystemClock;
 use paygate_actors::merchant::MerchantProfile;
+use paygate_actors::ports::Clock;
 use paygate_actors::signing;
 use serde_json::{json, Value};
 
-use super::spawn_node;
+use super::{percentile, spawn_node};
 use crate::config::{Config, Overrides};
 use crate::http::client::HttpClient;
 
@@ -33,10 +35,6 @@ pub struct NotifyBenchOptions {
     pub connections: usize,
     /// Print JSON.
     pub json: bool,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// What the receiver saw: per notify_id, the millis from payment to arrival.
@@ -60,16 +58,14 @@ async fn receiver(seen: Arc<Mutex<Seen>>) -> Result<String, String> {
                     let seen = Arc::clone(&seen);
                     async move {
                         let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                        let arrived = now_ms();
+                        let arrived = SystemClock.now_ms();
                         let fields: BTreeMap<String, String> = serde_json::from_slice(&body).unwrap_or_default();
-                        let paid = fields.get("paid_time").and_then(|t| {
-                            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-                        });
+                        let paid = fields.get("paid_time").and_then(|t| crate::time_fmt::parse_rfc3339(t));
                         let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
                         let id = fields.get("notify_id").cloned().unwrap_or_default();
                         if s.ids.insert(id) {
                             if let Some(paid) = paid {
-                                s.latencies_ms.push(arrived - (paid.unix_timestamp_nanos() / 1_000_000) as i64);
+                                s.latencies_ms.push(arrived - paid);
                             }
                         } else {
                             s.duplicates += 1;
@@ -150,7 +146,7 @@ async fn pay_orders(
                     ("subject", "bench".to_owned()),
                     ("pay_method", "SANDBOX".to_owned()),
                     ("notify_url", url.clone()),
-                    ("timestamp", (now_ms() / 1000).to_string()),
+                    ("timestamp", (SystemClock.now_ms() / 1000).to_string()),
                     ("sign_type", merchant.sign_type().as_str().to_owned()),
                 ] {
                     p.insert(k.to_owned(), v);
@@ -206,11 +202,6 @@ async fn wait_delivered(seen: &Mutex<Seen>, n: u64) {
     }
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or(0)
-}
-
 /// One phase's figures for the healthy merchant.
 #[derive(serde::Serialize)]
 struct Phase {
@@ -243,7 +234,7 @@ fn summary(seen: &Mutex<Seen>, orders: u64, pay_errors: u64, started: Instant) -
         paid_to_delivered_ms: Percentiles {
             p50: percentile(&l, 0.5),
             p99: percentile(&l, 0.99),
-            max: l.last().copied().unwrap_or(0),
+            max: percentile(&l, 1.0),
         },
     }
 }

@@ -188,11 +188,7 @@ pub fn rfc3339_beijing(ms: i64) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
-/// Reads an RFC 3339 time into unix millis.
-pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
-}
+pub use paygate_actors::time_fmt::parse_rfc3339;
 
 #[cfg(test)]
 mod tests {
