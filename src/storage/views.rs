@@ -304,49 +304,49 @@ impl Views {
             if delta != 0 {
                 *volumes.entry(volume_key(business_day(order.create_time), &order.channel)).or_default() += delta;
             }
-            for event in events {
-                if let OrderEvent::Refund { refund_order_no, event: RefundEvent::Requested { spec, .. } } = event {
-                    let mut k = merchant_prefix(REFUND_INDEX, &order.spec.merchant_id);
-                    k.extend_from_slice(spec.refund_no.as_bytes());
-                    batch.insert(k, refund_order_no.as_bytes());
-                }
-                if let OrderEvent::NotifyDue { notify_type, refund_order_no, at } = event {
-                    let n = Notification::for_order(&order, *notify_type, refund_order_no.as_deref(), *at);
-                    reindex_notification(&mut batch, None, &n);
-                    batch.insert(notification_key(&n.notify_id), encode_notification(&n)?);
-                    notes.insert(n.notify_id.clone(), n);
-                }
-            }
+            let merchant = &order.spec.merchant_id;
             // The listings: an order's entry carries its status, so a status filter
-            // reads no snapshot; written when the status changes.
+            // reads no snapshot; written when the status changes. The bill: a payment
+            // on the day it reached its final state.
             if prev_status != Some(order.status) {
                 batch.insert(
-                    list_key(ORDER_LIST, &order.spec.merchant_id, order.create_time, id.as_str()),
+                    list_key(ORDER_LIST, merchant, order.create_time, id.as_str()),
                     order.status.as_str().as_bytes(),
                 );
             }
-            for r in &order.refunds {
-                let touched = events.iter().any(|e| matches!(e, OrderEvent::Refund { refund_order_no, .. } if *refund_order_no == r.refund_order_no));
-                if touched {
-                    batch.insert(
-                        list_key(REFUND_LIST, &order.spec.merchant_id, r.create_time, &r.refund_order_no),
-                        r.status.as_str().as_bytes(),
-                    );
-                }
-            }
-            // The bill: a payment on the day it reached its final state, a refund on the
-            // day it did.
-            let merchant = &order.spec.merchant_id;
             if prev_status.is_none_or(|s| s.is_open()) && !order.status.is_open() {
                 batch.insert(bill_key(merchant, business_day(order.update_time), b'p', id.as_str()), &[][..]);
             }
-            for e in events.iter() {
-                if let OrderEvent::Refund {
-                    refund_order_no,
-                    event: RefundEvent::Succeeded { at } | RefundEvent::Failed { at, .. },
-                } = e
-                {
-                    batch.insert(bill_key(merchant, business_day(*at), b'r', refund_order_no), &[][..]);
+            for event in events {
+                match event {
+                    OrderEvent::Refund { refund_order_no, event } => {
+                        let Some(r) = order.refunds.iter().find(|r| r.refund_order_no == *refund_order_no) else {
+                            continue;
+                        };
+                        batch.insert(
+                            list_key(REFUND_LIST, merchant, r.create_time, refund_order_no),
+                            r.status.as_str().as_bytes(),
+                        );
+                        match event {
+                            RefundEvent::Requested { spec, .. } => {
+                                let mut k = merchant_prefix(REFUND_INDEX, merchant);
+                                k.extend_from_slice(spec.refund_no.as_bytes());
+                                batch.insert(k, refund_order_no.as_bytes());
+                            }
+                            // The bill: a refund on the day it settled.
+                            RefundEvent::Succeeded { at } | RefundEvent::Failed { at, .. } => {
+                                batch.insert(bill_key(merchant, business_day(*at), b'r', refund_order_no), &[][..]);
+                            }
+                            RefundEvent::QueryAttempted { .. } | RefundEvent::SentToReview { .. } => {}
+                        }
+                    }
+                    OrderEvent::NotifyDue { notify_type, refund_order_no, at } => {
+                        let n = Notification::for_order(&order, *notify_type, refund_order_no.as_deref(), *at);
+                        reindex_notification(&mut batch, None, &n);
+                        batch.insert(notification_key(&n.notify_id), encode_notification(&n)?);
+                        notes.insert(n.notify_id.clone(), n);
+                    }
+                    _ => {}
                 }
             }
             batch.insert(order_key(id), encode_order(&order)?);
@@ -423,6 +423,14 @@ impl Views {
 }
 
 impl Views {
+    /// The order an index entry names, if its id reads as one and the order exists.
+    fn load_named(&self, id: Option<PayOrderNo>) -> Result<Option<Order>, StorageError> {
+        match id {
+            Some(id) => self.load_order(&id).map_err(storage),
+            None => Ok(None),
+        }
+    }
+
     /// Walks a listing's entries newest first: the ids (with their creation time) whose
     /// status matches, at most `query.limit`, and where to continue.
     fn list(&self, tag: u8, query: &ListQuery) -> Result<Page<(i64, String)>, StorageError> {
@@ -510,8 +518,7 @@ impl OrderStore for Views {
         let page = self.list(ORDER_LIST, query)?;
         let mut items = Vec::with_capacity(page.items.len());
         for (_, id) in page.items {
-            let order = PayOrderNo::parse(&id).map(|id| self.load_order(&id)).transpose().map_err(storage)?.flatten();
-            items.extend(order);
+            items.extend(self.load_named(PayOrderNo::parse(&id))?);
         }
         Ok(Page { items, next: page.next })
     }
@@ -520,8 +527,7 @@ impl OrderStore for Views {
         let page = self.list(REFUND_LIST, query)?;
         let mut items = Vec::with_capacity(page.items.len());
         for (_, no) in page.items {
-            let order = Refund::order_of(&no).map(|id| self.load_order(&id)).transpose().map_err(storage)?.flatten();
-            items.extend(order.map(|o| (o, no)));
+            items.extend(self.load_named(Refund::order_of(&no))?.map(|o| (o, no)));
         }
         Ok(Page { items, next: page.next })
     }
@@ -546,18 +552,8 @@ impl OrderStore for Views {
             let line = k.get(prefix.len()..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
             let (kind, id) = (line.get(..1).unwrap_or_default(), line.get(1..).unwrap_or_default());
             let item = match kind {
-                "p" => PayOrderNo::parse(id)
-                    .map(|id| self.load_order(&id))
-                    .transpose()
-                    .map_err(storage)?
-                    .flatten()
-                    .map(BillItem::Payment),
-                _ => Refund::order_of(id)
-                    .map(|o| self.load_order(&o))
-                    .transpose()
-                    .map_err(storage)?
-                    .flatten()
-                    .map(|o| BillItem::Refund(o, id.to_owned())),
+                "p" => self.load_named(PayOrderNo::parse(id))?.map(BillItem::Payment),
+                _ => self.load_named(Refund::order_of(id))?.map(|o| BillItem::Refund(o, id.to_owned())),
             };
             items.extend(item);
             if items.len() >= limit {
