@@ -57,9 +57,7 @@ async fn bounded<T>(app: &App, fut: impl std::future::Future<Output = CoreResult
 pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let (params, merchant) = authenticate(app, body)?;
     let spec = pay_spec(&app.limits, &params, &merchant)?;
-    if let (Some(url), false) = (&spec.notify_url, merchant.allow_private_notify) {
-        app.url_guard.check(url).await.map_err(|why| CoreError::invalid("notify_url", why))?;
-    }
+    notify_url_allowed(app, &merchant, spec.notify_url.as_deref()).await?;
     let expire_minutes = spec.expire_minutes.unwrap_or(merchant.expire_minutes);
     let route = app.channels.select(spec.pay_method, spec.amount, app.clock.now_ms()).map(|c| c.code.clone());
     let target = OrderTarget::Key { merchant_id: spec.merchant_id.clone(), order_no: spec.order_no.clone() };
@@ -69,6 +67,16 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let order = bounded(app, app.router.dispatch(target, request, caller)).await?;
     metrics::counter!("paygate_payments_created_total", "channel" => order.channel.clone()).increment(1);
     Ok(success_from(pay_answer(&app.public_url, &order)))
+}
+
+/// Refuses a `notify_url` on an internal address unless `merchant` may be notified there.
+async fn notify_url_allowed(app: &App, merchant: &MerchantProfile, url: Option<&str>) -> CoreResult<()> {
+    match url {
+        Some(url) if !merchant.allow_private_notify => {
+            app.url_guard.check(url).await.map_err(|why| CoreError::invalid("notify_url", why))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `POST /api/v1/payment/query`.
@@ -526,9 +534,7 @@ pub async fn refund_apply(app: &App, body: &[u8]) -> Result<HttpResponse, ApiErr
         None => None,
     };
     let notify_url = url("notify_url", &params)?;
-    if let (Some(url), false) = (&notify_url, merchant.allow_private_notify) {
-        app.url_guard.check(url).await.map_err(|why| CoreError::invalid("notify_url", why))?;
-    }
+    notify_url_allowed(app, &merchant, notify_url.as_deref()).await?;
     let caller = Some(merchant.merchant_id.as_str());
     let order = bounded(app, app.router.read(target, caller)).await?;
     let currency = order.spec.amount.currency();
@@ -551,16 +557,7 @@ pub async fn refund_apply(app: &App, body: &[u8]) -> Result<HttpResponse, ApiErr
         app.router.dispatch(OrderTarget::Id(id.clone()), OrderRequest::Refund(spec), Some(merchant_id.clone())),
     )
     .await;
-    let order = match refunded {
-        Ok(order) if order.refund(&refund_no).is_some() => order,
-        other => {
-            let recorded = other.as_ref().ok().and_then(|o| o.refund(&refund_no)).is_some();
-            if !recorded {
-                app.recent_refunds.release(&merchant_id, &refund_no, &id);
-            }
-            return Err(other.err().unwrap_or_else(|| CoreError::system("the refund was not recorded")).into());
-        }
-    };
+    let order = refunded.inspect_err(|_| app.recent_refunds.release(&merchant_id, &refund_no, &id))?;
     let refund = order.refund(&refund_no).ok_or_else(|| CoreError::system("the refund was not recorded"))?;
     Ok(success(&refund_view(&order, refund)))
 }
