@@ -98,6 +98,35 @@ const VIEWS_LAG_RECHECK: Duration = Duration::from_millis(20);
 /// How soon an append that failed is tried again.
 const APPEND_RETRY_MS: i64 = 1_000;
 
+/// The last [`RECENTLY_DONE`] ids inserted, looked up in constant time.
+#[derive(Default)]
+struct RecentIds {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl RecentIds {
+    fn insert(&mut self, id: String) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > RECENTLY_DONE {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    /// Forgets `id` (its place in the order is left to age out).
+    fn remove(&mut self, id: &str) {
+        self.set.remove(id);
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+}
+
 /// One merchant's delivery actor.
 pub struct MerchantNotifier {
     nc: Arc<NotifierContext>,
@@ -112,7 +141,7 @@ pub struct MerchantNotifier {
     calling: usize,
     /// Per order, the sequences of its notifications held here: only the lowest goes.
     heads: HashMap<PayOrderNo, BTreeSet<u64>>,
-    recently_done: VecDeque<String>,
+    recently_done: RecentIds,
     breaker: Breaker,
     /// Notifications were left in the views because the queue was full (or at start).
     overflow: bool,
@@ -136,7 +165,7 @@ impl MerchantNotifier {
             busy: HashSet::new(),
             calling: 0,
             heads: HashMap::new(),
-            recently_done: VecDeque::new(),
+            recently_done: RecentIds::default(),
             breaker,
             overflow: true,
             last_ticket: 0,
@@ -180,10 +209,7 @@ impl MerchantNotifier {
                 self.heads.remove(&n.pay_order_no);
             }
         }
-        if self.recently_done.len() >= RECENTLY_DONE {
-            self.recently_done.pop_front();
-        }
-        self.recently_done.push_back(n.notify_id);
+        self.recently_done.insert(n.notify_id);
     }
 
     /// Whether `n` is its order's earliest notification held here.
@@ -498,7 +524,7 @@ impl Handler<Resend> for MerchantNotifier {
                     match result {
                         Ok((n, ticket)) => {
                             act.last_ticket = act.last_ticket.max(ticket);
-                            act.recently_done.retain(|id| *id != n.notify_id);
+                            act.recently_done.remove(&n.notify_id);
                             answer.push(n.clone());
                             act.settle(n);
                         }
