@@ -177,6 +177,14 @@ pub struct OrdersConfig {
     /// Queries before a refund goes to manual review.
     #[serde(default = "default_refund_query_max_attempts")]
     pub refund_query_max_attempts: u8,
+    /// Whether a payment that arrives after its order was closed or expired is refunded
+    /// automatically (else it is recorded and flagged for an operator).
+    #[serde(default = "yes")]
+    pub refund_late_payments: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_refund_window_days() -> u32 {
@@ -469,6 +477,7 @@ impl Config {
                 first_query_after_ms: (o.refund_query_first_after_secs * 1000) as i64,
                 query_interval_ms: (o.refund_query_interval_secs * 1000) as i64,
                 max_queries: o.refund_query_max_attempts,
+                late_payments: o.refund_late_payments,
             },
         }
     }

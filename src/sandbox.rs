@@ -392,7 +392,7 @@ impl ChannelConnector for SandboxConnector {
         Box::pin(async move {
             s.faults(s.hangs(&trade.pay_order_no)).await?;
             let known = s.trades.get(trade.pay_order_no.as_str()).is_some_and(|t| t.refunds.contains_key(&refund_no));
-            Ok(if known { RefundState::Success } else { RefundState::Failed("no such refund".into()) })
+            Ok(if known { RefundState::Success } else { RefundState::NotFound })
         })
     }
 

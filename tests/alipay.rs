@@ -185,7 +185,7 @@ fn close_refund_refund_query_and_the_bill_through_the_real_adapter() {
     let asked = rt.block_on(alipay.query_refund(refund_of(trade_ref(&id, 10_000), "R-2", 0))).unwrap();
     assert_eq!(asked, RefundState::Success);
     let unknown = rt.block_on(alipay.query_refund(refund_of(trade_ref(&id, 10_000), "R-9", 0))).unwrap();
-    assert_eq!(unknown, RefundState::Processing, "code 10000 alone is not a refund");
+    assert_eq!(unknown, RefundState::NotFound, "code 10000 alone is not a refund");
     // The refund notifications (TRADE_CLOSED with refund_fee) never move the order back.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(c.query_id(&id).data("status"), "SUCCESS");

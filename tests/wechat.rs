@@ -152,7 +152,9 @@ fn close_refunds_refund_query_and_the_bill_through_the_real_adapter() {
     assert_eq!(refund("WR-1", 1_000), RefundState::Processing, "accepted; WeChat finishes it later");
     assert_eq!(refund("WR-1", 1_000), RefundState::Processing, "idempotent");
     assert!(matches!(refund("WR-2", 4_001), RefundState::Failed(_)));
-    assert_eq!(rt.block_on(wx.query_refund(refund_of(tref.clone(), "WR-1", 0))).unwrap(), RefundState::Success);
+    let query = |no: &str| rt.block_on(wx.query_refund(refund_of(tref.clone(), no, 0))).unwrap();
+    eventually(LONG, || (query("WR-1") == RefundState::Success).then_some(())).expect("carried out");
+    assert_eq!(query("WR-NONE"), RefundState::NotFound, "a refund WeChat never heard of may be asked again");
     assert_eq!(trade(&t, &id)["refunded_fee"], 1_000);
     assert_eq!(c.query_id(&id).data("status"), "SUCCESS");
 

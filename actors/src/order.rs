@@ -368,6 +368,13 @@ pub enum OrderCommand {
         refund_order_no: String,
         /// What the channel said.
         outcome: RefundState,
+        /// The amount the channel says it refunded, when it says.
+        amount_minor: Option<i64>,
+    },
+    /// Refund the late payment the channel took as trade `channel_trade_no` (once).
+    RefundLatePayment {
+        /// The late payment's channel trade.
+        channel_trade_no: String,
     },
     /// A refund's outcome was queried; after `max_queries` it goes to manual review.
     RecordRefundQuery {
@@ -663,18 +670,31 @@ impl Order {
                 _ => vec![],
             },
             OrderCommand::RequestRefund { spec, window_ms } => self.decide_refund(spec, window_ms, now)?,
-            OrderCommand::RefundOutcome { refund_order_no, outcome } => {
+            OrderCommand::RefundOutcome { refund_order_no, outcome, amount_minor } => {
                 let Some(refund) = self.refunds.iter().find(|r| r.refund_order_no == refund_order_no) else {
                     return Err(CoreError::new(ErrorCode::OrderNotFound, format!("no refund {refund_order_no}")));
                 };
+                if let Some(claimed) = amount_minor.filter(|a| *a != refund.spec.amount_minor) {
+                    return Err(CoreError::new(
+                        ErrorCode::ChannelError,
+                        format!(
+                            "channel reports {claimed} minor units refunded for refund {refund_order_no} of {}",
+                            refund.spec.amount_minor
+                        ),
+                    ));
+                }
                 let event = match outcome {
                     _ if !refund.status.is_open() => None,
                     RefundState::Success => Some(RefundEvent::Succeeded { at: now }),
                     RefundState::Failed(reason) => Some(RefundEvent::Failed { reason, at: now }),
-                    RefundState::Processing => None,
+                    RefundState::Abnormal(reason) if refund.status == crate::refund::RefundStatus::Refunding => {
+                        Some(RefundEvent::SentToReview { reason, at: now })
+                    }
+                    RefundState::Abnormal(_) | RefundState::Processing | RefundState::NotFound => None,
                 };
                 event.map(|event| OrderEvent::Refund { refund_order_no, event }).into_iter().collect()
             }
+            OrderCommand::RefundLatePayment { channel_trade_no } => self.decide_late_refund(channel_trade_no, now),
             OrderCommand::RecordRefundQuery { refund_order_no, max_queries } => {
                 match self.refunds.iter().find(|r| r.refund_order_no == refund_order_no) {
                     Some(r) if r.status == crate::refund::RefundStatus::Refunding => {
@@ -696,9 +716,37 @@ impl Order {
         Ok(events)
     }
 
-    /// What paid refunds and refunds in flight hold of the amount paid, minor units.
+    /// What paid refunds and refunds in flight hold of the amount paid, minor units
+    /// (refunds of late payments return those payments, not the order's).
     pub fn refund_held_minor(&self) -> i64 {
-        self.refunds.iter().filter(|r| r.status.holds_amount()).map(|r| r.spec.amount_minor).sum()
+        self.refunds
+            .iter()
+            .filter(|r| r.late_payment.is_none() && r.status.holds_amount())
+            .map(|r| r.spec.amount_minor)
+            .sum()
+    }
+
+    /// The refund of late payment `channel_trade_no`, unless it has one or the order is
+    /// out of refund numbers (then an operator returns it: it stays flagged).
+    fn decide_late_refund(&self, channel_trade_no: String, now: i64) -> Vec<OrderEvent> {
+        let Some(late) = self.late_payments.iter().find(|p| p.channel_trade_no == channel_trade_no) else {
+            return vec![];
+        };
+        let refunded = self.refunds.iter().any(|r| r.late_payment.as_deref() == Some(channel_trade_no.as_str()));
+        if refunded || self.refunds.len() >= MAX_REFUNDS {
+            return vec![];
+        }
+        let refund_order_no = Refund::number(&self.pay_order_no, self.refunds.len());
+        let spec = RefundSpec {
+            refund_no: format!("AUTO-{refund_order_no}"),
+            amount_minor: late.amount_minor,
+            reason: Some(format!("paid after the order was {}: returned automatically", self.status)),
+            notify_url: None,
+        };
+        vec![OrderEvent::Refund {
+            refund_order_no,
+            event: RefundEvent::LateRequested { spec, channel_trade_no, at: now },
+        }]
     }
 
     /// The refund the merchant's `refund_no` names.
@@ -908,12 +956,25 @@ impl Order {
                 self.refunds.push(Refund::requested(refund_order_no.to_owned(), spec.clone(), *at));
                 *at
             }
+            RefundEvent::LateRequested { spec, channel_trade_no, at } => {
+                let late = self.late_payments.iter().find(|p| p.channel_trade_no == *channel_trade_no)?;
+                let once = !self.refunds.iter().any(|r| r.late_payment.as_ref() == Some(channel_trade_no));
+                let fresh = self.refund(&spec.refund_no).is_none()
+                    && refund_order_no == Refund::number(&self.pay_order_no, self.refunds.len());
+                if late.amount_minor != spec.amount_minor || !once || !fresh {
+                    return None;
+                }
+                let mut refund = Refund::requested(refund_order_no.to_owned(), spec.clone(), *at);
+                refund.late_payment = Some(channel_trade_no.clone());
+                self.refunds.push(refund);
+                *at
+            }
             _ => {
                 let refund = self.refunds.iter_mut().find(|r| r.refund_order_no == refund_order_no)?;
                 if !refund.apply(event) {
                     return None;
                 }
-                if let RefundEvent::Succeeded { .. } = event {
+                if let (RefundEvent::Succeeded { .. }, None) = (event, &refund.late_payment) {
                     self.refunded_minor = self.refunded_minor.checked_add(refund.spec.amount_minor)?;
                     self.status = if self.refunded_minor >= paid { Refunded } else { PartiallyRefunded };
                 }
@@ -997,11 +1058,60 @@ mod tests {
     /// The channel's answer about the order's `index`-th refund.
     fn outcome(index: usize, outcome: RefundState) -> OrderCommand {
         let id = PayOrderNo::parse("P170406720000000010000").unwrap();
-        OrderCommand::RefundOutcome { refund_order_no: Refund::number(&id, index), outcome }
+        OrderCommand::RefundOutcome { refund_order_no: Refund::number(&id, index), outcome, amount_minor: None }
     }
 
     fn paid(trade: &str, amount: i64) -> OrderCommand {
         OrderCommand::Notice(ChannelNotice::Paid { channel_trade_no: trade.into(), amount_minor: amount })
+    }
+
+    #[test]
+    fn a_late_payment_is_refunded_once_and_leaves_the_order_as_it_was() {
+        let mut o = new_order(100);
+        run(&mut o, OrderCommand::Close, 2).unwrap();
+        run(&mut o, paid("LATE-T", 100), 3).unwrap();
+        assert_eq!((o.status, o.late_payments.len()), (OrderStatus::Closed, 1));
+        let late = || OrderCommand::RefundLatePayment { channel_trade_no: "LATE-T".into() };
+        assert_eq!(run(&mut o, late(), 4), Ok(1));
+        assert_eq!(run(&mut o, late(), 5), Ok(0), "one refund per late payment");
+        let r = &o.refunds[0];
+        assert_eq!((r.late_payment.as_deref(), r.spec.amount_minor), (Some("LATE-T"), 100));
+        assert_eq!(r.spec.refund_no, format!("AUTO-{}", r.refund_order_no));
+        assert_eq!(o.refund_held_minor(), 0, "it returns the late payment, not the order's");
+        run(&mut o, outcome(0, RefundState::Success), 6).unwrap();
+        assert_eq!((o.status, o.refunded_minor), (OrderStatus::Closed, 0));
+        let due =
+            o.notifications_due(Some(OrderStatus::Closed), &o.handle(outcome(0, RefundState::Success), 7).unwrap(), 7);
+        assert!(due.is_empty(), "settled already");
+        // A merchant cannot refund a closed order by hand.
+        assert_eq!(run(&mut o, ask_refund("r1", 1), 8).unwrap_err().code, ErrorCode::OrderStatusError);
+        assert_eq!(
+            run(&mut o, OrderCommand::RefundLatePayment { channel_trade_no: "NONE".into() }, 9),
+            Ok(0),
+            "no such late payment"
+        );
+    }
+
+    #[test]
+    fn an_abnormal_refund_goes_to_review_and_a_notification_must_agree_on_the_amount() {
+        let mut o = new_order(100);
+        run(&mut o, paid("T1", 100), 2).unwrap();
+        run(&mut o, ask_refund("r1", 40), 3).unwrap();
+        let no = o.refunds[0].refund_order_no.clone();
+        let said = |outcome, amount| OrderCommand::RefundOutcome {
+            refund_order_no: no.clone(),
+            outcome,
+            amount_minor: amount,
+        };
+        let e = run(&mut o, said(RefundState::Success, Some(41)), 4).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ChannelError);
+        assert_eq!(o.refunds[0].status, crate::refund::RefundStatus::Refunding, "untouched");
+        run(&mut o, said(RefundState::Abnormal("card closed".into()), Some(40)), 5).unwrap();
+        assert_eq!(o.refunds[0].status, crate::refund::RefundStatus::ManualReview);
+        assert_eq!(o.refund_held_minor(), 40, "held while an operator looks");
+        assert_eq!(run(&mut o, said(RefundState::NotFound, None), 6), Ok(0));
+        run(&mut o, said(RefundState::Success, Some(40)), 7).unwrap();
+        assert_eq!((o.status, o.refunded_minor), (OrderStatus::PartiallyRefunded, 40));
     }
 
     #[test]
@@ -1115,10 +1225,19 @@ mod tests {
             Just(OrderCommand::Notice(ChannelNotice::Failed { reason: "f".into() })),
             (0usize..3, 99i64..=101).prop_map(|(t, a)| paid(["T1", "T2", "T3"][t], a)),
             (0usize..4, 1i64..=120).prop_map(|(n, a)| ask_refund(["r1", "r2", "r3", "r4"][n], a)),
-            (0usize..4, 0usize..3).prop_map(|(i, o)| outcome(
+            (0usize..4, 0usize..5).prop_map(|(i, o)| outcome(
                 i,
-                [RefundState::Success, RefundState::Processing, RefundState::Failed("f".into())][o].clone()
+                [
+                    RefundState::Success,
+                    RefundState::Processing,
+                    RefundState::Failed("f".into()),
+                    RefundState::Abnormal("a".into()),
+                    RefundState::NotFound
+                ][o]
+                    .clone()
             )),
+            (0usize..3)
+                .prop_map(|t| OrderCommand::RefundLatePayment { channel_trade_no: ["T1", "T2", "T3"][t].into() }),
             (0usize..4).prop_map(|i| OrderCommand::RecordRefundQuery {
                 refund_order_no: Refund::number(&PayOrderNo::parse("P170406720000000010000").unwrap(), i),
                 max_queries: 2,
@@ -1173,10 +1292,18 @@ mod tests {
         let succeeded: i64 = after
             .refunds
             .iter()
-            .filter(|r| r.status == crate::refund::RefundStatus::Success)
+            .filter(|r| r.late_payment.is_none() && r.status == crate::refund::RefundStatus::Success)
             .map(|r| r.spec.amount_minor)
             .sum();
         prop_assert_eq!(after.refunded_minor, succeeded);
+        // A late payment is refunded at most once, and exactly: its own amount.
+        for late in &after.late_payments {
+            let refunds: Vec<_> =
+                after.refunds.iter().filter(|r| r.late_payment.as_ref() == Some(&late.channel_trade_no)).collect();
+            prop_assert!(refunds.len() <= 1, "late payment {} refunded twice", late.channel_trade_no);
+            prop_assert!(refunds.iter().all(|r| r.spec.amount_minor == late.amount_minor));
+        }
+        prop_assert!(after.refunds.iter().all(|r| r.late_payment.is_none() || !after.status.is_open()));
         prop_assert!(after.refunds.len() >= before.refunds.len());
         prop_assert!(after.update_time >= before.update_time);
         Ok(())

@@ -95,6 +95,8 @@ pub enum OrderRequest {
         refund_order_no: String,
         /// What the channel says.
         outcome: RefundState,
+        /// The amount it says was refunded, when it says.
+        amount_minor: Option<i64>,
     },
 }
 
@@ -250,7 +252,30 @@ impl OrderCell {
                 return Err(CoreError::order_not_found());
             }
         }
-        match msg.request {
+        let refunds_before = self.state.as_ref().map_or(0, |o| o.refunds.len());
+        let answer = self.answer(oc, msg.request).await;
+        // A late payment learned of just now (by a callback, a query, a close) is refunded
+        // at once; if this node dies first, the refund's queries find it never asked.
+        let late: Vec<String> = self.state.as_ref().map_or_else(Vec::new, |o| {
+            let new = o.refunds.get(refunds_before..).unwrap_or_default();
+            new.iter()
+                .filter(|r| r.late_payment.is_some() && r.status == RefundStatus::Refunding)
+                .map(|r| r.refund_order_no.clone())
+                .collect()
+        });
+        if late.is_empty() {
+            return answer;
+        }
+        for no in late {
+            if let Err(e) = self.settle_refund(oc, &no, true).await {
+                tracing::warn!(refund_order_no = %no, error = %e, "late payment refund not asked yet; it will be queried");
+            }
+        }
+        answer.and_then(|_| self.current())
+    }
+
+    async fn answer(&mut self, oc: &OrderContext, request: OrderRequest) -> CoreResult<Order> {
+        match request {
             OrderRequest::Pay(sub) => self.pay(oc, *sub).await,
             OrderRequest::Query => self.current(),
             OrderRequest::Close => self.close(oc).await,
@@ -262,8 +287,8 @@ impl OrderCell {
             OrderRequest::Tick => self.tick(oc).await,
             OrderRequest::Reconcile => self.reconcile(oc).await,
             OrderRequest::Refund(spec) => self.refund(oc, spec).await,
-            OrderRequest::RefundNotice { refund_order_no, outcome } => {
-                self.execute(oc, vec![OrderCommand::RefundOutcome { refund_order_no, outcome }]).await?;
+            OrderRequest::RefundNotice { refund_order_no, outcome, amount_minor } => {
+                self.execute(oc, vec![OrderCommand::RefundOutcome { refund_order_no, outcome, amount_minor }]).await?;
                 self.current()
             }
         }
@@ -285,9 +310,17 @@ impl OrderCell {
         cmds: Vec<OrderCommand>,
     ) -> CoreResult<()> {
         let now = oc.clock.now_ms();
-        for cmd in cmds {
+        let mut cmds = std::collections::VecDeque::from(cmds);
+        while let Some(cmd) = cmds.pop_front() {
             for event in next.handle(cmd, now)? {
                 next.apply(&event).map_err(|e| CoreError::system(e.to_string()))?;
+                // A late payment's refund is decided in the same record that learns of it.
+                if let (OrderEvent::LatePaymentRecorded { payment }, true) =
+                    (&event, oc.query_policy.refunds.late_payments)
+                {
+                    let channel_trade_no = payment.channel_trade_no.clone();
+                    cmds.push_back(OrderCommand::RefundLatePayment { channel_trade_no });
+                }
                 events.push(event);
             }
         }
@@ -318,6 +351,13 @@ impl OrderCell {
                 _ => None,
             })
             .collect();
+        let late_payments: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                OrderEvent::LatePaymentRecorded { payment } => Some(payment.channel_trade_no.clone()),
+                _ => None,
+            })
+            .collect();
         let record = Record::Order { pay_order_no: self.pay_order_no.clone(), seq, events };
         let ticket = oc.journal.append(record).await.map_err(|e| match e {
             StorageError::Full(_) => e.into_core(),
@@ -333,6 +373,15 @@ impl OrderCell {
             h.stats.daily.adjust(business_day(next.create_time), delta);
         }
         self.published.set(SharedOrder::share(next.clone()));
+        for channel_trade_no in late_payments {
+            metrics::counter!("paygate_alerts_total", "kind" => "late_payment").increment(1);
+            tracing::warn!(
+                pay_order_no = %self.pay_order_no,
+                %channel_trade_no,
+                status = %next.status,
+                "a payment arrived after the order was final"
+            );
+        }
         for (refund_order_no, outcome) in refunds_settled {
             metrics::counter!("paygate_refunds_total", "outcome" => outcome).increment(1);
             if outcome == "manual_review" {
@@ -554,36 +603,59 @@ impl OrderCell {
 
     /// Asks the channel to refund (`ask`) or where the refund stands, and records the
     /// answer. An unknown outcome changes nothing but the query count: the refund is
-    /// queried again on its schedule under the same number, never asked for twice.
+    /// queried again on its schedule under the same number, never asked for under
+    /// another. A query the channel answers "no such refund" (the ask never reached it:
+    /// the node died between recording the refund and asking) asks again under the same
+    /// number, which the channel takes at most once.
     async fn settle_refund(&mut self, oc: &OrderContext, refund_order_no: &str, ask: bool) -> CoreResult<Order> {
-        let order = self.current()?;
-        let Some(refund) = order.refunds.iter().find(|r| r.refund_order_no == refund_order_no) else {
-            return Ok(order);
-        };
-        let channel = self.channel(&oc.channels, &order)?;
-        let request = ChannelRefund {
-            trade: TradeRef::of(&order),
-            refund_no: refund.refund_order_no.clone(),
-            amount: Money::from_minor(refund.spec.amount_minor, order.spec.amount.currency()),
-            requested_at: refund.create_time,
-        };
-        let answer = if ask { channel.refund(request).await } else { channel.query_refund(request).await };
-        let mut cmds = Vec::with_capacity(2);
-        let refund_order_no = refund_order_no.to_owned();
-        match answer {
-            Ok(outcome) => cmds.push(OrderCommand::RefundOutcome { refund_order_no: refund_order_no.clone(), outcome }),
-            Err(ChannelError::Rejected { code, message }) if ask => cmds.push(OrderCommand::RefundOutcome {
-                refund_order_no: refund_order_no.clone(),
-                outcome: RefundState::Failed(format!("{code}: {message}")),
-            }),
-            Err(e) => tracing::info!(%refund_order_no, error = %e, "refund outcome unknown; it will be queried"),
+        let mut ask = ask;
+        loop {
+            let order = self.current()?;
+            let Some(refund) = order.refunds.iter().find(|r| r.refund_order_no == refund_order_no) else {
+                return Ok(order);
+            };
+            if !refund.status.is_open() {
+                return Ok(order);
+            }
+            let channel = self.channel(&oc.channels, &order)?;
+            let mut trade = TradeRef::of(&order);
+            if let Some(late) = &refund.late_payment {
+                trade.channel_trade_no = Some(late.clone());
+            }
+            let request = ChannelRefund {
+                trade,
+                refund_no: refund.refund_order_no.clone(),
+                amount: Money::from_minor(refund.spec.amount_minor, order.spec.amount.currency()),
+                requested_at: refund.create_time,
+            };
+            let answer = if ask { channel.refund(request).await } else { channel.query_refund(request).await };
+            let mut cmds = Vec::with_capacity(2);
+            let no = refund_order_no.to_owned();
+            let unknown_at_channel = !ask && answer == Ok(RefundState::NotFound);
+            match answer {
+                Ok(outcome) => {
+                    cmds.push(OrderCommand::RefundOutcome { refund_order_no: no.clone(), outcome, amount_minor: None })
+                }
+                Err(ChannelError::Rejected { code, message }) if ask => cmds.push(OrderCommand::RefundOutcome {
+                    refund_order_no: no.clone(),
+                    outcome: RefundState::Failed(format!("{code}: {message}")),
+                    amount_minor: None,
+                }),
+                Err(e) => {
+                    tracing::info!(refund_order_no = %no, error = %e, "refund outcome unknown; it will be queried")
+                }
+            }
+            if !ask {
+                let max_queries = oc.query_policy.refunds.max_queries;
+                cmds.push(OrderCommand::RecordRefundQuery { refund_order_no: no, max_queries });
+            }
+            self.execute(oc, cmds).await?;
+            if !unknown_at_channel {
+                return self.current();
+            }
+            tracing::info!(%refund_order_no, "the channel has no such refund; asking again under the same number");
+            ask = true;
         }
-        if !ask {
-            let max_queries = oc.query_policy.refunds.max_queries;
-            cmds.push(OrderCommand::RecordRefundQuery { refund_order_no, max_queries });
-        }
-        self.execute(oc, cmds).await?;
-        self.current()
     }
 }
 

@@ -269,7 +269,8 @@ impl ChannelError {
 pub struct ChannelRefund {
     /// The paid trade.
     pub trade: TradeRef,
-    /// The merchant's refund number (the channel's out_request_no).
+    /// Our refund number (`refund_order_no`): the channel's out_request_no /
+    /// out_refund_no, the same on every ask and query of this refund.
     pub refund_no: String,
     /// How much to refund.
     pub amount: Money,
@@ -287,6 +288,13 @@ pub enum RefundState {
     Processing,
     /// Refused or failed.
     Failed(String),
+    /// Taken from the merchant but not delivered to the buyer (WeChat's ABNORMAL: the
+    /// buyer's card was closed): someone must act, so the refund goes to manual review
+    /// with its amount held.
+    Abnormal(String),
+    /// The channel has no refund by this number (a query's answer): the ask never
+    /// reached it, so it may be asked again under the same number.
+    NotFound,
 }
 
 /// An inbound callback as received over HTTP.
@@ -318,6 +326,9 @@ pub struct VerifiedRefund {
     pub refund_order_no: String,
     /// What the channel says of it.
     pub outcome: RefundState,
+    /// The amount refunded, minor units, when the notification says: checked against the
+    /// refund's own (an unsigned notification must at least agree with what we asked).
+    pub amount_minor: Option<i64>,
 }
 
 /// A callback whose signature checked out.

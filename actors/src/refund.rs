@@ -12,6 +12,11 @@
 //! request and every applied event). An unknown outcome is never sent as a new refund:
 //! it keeps its `refund_order_no` (the channel's out_request_no / out_refund_no) and is
 //! settled by the channel's notification or by queries.
+//!
+//! A payment the channel took after the order was closed or expired (a late payment) is
+//! the buyer's money we have no order for: with [`RefundPolicy::late_payments`] the order
+//! refunds it at once, by itself ([`RefundEvent::LateRequested`]). Such a refund returns
+//! that payment, not the order's, so it holds nothing of the order's paid amount.
 
 use serde::{Deserialize, Serialize};
 
@@ -91,6 +96,9 @@ pub struct Refund {
     pub failure: Option<String>,
     /// Queries made at the channel so far.
     pub query_attempts: u8,
+    /// The channel trade of the late payment this refund returns, when it returns one
+    /// (asked for by the order itself) rather than part of the order's payment.
+    pub late_payment: Option<String>,
 }
 
 /// What happened to a refund. Journaled inside its order's record, then applied.
@@ -127,6 +135,15 @@ pub enum RefundEvent {
         /// Unix millis.
         at: i64,
     },
+    /// The refund of a late payment exists: the order asks for it by itself.
+    LateRequested {
+        /// What the refund is, as if a merchant had asked (its `refund_no` is ours).
+        spec: RefundSpec,
+        /// The late payment's channel trade.
+        channel_trade_no: String,
+        /// Unix millis.
+        at: i64,
+    },
 }
 
 impl RefundEvent {
@@ -138,6 +155,7 @@ impl RefundEvent {
             RefundEvent::Failed { .. } => "Refund.Failed",
             RefundEvent::QueryAttempted { .. } => "Refund.QueryAttempted",
             RefundEvent::SentToReview { .. } => "Refund.SentToReview",
+            RefundEvent::LateRequested { .. } => "Refund.LateRequested",
         }
     }
 }
@@ -154,16 +172,21 @@ pub struct RefundPolicy {
     pub query_interval_ms: i64,
     /// Queries before the refund goes to manual review.
     pub max_queries: u8,
+    /// Whether a payment that arrives after the order was closed or expired is refunded
+    /// at once, by the order itself.
+    pub late_payments: bool,
 }
 
 impl Default for RefundPolicy {
-    /// A year to refund; queries at 10 s, then every minute, 10 in all.
+    /// A year to refund; queries at 10 s, then every minute, 10 in all; late payments
+    /// refunded.
     fn default() -> Self {
         RefundPolicy {
             window_ms: 365 * 24 * 3_600_000,
             first_query_after_ms: 10_000,
             query_interval_ms: 60_000,
             max_queries: 10,
+            late_payments: true,
         }
     }
 }
@@ -198,13 +221,14 @@ impl Refund {
             finish_time: None,
             failure: None,
             query_attempts: 0,
+            late_payment: None,
         }
     }
 
     /// Applies one event (not `Requested`); `false` when it cannot follow the state.
     pub fn apply(&mut self, event: &RefundEvent) -> bool {
         let at = match event {
-            RefundEvent::Requested { .. } => return false,
+            RefundEvent::Requested { .. } | RefundEvent::LateRequested { .. } => return false,
             RefundEvent::Succeeded { at } | RefundEvent::Failed { at, .. } => {
                 if !self.status.is_open() {
                     return false;

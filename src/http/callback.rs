@@ -30,7 +30,11 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
     let (pay_order_no, request) = match verified {
         Some(Verified::Order(v)) => (v.pay_order_no, OrderRequest::Notice(v.notice)),
         Some(Verified::Refund(v)) => {
-            let request = OrderRequest::RefundNotice { refund_order_no: v.refund_order_no, outcome: v.outcome };
+            let request = OrderRequest::RefundNotice {
+                refund_order_no: v.refund_order_no,
+                outcome: v.outcome,
+                amount_minor: v.amount_minor,
+            };
             (v.pay_order_no, request)
         }
         _ => return unverified(app, provider, channel, &request),

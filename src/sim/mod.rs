@@ -72,6 +72,9 @@ pub struct Faults {
     pub bad_signature_rate: f64,
     /// Every API call answered 503.
     pub outage: bool,
+    /// WeChat Pay only: every refund accepted from now on ends `ABNORMAL` (the buyer's
+    /// card could not take it) or `CLOSED` instead of `SUCCESS`.
+    pub refund_outcome: Option<String>,
 }
 
 /// What the faults decided for one call.

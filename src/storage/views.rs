@@ -37,7 +37,7 @@ const SCHEMA: &[u8] = b"m:schema";
 /// The layout of the views this build writes. Views of another layout are rebuilt
 /// from the journal. 2: the applied marker carries the journal sequence. 3: order
 /// snapshots carry their refunds; the refund index.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// A place in the journal: the end of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -328,7 +328,7 @@ impl Views {
                             r.status.as_str().as_bytes(),
                         );
                         match event {
-                            RefundEvent::Requested { spec, .. } => {
+                            RefundEvent::Requested { spec, .. } | RefundEvent::LateRequested { spec, .. } => {
                                 let mut k = merchant_prefix(REFUND_INDEX, merchant);
                                 k.extend_from_slice(spec.refund_no.as_bytes());
                                 batch.insert(k, refund_order_no.as_bytes());

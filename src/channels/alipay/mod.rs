@@ -229,9 +229,11 @@ impl ChannelConnector for AlipayConnector {
         Box::pin(async move {
             let biz = json!({ "out_trade_no": refund.trade.pay_order_no.as_str(), "out_request_no": refund.refund_no });
             let node = call(&s, &http, "alipay.trade.fastpay.refund.query", biz).await?;
-            // Code 10000 alone only means the query ran.
+            // Code 10000 alone only means the query ran; without refund_status Alipay
+            // has no refund by this out_request_no (it never arrived, or was refused).
             Ok(match text(&node, "refund_status").as_str() {
                 "REFUND_SUCCESS" => RefundState::Success,
+                "" => RefundState::NotFound,
                 _ => RefundState::Processing,
             })
         })
@@ -281,6 +283,8 @@ impl ChannelConnector for AlipayConnector {
                 pay_order_no: id,
                 refund_order_no: refund.clone(),
                 outcome: RefundState::Success,
+                // refund_fee here is the trade's total refunded so far, not this refund's.
+                amount_minor: None,
             }));
         }
         let refunded = p.contains_key("refund_fee") || p.contains_key("gmt_refund");

@@ -19,8 +19,9 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
+    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback, VerifiedRefund,
 };
+use paygate_actors::refund::Refund;
 
 use self::wire::Params;
 use crate::crypto::{RsaSigner, TrustStore};
@@ -240,7 +241,7 @@ impl ChannelConnector for UnionPayConnector {
         Box::pin(async move {
             let order_id = wire::refund_order_id(refund.trade.pay_order_no.as_str(), &refund.refund_no);
             let Some(a) = query(&s, &http, &order_id, &wire::txn_time(refund.requested_at)).await? else {
-                return Ok(RefundState::Failed("UnionPay has no such refund".into()));
+                return Ok(RefundState::NotFound);
             };
             Ok(match get(&a, "origRespCode") {
                 "00" => RefundState::Success,
@@ -295,7 +296,26 @@ impl ChannelConnector for UnionPayConnector {
             );
             return None;
         }
-        // Consume results only; a refund's result is asked for with query_refund.
+        // A refund's result names the refund by its orderId, which is our refund number.
+        if get(&p, "txnType") == "04" {
+            let refund_order_no = get(&p, "orderId");
+            let outcome = match get(&p, "respCode") {
+                "00" | "A6" => RefundState::Success,
+                code if busy(code) => RefundState::Processing,
+                code => RefundState::Failed(format!("{code}: {}", get(&p, "respMsg"))),
+            };
+            // Genuine, but not a refund this gateway asked for: nothing to apply.
+            let Some(pay_order_no) = Refund::order_of(refund_order_no) else {
+                return Some(Verified::Informational);
+            };
+            return Some(Verified::Refund(VerifiedRefund {
+                pay_order_no,
+                refund_order_no: refund_order_no.to_owned(),
+                outcome,
+                amount_minor: Some(get(&p, "txnAmt").parse().ok()?),
+            }));
+        }
+        // Consume results only.
         if get(&p, "txnType") != "01" {
             return Some(Verified::Informational);
         }

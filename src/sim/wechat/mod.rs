@@ -1,7 +1,9 @@
 //! The simulated WeChat Pay (CHANNELS.md §2): one book of merchant trades served through
 //! API v2 ([`v2`]: XML under `/wechat`) and API v3 ([`v3`]: JSON under `/v3`), a cashier
 //! page behind each code URL, notifications in the API the trade was opened with, on
-//! WeChat's retry schedule, and bills from its own trades.
+//! WeChat's retry schedule, and bills from its own trades. A refund is accepted first and
+//! carried out a moment later ([`REFUND_TAKES`]), then notified: v2 seals its details in
+//! `req_info`, v3 sends `REFUND.SUCCESS`, `REFUND.ABNORMAL` or `REFUND.CLOSED`.
 
 mod v2;
 mod v3;
@@ -43,6 +45,9 @@ const RETRIES: [Duration; 15] = [
     Duration::from_secs(6 * 3600),
     Duration::from_secs(6 * 3600),
 ];
+
+/// How long an accepted refund takes to be carried out (scaled by the time scale).
+const REFUND_TAKES: Duration = Duration::from_secs(1);
 
 /// `[sim.wechat]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -148,12 +153,65 @@ impl State {
     }
 }
 
+/// Where a refund stands at WeChat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum RefundStatus {
+    Processing,
+    Success,
+    Abnormal,
+    Closed,
+}
+
+impl RefundStatus {
+    /// v3's name (v2's differ: [`RefundStatus::v2`]).
+    fn v3(self) -> &'static str {
+        match self {
+            RefundStatus::Processing => "PROCESSING",
+            RefundStatus::Success => "SUCCESS",
+            RefundStatus::Abnormal => "ABNORMAL",
+            RefundStatus::Closed => "CLOSED",
+        }
+    }
+
+    fn v2(self) -> &'static str {
+        match self {
+            RefundStatus::Processing => "PROCESSING",
+            RefundStatus::Success => "SUCCESS",
+            RefundStatus::Abnormal => "CHANGE",
+            RefundStatus::Closed => "REFUNDCLOSE",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Refund {
     out_refund_no: String,
     refund_id: String,
     fee: i64,
+    /// Unix millis it was accepted.
     at: i64,
+    status: RefundStatus,
+    /// Unix millis it is carried out, and the status it ends in then.
+    settles_at: i64,
+    ends: RefundStatus,
+    /// Where its outcome is notified (empty: nowhere).
+    notify_url: String,
+}
+
+impl Refund {
+    /// Carries the refund out once its time has come; `true` if it changed.
+    fn settle_if_due(&mut self, now: i64) -> bool {
+        let due = self.status == RefundStatus::Processing && now >= self.settles_at;
+        if due {
+            self.status = self.ends;
+        }
+        due
+    }
+
+    /// Unix millis it succeeded.
+    fn success_time(&self) -> Option<i64> {
+        (self.status == RefundStatus::Success).then_some(self.settles_at)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,8 +236,9 @@ impl Trade {
         format!("weixin://wxpay/bizpayurl?pr={}", self.token)
     }
 
+    /// What its refunds took back (a closed refund gave the money back to the merchant).
     fn refunded(&self) -> i64 {
-        self.refunds.iter().map(|r| r.fee).sum()
+        self.refunds.iter().filter(|r| r.status != RefundStatus::Closed).map(|r| r.fee).sum()
     }
 }
 
@@ -202,6 +261,15 @@ struct NewTrade<'a> {
     body: &'a str,
     notify_url: &'a str,
     expire: Option<i64>,
+}
+
+/// A refund to make.
+struct NewRefund<'a> {
+    mch_id: &'a str,
+    out_trade_no: &'a str,
+    out_refund_no: &'a str,
+    fee: i64,
+    notify_url: &'a str,
 }
 
 /// Why the book refused; each API words it its own way.
@@ -270,7 +338,9 @@ impl WechatSim {
             }),
             None => None,
         };
-        Ok(WechatSim { core, merchants, platform, fee_rate, book: store.book("wechat")?, faults: Mutex::default() })
+        // "wechat/2": refunds carry their status; a book of an older build is left unread.
+        let book = store.book("wechat/2")?;
+        Ok(WechatSim { core, merchants, platform, fee_rate, book, faults: Mutex::default() })
     }
 
     pub(super) async fn route(self: Arc<Self>, req: SimRequest) -> SimResponse {
@@ -343,6 +413,9 @@ impl WechatSim {
         if t.state == State::NotPay && t.expire.is_some_and(|e| now > e) {
             t.state = State::Closed;
         }
+        for r in &mut t.refunds {
+            r.settle_if_due(now);
+        }
         f(t, now)
     }
 
@@ -356,34 +429,82 @@ impl WechatSim {
         })
     }
 
-    /// Refunds `fee` under `out_refund_no`; repeating the same refund answers it again.
-    fn refund_trade(
-        &self,
-        mch_id: &str,
-        out_trade_no: &str,
-        out_refund_no: &str,
-        fee: i64,
-    ) -> Result<(Trade, Refund), Refusal> {
-        self.with_trade(mch_id, out_trade_no, |t, now| {
-            if let Some(r) = t.refunds.iter().find(|r| r.out_refund_no == out_refund_no) {
-                return if r.fee == fee { Ok((t.clone(), r.clone())) } else { Err(Refusal::RefundNoReused) };
+    /// Accepts a refund of `fee` under `out_refund_no`, to be carried out a moment later
+    /// and then notified; repeating the same refund answers it again.
+    fn refund_trade(self: &Arc<Self>, n: &NewRefund<'_>) -> Result<(Trade, Refund), Refusal> {
+        let ends = match crate::sim::lock(&self.faults).refund_outcome.as_deref() {
+            Some("ABNORMAL") => RefundStatus::Abnormal,
+            Some("CLOSED") => RefundStatus::Closed,
+            _ => RefundStatus::Success,
+        };
+        let takes = self.core.scaled(REFUND_TAKES);
+        let (t, r, fresh) = self.with_trade(n.mch_id, n.out_trade_no, |t, now| {
+            if let Some(r) = t.refunds.iter().find(|r| r.out_refund_no == n.out_refund_no) {
+                return if r.fee == n.fee { Ok((t.clone(), r.clone(), false)) } else { Err(Refusal::RefundNoReused) };
             }
             if !matches!(t.state, State::Success | State::Refund) {
                 return Err(Refusal::NotRefundable);
             }
-            if t.refunded() + fee > t.total_fee {
+            if t.refunded() + n.fee > t.total_fee {
                 return Err(Refusal::NotEnough);
             }
             let refund = Refund {
-                out_refund_no: out_refund_no.to_owned(),
+                out_refund_no: n.out_refund_no.to_owned(),
                 refund_id: format!("503{}{:02}", t.transaction_id.get(5..).unwrap_or_default(), t.refunds.len() + 1),
-                fee,
+                fee: n.fee,
                 at: now,
+                status: RefundStatus::Processing,
+                settles_at: now.saturating_add(i64::try_from(takes.as_millis()).unwrap_or(i64::MAX)),
+                ends,
+                notify_url: n.notify_url.to_owned(),
             };
             t.refunds.push(refund.clone());
             t.state = State::Refund;
-            Ok((t.clone(), refund))
-        })
+            Ok((t.clone(), refund, true))
+        })?;
+        if fresh {
+            let (sim, mch_id, out_trade_no) = (Arc::clone(self), n.mch_id.to_owned(), n.out_trade_no.to_owned());
+            let out_refund_no = n.out_refund_no.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(takes).await;
+                sim.carry_out_refund(&mch_id, &out_trade_no, &out_refund_no);
+            });
+        }
+        Ok((t, r))
+    }
+
+    /// The refund's time has come: it ends as it was set to, and its outcome is notified
+    /// in the API the trade was opened with. (After a restart, a refund due meanwhile is
+    /// carried out when next looked at, without a notification: queries find it.)
+    fn carry_out_refund(&self, mch_id: &str, out_trade_no: &str, out_refund_no: &str) {
+        let now = self.core.now_ms();
+        let settled = self.with_trade(mch_id, out_trade_no, |t, _| {
+            let r = t.refunds.iter_mut().find(|r| r.out_refund_no == out_refund_no).ok_or(Refusal::RefundNotFound)?;
+            // with_trade settled it if due; settle now in any case, the wait is over.
+            r.settles_at = r.settles_at.min(now);
+            r.settle_if_due(now);
+            let r = r.clone();
+            Ok((t.clone(), r))
+        });
+        let Ok((t, r)) = settled else { return };
+        let Some(m) = self.merchants.get(mch_id).filter(|_| !r.notify_url.is_empty()) else { return };
+        let notification = match t.api {
+            Api::V2(_) => Ok(self.v2_refund_notification(m, &t, &r)),
+            Api::V3 => self.v3_refund_notification(m, &t, &r, now),
+        };
+        match notification {
+            Ok(n) => self.send(t.api, n),
+            Err(e) => tracing::warn!(error = %e, "simulator: refund notification not sent"),
+        }
+    }
+
+    /// Posts a notification on WeChat's retry schedule until the API's rule says taken.
+    fn send(&self, api: Api, n: super::Notification) {
+        let acknowledged = match api {
+            Api::V2(_) => v2::acknowledged,
+            Api::V3 => v3::acknowledged,
+        };
+        super::notify_until_acknowledged(Arc::clone(&self.core), n, acknowledged, &RETRIES);
     }
 
     /// The trade holding refund `out_refund_no` of merchant `mch_id`.
@@ -402,7 +523,11 @@ impl WechatSim {
     /// A trade and its refunds that `by` names: any one of WeChat's four ids will do (a
     /// refund's own ids pick that refund, a trade's ids all of its refunds).
     fn refunds_of(&self, mch_id: &str, by: &RefundKey<'_>) -> Result<(Trade, Vec<Refund>), Refusal> {
-        let book = self.book.lock();
+        let now = self.core.now_ms();
+        let mut book = self.book.lock();
+        for r in book.trades.values_mut().filter(|t| t.mch_id == mch_id).flat_map(|t| t.refunds.iter_mut()) {
+            r.settle_if_due(now);
+        }
         let refund_matches = |r: &Refund| {
             (!by.out_refund_no.is_empty() && r.out_refund_no == by.out_refund_no)
                 || (!by.refund_id.is_empty() && r.refund_id == by.refund_id)
@@ -452,7 +577,7 @@ impl WechatSim {
             if let Some(paid) = t.paid_at.filter(|p| date(*p) == day) {
                 rows.push(row(paid, None, fee(t.total_fee)));
             }
-            for r in t.refunds.iter().filter(|r| date(r.at) == day) {
+            for r in t.refunds.iter().filter(|r| date(r.at) == day && r.status != RefundStatus::Closed) {
                 rows.push(row(r.at, Some((r.out_refund_no.clone(), r.fee)), -fee(r.fee)));
             }
         }
@@ -510,11 +635,7 @@ impl WechatSim {
             Api::V3 => self.v3_notification(m, &paid, now)?,
         };
         if !paid.notify_url.is_empty() {
-            let acknowledged = match paid.api {
-                Api::V2(_) => v2::acknowledged,
-                Api::V3 => v3::acknowledged,
-            };
-            super::notify_until_acknowledged(Arc::clone(&self.core), notification, acknowledged, &RETRIES);
+            self.send(paid.api, notification);
         }
         Ok(paid.transaction_id)
     }
@@ -530,7 +651,10 @@ impl super::Controlled for WechatSim {
         let t = book.trades.get(out_trade_no)?;
         Some(json!({ "out_trade_no": t.out_trade_no, "transaction_id": t.transaction_id,
                      "trade_state": t.state.as_str(), "total_fee": t.total_fee,
-                     "refunded_fee": t.refunded(), "api": if t.api == Api::V3 { "v3" } else { "v2" } }))
+                     "refunded_fee": t.refunded(), "api": if t.api == Api::V3 { "v3" } else { "v2" },
+                     "refunds": t.refunds.iter().map(|r| json!({
+                         "out_refund_no": r.out_refund_no, "refund_id": r.refund_id, "refund_fee": r.fee,
+                         "status": r.status.v3() })).collect::<Vec<_>>() }))
     }
 
     fn faults(&self) -> &Mutex<Faults> {

@@ -2,12 +2,14 @@
 //! type the call used): unifiedorder (NATIVE), orderquery, closeorder, refund,
 //! refundquery and downloadbill under `/wechat`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
 use paygate_actors::signing::SignType;
 
-use super::{Api, Merchant, NewTrade, RefundKey, Refusal, Trade, WechatSim};
+use super::{Api, Merchant, NewRefund, NewTrade, Refund, RefundKey, Refusal, Trade, WechatSim};
+use crate::channels::alipay::wire::timestamp;
 use crate::channels::wechat::bill;
 use crate::channels::wechat::v2::wire::{self, Params};
 use crate::sim::{answer, Fault, Notification, SimResponse};
@@ -47,7 +49,7 @@ fn worded(r: Refusal) -> (&'static str, String) {
 }
 
 impl WechatSim {
-    pub(super) async fn v2_api(&self, path: &str, body: &[u8]) -> SimResponse {
+    pub(super) async fn v2_api(self: &Arc<Self>, path: &str, body: &[u8]) -> SimResponse {
         let faults = crate::sim::lock(&self.faults).clone();
         let fault = faults.roll().await;
         match fault {
@@ -154,11 +156,17 @@ impl WechatSim {
         .map_err(worded)
     }
 
-    fn v2_refund(&self, req: &Params) -> Answer {
+    fn v2_refund(self: &Arc<Self>, req: &Params) -> Answer {
         let fee: i64 =
             get(req, "refund_fee").parse().ok().filter(|f| *f > 0).ok_or(("PARAM_ERROR", "refund_fee".to_owned()))?;
-        let refund_no = get(req, "out_refund_no");
-        let (t, r) = self.refund_trade(get(req, "mch_id"), get(req, "out_trade_no"), refund_no, fee).map_err(worded)?;
+        let refund = NewRefund {
+            mch_id: get(req, "mch_id"),
+            out_trade_no: get(req, "out_trade_no"),
+            out_refund_no: get(req, "out_refund_no"),
+            fee,
+            notify_url: get(req, "notify_url"),
+        };
+        let (t, r) = self.refund_trade(&refund).map_err(worded)?;
         Ok(fields(&[
             ("transaction_id", t.transaction_id),
             ("out_refund_no", r.out_refund_no),
@@ -186,7 +194,10 @@ impl WechatSim {
             f.insert(format!("out_refund_no_{i}"), r.out_refund_no.clone());
             f.insert(format!("refund_id_{i}"), r.refund_id.clone());
             f.insert(format!("refund_fee_{i}"), r.fee.to_string());
-            f.insert(format!("refund_status_{i}"), "SUCCESS".into());
+            f.insert(format!("refund_status_{i}"), r.status.v2().into());
+            if let Some(at) = r.success_time() {
+                f.insert(format!("refund_success_time_{i}"), timestamp(at));
+            }
         }
         Ok(f)
     }
@@ -206,6 +217,42 @@ impl WechatSim {
                 ("return_msg", "No Bill Exist".into()),
                 ("error_code", "20002".into()),
             ])),
+        }
+    }
+
+    /// A refund's notification: unsigned, its details sealed in `req_info` under the
+    /// API key's MD5.
+    pub(super) fn v2_refund_notification(&self, m: &Merchant, t: &Trade, r: &Refund) -> Notification {
+        let mut details = fields(&[
+            ("out_refund_no", r.out_refund_no.clone()),
+            ("out_trade_no", t.out_trade_no.clone()),
+            ("refund_account", "REFUND_SOURCE_RECHARGE_FUNDS".into()),
+            ("refund_fee", r.fee.to_string()),
+            ("refund_id", r.refund_id.clone()),
+            ("refund_recv_accout", "支付用户零钱".into()),
+            ("refund_request_source", "API".into()),
+            ("refund_status", r.status.v2().into()),
+            ("settlement_refund_fee", r.fee.to_string()),
+            ("settlement_total_fee", t.total_fee.to_string()),
+            ("total_fee", t.total_fee.to_string()),
+            ("transaction_id", t.transaction_id.clone()),
+        ]);
+        if let Some(at) = r.success_time() {
+            details.insert("success_time".into(), timestamp(at));
+        }
+        let req_info = wire::seal_req_info(&m.api_key, wire::document("root", &details).as_bytes());
+        let doc = fields(&[
+            ("return_code", "SUCCESS".into()),
+            ("appid", m.appid.clone()),
+            ("mch_id", m.mch_id.clone()),
+            ("nonce_str", wire::nonce()),
+            ("req_info", req_info),
+        ]);
+        Notification {
+            url: r.notify_url.clone(),
+            headers: vec![("content-type", "text/xml; charset=utf-8".to_owned())],
+            body: wire::to_xml(&doc).into_bytes(),
+            sign: None,
         }
     }
 

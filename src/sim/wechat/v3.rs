@@ -11,7 +11,9 @@ use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
-use super::{Api, Merchant, MerchantV3, NewTrade, Platform, Refusal, Trade, WechatSim};
+use super::{
+    Api, Merchant, MerchantV3, NewRefund, NewTrade, Platform, Refund, RefundStatus, Refusal, Trade, WechatSim,
+};
 use crate::channels::wechat::bill;
 use crate::channels::wechat::v3::wire;
 use crate::sim::{answer, Fault, Notification, SimRequest, SimResponse};
@@ -70,7 +72,7 @@ fn query_param<'a>(query: &'a str, name: &str) -> &'a str {
 }
 
 impl WechatSim {
-    pub(super) async fn v3_api(&self, req: &SimRequest) -> SimResponse {
+    pub(super) async fn v3_api(self: &Arc<Self>, req: &SimRequest) -> SimResponse {
         let Some(platform) = &self.platform else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "API v3 is not configured in this simulator");
         };
@@ -124,7 +126,7 @@ impl WechatSim {
         Ok((m, v3))
     }
 
-    fn v3_call(&self, req: &SimRequest, m: &Merchant, v3: &MerchantV3) -> Outcome {
+    fn v3_call(self: &Arc<Self>, req: &SimRequest, m: &Merchant, v3: &MerchantV3) -> Outcome {
         let body: Value = if req.body.is_empty() {
             Value::Null
         } else {
@@ -167,8 +169,14 @@ impl WechatSim {
                 if trade_total != total {
                     return Err(error(StatusCode::BAD_REQUEST, "PARAM_ERROR", "amount.total is not the order's"));
                 }
-                let (t, r) =
-                    self.refund_trade(&m.mch_id, out_trade_no, text(&body, "out_refund_no"), fee).map_err(worded)?;
+                let asked = NewRefund {
+                    mch_id: &m.mch_id,
+                    out_trade_no,
+                    out_refund_no: text(&body, "out_refund_no"),
+                    fee,
+                    notify_url: text(&body, "notify_url"),
+                };
+                let (t, r) = self.refund_trade(&asked).map_err(worded)?;
                 Ok(Reply::Json(StatusCode::OK, refund(&t, &r)))
             }
             (&Method::GET, p) if p.starts_with(REFUNDS) => {
@@ -273,26 +281,57 @@ impl WechatSim {
     /// The notification of a paid trade: the transaction sealed under the merchant's
     /// APIv3 key, signed afresh with the platform key on every attempt.
     pub(super) fn v3_notification(&self, m: &Merchant, t: &Trade, now: i64) -> Result<Notification, String> {
+        let event = ("TRANSACTION.SUCCESS", "支付成功", "transaction");
+        self.v3_event(m, &t.notify_url, event, &transaction(t), now)
+    }
+
+    /// A refund's notification: `REFUND.SUCCESS`, `REFUND.ABNORMAL` or `REFUND.CLOSED`.
+    pub(super) fn v3_refund_notification(
+        &self,
+        m: &Merchant,
+        t: &Trade,
+        r: &Refund,
+        now: i64,
+    ) -> Result<Notification, String> {
+        let (event_type, summary) = match r.status {
+            RefundStatus::Success => ("REFUND.SUCCESS", "退款成功"),
+            RefundStatus::Abnormal => ("REFUND.ABNORMAL", "退款异常"),
+            RefundStatus::Closed => ("REFUND.CLOSED", "退款关闭"),
+            RefundStatus::Processing => return Err("a refund in progress is not notified".into()),
+        };
+        self.v3_event(m, &r.notify_url, (event_type, summary, "refund"), &refund_resource(&m.mch_id, t, r), now)
+    }
+
+    /// An event `(event_type, summary, original_type)` about `resource`, sealed under
+    /// the merchant's APIv3 key and signed afresh with the platform key on every attempt.
+    fn v3_event(
+        &self,
+        m: &Merchant,
+        url: &str,
+        (event_type, summary, original_type): (&str, &str, &str),
+        resource: &Value,
+        now: i64,
+    ) -> Result<Notification, String> {
         let (Some(p), Some(v3)) = (&self.platform, &m.v3) else {
             return Err("API v3 is not configured for this merchant".into());
         };
         let (nonce, ciphertext) =
-            wire::encrypt(&v3.api_v3_key, "transaction", transaction(t).to_string().as_bytes()).ok_or("seal")?;
+            wire::encrypt(&v3.api_v3_key, original_type, resource.to_string().as_bytes()).ok_or("seal")?;
         let body = json!({
             "id": format!("EV-{}", crate::sim::random_hex(16)),
             "create_time": wire::rfc3339_beijing(now),
             "resource_type": "encrypt-resource",
-            "event_type": "TRANSACTION.SUCCESS",
-            "summary": "支付成功",
-            "resource": { "original_type": "transaction", "algorithm": "AEAD_AES_256_GCM", "ciphertext": ciphertext,
-                          "associated_data": "transaction", "nonce": nonce },
+            "event_type": event_type,
+            "summary": summary,
+            "resource": { "original_type": original_type, "algorithm": "AEAD_AES_256_GCM", "ciphertext": ciphertext,
+                          "associated_data": original_type, "nonce": nonce },
         })
         .to_string()
         .into_bytes();
         let (key, serial) = (p.key.clone(), p.serial.clone());
         let sign = Arc::new(move |body: &[u8]| wire::signature_headers(&key, &serial, body, wall_secs()));
         Ok(Notification {
-            url: t.notify_url.clone(),
+            url: url.to_owned(),
             headers: vec![("content-type", "application/json".to_owned())],
             body,
             sign: Some(sign),
@@ -336,12 +375,31 @@ fn transaction(t: &Trade) -> Value {
     Value::Object(v)
 }
 
-fn refund(t: &Trade, r: &super::Refund) -> Value {
-    json!({
+/// A refund as v3 answers it.
+fn refund(t: &Trade, r: &Refund) -> Value {
+    let mut v = json!({
         "refund_id": r.refund_id, "out_refund_no": r.out_refund_no,
         "transaction_id": t.transaction_id, "out_trade_no": t.out_trade_no,
-        "channel": "ORIGINAL", "status": "SUCCESS",
-        "create_time": wire::rfc3339_beijing(r.at), "success_time": wire::rfc3339_beijing(r.at),
+        "channel": "ORIGINAL", "status": r.status.v3(), "user_received_account": "支付用户零钱",
+        "create_time": wire::rfc3339_beijing(r.at),
         "amount": { "total": t.total_fee, "refund": r.fee, "payer_total": t.total_fee, "payer_refund": r.fee, "currency": "CNY" },
-    })
+    });
+    if let (Some(at), Some(o)) = (r.success_time(), v.as_object_mut()) {
+        o.insert("success_time".into(), json!(wire::rfc3339_beijing(at)));
+    }
+    v
+}
+
+/// A refund as its notification's resource shows it: no appid, `refund_status`.
+fn refund_resource(mch_id: &str, t: &Trade, r: &Refund) -> Value {
+    let mut v = json!({
+        "mchid": mch_id, "out_trade_no": t.out_trade_no, "transaction_id": t.transaction_id,
+        "out_refund_no": r.out_refund_no, "refund_id": r.refund_id, "refund_status": r.status.v3(),
+        "user_received_account": "支付用户零钱",
+        "amount": { "total": t.total_fee, "refund": r.fee, "payer_total": t.total_fee, "payer_refund": r.fee },
+    });
+    if let (Some(at), Some(o)) = (r.success_time(), v.as_object_mut()) {
+        o.insert("success_time".into(), json!(wire::rfc3339_beijing(at)));
+    }
+    v
 }

@@ -1,6 +1,6 @@
 //! The WeChat Pay API v2 adapter (XML; MD5 or HMAC-SHA256 with the API key): native pay
-//! (code_url), query, close, refund, refund query, bill download and verified payment
-//! notifications. An answer is believed only when its signature checks out; transport
+//! (code_url), query, close, refund, refund query, bill download, and payment and refund
+//! notifications (the first signed, the second sealed under the API key's MD5). An answer is believed only when its signature checks out; transport
 //! failures, 5xx, SYSTEMERROR and unverifiable answers are unknown outcomes.
 
 pub mod wire;
@@ -13,7 +13,7 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
+    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback, VerifiedRefund,
 };
 use paygate_actors::signing::SignType;
 
@@ -116,6 +116,16 @@ fn notice_of(a: &Params) -> Option<ChannelNotice> {
     }
 }
 
+/// A refund's v2 `refund_status`.
+fn refund_state(status: &str) -> RefundState {
+    match status {
+        "SUCCESS" => RefundState::Success,
+        "REFUNDCLOSE" => RefundState::Failed("REFUNDCLOSE: the refund was closed".into()),
+        "CHANGE" => RefundState::Abnormal("CHANGE: the buyer's account could not take the refund".into()),
+        _ => RefundState::Processing,
+    }
+}
+
 fn params(pairs: &[(&str, String)]) -> Params {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
 }
@@ -126,6 +136,38 @@ async fn query(s: &WechatV2Settings, http: &HttpClient, id: &PayOrderNo) -> Resu
         // The order never reached WeChat: nobody can pay it.
         Err(e) if e.is_rejected_with("ORDERNOTEXIST") => Ok(ChannelNotice::NotPaid),
         Err(e) => Err(e),
+    }
+}
+
+impl WechatV2Connector {
+    /// A refund notification: not signed, its details sealed in `req_info` under the API
+    /// key's MD5. Believed when it names this channel's appid and mch_id, opens under our
+    /// key and reads as a refund; what it says is then checked against the refund it
+    /// names (the amount) by the order.
+    fn verify_refund_notification(&self, p: &Params) -> Option<Verified> {
+        let s = &self.settings;
+        let opened = (get(p, "return_code") == "SUCCESS" && get(p, "appid") == s.appid && get(p, "mch_id") == s.mch_id)
+            .then(|| wire::open_req_info(&s.api_key, get(p, "req_info")))
+            .flatten()
+            .and_then(|plain| wire::from_xml(&plain));
+        let Some(r) = opened else {
+            tracing::warn!(
+                appid = get(p, "appid"),
+                mch_id = get(p, "mch_id"),
+                "WeChat Pay refund notification refused: not this channel's, or req_info does not open under its key"
+            );
+            return None;
+        };
+        let outcome = match get(&r, "refund_status") {
+            "" => return None,
+            status => refund_state(status),
+        };
+        Some(Verified::Refund(VerifiedRefund {
+            pay_order_no: PayOrderNo::parse(get(&r, "out_trade_no"))?,
+            refund_order_no: get(&r, "out_refund_no").to_owned(),
+            outcome,
+            amount_minor: Some(get(&r, "refund_fee").parse().ok()?),
+        }))
     }
 }
 
@@ -181,6 +223,7 @@ impl ChannelConnector for WechatV2Connector {
                 ("total_fee", refund.trade.amount.minor().to_string()),
                 ("refund_fee", refund.amount.minor().to_string()),
                 ("refund_fee_type", refund.amount.currency().code().to_owned()),
+                ("notify_url", s.notify_url.clone()),
             ]);
             match call(&s, &http, "/secapi/pay/refund", p).await {
                 // Accepted: WeChat finishes refunds asynchronously.
@@ -196,17 +239,16 @@ impl ChannelConnector for WechatV2Connector {
         Box::pin(async move {
             let (trade, refund_no) = (refund.trade, refund.refund_no);
             let p = params(&[("out_trade_no", trade.pay_order_no.to_string()), ("out_refund_no", refund_no.clone())]);
-            let a = call(&s, &http, "/pay/refundquery", p).await?;
+            let a = match call(&s, &http, "/pay/refundquery", p).await {
+                Ok(a) => a,
+                Err(e) if e.is_rejected_with("REFUNDNOTEXIST") => return Ok(RefundState::NotFound),
+                Err(e) => return Err(e),
+            };
             let count: usize = get(&a, "refund_count").parse().unwrap_or(0);
             let status = (0..count)
                 .find(|i| get(&a, &format!("out_refund_no_{i}")) == refund_no)
-                .map(|i| get(&a, &format!("refund_status_{i}")).to_owned())
-                .unwrap_or_default();
-            Ok(match status.as_str() {
-                "SUCCESS" => RefundState::Success,
-                "REFUNDCLOSE" | "CHANGE" => RefundState::Failed(status),
-                _ => RefundState::Processing,
-            })
+                .map(|i| get(&a, &format!("refund_status_{i}")).to_owned());
+            Ok(status.map_or(RefundState::NotFound, |status| refund_state(&status)))
         })
     }
 
@@ -245,6 +287,9 @@ impl ChannelConnector for WechatV2Connector {
     fn verify_callback(&self, request: &CallbackRequest) -> Option<Verified> {
         let p = wire::from_xml(&request.body)?;
         let s = &self.settings;
+        if p.contains_key("req_info") {
+            return self.verify_refund_notification(&p);
+        }
         if !wire::verify(&p, &s.api_key) || get(&p, "appid") != s.appid || get(&p, "mch_id") != s.mch_id {
             tracing::warn!(
                 order = get(&p, "out_trade_no"),

@@ -18,7 +18,13 @@ pub const MAX_XML: usize = 64 * 1024;
 
 /// `<xml><k><![CDATA[v]]></k>…</xml>`.
 pub fn to_xml(params: &Params) -> String {
-    let mut out = String::from("<xml>");
+    document("xml", params)
+}
+
+/// The same document under another root element (a refund notification's `req_info`
+/// holds a `<root>`).
+pub fn document(root: &str, params: &Params) -> String {
+    let mut out = format!("<{root}>");
     for (k, v) in params {
         out.push('<');
         out.push_str(k);
@@ -29,7 +35,7 @@ pub fn to_xml(params: &Params) -> String {
         out.push_str(k);
         out.push('>');
     }
-    out.push_str("</xml>");
+    out.push_str(&format!("</{root}>"));
     out
 }
 
@@ -127,6 +133,48 @@ pub fn nonce() -> String {
     (0..32).filter_map(|_| ALPHABET.get(rng.gen_range(0..ALPHABET.len())).map(|b| char::from(*b))).collect()
 }
 
+/// The key that seals a refund notification's `req_info`: the API key's MD5, as 32
+/// lowercase hex characters.
+fn refund_key(api_key: &str) -> [u8; 32] {
+    use md5::Digest;
+    let mut key = [0u8; 32];
+    // Hex of a 16-byte digest fills the 32 bytes exactly: this cannot fail.
+    let _ = hex::encode_to_slice(md5::Md5::digest(api_key.as_bytes()), &mut key);
+    key
+}
+
+/// Seals a refund notification's details as WeChat does: AES-256-ECB under
+/// [`refund_key`], PKCS#7, base64.
+pub fn seal_req_info(api_key: &str, plain: &[u8]) -> String {
+    use aes::cipher::{block_padding::Pkcs7, BlockEncryptMut, KeyInit};
+    use base64::Engine;
+    let sealed = ecb::Encryptor::<aes::Aes256>::new(&refund_key(api_key).into()).encrypt_padded_vec_mut::<Pkcs7>(plain);
+    base64::engine::general_purpose::STANDARD.encode(sealed)
+}
+
+/// Opens a refund notification's `req_info`; `None` unless it decrypts under our key to
+/// well-padded bytes. The padding may run to 32 bytes: some senders pad to that block.
+/// ECB carries no integrity of its own; the caller also checks what it says against
+/// the refund it names.
+pub fn open_req_info(api_key: &str, req_info: &str) -> Option<Vec<u8>> {
+    use aes::cipher::{block_padding::NoPadding, BlockDecryptMut, KeyInit};
+    use base64::Engine;
+    let sealed = base64::engine::general_purpose::STANDARD.decode(req_info.trim()).ok()?;
+    if sealed.is_empty() || sealed.len() % 16 != 0 {
+        return None;
+    }
+    let mut plain = ecb::Decryptor::<aes::Aes256>::new(&refund_key(api_key).into())
+        .decrypt_padded_vec_mut::<NoPadding>(&sealed)
+        .ok()?;
+    let pad = usize::from(*plain.last()?);
+    let body_len = plain.len().checked_sub(pad).filter(|_| (1..=32).contains(&pad))?;
+    if !plain.get(body_len..)?.iter().all(|b| usize::from(*b) == pad) {
+        return None;
+    }
+    plain.truncate(body_len);
+    Some(plain)
+}
+
 /// The answer WeChat expects to a notification it should stop sending.
 pub const ACK: &[u8] =
     b"<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
@@ -181,5 +229,18 @@ mod tests {
         h.insert("body".into(), "tampered".into());
         assert!(!verify(&h, key));
         assert_eq!(time14(0), "19700101080000");
+    }
+
+    #[test]
+    fn req_info_opens_only_under_its_api_key() {
+        let inner = "<root><out_refund_no><![CDATA[R1]]></out_refund_no></root>";
+        let sealed = seal_req_info("k1", inner.as_bytes());
+        assert_eq!(open_req_info("k1", &sealed).as_deref(), Some(inner.as_bytes()));
+        assert_eq!(open_req_info("k2", &sealed), None, "another key decrypts to bad padding");
+        for junk in ["", "not base64!", "AAAA", &sealed[..sealed.len() - 4]] {
+            assert_eq!(open_req_info("k1", junk), None, "{junk:?}");
+        }
+        // The key is the API key's MD5 in lowercase hex.
+        assert_eq!(&refund_key("192006250b4c09247ec02edce69f6a2d")[..8], b"d96eb16a");
     }
 }

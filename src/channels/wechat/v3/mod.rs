@@ -15,7 +15,7 @@ use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
+    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback, VerifiedRefund,
 };
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
@@ -170,10 +170,12 @@ async fn query(s: &WechatV3Settings, http: &HttpClient, id: &PayOrderNo) -> Resu
     }
 }
 
-fn refund_state(a: &Value) -> RefundState {
-    match text(a, "status") {
+/// A refund's status: `status` in answers, `refund_status` in notifications.
+fn refund_state(status: &str) -> RefundState {
+    match status {
         "SUCCESS" => RefundState::Success,
-        "CLOSED" | "ABNORMAL" => RefundState::Failed(text(a, "status").to_owned()),
+        "CLOSED" => RefundState::Failed("CLOSED: the refund was closed".into()),
+        "ABNORMAL" => RefundState::Abnormal("ABNORMAL: the buyer's account could not take the refund".into()),
         _ => RefundState::Processing,
     }
 }
@@ -285,9 +287,10 @@ impl ChannelConnector for WechatV3Connector {
                     "total": refund.trade.amount.minor(),
                     "currency": refund.amount.currency().code(),
                 },
+                "notify_url": s.notify_url,
             });
             match call(&s, &http, hyper::Method::POST, "/v3/refund/domestic/refunds", Some(&body)).await {
-                Ok(a) => Ok(refund_state(&a.json)),
+                Ok(a) => Ok(refund_state(text(&a.json, "status"))),
                 Err(ChannelError::Rejected { code, message }) => Ok(RefundState::Failed(format!("{code}: {message}"))),
                 Err(e) => Err(e),
             }
@@ -301,8 +304,11 @@ impl ChannelConnector for WechatV3Connector {
                 "/v3/refund/domestic/refunds/{}",
                 form_urlencoded::byte_serialize(refund.refund_no.as_bytes()).collect::<String>()
             );
-            let a = call(&s, &http, hyper::Method::GET, &path, None).await?;
-            Ok(refund_state(&a.json))
+            match call(&s, &http, hyper::Method::GET, &path, None).await {
+                Ok(a) => Ok(refund_state(text(&a.json, "status"))),
+                Err(e) if e.is_rejected_with("RESOURCE_NOT_EXISTS") => Ok(RefundState::NotFound),
+                Err(e) => Err(e),
+            }
         })
     }
 
@@ -351,7 +357,10 @@ impl ChannelConnector for WechatV3Connector {
             return None;
         }
         let (notification, t) = self.open_resource(&request.body)?;
-        if text(&t, "mchid") != s.mchid || text(&t, "appid") != s.appid {
+        let event = text(&notification, "event_type");
+        // A refund's resource carries no appid: the mchid is what names the account.
+        let ours = text(&t, "mchid") == s.mchid && (event.starts_with("REFUND.") || text(&t, "appid") == s.appid);
+        if !ours {
             tracing::warn!(
                 order = text(&t, "out_trade_no"),
                 appid = text(&t, "appid"),
@@ -361,16 +370,18 @@ impl ChannelConnector for WechatV3Connector {
             return None;
         }
         let id = PayOrderNo::parse(text(&t, "out_trade_no"))?;
-        let notice = match text(&notification, "event_type") {
-            "TRANSACTION.SUCCESS" => notice_of(&t)?,
-            // A refund event concerns a trade that was paid: its total, as paid.
-            e if e.starts_with("REFUND.") => ChannelNotice::Paid {
-                channel_trade_no: text(&t, "transaction_id").to_owned(),
-                amount_minor: t.get("amount")?.get("total")?.as_i64()?,
-            },
-            _ => return None,
-        };
-        Some(Verified::Order(VerifiedCallback { pay_order_no: id, notice }))
+        match event {
+            "TRANSACTION.SUCCESS" => {
+                Some(Verified::Order(VerifiedCallback { pay_order_no: id, notice: notice_of(&t)? }))
+            }
+            "REFUND.SUCCESS" | "REFUND.ABNORMAL" | "REFUND.CLOSED" => Some(Verified::Refund(VerifiedRefund {
+                pay_order_no: id,
+                refund_order_no: text(&t, "out_refund_no").to_owned(),
+                outcome: refund_state(text(&t, "refund_status")),
+                amount_minor: Some(t.get("amount")?.get("refund")?.as_i64()?),
+            })),
+            _ => None,
+        }
     }
 
     fn unverified_order(&self, request: &CallbackRequest) -> Option<PayOrderNo> {
