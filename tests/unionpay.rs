@@ -47,28 +47,6 @@ fn trade(t: &TestNode, id: &str) -> Value {
     sim_get(t, &format!("/sim/unionpay/trades/{id}"))
 }
 
-/// What the buyer's browser does with our pay page: read the form, post it.
-fn submit_front_form(pay_url: &str) -> (u16, String) {
-    let page = ureq::get(pay_url).call().unwrap().into_string().unwrap();
-    let action = between(&page, "action=\"", "\"");
-    let mut form = Vec::new();
-    for input in page.split("<input ").skip(1) {
-        let name = html_escape::decode_html_entities(&between(input, "name=\"", "\"")).into_owned();
-        let value = html_escape::decode_html_entities(&between(input, "value=\"", "\"")).into_owned();
-        form.push((name, value));
-    }
-    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    match ureq::post(&html_escape::decode_html_entities(&action)).send_form(&pairs) {
-        Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn between(text: &str, start: &str, end: &str) -> String {
-    text.split(start).nth(1).and_then(|r| r.split(end).next()).unwrap_or_default().to_owned()
-}
-
 /// The real adapter, configured as the node's channel is.
 fn adapter(t: &TestNode) -> UnionPayConnector {
     let cert = Certificate::from_pem("mer", &setting(t, "signing_certificate")).unwrap();

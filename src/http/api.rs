@@ -12,7 +12,7 @@ use paygate_actors::merchant::{MerchantDirectory, MerchantProfile};
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::notification::Notification;
 use paygate_actors::notifier::ResendWhat;
-use paygate_actors::order::{Order, OrderSpec, PayMethod, PayScene};
+use paygate_actors::order::{LatePayment, Order, OrderSpec, PayMethod, PayScene};
 use paygate_actors::order_actor::{OrderRequest, PaySubmission};
 use paygate_actors::ports::{ListCursor, ListQuery, StorageError};
 use paygate_actors::refund::{Refund, RefundSpec};
@@ -310,6 +310,33 @@ pub struct OrderView<'a> {
     update_time: Shown<Rfc3339>,
     expire_time: Shown<Rfc3339>,
     paid_time: Option<Shown<Rfc3339>>,
+    #[serde(skip_serializing_if = "LatePayments::is_empty")]
+    late_payments: LatePayments<'a>,
+}
+
+/// Payments the channel took after the order was final, shown without copying them.
+pub struct LatePayments<'a>(&'a [LatePayment], Currency);
+
+impl LatePayments<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for LatePayments<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Late<'a> {
+            channel_trade_no: &'a str,
+            amount: Shown<Money>,
+            time: Shown<Rfc3339>,
+        }
+        s.collect_seq(self.0.iter().map(|p| Late {
+            channel_trade_no: &p.channel_trade_no,
+            amount: Shown(Money::from_minor(p.amount_minor, self.1)),
+            time: Shown(Rfc3339(p.at)),
+        }))
+    }
 }
 
 /// The order as the query and close answers show it; `public_url` is how buyers reach
@@ -334,6 +361,7 @@ pub fn order_view<'a>(public_url: &'a str, order: &'a Order) -> OrderView<'a> {
         update_time: Shown(Rfc3339(order.update_time)),
         expire_time: Shown(Rfc3339(order.expire_time)),
         paid_time: order.paid_time.map(|t| Shown(Rfc3339(t))),
+        late_payments: LatePayments(&order.late_payments, order.spec.amount.currency()),
     }
 }
 
@@ -447,6 +475,8 @@ pub struct RefundView<'a> {
     order_status: &'static str,
     order_amount: Shown<Money>,
     refunded_amount: Shown<Money>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    late_payment: Option<&'a str>,
 }
 
 /// How `refund` of `order` is shown.
@@ -469,6 +499,7 @@ pub fn refund_view<'a>(order: &'a Order, refund: &'a Refund) -> RefundView<'a> {
         order_status: order.status.as_str(),
         order_amount: Shown(order.spec.amount),
         refunded_amount: Shown(Money::from_minor(order.refunded_minor, currency)),
+        late_payment: refund.late_payment.as_deref(),
     }
 }
 

@@ -540,3 +540,25 @@ pub fn sandbox_pay(base: &str, pay_order_no: &str) {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// What the buyer's browser does with our pay page: read the form, post it.
+pub fn submit_front_form(pay_url: &str) -> (u16, String) {
+    let page = ureq::get(pay_url).call().unwrap().into_string().unwrap();
+    let action = between(&page, "action=\"", "\"");
+    let mut form = Vec::new();
+    for input in page.split("<input ").skip(1) {
+        let name = html_escape::decode_html_entities(&between(input, "name=\"", "\"")).into_owned();
+        let value = html_escape::decode_html_entities(&between(input, "value=\"", "\"")).into_owned();
+        form.push((name, value));
+    }
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    match ureq::post(&html_escape::decode_html_entities(&action)).send_form(&pairs) {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+pub fn between(text: &str, start: &str, end: &str) -> String {
+    text.split(start).nth(1).and_then(|r| r.split(end).next()).unwrap_or_default().to_owned()
+}

@@ -237,13 +237,21 @@ def wechat_v2_checks(sim, keys, bill_day):
 
     @check("wechatpy: refund, then refundquery by each of its four ids")
     def _():
-        r = pay.refund.apply(total_fee=1000, refund_fee=400, out_refund_no=f"{paid}R", out_trade_no=paid)
+        r = pay.refund.apply(total_fee=1000, refund_fee=400, out_refund_no=f"{paid}R", out_trade_no=paid,
+                             notify_url=notify.url)
         expect(r.get("result_code") == "SUCCESS", r)
         refund_id = r["refund_id"]
         for by in ({"out_refund_no": f"{paid}R"}, {"refund_id": refund_id},
                    {"transaction_id": state["transaction_id"]}, {"out_trade_no": paid}):
             q = pay.refund.query(**by)
             expect(q.get("refund_count") == "1" and q.get("refund_fee_0") == "400", (by, q))
+
+    @check("wechatpy: the refund notification's req_info decrypts")
+    def _():
+        _, body = notify.next()
+        r = pay.parse_refund_notify_result(body)
+        expect(r["out_refund_no"] == f"{paid}R" and r["refund_status"] == "SUCCESS", r)
+        expect(r["refund_fee"] == 400 and r["out_trade_no"] == paid, r)
 
     @check("wechatpy: closeorder of an unpaid trade")
     def _():
@@ -313,6 +321,19 @@ def wechat_v3_checks(sim, keys, bill_day):
         expect(code == 200, (code, message))
         code, message = pay.query_refund(out_refund_no=f"{paid}R")
         expect(code == 200 and json.loads(message)["amount"]["refund"] == 300, (code, message))
+
+    @check("wechatpayv3: the REFUND.SUCCESS notification verifies and decrypts")
+    def _():
+        while True:
+            headers, body = notify.next()
+            result = pay.callback(headers, body)
+            expect(result, "the notification did not verify")
+            if result["event_type"] != "TRANSACTION.SUCCESS":
+                break
+        expect(result["event_type"] == "REFUND.SUCCESS", result)
+        resource = result["resource"]
+        expect(resource["out_refund_no"] == f"{paid}R" and resource["refund_status"] == "SUCCESS", resource)
+        expect(resource["amount"]["refund"] == 300 and "appid" not in resource, resource)
 
     @check("wechatpayv3: close an unpaid trade (a signed 204)")
     def _():
