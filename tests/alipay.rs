@@ -340,19 +340,8 @@ fn an_unverifiable_callback_makes_the_node_ask_alipay() {
 
 #[test]
 fn a_gateway_talks_to_a_standalone_paygate_sim() {
-    let port = free_port();
-    let sim_data = tempfile::tempdir().unwrap();
-    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
-        .args(["sim", "--config"])
-        .arg(config_dir())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(sim_data.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let up = eventually(LONG, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
-    assert!(up.is_some(), "paygate sim did not start");
+    let sim = StandaloneSim::start();
+    let base = sim.base.clone();
     let t = TestNode::start_with(|c| {
         for ch in c.channels.iter_mut().filter(|ch| ch.provider == "alipay") {
             ch.settings.insert("gateway_url".into(), toml::Value::String(format!("{base}/alipay/gateway.do")));
@@ -363,9 +352,6 @@ fn a_gateway_talks_to_a_standalone_paygate_sim() {
     assert_eq!(a.code(), "SUCCESS", "{a:?}");
     let id = a.data("pay_order_no").to_owned();
     assert!(a.data("code_url").starts_with(&base));
-    let r = ureq::post(&format!("{base}/sim/alipay/pay")).send_json(json!({ "out_trade_no": id })).unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(sim.post("/sim/alipay/pay", json!({ "out_trade_no": id }))["trade_no"].as_str().map(str::len), Some(28));
     wait_status(&c, &id, "SUCCESS", LONG);
-    let _ = sim.kill();
-    let _ = sim.wait();
 }

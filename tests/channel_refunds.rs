@@ -336,19 +336,9 @@ fn config_with_wechat_at(base: &str) -> tempfile::TempDir {
 #[test]
 fn refunds_at_wechat_survive_kill_9_of_the_node_none_lost_none_twice() {
     // WeChat is a process of its own, as it is in life: it outlives the node.
-    let port = free_port();
-    let sim_data = tempfile::tempdir().unwrap();
-    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_paygate"))
-        .args(["sim", "--config"])
-        .arg(config_dir())
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(sim_data.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(eventually(WAIT, || std::net::TcpStream::connect(("127.0.0.1", port)).ok()).is_some());
-    let sim_post = |path: &str, body: Value| ureq::post(&format!("{base}{path}")).send_json(body).unwrap();
+    let sim = StandaloneSim::start();
+    let base = sim.base.clone();
+    let sim_post = |path: &str, body: Value| sim.post(path, body);
     let (config, data) = (config_with_wechat_at(&base), tempfile::tempdir().unwrap());
     let env =
         [("PAYGATE_ORDERS__REFUND_QUERY_FIRST_AFTER_SECS", "1"), ("PAYGATE_ORDERS__REFUND_QUERY_INTERVAL_SECS", "1")];
@@ -415,6 +405,4 @@ fn refunds_at_wechat_survive_kill_9_of_the_node_none_lost_none_twice() {
     assert_eq!(at_wechat.iter().map(|(no, _)| no.clone()).collect::<BTreeSet<_>>(), numbers);
     assert!(at_wechat.iter().all(|(_, fee)| *fee == 100));
     assert_eq!(trade["refunded_fee"], 2_000);
-    let _ = sim.kill();
-    let _ = sim.wait();
 }

@@ -562,3 +562,44 @@ pub fn submit_front_form(pay_url: &str) -> (u16, String) {
 pub fn between(text: &str, start: &str, end: &str) -> String {
     text.split(start).nth(1).and_then(|r| r.split(end).next()).unwrap_or_default().to_owned()
 }
+
+/// `paygate sim` as a process of its own (a provider outlives the node), on its own data
+/// directory; killed when dropped.
+pub struct StandaloneSim {
+    pub base: String,
+    child: Child,
+    _data: tempfile::TempDir,
+}
+
+impl StandaloneSim {
+    pub fn start() -> StandaloneSim {
+        let port = free_port();
+        let data = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_paygate"))
+            .args(["sim", "--config"])
+            .arg(config_dir())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = eventually(Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        assert!(up.is_some(), "paygate sim did not start");
+        StandaloneSim { base: format!("http://127.0.0.1:{port}"), child, _data: data }
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Value {
+        sim_json(ureq::post(&format!("{}{path}", self.base)).send_json(body))
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        sim_json(ureq::get(&format!("{}{path}", self.base)).call())
+    }
+}
+
+impl Drop for StandaloneSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
