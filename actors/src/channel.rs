@@ -47,8 +47,8 @@ pub struct ChannelProfile {
     pub single_limit_minor: Option<i64>,
     /// Most it may take on one business day, minor units ([`crate::daily_volume`]).
     pub daily_limit_minor: Option<i64>,
-    /// The channel's fee, as a share of each payment (for reconciliation, SPEC F8, and
-    /// lowest-fee routing, F4, when they arrive).
+    /// The channel's fee, as a share of each payment (for reconciliation and
+    /// lowest-fee routing when it arrives).
     pub fee_rate: rust_decimal::Decimal,
     /// Longest a call may take before its outcome counts as unknown.
     pub timeout: Duration,
@@ -162,7 +162,7 @@ impl ChannelDirectory {
         &self.profiles
     }
 
-    /// The channel for a new payment of `amount` by `method` at `now_ms` (SPEC F4): the
+    /// The channel for a new payment of `amount` by `method` at `now_ms`: the
     /// routing rules, among the channels whose daily limit still has room for it.
     pub fn select(&self, method: PayMethod, amount: Money, now_ms: i64) -> Result<&ChannelProfile, CoreError> {
         let day = business_day(now_ms);

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-/// The stable API error codes (SPEC F2).
+/// The stable API error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// A parameter is missing or breaks a rule.

@@ -80,7 +80,7 @@ impl std::fmt::Debug for MerchantProfile {
 /// How strictly requests are checked.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthPolicy {
-    /// Accepted clock difference either way, seconds (SPEC F2: 300).
+    /// Accepted clock difference either way, seconds (300 by default).
     pub timestamp_window_secs: i64,
     /// Most nonces remembered per merchant; beyond it new nonces are refused.
     pub max_nonces: usize,

@@ -118,7 +118,7 @@ impl FromStr for PayScene {
     }
 }
 
-/// Order status (SPEC F1).
+/// Order status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OrderStatus {
     /// Recorded by us; the channel has not confirmed the trade yet.
@@ -512,7 +512,7 @@ pub struct QueryPolicy {
 }
 
 impl Default for QueryPolicy {
-    /// SPEC F1: at 60 s, then every 5 minutes, up to 5 times.
+    /// At 60 s, then every 5 minutes, up to 5 times.
     fn default() -> Self {
         QueryPolicy { first_after_ms: 60_000, interval_ms: 300_000, max_attempts: 5, refunds: RefundPolicy::default() }
     }

@@ -564,7 +564,7 @@ impl OrderCell {
                 return self.settle_refund(oc, &refund_order_no, false).await;
             }
             TimerAction::Expire => {
-                // SPEC F1: query first; if unpaid, close at the channel, then here.
+                // Query first; if unpaid, close at the channel, then here.
                 let queried = channel.query(trade.clone()).await.map_err(channel_failure)?;
                 let outcome = match queried {
                     ChannelNotice::Closed | ChannelNotice::NotPaid => {

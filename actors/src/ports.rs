@@ -366,7 +366,7 @@ pub struct BillLine {
     pub time: i64,
 }
 
-/// A channel connector: one payment provider's protocol behind one interface (SPEC F3).
+/// A channel connector: one payment provider's protocol behind one interface.
 pub trait ChannelConnector: Send + Sync + 'static {
     /// Opens a trade.
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>>;

@@ -1,4 +1,4 @@
-//! Channel selection for a new payment (SPEC F4): filter, then rank.
+//! Channel selection for a new payment: filter, then rank.
 
 use std::sync::Arc;
 

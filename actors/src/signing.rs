@@ -1,4 +1,4 @@
-//! The merchant API signature (SPEC F2): one helper per scheme, used to verify
+//! The merchant API signature: one helper per scheme, used to verify
 //! requests, to sign notifications and by the CLI client.
 //!
 //! Text to sign: the non-empty parameters except `sign`, sorted by key, joined as

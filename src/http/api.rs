@@ -1,4 +1,4 @@
-//! The merchant API: pay, query, close (SPEC F2).
+//! The merchant API: pay, query, close, refunds, listings, the bill.
 
 use std::collections::HashMap;
 use std::fmt;

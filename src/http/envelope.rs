@@ -35,7 +35,7 @@ impl From<CoreError> for ApiError {
     }
 }
 
-/// The HTTP status of a code (SPEC F2).
+/// The HTTP status of a code.
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidParam => StatusCode::BAD_REQUEST,

@@ -1,5 +1,5 @@
 //! Request parameters: a flat JSON object whose every value is a string, so the signed
-//! text is unambiguous (SPEC F2).
+//! text is unambiguous.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

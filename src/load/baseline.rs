@@ -17,7 +17,7 @@
 //! With both and `pay`, it is the *pay floor*: each request is authenticated and
 //! validated as a pay as the node does it, becomes a new order whose creation and
 //! acceptance are journaled as one record (group commit, fdatasync), and is answered
-//! after that through the node's own pay answer, with the QR code SPEC F1 asks for.
+//! after that through the node's own pay answer, with the QR code every pay answer carries.
 //! That is the least a pay must do; the node also checks the order number is new,
 //! evaluates risk, routes, opens the trade at the channel and keeps its views and
 //! actors, none of which the floor does, so the floor bounds what any pay can reach.

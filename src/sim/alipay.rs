@@ -1,4 +1,4 @@
-//! The simulated Alipay open platform (CHANNELS.md §1): `gateway.do` for precreate,
+//! The simulated Alipay open platform: `gateway.do` for precreate,
 //! page/wap pay, query, close, refund, refund query and bill URLs; a cashier page for
 //! the QR code; RSA2-signed answers and notifications; bills from its own trades.
 

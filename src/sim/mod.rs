@@ -1,5 +1,5 @@
 //! The channel simulator: the providers' gateways on loopback, speaking their wire
-//! protocols (CHANNELS.md) with their own keys, holding trades, paying them when a
+//! protocols with their own keys, holding trades, paying them when a
 //! "buyer" does, notifying the merchant on the provider's retry schedule, producing
 //! bills, and failing on request. `paygate sim` runs it alone; a node whose channels say
 //! `gateway_url = "builtin"` runs one in-process.

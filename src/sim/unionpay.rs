@@ -1,4 +1,4 @@
-//! The simulated UnionPay online gateway 5.1.0 (CHANNELS.md §3) under `/gateway/api`:
+//! The simulated UnionPay online gateway 5.1.0 under `/gateway/api`:
 //! the front form (`frontTransReq.do`, GET or POST) that opens a consume and shows the
 //! buyer a cashier, `queryTrans.do`, `backTransReq.do` for refunds, and
 //! `fileTransfer.do` for the day's settlement file. Requests are

@@ -1,4 +1,4 @@
-//! The Alipay open-platform wire format (CHANNELS.md §1), shared by the adapter and the
+//! The Alipay open-platform wire format, shared by the adapter and the
 //! simulator so that both sides agree on every byte: the signing string, the signed
 //! response node, times, amounts and form bodies.
 

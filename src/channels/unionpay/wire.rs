@@ -1,4 +1,4 @@
-//! UnionPay online gateway 5.1.0 on the wire (CHANNELS.md §3): the signing string,
+//! UnionPay online gateway 5.1.0 on the wire: the signing string,
 //! signatures (SHA-256 as lowercase hex, then SHA256withRSA over that hex text), the
 //! signing certificate carried in `signPubKeyCert` and checked against trusted roots,
 //! and the gateway's answers, which are `k=v&…` with raw values.

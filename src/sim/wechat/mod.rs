@@ -1,4 +1,4 @@
-//! The simulated WeChat Pay (CHANNELS.md §2): one book of merchant trades served through
+//! The simulated WeChat Pay: one book of merchant trades served through
 //! API v2 ([`v2`]: XML under `/wechat`) and API v3 ([`v3`]: JSON under `/v3`), a cashier
 //! page behind each code URL, notifications in the API the trade was opened with, on
 //! WeChat's retry schedule, and bills from its own trades. A refund is accepted first and

@@ -1,4 +1,4 @@
-//! WeChat Pay API v2 on the wire (CHANNELS.md §2): flat XML documents with CDATA values,
+//! WeChat Pay API v2 on the wire: flat XML documents with CDATA values,
 //! signed with the API key (MD5 or HMAC-SHA256, the same scheme as our merchant API, so
 //! the one helper in `paygate_actors::signing` serves both). Shared by the adapter and
 //! the simulator.

@@ -1,4 +1,4 @@
-//! WeChat Pay API v3 on the wire (CHANNELS.md §2, API v3): the `Authorization` header
+//! WeChat Pay API v3 on the wire: the `Authorization` header
 //! signed over `METHOD\nPATH\nTIMESTAMP\nNONCE\nBODY\n` with the merchant key, answers and
 //! notifications signed over `TIMESTAMP\nNONCE\nBODY\n` with the platform key, and
 //! AEAD_AES_256_GCM resources (notifications, certificates) under the APIv3 key. Used by
