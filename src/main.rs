@@ -47,6 +47,9 @@ fn serve(dir: &std::path::Path, overrides: Overrides, production: bool, accept_d
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colour only for a person at a terminal, never into files and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_timer(ApiTime)
         .init();
     let mut config = Config::load(dir, &overrides).map_err(|e| e.to_string())?;
     config.storage.accept_data_loss = accept_data_loss;
@@ -62,6 +65,16 @@ fn serve(dir: &std::path::Path, overrides: Overrides, production: bool, accept_d
     eprintln!("paygate: stopping: no new connections, finishing requests in flight");
     node.drain_and_stop(DRAIN);
     Ok(())
+}
+
+/// Log lines carry their time as the API writes times: RFC 3339, UTC, milliseconds.
+struct ApiTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for ApiTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        use paygate_actors::ports::Clock;
+        write!(w, "{}", paygate::time_fmt::Rfc3339(paygate_actors::clock::SystemClock.now_ms()))
+    }
 }
 
 /// How long a stopping node lets the requests in flight finish.
