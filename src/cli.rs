@@ -221,22 +221,22 @@ pub fn bench(args: BenchArgs) -> CliResult {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The node's URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
     pub url: String,
     /// Configuration directory to read the merchant's secret from.
-    #[arg(long, default_value = "config")]
+    #[arg(long, default_value = "config", global = true)]
     pub config: PathBuf,
     /// Merchant id (default: the first merchant in merchants.toml).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub merchant: Option<String>,
     /// Merchant secret (default: from merchants.toml).
-    #[arg(long, env = "PAYGATE_CLIENT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "PAYGATE_CLIENT_SECRET", hide_env_values = true, global = true)]
     pub secret: Option<String>,
     /// Signature scheme.
-    #[arg(long, default_value = "HMAC-SHA256")]
+    #[arg(long, default_value = "HMAC-SHA256", global = true)]
     pub sign_type: String,
     /// Print the qr_code data URI in full.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub full: bool,
     /// The request.
     #[command(subcommand)]
@@ -249,7 +249,7 @@ pub enum ClientAction {
     /// Create a payment.
     Pay {
         /// Amount, e.g. 1.00.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         /// Merchant order number (default: generated).
         #[arg(long)]
@@ -286,7 +286,7 @@ pub enum ClientAction {
         #[arg(long)]
         refund_no: Option<String>,
         /// How much, e.g. 1.00.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         amount: String,
         /// Why.
         #[arg(long)]
@@ -296,9 +296,10 @@ pub enum ClientAction {
         notify_url: Option<String>,
     },
     /// Read a refund by our number or yours.
+    #[group(required = true, multiple = false)]
     RefundQuery {
         /// Our refund number (R…).
-        #[arg(long, conflicts_with = "refund_no", required_unless_present = "refund_no")]
+        #[arg(long)]
         refund_order_no: Option<String>,
         /// Your refund number.
         #[arg(long)]
@@ -337,11 +338,12 @@ pub enum ClientAction {
     NotifyResend(OrderRef),
 }
 
-/// Names an order.
+/// Names an order: by our number or the merchant's, one of the two.
 #[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
 pub struct OrderRef {
     /// Our order number.
-    #[arg(long, conflicts_with = "order_no", required_unless_present = "order_no")]
+    #[arg(long)]
     pub pay_order_no: Option<String>,
     /// The merchant's order number.
     #[arg(long)]
@@ -407,6 +409,34 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
+/// Writes to standard output. A reader that went away (`| head`) is not an error: the
+/// command ends quietly, as Unix tools do.
+pub fn out(bytes: &[u8]) -> CliResult {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("standard output: {e}")),
+        _ => Ok(()),
+    }
+}
+
+/// Sends a request to the node; a node that does not answer at all is named with how to
+/// start one.
+async fn ask_node(
+    base: &str,
+    method: hyper::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<crate::http::client::Answer, String> {
+    HttpClient::new().send(method, url, headers, body, Duration::from_secs(30)).await.map_err(|e| {
+        format!(
+            "the node at {base} is not reachable ({e}). Start one with `cargo run --release -- serve` \
+             (or `paygate serve`), or point --url at a running node"
+        )
+    })
+}
+
 fn print_answer(status: u16, body: &[u8], full: bool) -> CliResult {
     let mut value: Value =
         serde_json::from_slice(body).map_err(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(body)))?;
@@ -418,7 +448,7 @@ fn print_answer(status: u16, body: &[u8], full: bool) -> CliResult {
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    out(format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()).as_bytes())?;
     match value.get("code").and_then(Value::as_str) {
         Some("SUCCESS") => Ok(()),
         _ => Err(format!("HTTP {status}")),
@@ -523,11 +553,11 @@ pub fn client(args: ClientArgs) -> CliResult {
     p.insert("sign".to_owned(), sign);
     let body = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
     let url = format!("{}/api/v1/{path}", args.url.trim_end_matches('/'));
-    let answer =
-        runtime()?.block_on(HttpClient::new().post(&url, "application/json", body, Duration::from_secs(30)))?;
+    let base = args.url.trim_end_matches('/');
+    let headers = [("content-type", "application/json")];
+    let answer = runtime()?.block_on(ask_node(base, hyper::Method::POST, &url, &headers, body))?;
     if answer.status == 200 && answer.header("content-type").is_some_and(|t| t.starts_with("text/csv")) {
-        use std::io::Write;
-        return std::io::stdout().write_all(&answer.body).map_err(|e| e.to_string());
+        return out(&answer.body);
     }
     print_answer(answer.status, &answer.body, args.full)
 }
@@ -551,13 +581,8 @@ pub fn sandbox(args: SandboxArgs) -> CliResult {
     let auth = format!("Bearer {token}");
     let url = format!("{base}/admin/sandbox/{path}");
     let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
-    let answer = runtime()?.block_on(HttpClient::new().send(
-        hyper::Method::POST,
-        &url,
-        &[("authorization", auth.as_str()), ("content-type", "application/json")],
-        body,
-        Duration::from_secs(30),
-    ))?;
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let answer = runtime()?.block_on(ask_node(base, hyper::Method::POST, &url, &headers, body))?;
     print_answer(answer.status, &answer.body, true)
 }
 
@@ -631,7 +656,7 @@ pub fn secret(args: SecretArgs) -> Result<(), String> {
         SecretCommand::NewKey => {
             let mut key = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-            println!("{}", hex::encode(key));
+            out(format!("{}\n", hex::encode(key)).as_bytes())?;
         }
         SecretCommand::Seal { key_file } => {
             let env_key = std::env::var("PAYGATE_MASTER_KEY").ok();
@@ -642,7 +667,7 @@ pub fn secret(args: SecretArgs) -> Result<(), String> {
             let mut value = String::new();
             std::io::stdin().read_to_string(&mut value).map_err(|e| e.to_string())?;
             let value = value.strip_suffix('\n').unwrap_or(&value);
-            println!("{}", key.seal(value));
+            out(format!("{}\n", key.seal(value)).as_bytes())?;
         }
     }
     Ok(())

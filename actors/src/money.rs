@@ -92,8 +92,11 @@ pub enum MoneyError {
     #[error("has more decimals than the currency allows")]
     TooManyDecimals,
     /// Above the configured maximum (or too many digits to be an amount at all).
-    #[error("exceeds the maximum amount")]
-    TooLarge,
+    #[error("exceeds the maximum amount {max}")]
+    TooLarge {
+        /// The maximum.
+        max: Money,
+    },
     /// Not a supported ISO currency.
     #[error("is not a supported currency (CNY, HKD, USD, EUR, JPY)")]
     UnknownCurrency,
@@ -137,8 +140,9 @@ impl Money {
         if !all_digits(int_part) || frac_part.is_some_and(|f| !all_digits(f)) {
             return Err(MoneyError::NotDecimal);
         }
+        let too_large = MoneyError::TooLarge { max: Money::from_minor(max_minor, currency) };
         if int_part.trim_start_matches('0').len() > MAX_INTEGER_DIGITS {
-            return Err(MoneyError::TooLarge);
+            return Err(too_large);
         }
         let frac = frac_part.unwrap_or("");
         let decimals = currency.decimals() as usize;
@@ -153,12 +157,12 @@ impl Money {
         let minor = value
             .checked_mul(Decimal::from(10_i64.pow(currency.decimals())))
             .and_then(|d| i64::try_from(d.trunc()).ok())
-            .ok_or(MoneyError::TooLarge)?;
+            .ok_or(too_large)?;
         if minor <= 0 {
             return Err(MoneyError::NotPositive);
         }
         if minor > max_minor {
-            return Err(MoneyError::TooLarge);
+            return Err(too_large);
         }
         Ok(Money { minor, currency })
     }
@@ -228,8 +232,8 @@ mod tests {
             ("1.2.3", NotDecimal),
             (" 1", NotDecimal),
             ("NaN", NotDecimal),
-            ("12345678901234567890", TooLarge),
-            ("100000000.01", TooLarge),
+            ("12345678901234567890", TooLarge { max: Money::from_minor(MAX, Currency::CNY) }),
+            ("100000000.01", TooLarge { max: Money::from_minor(MAX, Currency::CNY) }),
         ];
         for (text, want) in cases {
             assert_eq!(Money::parse_positive(text, Currency::CNY, MAX), Err(want), "{text:?}");

@@ -27,17 +27,36 @@ pub fn select_channel(
             Some(b) if b.weight >= c.weight => Some(b),
             _ => Some(c),
         })
-        .ok_or_else(|| {
-            let currency = amount.currency();
-            let takes_currency = channels.iter().any(|c| {
-                c.status == ChannelStatus::Enabled && c.methods.contains(&method) && c.currencies.contains(&currency)
-            });
-            let message = match takes_currency {
-                true => format!("no channel available for pay_method {method}"),
-                false => format!("no channel takes {currency} payments by pay_method {method}"),
-            };
-            CoreError::new(ErrorCode::NoAvailableChannel, message)
-        })
+        .ok_or_else(|| why_none(channels, method, amount, has_room))
+}
+
+/// Why no channel can take the payment, in words a merchant can act on.
+fn why_none(
+    channels: &[Arc<ChannelProfile>],
+    method: PayMethod,
+    amount: Money,
+    has_room: impl Fn(&ChannelProfile) -> bool,
+) -> CoreError {
+    let currency = amount.currency();
+    let takes = |c: &&ChannelProfile| c.status == ChannelStatus::Enabled && c.methods.contains(&method);
+    let takes_currency: Vec<&ChannelProfile> =
+        channels.iter().map(Arc::as_ref).filter(takes).filter(|c| c.currencies.contains(&currency)).collect();
+    let highest_limit = takes_currency.iter().map(|c| c.single_limit_minor).try_fold(0i64, |m, l| l.map(|l| m.max(l)));
+    let message = match highest_limit {
+        _ if takes_currency.is_empty() && channels.iter().map(Arc::as_ref).any(|c| takes(&c)) => {
+            format!("no channel takes {currency} payments by pay_method {method}")
+        }
+        _ if takes_currency.is_empty() => format!("no channel available for pay_method {method}"),
+        Some(limit) if amount.minor() > limit => format!(
+            "{amount} exceeds the single-payment limit {} of every {method} channel",
+            Money::from_minor(limit, currency)
+        ),
+        _ if takes_currency.iter().all(|c| !has_room(c)) => {
+            format!("no {method} channel can take {amount} {currency} more today (daily limits)")
+        }
+        _ => format!("no channel available for pay_method {method}"),
+    };
+    CoreError::new(ErrorCode::NoAvailableChannel, message)
 }
 
 #[cfg(test)]
@@ -96,5 +115,26 @@ mod tests {
         let usd = pick(Money::from_minor(700, Currency::USD)).unwrap_err();
         assert_eq!(usd.code, ErrorCode::NoAvailableChannel);
         assert_eq!(usd.message, "no channel takes USD payments by pay_method SANDBOX");
+    }
+
+    #[test]
+    fn a_refusal_names_the_limit_that_refused() {
+        let cny = |m| Money::from_minor(m, Currency::CNY);
+        let chans = vec![
+            ch("a", &[PayMethod::Sandbox], 10, Some(5_000_000), ChannelStatus::Enabled),
+            ch("b", &[PayMethod::Sandbox], 50, Some(1_000_000), ChannelStatus::Enabled),
+        ];
+        let why = |amount, room: bool| select_channel(&chans, PayMethod::Sandbox, cny(amount), |_| room).unwrap_err();
+        assert_eq!(
+            why(6_000_000, true).message,
+            "60000.00 exceeds the single-payment limit 50000.00 of every SANDBOX channel"
+        );
+        assert_eq!(why(500, false).message, "no SANDBOX channel can take 5.00 CNY more today (daily limits)");
+        let unlimited = vec![ch("u", &[PayMethod::Sandbox], 1, None, ChannelStatus::Enabled)];
+        let full = select_channel(&unlimited, PayMethod::Sandbox, cny(500), |_| false).unwrap_err();
+        assert!(full.message.contains("daily limits"), "{}", full.message);
+        let off = vec![ch("x", &[PayMethod::Sandbox], 1, None, ChannelStatus::Disabled)];
+        let none = select_channel(&off, PayMethod::Sandbox, cny(500), |_| true).unwrap_err();
+        assert_eq!(none.message, "no channel available for pay_method SANDBOX");
     }
 }
