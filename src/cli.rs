@@ -16,7 +16,15 @@ use crate::http::client::HttpClient;
 
 /// paygate: a payment gateway.
 #[derive(Debug, Parser)]
-#[command(name = "paygate", version, about)]
+#[command(
+    name = "paygate",
+    version,
+    about,
+    after_help = "A node (`paygate serve`) serves the merchant API, the hosted cashier (/h5/<pay_order_no>) \
+                  and /metrics on server.listen (http://127.0.0.1:8080 by default), and the built-in channel \
+                  simulator, where buyers of the demo channels pay, on port 9100 (sim.listen). It prints \
+                  every address when it starts."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -678,7 +686,7 @@ pub fn sim(config: &std::path::Path, listen: &str, data_dir: &std::path::Path) -
     let config = Config::load(config, &Overrides::default()).map_err(|e| e.to_string())?;
     let sim_config = config.sim.ok_or("the configuration has no [sim] section (config/sim.toml)")?;
     let store = crate::sim::store::SimStore::open(data_dir)?;
-    let handle = crate::sim::start(&sim_config, listen, &store)?;
+    let handle = crate::sim::start(&sim_config, listen, None, &store)?;
     println!("paygate sim listening on {}", handle.base_url);
     if handle.sim.alipay.is_some() {
         println!("  Alipay gateway: {}/alipay/gateway.do", handle.base_url);

@@ -60,7 +60,19 @@ fn serve(dir: &std::path::Path, overrides: Overrides, production: bool, accept_d
         tracing::warn!("secrets are sealed with the PUBLIC demo master key: for local trials only");
     }
     let node = paygate::node::start(config).map_err(|e| e.to_string())?;
-    println!("paygate listening on http://{} (public URL {})", node.addr, node.public_url);
+    let url = &node.public_url;
+    let mut addresses = format!(
+        "paygate listening on http://{}\n  merchant API       {url}/api/v1/…  (OpenAPI: {url}/openapi.json)\n  \
+         hosted cashier     {url}/h5/<pay_order_no>\n  metrics            {url}/metrics\n",
+        node.addr
+    );
+    if let Some(sim) = &node.sim {
+        addresses.push_str(&format!(
+            "  channel simulator  {}  (buyers pay there; control: /sim/alipay|wechat|unionpay/…)\n",
+            sim.base_url
+        ));
+    }
+    paygate::cli::out(addresses.as_bytes())?;
     wait_for_signal()?;
     eprintln!("paygate: stopping: no new connections, finishing requests in flight");
     node.drain_and_stop(DRAIN);

@@ -252,7 +252,15 @@ fn build(
         (Some(sim_config), true) => {
             let store = crate::sim::store::SimStore::open(&config.storage.data_dir.join("sim"))
                 .map_err(crate::config::ConfigError)?;
-            Some(crate::sim::start(sim_config, "127.0.0.1:0", &store).map_err(crate::config::ConfigError)?)
+            // A node on an ephemeral port (tests, harnesses) gets an ephemeral simulator.
+            let port = if config.server.listen.ends_with(":0") { 0 } else { crate::sim::DEFAULT_PORT };
+            let listen =
+                sim_config.listen.clone().unwrap_or_else(|| std::net::SocketAddr::new(addr.ip(), port).to_string());
+            let public_host = public_host(&config.server.public_url);
+            Some(
+                crate::sim::start(sim_config, &listen, public_host.as_deref(), &store)
+                    .map_err(crate::config::ConfigError)?,
+            )
         }
         (None, true) => {
             return Err(crate::config::ConfigError(
@@ -348,6 +356,10 @@ fn build(
         channels,
         clock,
         sandbox: sandbox.clone(),
+        simulator: sim.as_ref().map(|sim| {
+            let simulated = config.channels.iter().filter(|c| setting(c, "gateway_url") == Some(BUILTIN));
+            (sim.base_url.clone(), simulated.map(|c| c.code.clone()).collect())
+        }),
         public_url: public_url.clone(),
         admin_token: config.admin.token.clone(),
         max_body: config.server.max_body_bytes,
@@ -371,6 +383,20 @@ fn build(
 
 /// The `gateway_url` that means "the simulator this node runs".
 const BUILTIN: &str = "builtin";
+
+/// The scheme and host of a configured public URL (`http://192.168.1.5:8080/` →
+/// `http://192.168.1.5`): where the buyer's phone reaches this machine.
+fn public_host(public_url: &str) -> Option<String> {
+    let url = public_url.trim().trim_end_matches('/');
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+    // A bracketed IPv6 literal keeps its brackets; a port is dropped.
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() => host,
+        _ => authority,
+    };
+    Some(format!("{scheme}://{host}"))
+}
 
 fn setting<'a>(c: &'a ChannelConfig, name: &str) -> Option<&'a str> {
     c.settings.get(name).and_then(|v| v.as_str())
@@ -528,4 +554,19 @@ fn sandbox_from(c: &ChannelConfig, data_dir: &std::path::Path) -> Result<Sandbox
     settings.validate().map_err(|e| setting_error(c, e))?;
     let store = crate::sim::store::SimStore::open(&data_dir.join("sandbox")).map_err(crate::config::ConfigError)?;
     Sandbox::new(secret.to_owned(), settings, &store).map_err(crate::config::ConfigError)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_host;
+
+    #[test]
+    fn the_public_host_is_the_public_url_without_port_or_path() {
+        assert_eq!(public_host("http://192.168.1.5:8080/").as_deref(), Some("http://192.168.1.5"));
+        assert_eq!(public_host("https://pay.example.com/gw").as_deref(), Some("https://pay.example.com"));
+        assert_eq!(public_host("http://[::1]:8080").as_deref(), Some("http://[::1]"));
+        assert_eq!(public_host("http://[::1]").as_deref(), Some("http://[::1]"));
+        assert_eq!(public_host(""), None);
+        assert_eq!(public_host("not a url"), None);
+    }
 }

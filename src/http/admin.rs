@@ -65,7 +65,7 @@ pub async fn sandbox(
             .map_err(sandbox_error)?;
             Ok(success(&json!({ "pay_order_no": id, "action": action })))
         }
-        (_, ["settings"] | ["orders", _, _]) => Err(ApiError::MethodNotAllowed),
+        (_, ["settings"] | ["orders", _, _]) => Err(ApiError::MethodNotAllowed("POST")),
         _ => Err(ApiError::NotFound),
     }
 }

@@ -23,8 +23,8 @@ pub enum ApiError {
     TooLarge(usize),
     /// No such endpoint.
     NotFound,
-    /// The endpoint exists with another method.
-    MethodNotAllowed,
+    /// The endpoint exists with other methods: these (the `Allow` header).
+    MethodNotAllowed(&'static str),
     /// The admin token is missing or wrong.
     Unauthorized,
 }
@@ -64,8 +64,14 @@ impl ApiError {
                 format!("request body exceeds {limit} bytes"),
             ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint".into()),
-            ApiError::MethodNotAllowed => {
-                (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed here".into())
+            ApiError::MethodNotAllowed(allow) => {
+                let message = format!("this endpoint takes {allow}");
+                let mut resp = json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &json!({ "code": "METHOD_NOT_ALLOWED", "message": message }),
+                );
+                resp.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+                return resp;
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "admin token missing or wrong".into()),
         };

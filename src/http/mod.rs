@@ -58,6 +58,9 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// The sandbox provider, when configured.
     pub sandbox: Option<Arc<Sandbox>>,
+    /// The built-in simulator's address, and the channels that use it: their buyers pay
+    /// at its cashier pages, which the hosted cashier links.
+    pub simulator: Option<(String, std::collections::HashSet<String>)>,
     /// How merchants and buyers reach this node.
     pub public_url: String,
     /// Admin bearer token.
@@ -350,11 +353,21 @@ async fn route(app: &App, req: Request<Incoming>) -> HttpResponse {
     // A `Uri` clone shares the request's bytes; the path is not copied.
     let uri = req.uri().clone();
     let endpoint = Endpoint::at(uri.path());
+    // A browser that follows a wrong link gets a page, an API client the envelope.
+    let browser = endpoint.is_none()
+        && req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("text/html"));
     let result = match endpoint {
         Some(endpoint) => api_call(app, req, &method, endpoint).await,
         None => dispatch(app, req, &method, uri.path()).await,
     };
-    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    let mut resp = match result {
+        Err(ApiError::NotFound) if browser => pages::not_found("There is no page at this address."),
+        other => other.unwrap_or_else(ApiError::into_response),
+    };
     if let Some(endpoint) = endpoint {
         record_request(endpoint, resp.status(), started.elapsed().as_secs_f64());
     }
@@ -372,7 +385,7 @@ async fn api_call(
     endpoint: Endpoint,
 ) -> Result<HttpResponse, ApiError> {
     if method != Method::POST {
-        return Err(ApiError::MethodNotAllowed);
+        return Err(ApiError::MethodNotAllowed("POST"));
     }
     let _slot = app.admit()?;
     let (_, body) = read_body(app, req).await?;
@@ -417,7 +430,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
         _ => {
             if let Some(provider) = path.strip_prefix("/callback/") {
                 if !post {
-                    return Err(ApiError::MethodNotAllowed);
+                    return Err(ApiError::MethodNotAllowed("POST"));
                 }
                 let (parts, body) = read_body(app, req).await?;
                 let headers = parts
@@ -429,7 +442,7 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
             }
             if path == "/admin/notify/resend" {
                 if !post {
-                    return Err(ApiError::MethodNotAllowed);
+                    return Err(ApiError::MethodNotAllowed("POST"));
                 }
                 let (parts, body) = read_body(app, req).await?;
                 return admin::notify_resend(app, &parts.headers, &body).await;
@@ -438,14 +451,28 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
                 let (parts, body) = read_body(app, req).await?;
                 return admin::sandbox(app, method, rest, &parts.headers, &body).await;
             }
-            if let (Some(id), true) = (path.strip_prefix("/h5/"), get) {
-                return pages::cashier(app, id).await;
+            if let Some(rest) = path.strip_prefix("/h5/") {
+                if !get {
+                    return Err(ApiError::MethodNotAllowed("GET"));
+                }
+                return Ok(match rest.strip_suffix("/status") {
+                    Some(id) => pages::cashier_status(app, id, req.uri().query().unwrap_or_default()).await,
+                    None => pages::cashier(app, rest).await,
+                });
             }
             if let Some(id) = path.strip_prefix("/sandbox/pay/") {
                 return match *method {
-                    Method::GET => pages::sandbox_cashier(app, id, false).await,
-                    Method::POST => pages::sandbox_cashier(app, id, true).await,
-                    _ => Err(ApiError::MethodNotAllowed),
+                    Method::GET => Ok(pages::sandbox_cashier(app, id, false).await),
+                    Method::POST => Ok(pages::sandbox_cashier(app, id, true).await),
+                    _ => Err(ApiError::MethodNotAllowed("GET, POST")),
+                };
+            }
+            // Where UnionPay sends the buyer back (its default frontUrl), and anyone who
+            // opens the node's address.
+            if path == "/" {
+                return match *method {
+                    Method::GET | Method::POST => Ok(pages::landing(app, req).await),
+                    _ => Err(ApiError::MethodNotAllowed("GET, POST")),
                 };
             }
             Err(ApiError::NotFound)

@@ -78,6 +78,8 @@ pub fn spawn_node(config: &Path, data_dir: &Path, extra_env: &[(&str, String)]) 
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
+        // Beside a node the user runs, whose simulator has the usual port.
+        .env("PAYGATE_SIM__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for (k, v) in extra_env {

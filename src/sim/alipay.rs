@@ -516,18 +516,15 @@ impl AlipaySim {
         let Some(t) = book.trades.get(&out_trade_no) else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "no such trade");
         };
-        let page = format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>支付宝 (simulated)</title></head><body>\
-             <h1>支付宝 — simulated cashier</h1><p>{}</p><p>¥ {}</p><p>status: {}</p><p>{}</p>\
-             <form method=\"post\" action=\"/alipay/qr/{}\"><button type=\"submit\">Pay ¥ {}</button></form></body></html>",
+        let body = format!(
+            "<p>{}</p><p id=\"amount\">¥ {}</p><p>status: <b id=\"status\">{}</b></p><p>{}</p>",
             html_escape::encode_text(&t.subject),
             wire::yuan(t.total_fen),
             t.status.as_str(),
             html_escape::encode_text(&message),
-            html_escape::encode_double_quoted_attribute(token),
-            wire::yuan(t.total_fen),
         );
-        answer(StatusCode::OK, "text/html; charset=utf-8", page)
+        let action = format!("/alipay/qr/{token}");
+        crate::sim::cashier_page("支付宝", &body, (t.status == Status::WaitBuyerPay).then_some(action.as_str()))
     }
 
     /// The buyer pays: the trade succeeds and the merchant is notified.

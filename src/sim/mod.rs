@@ -38,6 +38,11 @@ use crate::http::client::HttpClient;
 /// The simulator's configuration (`[sim]`, in `config/sim.toml`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct SimConfig {
+    /// Where the in-process simulator listens (`paygate sim` takes `--listen`). Unset:
+    /// the node's own listen address with port 9100, so a node reachable on the LAN has
+    /// a simulator reachable the same way.
+    #[serde(default)]
+    pub listen: Option<String>,
     /// Provider retry delays are multiplied by this (1.0: the providers' own schedule).
     #[serde(default = "one")]
     pub time_scale: f64,
@@ -174,6 +179,28 @@ pub fn answer(status: StatusCode, content_type: &'static str, body: impl Into<By
     r
 }
 
+/// A simulated provider's cashier page: `title`, the lines of `body` (HTML), and the
+/// Pay button posting to `pay_action` while the trade can still be paid.
+pub fn cashier_page(title: &str, body: &str, pay_action: Option<&str>) -> SimResponse {
+    let button = pay_action
+        .map(|action| {
+            format!(
+                "<form method=\"post\" action=\"{}\"><button type=\"submit\" id=\"pay\">Pay</button></form>",
+                html_escape::encode_double_quoted_attribute(action)
+            )
+        })
+        .unwrap_or_default();
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} (simulated)</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:28rem;margin:0 auto;padding:1.5rem 1rem;\
+         text-align:center}}button{{width:100%;padding:1rem;font-size:1.2rem;border:0;border-radius:.6rem;\
+         background:#07c160;color:#fff}}</style></head><body><h1>{title} — simulated</h1>{body}{button}</body></html>",
+        title = html_escape::encode_text(title),
+    );
+    answer(StatusCode::OK, "text/html; charset=utf-8", page)
+}
+
 /// A JSON answer.
 pub fn json_answer(status: StatusCode, v: &serde_json::Value) -> SimResponse {
     answer(status, "application/json", v.to_string())
@@ -280,12 +307,27 @@ impl Simulator {
     }
 }
 
-/// Binds `listen` and serves the simulator on its own thread and runtime.
-pub fn start(config: &SimConfig, listen: &str, store: &SimStore) -> Result<SimHandle, String> {
-    let listener = std::net::TcpListener::bind(listen).map_err(|e| format!("simulator {listen}: {e}"))?;
+/// The port the in-process simulator takes unless configured otherwise.
+pub const DEFAULT_PORT: u16 = 9100;
+
+/// Binds `listen` and serves the simulator on its own thread and runtime. Its pages and
+/// code URLs name `public_host` (scheme and host, e.g. `http://192.168.1.5`) with the
+/// port it bound, when given; else the address it bound (loopback for a wildcard).
+pub fn start(
+    config: &SimConfig,
+    listen: &str,
+    public_host: Option<&str>,
+    store: &SimStore,
+) -> Result<SimHandle, String> {
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| format!("simulator {listen}: {e} (set sim.listen, e.g. PAYGATE_SIM__LISTEN=127.0.0.1:9101)"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let base_url = format!("http://{addr}");
+    let base_url = match public_host {
+        Some(host) => format!("{}:{}", host.trim_end_matches('/'), addr.port()),
+        None if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+        None => format!("http://{addr}"),
+    };
     let sim = Arc::new(Simulator::new(config, base_url.clone(), store)?);
     let served = Arc::clone(&sim);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -451,18 +451,16 @@ impl UnionPaySim {
         } else {
             String::new()
         };
-        let page = format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>银联在线支付 (simulated)</title></head><body>\
-             <h1>银联在线支付 — simulated</h1><p>{}</p><p>¥ {}.{:02}</p><p>status: {}</p><p>{}</p>{back}\
-             <form method=\"post\" action=\"/unionpay/cashier/{}\"><button type=\"submit\">Pay</button></form></body></html>",
+        let body = format!(
+            "<p>{}</p><p id=\"amount\">¥ {}.{:02}</p><p>status: <b id=\"status\">{}</b></p><p>{}</p>{back}",
             html_escape::encode_text(&t.order_id),
             t.amount / 100,
             t.amount % 100,
             if t.status == Status::Paid { "PAID" } else { "OPEN" },
             html_escape::encode_text(&message),
-            html_escape::encode_double_quoted_attribute(token),
         );
-        answer(StatusCode::OK, "text/html; charset=utf-8", page)
+        let action = format!("/unionpay/cashier/{token}");
+        crate::sim::cashier_page("银联在线支付", &body, (t.status == Status::Open).then_some(action.as_str()))
     }
 
     /// The buyer pays: the consume succeeds and the merchant is notified.

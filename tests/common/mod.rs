@@ -257,6 +257,8 @@ impl BinNode {
             .arg(data)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
+            // Tests run side by side: no two simulators on the usual port.
+            .env("PAYGATE_SIM__LISTEN", "127.0.0.1:0")
             .env("PAYGATE_SHARDS__COUNT", "8")
             .env("PAYGATE_ORDERS__TIMER_POLL_MS", "100")
             .env("PAYGATE_ORDERS__TIMER_RETRY_SECS", "1")

@@ -597,17 +597,16 @@ impl WechatSim {
         let Some(t) = book.trades.get(&out) else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "no such trade");
         };
-        let page = format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>微信支付 (simulated)</title></head><body>\
-             <h1>微信支付 — simulated</h1><p>{}</p><p>¥ {}.{:02}</p><p>trade_state: {}</p><p>{}</p>\
-             <form method=\"post\"><button type=\"submit\">Pay</button></form></body></html>",
+        let body = format!(
+            "<p>{}</p><p id=\"amount\">¥ {}.{:02}</p><p>trade_state: <b id=\"status\">{}</b></p><p>{}</p>",
             html_escape::encode_text(&t.body),
             t.total_fee / 100,
             t.total_fee % 100,
             t.state.as_str(),
             html_escape::encode_text(&message),
         );
-        answer(StatusCode::OK, "text/html; charset=utf-8", page)
+        let action = format!("/wechat/cashier/{token}");
+        crate::sim::cashier_page("微信支付", &body, (t.state == State::NotPay).then_some(action.as_str()))
     }
 
     /// The buyer pays: the trade succeeds and the merchant is notified in the API the
