@@ -141,6 +141,7 @@ fn metrics_handle() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
             Ok(h) => {
+                describe_metrics();
                 spawn_metrics_upkeep(h.clone());
                 Some(h)
             }
@@ -150,6 +151,38 @@ fn metrics_handle() -> Option<PrometheusHandle> {
             }
         })
         .clone()
+}
+
+/// Every metric family the node exports, with its unit and what it counts: the
+/// `# HELP` and `# TYPE` lines of `/metrics`.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!("paygate_alerts_total", "Events an operator should look at, by kind");
+    describe_counter!("paygate_callbacks_total", "Provider callbacks, by provider and result");
+    describe_counter!("paygate_callback_reconciles_total", "Channel queries caused by callbacks that did not verify");
+    describe_counter!("paygate_payments_created_total", "Payments created");
+    describe_counter!("paygate_refunds_total", "Refunds settled, by outcome");
+    describe_counter!("paygate_pages_total", "Pages shown to buyers, by page");
+    describe_counter!(
+        "paygate_read_cache_misses_total",
+        "Order reads answered from the views: neither in memory nor in the read cache"
+    );
+    describe_counter!("paygate_channel_calls_total", "Calls to payment channels, by channel and outcome");
+    describe_counter!("paygate_notify_attempts_total", "Merchant notification attempts, by outcome");
+    describe_counter!("paygate_notify_delivered_total", "Merchant notifications acknowledged");
+    describe_counter!("paygate_notify_dead_total", "Merchant notifications given up after every retry");
+    describe_gauge!("paygate_storage_full", "1 while the journal's disk is too full to take writes");
+    describe_gauge!("paygate_read_cache_orders", "Orders in the read cache");
+    describe_gauge!("paygate_live_order_actors", "Order actors in memory");
+    describe_gauge!("paygate_api_requests_in_flight", "Merchant API requests being handled");
+    describe_gauge!("paygate_notify_backlog", "Merchant notifications waiting, by merchant");
+    describe_gauge!("paygate_notify_breaker_state", "A merchant endpoint's breaker: 0 closed, 1 half open, 2 open");
+    describe_histogram!("paygate_http_request_seconds", Unit::Seconds, "Merchant API requests, by endpoint and status");
+    describe_histogram!("paygate_journal_fsync_seconds", Unit::Seconds, "Journal fdatasync calls");
+    describe_histogram!("paygate_journal_append_seconds", Unit::Seconds, "From a record's append to its fsync");
+    describe_histogram!("paygate_journal_batch_records", Unit::Count, "Records per group commit");
+    describe_histogram!("paygate_views_project_seconds", Unit::Seconds, "Applying a batch of records to the views");
+    describe_histogram!("paygate_notify_attempt_seconds", Unit::Seconds, "Merchant notification attempts");
 }
 
 /// How often histogram samples are folded into their summaries.

@@ -238,7 +238,16 @@ fn healthz_and_metrics_answer() {
     let m = ureq::get(&format!("{}/metrics", t.url)).call().unwrap().into_string().unwrap();
     assert!(m.contains("paygate_journal_fsync_seconds"), "{m}");
     assert!(m.contains("paygate_live_order_actors"), "{m}");
-    assert!(m.contains(r#"paygate_channel_calls{channel="sandbox",outcome="ok"} 1"#), "{m}");
+    assert!(m.contains(r#"paygate_channel_calls_total{channel="sandbox",outcome="ok"} 1"#), "{m}");
+    // Prometheus conventions: every family explained, every count a counter.
+    for line in m.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut words = line.split_whitespace().skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        assert!(m.contains(&format!("# HELP {name} ")), "{name} has no HELP");
+        if name.ends_with("_total") {
+            assert_eq!(kind, "counter", "{name}");
+        }
+    }
 }
 
 #[test]

@@ -145,8 +145,8 @@ impl App {
             let Some(ch) = self.channels.get(&p.code) else { continue };
             let s = &ch.stats;
             for (outcome, counter) in [("ok", &s.ok), ("rejected", &s.rejected), ("unknown", &s.unknown)] {
-                metrics::gauge!("paygate_channel_calls", "channel" => p.code.clone(), "outcome" => outcome)
-                    .set(counter.load(Ordering::Relaxed) as f64);
+                metrics::counter!("paygate_channel_calls_total", "channel" => p.code.clone(), "outcome" => outcome)
+                    .absolute(counter.load(Ordering::Relaxed));
             }
         }
     }

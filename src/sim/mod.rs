@@ -63,7 +63,7 @@ fn one() -> f64 {
 
 /// Injected failures of one provider, set through `POST /sim/{provider}/faults`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Added to every API answer.
     pub latency_ms: u64,
@@ -280,6 +280,7 @@ impl Simulator {
         let path = req.path.clone();
         if path == "/sim/clock" && req.method == Method::POST {
             #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
             struct Advance {
                 advance_secs: u64,
             }
@@ -461,10 +462,14 @@ pub fn control(provider: &dyn Controlled, name: &str, req: &SimRequest) -> Optio
     Some(match (&req.method, rest) {
         (&Method::POST, "pay") => {
             #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
             struct Pay {
                 out_trade_no: String,
             }
             match serde_json::from_slice::<Pay>(&req.body) {
+                Ok(p) if provider.trade(&p.out_trade_no).is_none() => {
+                    json_answer(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "no such trade" }))
+                }
                 Ok(p) => match provider.pay(&p.out_trade_no) {
                     Ok(paid) => json_answer(StatusCode::OK, &paid),
                     Err(e) => json_answer(StatusCode::CONFLICT, &serde_json::json!({ "error": e })),
