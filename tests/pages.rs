@@ -21,21 +21,28 @@ fn chromium() -> PathBuf {
 
 /// Starts Chromium on `url`; `budget_ms` of virtual time lets scripts run (a request in
 /// flight holds virtual time still), none dumps the page as loaded.
-fn open(url: &str, budget_ms: Option<u64>) -> std::process::Child {
-    let profile = tempfile::tempdir().unwrap().keep();
+fn open(url: &str, budget_ms: Option<u64>) -> Browser {
+    let profile = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(chromium());
     cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
-        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(budget_ms.map(|ms| format!("--virtual-time-budget={ms}")))
         .args(["--dump-dom", url])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    cmd.spawn().unwrap()
+    Browser { child: cmd.spawn().unwrap(), _profile: profile }
+}
+
+/// A running Chromium and its profile directory, removed when done.
+struct Browser {
+    child: std::process::Child,
+    _profile: tempfile::TempDir,
 }
 
 /// The page's DOM after it loaded (and ran, given a budget). A page that never settles
 /// (a question to the node that never ends) fails the test instead of hanging it.
-fn dom(mut child: std::process::Child) -> String {
+fn dom(browser: Browser) -> String {
+    let Browser { mut child, _profile } = browser;
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
