@@ -646,6 +646,20 @@ pub fn journal(args: JournalArgs) -> Result<(), String> {
 pub enum SecretCommand {
     /// Print a new random master key (64 hex digits) for PAYGATE_MASTER_KEY or a key file.
     NewKey,
+    /// Re-seal every sealed value in the configuration files under another master key:
+    /// from PAYGATE_MASTER_KEY, --from-key-file or the demo key, to --to-key-file. The
+    /// files are rewritten only once every value has opened.
+    Reseal {
+        /// Configuration directory.
+        #[arg(long, default_value = "config")]
+        config: PathBuf,
+        /// A file holding the current master key (default: PAYGATE_MASTER_KEY, else the demo key).
+        #[arg(long)]
+        from_key_file: Option<PathBuf>,
+        /// A file holding the new master key (`paygate secret new-key > key`).
+        #[arg(long)]
+        to_key_file: PathBuf,
+    },
     /// Seal a value (read from stdin, so it stays out of shell history) under the master
     /// key from PAYGATE_MASTER_KEY, --key-file, or the demo key; prints `enc:v1:…`.
     Seal {
@@ -665,6 +679,36 @@ pub fn secret(args: SecretArgs) -> Result<(), String> {
             let mut key = [0u8; 32];
             rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
             out(format!("{}\n", hex::encode(key)).as_bytes())?;
+        }
+        SecretCommand::Reseal { config, from_key_file, to_key_file } => {
+            let env_key = std::env::var("PAYGATE_MASTER_KEY").ok();
+            let from = MasterKey::resolve(env_key.as_deref(), from_key_file.as_deref()).map_err(|e| e.to_string())?;
+            let to = MasterKey::resolve(None, Some(&to_key_file)).map_err(|e| e.to_string())?;
+            let mut files = Vec::new();
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&config)
+                .map_err(|e| format!("{}: {e}", config.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            entries.sort();
+            // Every file is re-sealed in memory first: a value that does not open leaves
+            // all of them as they were.
+            for path in entries {
+                let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let name = path.display().to_string();
+                let (resealed, count) =
+                    crate::secrets::reseal_text(&text, &from, &to, &name).map_err(|e| e.to_string())?;
+                if count > 0 {
+                    files.push((path, resealed, count));
+                }
+            }
+            for (path, text, count) in &files {
+                let tmp = path.with_extension("toml.resealing");
+                std::fs::write(&tmp, text)
+                    .and_then(|()| std::fs::rename(&tmp, path))
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                out(format!("{}: {count} values re-sealed\n", path.display()).as_bytes())?;
+            }
         }
         SecretCommand::Seal { key_file } => {
             let env_key = std::env::var("PAYGATE_MASTER_KEY").ok();

@@ -106,6 +106,29 @@ impl MasterKey {
     }
 }
 
+/// Re-seals every sealed value in `text` (a configuration file) from key `from` to key
+/// `to`, leaving every other byte as it was; answers the new text and how many values
+/// were re-sealed. A value that does not open under `from` stops it, naming its line.
+pub fn reseal_text(text: &str, from: &MasterKey, to: &MasterKey, file: &str) -> Result<(String, usize), SecretError> {
+    let mut out = String::with_capacity(text.len());
+    let mut count = 0;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(at) = rest.find(SEALED_PREFIX) {
+            out.push_str(&rest[..at]);
+            let value = &rest[at..];
+            let end = value.find(|c: char| !(c.is_ascii_alphanumeric() || "+/=:".contains(c))).unwrap_or(value.len());
+            let (sealed, after) = value.split_at(end);
+            let plain = from.open(&format!("{file} line {}", n + 1), sealed)?;
+            out.push_str(&to.seal(&plain));
+            count += 1;
+            rest = after;
+        }
+        out.push_str(rest);
+    }
+    Ok((out, count))
+}
+
 /// Whether a channel setting holds a secret (and so must be sealed): private keys, API
 /// keys and shared secrets. Public keys and certificates are not secret.
 pub fn is_secret_setting(name: &str) -> bool {
@@ -115,6 +138,26 @@ pub fn is_secret_setting(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reseal_moves_every_value_to_the_new_key_and_nothing_else() {
+        let (old, new) = (MasterKey::demo(), MasterKey::from_hex(&"ab".repeat(32)).unwrap());
+        let text = format!(
+            "# a comment with enc:v1 in words\n[a]\nsecret = \"{}\"\nplain = \"x\"\nkeys = [\"{}\", \"{}\"]\n",
+            old.seal("one"),
+            old.seal("two"),
+            old.seal("three")
+        );
+        let (resealed, count) = reseal_text(&text, &old, &new, "t.toml").unwrap();
+        assert_eq!(count, 3);
+        let values: Vec<String> =
+            resealed.split('"').filter(|v| v.starts_with(SEALED_PREFIX)).map(|v| new.open("v", v).unwrap()).collect();
+        assert_eq!(values, ["one", "two", "three"]);
+        assert!(resealed.starts_with("# a comment with enc:v1 in words\n[a]\nsecret = \""));
+        assert!(resealed.contains("plain = \"x\"\n"));
+        let err = reseal_text(&resealed, &old, &new, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("t.toml line 3"), "{err}");
+    }
 
     #[test]
     fn seals_and_opens_and_refuses_tampering_and_other_keys() {

@@ -14,26 +14,41 @@ fn paygate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_paygate"))
 }
 
-/// The repository's configuration with every sealed value re-sealed under `key`.
-fn config_sealed_with(key: &MasterKey, dir: &Path) {
+/// The repository's configuration with every sealed value re-sealed under `key_hex`,
+/// by `paygate secret reseal` as an operator leaving the demo key would.
+fn config_sealed_with(key_hex: &str, dir: &Path) {
     copy_dir(&config_dir(), dir);
-    let demo = MasterKey::demo();
+    let key_file = dir.join("master.key");
+    std::fs::write(&key_file, key_hex).unwrap();
+    let out = paygate()
+        .args(["secret", "reseal", "--config"])
+        .arg(dir)
+        .arg("--to-key-file")
+        .arg(&key_file)
+        .env_remove("PAYGATE_MASTER_KEY")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
     for file in ["default.toml", "merchants.toml", "channels.toml", "sim.toml"] {
-        let path = dir.join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let resealed: Vec<String> = text
-            .lines()
-            .map(|line| match line.split_once("\"enc:v1:") {
-                Some((head, rest)) => {
-                    let sealed = format!("enc:v1:{}", rest.trim_end_matches('"'));
-                    let plain = demo.open("test", &sealed).unwrap();
-                    format!("{head}\"{}\"", key.seal(&plain))
-                }
-                None => line.to_owned(),
-            })
-            .collect();
-        std::fs::write(&path, resealed.join("\n")).unwrap();
+        assert!(said.contains(&format!("{file}: ")), "{file} re-sealed: {said}");
     }
+    std::fs::remove_file(key_file).unwrap();
+    // A second run under the old key finds values it cannot open, and changes nothing.
+    let before = std::fs::read_to_string(dir.join("channels.toml")).unwrap();
+    let other = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(other.path(), "9d".repeat(32)).unwrap();
+    let again = paygate()
+        .args(["secret", "reseal", "--config"])
+        .arg(dir)
+        .arg("--to-key-file")
+        .arg(other.path())
+        .env_remove("PAYGATE_MASTER_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(!again.status.success() && err.contains("cannot be opened with this master key"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("channels.toml")).unwrap(), before);
 }
 
 /// `paygate client … query` against nothing: enough to load the configuration.
@@ -58,7 +73,7 @@ fn production_mode_refuses_the_demo_key_and_token() {
     // A real key, but still the demo admin token.
     let key_hex = "5a".repeat(32);
     let config = tempfile::tempdir().unwrap();
-    config_sealed_with(&MasterKey::from_hex(&key_hex).unwrap(), config.path());
+    config_sealed_with(&key_hex, config.path());
     let env = [("PAYGATE_MASTER_KEY", key_hex.as_str())];
     let out = BinNode::command_with_config(config.path(), data.path(), free_port(), &env)
         .arg("--production")
@@ -108,7 +123,7 @@ fn an_empty_or_unreadable_channels_or_merchants_file_stops_the_start_by_name() {
 fn a_configuration_sealed_under_a_real_key_runs_only_with_that_key() {
     let key_hex = "7c".repeat(32);
     let config = tempfile::tempdir().unwrap();
-    config_sealed_with(&MasterKey::from_hex(&key_hex).unwrap(), config.path());
+    config_sealed_with(&key_hex, config.path());
     // Without the key (so with the demo key) the sealed values do not open.
     let err = String::from_utf8_lossy(&load_config(config.path(), None).stderr).into_owned();
     assert!(err.contains("cannot be opened with this master key"), "{err}");
