@@ -161,10 +161,10 @@ pub struct OrdersConfig {
     pub passivate_idle_secs: u64,
     /// An idle final order leaves memory after this many milliseconds.
     pub passivate_final_ms: u64,
-    /// How many orders that left memory (passivated, or read from the views by a query)
-    /// keep their last state in the read cache.
-    #[serde(default = "default_read_cache_entries")]
-    pub read_cache_entries: usize,
+    /// The most bytes the read cache may hold: the last states of orders that left
+    /// memory (passivated, or read from the views by a query).
+    #[serde(default = "default_read_cache_bytes")]
+    pub read_cache_bytes: usize,
     /// How many days after payment an order may be refunded.
     #[serde(default = "default_refund_window_days")]
     pub refund_window_days: u32,
@@ -203,8 +203,8 @@ fn default_refund_query_max_attempts() -> u8 {
     10
 }
 
-fn default_read_cache_entries() -> usize {
-    262_144
+fn default_read_cache_bytes() -> usize {
+    128 << 20
 }
 
 /// Authentication.

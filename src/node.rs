@@ -338,7 +338,7 @@ fn build(
     let merchants = MerchantDirectory::new(config.merchants.clone(), auth);
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let registry = Arc::new(Registry::with_read_cache(config.orders.read_cache_entries));
+    let registry = Arc::new(Registry::with_read_cache(config.orders.read_cache_bytes));
     let views: Arc<Views> = Arc::clone(&storage.views);
     let journal: Arc<dyn Journal> = Arc::new(storage.journal.clone());
     let nc = Arc::new(NotifierContext {

@@ -31,7 +31,7 @@ fn a_short_bench_run_reports_every_phase_without_errors() {
         .env("RUST_LOG", "error")
         // A read cache far smaller than the orders the pay slices make: most queries
         // read the views, which the report must show.
-        .env("PAYGATE_ORDERS__READ_CACHE_ENTRIES", "64")
+        .env("PAYGATE_ORDERS__READ_CACHE_BYTES", "131072")
         .output()
         .expect("run paygate bench");
     assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));

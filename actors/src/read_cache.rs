@@ -1,17 +1,18 @@
 //! The last states of recently passivated or read orders, so that the queries that
 //! follow a payment (merchants poll right after paying, and go on polling an order until
-//! it changes) are answered from memory instead of the views. Bounded: the oldest entry
-//! leaves when a new one arrives at capacity, so memory stays flat however many orders
-//! complete.
+//! it changes) are answered from memory instead of the views. Bounded in bytes: each
+//! entry is charged what its order holds (an estimate that errs high, its rendered
+//! answer included), and the oldest entries leave while the total is over the bound, so
+//! memory stays flat however many orders complete.
 //!
 //! It is never stale for an order that is not live (while an order is live, reads take
 //! the state its actor publishes: the registry is asked first):
 //! - a passivating actor puts its last state in, after the views show it, replacing any;
 //! - a reader that found an order neither live nor kept and read it from the views puts
 //!   that state in only if no state was put in for the order since the reader took its
-//!   [`Mark`] (before asking the registry), and fewer than `capacity` entries were made
-//!   since, so that any state put in meanwhile is still here to be seen: an entry leaves
-//!   only when its own place in the queue comes up.
+//!   [`Mark`] (before asking the registry), and no entry made since has left, so that
+//!   any state put in meanwhile is still here to be seen: entries leave in the order
+//!   they were made, each when its own place in the queue comes up.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,12 @@ use crate::shared_order::SharedOrder;
 /// Recently passivated or read orders, by id and by merchant key.
 #[derive(Debug)]
 pub struct ReadCache {
+    /// The most bytes its entries may be charged.
     capacity: usize,
+    /// Bytes charged now (changed only under `queue`'s lock).
+    bytes: AtomicU64,
+    /// Places below this have left (changed only under `queue`'s lock).
+    left_below: AtomicU64,
     by_id: DashMap<PayOrderNo, Kept>,
     by_key: DashMap<String, PayOrderNo>,
     /// Each entry's place, in the order made, for eviction.
@@ -37,11 +43,39 @@ pub struct ReadCache {
     misses: AtomicU64,
 }
 
-/// An order state and the place in the queue it was put in at.
+/// An order state, the place in the queue it was put in at, and its charge.
 #[derive(Debug)]
 struct Kept {
     place: u64,
     order: Arc<SharedOrder>,
+    bytes: usize,
+}
+
+/// What each place in the queue costs besides its order — the queue slot, the two map
+/// entries and the merchant key — charged while the place is queued, so places of
+/// replaced states count too and the queue stays bounded.
+const PLACE_BYTES: usize = 160;
+
+/// Room allowed for an order's rendered answer (the query answer is about 600 bytes).
+const ANSWER_BYTES: usize = 1024;
+
+/// What keeping `order` is charged besides its place: the order, the text it holds,
+/// its refunds, and room for its rendered answer.
+fn charge(order: &SharedOrder) -> usize {
+    let spec = &order.spec;
+    let optional = [&spec.body, &spec.notify_url, &spec.return_url, &spec.client_ip, &spec.device_id, &spec.user_id];
+    let texts = spec.merchant_id.len()
+        + spec.order_no.len()
+        + spec.subject.len()
+        + optional.iter().map(|t| t.as_ref().map_or(0, String::len)).sum::<usize>()
+        + order.channel.len()
+        + [&order.code_url, &order.channel_trade_no, &order.failure]
+            .iter()
+            .map(|t| t.as_ref().map_or(0, String::len))
+            .sum::<usize>();
+    let refunds = order.refunds.iter().map(|r| std::mem::size_of_val(r) + r.spec.refund_no.len() + 64).sum::<usize>();
+    let late = order.late_payments.iter().map(|p| std::mem::size_of_val(p) + p.channel_trade_no.len()).sum::<usize>();
+    std::mem::size_of::<SharedOrder>() + texts + refunds + late + ANSWER_BYTES
 }
 
 /// How far the cache had come when a reader began to look for an order; see
@@ -50,10 +84,12 @@ struct Kept {
 pub struct Mark(u64);
 
 impl ReadCache {
-    /// A cache of at most `capacity` orders (0: none).
+    /// A cache charged at most `capacity` bytes (0: it keeps nothing).
     pub fn new(capacity: usize) -> ReadCache {
         ReadCache {
             capacity,
+            bytes: AtomicU64::new(0),
+            left_below: AtomicU64::new(0),
             by_id: DashMap::new(),
             by_key: DashMap::new(),
             queue: Mutex::default(),
@@ -80,31 +116,39 @@ impl ReadCache {
     }
 
     fn put(&self, order: Arc<SharedOrder>, read_since: Option<Mark>) {
-        if self.capacity == 0 {
+        let cost = charge(&order);
+        if cost + PLACE_BYTES > self.capacity {
             return;
         }
         let id = order.pay_order_no.clone();
         // All of it under the lock: a reader's state is weighed against every state put
-        // in before it, and places are made in order.
+        // in before it, and places are made and leave in order.
         let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let place = self.made.load(Ordering::Relaxed);
         if let Some(Mark(mark)) = read_since {
-            if place.saturating_sub(mark) >= self.capacity as u64 || self.by_id.contains_key(&id) {
+            if self.left_below.load(Ordering::Relaxed) > mark || self.by_id.contains_key(&id) {
                 return;
             }
         }
         self.made.store(place + 1, Ordering::Release);
         queue.push_back((place, id.clone()));
-        let evicted = if queue.len() > self.capacity { queue.pop_front() } else { None };
         self.by_key.insert(merchant_key(&order.spec.merchant_id, &order.spec.order_no), id.clone());
-        self.by_id.insert(id, Kept { place, order });
-        // A place whose order was put in again since leaves without it.
-        if let Some((place, old)) = evicted {
+        let mut bytes = self.bytes.load(Ordering::Relaxed) as usize + cost;
+        // A replaced state is no longer held; its place stays queued, charged nothing.
+        if let Some(old) = self.by_id.insert(id, Kept { place, order, bytes: cost }) {
+            bytes = bytes.saturating_sub(old.bytes);
+        }
+        while bytes + queue.len() * PLACE_BYTES > self.capacity {
+            let Some((place, old)) = queue.pop_front() else { break };
+            self.left_below.store(place + 1, Ordering::Relaxed);
+            // A place whose order was put in again since leaves without it.
             if let Some((_, kept)) = self.by_id.remove_if(&old, |_, k| k.place == place) {
+                bytes = bytes.saturating_sub(kept.bytes);
                 let key = merchant_key(&kept.order.spec.merchant_id, &kept.order.spec.order_no);
                 self.by_key.remove_if(&key, |_, v| *v == old);
             }
         }
+        self.bytes.store(bytes as u64, Ordering::Relaxed);
     }
 
     /// The kept state of order `id`.
@@ -129,6 +173,12 @@ impl ReadCache {
         self.misses.load(Ordering::Relaxed)
     }
 
+    /// Bytes its entries are charged now, their places included.
+    pub fn bytes(&self) -> u64 {
+        let places = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
+        self.bytes.load(Ordering::Relaxed) + (places * PLACE_BYTES) as u64
+    }
+
     /// How many orders it holds.
     pub fn len(&self) -> usize {
         self.by_id.len()
@@ -141,9 +191,9 @@ impl ReadCache {
 }
 
 impl Default for ReadCache {
-    /// 262,144 orders.
+    /// 128 MiB.
     fn default() -> Self {
-        ReadCache::new(262_144)
+        ReadCache::new(128 << 20)
     }
 }
 
@@ -162,7 +212,7 @@ mod tests {
 
     #[test]
     fn finds_by_id_and_by_merchant_key_and_keeps_only_the_newest() {
-        let cache = ReadCache::new(2);
+        let cache = cache_of(2);
         let (a, b, c) = (order(1, "A"), order(2, "B"), order(3, "C"));
         cache.insert(Arc::clone(&a));
         cache.insert(Arc::clone(&b));
@@ -176,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_newer_state_replaces_the_older_and_zero_capacity_keeps_nothing() {
-        let cache = ReadCache::new(4);
+        let cache = cache_of(4);
         let first = order(1, "A");
         let mut later = first.order().clone();
         later.seq = 7;
@@ -194,13 +244,18 @@ mod tests {
         SharedOrder::share(o)
     }
 
+    /// A cache with room for `n` of this module's test orders, each in its own place.
+    fn cache_of(n: usize) -> ReadCache {
+        ReadCache::new(n * (charge(&order(0, "O0")) + PLACE_BYTES) + PLACE_BYTES / 2)
+    }
+
     fn seq_of(cache: &ReadCache, n: u64) -> Option<u64> {
         cache.get(&state(n, 0).pay_order_no).map(|o| o.seq)
     }
 
     #[test]
     fn a_state_read_from_the_views_is_kept_for_the_polls_that_follow() {
-        let cache = ReadCache::new(4);
+        let cache = cache_of(4);
         let mark = cache.mark();
         cache.keep_read(state(1, 3), mark);
         assert_eq!(seq_of(&cache, 1), Some(3));
@@ -212,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_read_never_replaces_a_state_put_in_since_its_mark() {
-        let cache = ReadCache::new(4);
+        let cache = cache_of(4);
         let mark = cache.mark();
         // The order was activated, changed and passivated while the reader read the views.
         cache.insert(state(1, 7));
@@ -222,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_read_whose_mark_is_too_old_is_not_kept() {
-        let cache = ReadCache::new(2);
+        let cache = cache_of(2);
         let mark = cache.mark();
         // The newer state came and went again before the reader got back.
         cache.insert(state(1, 7));
@@ -238,7 +293,7 @@ mod tests {
 
     #[test]
     fn an_entry_leaves_only_when_its_own_place_comes_up() {
-        let cache = ReadCache::new(2);
+        let cache = cache_of(2);
         cache.insert(state(1, 1));
         cache.insert(state(2, 1));
         cache.insert(state(1, 7)); // order 1's first place leaves, not its newer state
@@ -271,7 +326,7 @@ mod tests {
         /// order is its latest state, and it holds at most `capacity` orders.
         #[test]
         fn never_stale_and_bounded(ops in proptest::collection::vec(op(), 1..200), capacity in 1..4usize) {
-            let cache = ReadCache::new(capacity);
+            let cache = cache_of(capacity);
             let mut latest = [1u64; 5];
             let mut reading: Vec<(u64, u64, Mark)> = Vec::new();
             for op in ops {
@@ -297,13 +352,29 @@ mod tests {
     }
 
     #[test]
+    fn an_order_is_charged_what_it_holds() {
+        let small = order(1, "A");
+        let mut big = small.order().clone();
+        big.spec.subject = "x".repeat(10_000);
+        assert_eq!(charge(&SharedOrder::share(big)), charge(&small) + 9_999, "its subject, 10,000 bytes for 1");
+        // A cache charged the bound of a few orders keeps that many, however large.
+        let cache = ReadCache::new(3 * (charge(&small) + PLACE_BYTES));
+        for n in 0..10 {
+            cache.insert(order(n, "A"));
+        }
+        assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
     fn stays_bounded_however_many_orders_pass() {
-        let cache = ReadCache::new(100);
+        let cache = cache_of(100);
         for n in 0..10_000 {
             cache.insert(order(n, &format!("O{n}")));
         }
-        assert_eq!(cache.len(), 100);
+        // Longer order numbers than the one the room was sized by: a few fewer fit.
+        assert!((95..=100).contains(&cache.len()), "{}", cache.len());
         assert!(cache.by_key.len() <= 100);
+        assert!(cache.bytes() <= cache.capacity as u64, "{} charged of {}", cache.bytes(), cache.capacity);
         assert!(cache.get_by_key("M1", "O9999").is_some() && cache.get_by_key("M1", "O0").is_none());
     }
 }

@@ -97,7 +97,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry whose read cache keeps up to `read_cache` passivated orders.
+    /// A registry whose read cache holds up to `read_cache` bytes of passivated orders.
     pub fn with_read_cache(read_cache: usize) -> Registry {
         Registry { read_cache: ReadCache::new(read_cache), ..Registry::default() }
     }

@@ -82,6 +82,11 @@ pub fn spawn_node(config: &Path, data_dir: &Path, extra_env: &[(&str, String)]) 
         .env("PAYGATE_SIM__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
+    // The query slices ask for every order the pay slices made: room for all of them
+    // (about 1.8 KiB each), unless the caller chose a size.
+    if std::env::var_os("PAYGATE_ORDERS__READ_CACHE_BYTES").is_none() {
+        cmd.env("PAYGATE_ORDERS__READ_CACHE_BYTES", (1u64 << 30).to_string());
+    }
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
