@@ -16,16 +16,16 @@ use paygate::sandbox::{Sandbox, SandboxConnector};
 use paygate::storage::codec::{decode_order, encode_order};
 use paygate::storage::{Storage, StorageOptions};
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle, ChannelProfile, ChannelStatus};
+use paygate_actors::channel_selection::select_channel;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::{PayOrderNo, ShardId};
 use paygate_actors::merchant::{check_request, AuthPolicy, MerchantProfile, MerchantStatus};
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, PayMethod, QueryPolicy};
 use paygate_actors::order_actor::{OrderContext, OrderRequest, Passivation, PaySubmission};
+use paygate_actors::order_router::OrderRouter;
 use paygate_actors::ports::Clock;
 use paygate_actors::registry::{OrderTarget, Registry};
-use paygate_actors::router::OrderRouter;
-use paygate_actors::routing::select_channel;
 use paygate_actors::shard::ShardSupervisor;
 use paygate_actors::signing::{self, SignType};
 

@@ -166,7 +166,7 @@ impl ChannelDirectory {
     /// routing rules, among the channels whose daily limit still has room for it.
     pub fn select(&self, method: PayMethod, amount: Money, now_ms: i64) -> Result<&ChannelProfile, CoreError> {
         let day = business_day(now_ms);
-        crate::routing::select_channel(&self.profiles, method, amount, |p| {
+        crate::channel_selection::select_channel(&self.profiles, method, amount, |p| {
             p.daily_limit_minor.is_none_or(|limit| {
                 let used = self.by_code.get(&p.code).map_or(0, |h| h.stats.daily.used(day));
                 used.saturating_add(amount.minor()) <= limit

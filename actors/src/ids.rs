@@ -27,6 +27,16 @@ pub fn shard_of(merchant_id: &str, order_no: &str, shard_count: u16) -> ShardId 
     ShardId((h % u64::from(shard_count.max(1))) as u16)
 }
 
+/// The key of a merchant's order number (in the registry, the read cache and the
+/// views' index). Neither id contains the separator.
+pub fn merchant_key(merchant_id: &str, order_no: &str) -> String {
+    let mut k = String::with_capacity(merchant_id.len() + order_no.len() + 1);
+    k.push_str(merchant_id);
+    k.push('\u{1f}');
+    k.push_str(order_no);
+    k
+}
+
 /// Our payment order number (`pay_order_no`).
 ///
 /// Held inline, not on the heap: ids are map keys on every read, and comparing one

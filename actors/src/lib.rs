@@ -9,6 +9,7 @@
 
 pub mod breaker;
 pub mod channel;
+pub mod channel_selection;
 pub mod clock;
 pub mod daily_volume;
 pub mod error;
@@ -19,12 +20,11 @@ pub mod notification;
 pub mod notifier;
 pub mod order;
 pub mod order_actor;
+pub mod order_router;
 pub mod ports;
 pub mod read_cache;
 pub mod refund;
 pub mod registry;
-pub mod router;
-pub mod routing;
 pub mod shard;
 pub mod shared_order;
 pub mod signing;

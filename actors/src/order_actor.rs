@@ -21,8 +21,8 @@ use crate::ports::{
     TradeRef,
 };
 use crate::refund::{RefundEvent, RefundSpec, RefundStatus};
-use crate::registry::{Published, Registry};
-use crate::shared_order::SharedOrder;
+use crate::registry::Registry;
+use crate::shared_order::{Published, SharedOrder};
 
 /// When idle order actors leave memory.
 #[derive(Debug, Clone, Copy)]

@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-use crate::ids::PayOrderNo;
-use crate::registry::merchant_key;
+use crate::ids::{merchant_key, PayOrderNo};
 use crate::shared_order::SharedOrder;
 
 /// Recently passivated or read orders, by id and by merchant key.

@@ -2,16 +2,15 @@
 //! order number to the actor's address and its published state. Shard supervisors own
 //! activation; actors remove themselves when they passivate.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use actix::Addr;
 use dashmap::DashMap;
 
-use crate::ids::PayOrderNo;
-use crate::order::Order;
+use crate::ids::{merchant_key, PayOrderNo};
 use crate::order_actor::OrderActor;
 use crate::read_cache::ReadCache;
-use crate::shared_order::SharedOrder;
+use crate::shared_order::{Published, SharedOrder};
 
 /// Which order a request is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,47 +24,6 @@ pub enum OrderTarget {
         /// The merchant's order number.
         order_no: String,
     },
-}
-
-/// The registry key of a merchant's order number. Ids never contain the separator.
-pub fn merchant_key(merchant_id: &str, order_no: &str) -> String {
-    let mut k = String::with_capacity(merchant_id.len() + order_no.len() + 1);
-    k.push_str(merchant_id);
-    k.push('\u{1f}');
-    k.push_str(order_no);
-    k
-}
-
-/// The last durable state of a live order, which its actor publishes after every
-/// journaled change. Reads take it without a hop to the actor, so a query neither waits
-/// behind a channel call in progress nor wakes the actor's arbiter; it can never see a
-/// state that is not yet durable, because the actor publishes only after the append.
-#[derive(Debug, Default)]
-pub struct Published(RwLock<Option<Arc<SharedOrder>>>);
-
-impl Published {
-    /// Published with `state` (`None` for an order not created yet).
-    pub fn new(state: Option<Order>) -> Published {
-        Published(RwLock::new(state.map(SharedOrder::share)))
-    }
-
-    /// The last published state.
-    pub fn get(&self) -> Option<Arc<SharedOrder>> {
-        // A poisoned lock only means a writer panicked mid-assignment of an Arc, which
-        // leaves either the old or the new value: both are whole, durable states.
-        match self.0.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// Publishes `state`.
-    pub fn set(&self, state: Arc<SharedOrder>) {
-        match self.0.write() {
-            Ok(mut g) => *g = Some(state),
-            Err(poisoned) => *poisoned.into_inner() = Some(state),
-        }
-    }
 }
 
 /// What the registry knows of an order's state (see [`Registry::live_state`]).

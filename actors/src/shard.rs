@@ -6,10 +6,12 @@ use std::sync::Arc;
 use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 
 use crate::error::{CoreError, CoreResult};
+use crate::ids::merchant_key;
 use crate::ids::{IdGenerator, ShardId};
 use crate::order_actor::{Delivery, OrderActor, OrderContext, OrderMsg, OrderRequest};
 use crate::ports::StorageError;
-use crate::registry::{merchant_key, OrderTarget, Published};
+use crate::registry::OrderTarget;
+use crate::shared_order::Published;
 
 /// The supervisor of one shard.
 pub struct ShardSupervisor {

@@ -5,7 +5,7 @@
 //! order again, or touching the many small allocations it is made of.
 
 use std::ops::Deref;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::Bytes;
 
@@ -75,5 +75,37 @@ mod tests {
         assert_eq!(next.answer(render), "A:2");
         assert_eq!(renders.get(), 2);
         assert_eq!(next.seq, 2, "reads see the order through the share");
+    }
+}
+
+/// The last durable state of a live order, which its actor publishes after every
+/// journaled change. Reads take it without a hop to the actor, so a query neither waits
+/// behind a channel call in progress nor wakes the actor's arbiter; it can never see a
+/// state that is not yet durable, because the actor publishes only after the append.
+#[derive(Debug, Default)]
+pub struct Published(RwLock<Option<Arc<SharedOrder>>>);
+
+impl Published {
+    /// Published with `state` (`None` for an order not created yet).
+    pub fn new(state: Option<Order>) -> Published {
+        Published(RwLock::new(state.map(SharedOrder::share)))
+    }
+
+    /// The last published state.
+    pub fn get(&self) -> Option<Arc<SharedOrder>> {
+        // A poisoned lock only means a writer panicked mid-assignment of an Arc, which
+        // leaves either the old or the new value: both are whole, durable states.
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Publishes `state`.
+    pub fn set(&self, state: Arc<SharedOrder>) {
+        match self.0.write() {
+            Ok(mut g) => *g = Some(state),
+            Err(poisoned) => *poisoned.into_inner() = Some(state),
+        }
     }
 }

@@ -8,8 +8,8 @@ use actix::{Actor, AsyncContext, Context, WrapFuture};
 
 use crate::ids::PayOrderNo;
 use crate::order_actor::OrderRequest;
+use crate::order_router::OrderRouter;
 use crate::registry::OrderTarget;
-use crate::router::OrderRouter;
 
 /// Polls due timers and ticks their orders.
 pub struct TimerActor {

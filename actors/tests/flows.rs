@@ -14,9 +14,9 @@ use paygate_actors::ids::{PayOrderNo, ShardId};
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{ChannelNotice, Order, OrderSpec, OrderStatus, PayMethod, QueryPolicy};
 use paygate_actors::order_actor::{OrderContext, OrderRequest, Passivation, PaySubmission};
+use paygate_actors::order_router::OrderRouter;
 use paygate_actors::ports::*;
 use paygate_actors::registry::{OrderTarget, Registry};
-use paygate_actors::router::OrderRouter;
 use paygate_actors::shard::ShardSupervisor;
 
 /// Journal + store in memory: appending applies the record to the snapshot map.
@@ -343,7 +343,7 @@ async fn a_passivated_order_is_read_from_the_read_cache_and_a_reactivated_one_fr
 /// serves again once its queue drains.
 #[actix_rt::test]
 async fn a_saturated_shard_refuses_at_once_instead_of_queueing_without_limit() {
-    use paygate_actors::router::SHARD_QUEUE;
+    use paygate_actors::order_router::SHARD_QUEUE;
 
     let w = world();
     let o = w.router.dispatch(key("BUSY"), pay("BUSY"), Some("M1".into())).await.unwrap();

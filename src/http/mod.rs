@@ -27,8 +27,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use paygate_actors::channel::ChannelDirectory;
 use paygate_actors::merchant::MerchantDirectory;
+use paygate_actors::order_router::OrderRouter;
 use paygate_actors::ports::{CallbackRequest, Clock};
-use paygate_actors::router::OrderRouter;
 use serde_json::json;
 
 use self::envelope::{json_response, with_body, ApiError, HttpResponse};

@@ -7,12 +7,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use paygate_actors::daily_volume::{business_day, counted};
+use paygate_actors::ids::merchant_key;
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::notification::{Notification, NotifyStatus};
 use paygate_actors::order::{Order, OrderEvent, QueryPolicy};
 use paygate_actors::ports::{BillItem, ListCursor, ListQuery, NotifyStore, OrderStore, Page, Record, StorageError};
 use paygate_actors::refund::{Refund, RefundEvent};
-use paygate_actors::registry::merchant_key;
 
 use super::codec::{decode_notification, decode_order, encode_notification, encode_order};
 
