@@ -5,6 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ports::Clock;
 
+/// A moment: milliseconds since the Unix epoch (UTC). Every time the core keeps is one.
+pub type UnixMillis = i64;
+
 /// The wall clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

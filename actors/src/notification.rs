@@ -17,6 +17,7 @@
 //! an earlier one is pending), so a merchant never sees an older state after a newer
 //! one unless an operator resends an old one; `sequence` lets it tell.
 
+use crate::clock::UnixMillis;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -115,8 +116,8 @@ pub const ATTEMPTS_KEPT: usize = 64;
 /// One delivery attempt and what came of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
-    /// When it started, unix millis.
-    pub at: i64,
+    /// When it started.
+    pub at: UnixMillis,
     /// The HTTP status, when the merchant answered.
     pub http_status: Option<u16>,
     /// How long it took, millis.
@@ -180,12 +181,12 @@ pub struct Notification {
     /// The body's fields, as of the change (without `timestamp`, `sign_type`, `sign`,
     /// which each attempt adds).
     pub fields: BTreeMap<String, String>,
-    /// Unix millis.
-    pub created_at: i64,
+    /// When it was created.
+    pub created_at: UnixMillis,
     /// Where it stands.
     pub status: NotifyStatus,
-    /// When the next attempt is due (pending only), unix millis.
-    pub due: Option<i64>,
+    /// When the next attempt is due (pending only).
+    pub due: Option<UnixMillis>,
     /// Attempts since it was created or last resent: where it is in the schedule.
     pub round_attempts: u32,
     /// Attempts ever made.
@@ -206,23 +207,23 @@ pub enum NotifyEvent {
     },
     /// The next attempt is due at `due`.
     Scheduled {
-        /// Unix millis.
-        due: i64,
+        /// When it is due.
+        due: UnixMillis,
     },
     /// → DELIVERED.
     Delivered {
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// → DEAD.
     Died {
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// → PENDING, due at once, with a fresh schedule.
     Resent {
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
 }
 
@@ -238,8 +239,8 @@ pub enum NotifyCommand {
     },
     /// Send it again now, whatever its state.
     Resend {
-        /// Unix millis.
-        now: i64,
+        /// Now.
+        now: UnixMillis,
     },
 }
 

@@ -9,6 +9,7 @@
 //! the state from one event. Final states never go backwards: a late or out-of-order
 //! signal is recorded (as an event) and answered, never applied against the machine.
 
+use crate::clock::UnixMillis;
 use std::fmt;
 use std::str::FromStr;
 
@@ -267,8 +268,8 @@ pub struct LatePayment {
     pub channel_trade_no: String,
     /// What was paid, in minor units.
     pub amount_minor: i64,
-    /// When we learned of it (unix millis).
-    pub at: i64,
+    /// When we learned of it.
+    pub at: UnixMillis,
 }
 
 /// The state of one payment order.
@@ -282,14 +283,14 @@ pub struct Order {
     pub status: OrderStatus,
     /// The channel code that carries the order.
     pub channel: String,
-    /// Unix millis.
-    pub create_time: i64,
-    /// Unix millis of the last change.
-    pub update_time: i64,
-    /// Unix millis after which an unpaid order expires.
-    pub expire_time: i64,
-    /// Unix millis of payment.
-    pub paid_time: Option<i64>,
+    /// When.
+    pub create_time: UnixMillis,
+    /// The last change.
+    pub update_time: UnixMillis,
+    /// When an unpaid order expires.
+    pub expire_time: UnixMillis,
+    /// When it was paid.
+    pub paid_time: Option<UnixMillis>,
     /// The channel's trade number, once known.
     pub channel_trade_no: Option<String>,
     /// What the buyer scans or opens to pay (the channel's code URL).
@@ -396,10 +397,10 @@ pub enum OrderEvent {
         spec: Box<OrderSpec>,
         /// The channel chosen by routing.
         channel: String,
-        /// Unix millis.
-        at: i64,
-        /// Unix millis.
-        expire_time: i64,
+        /// When.
+        at: UnixMillis,
+        /// When it expires unless paid.
+        expire_time: UnixMillis,
     },
     /// PENDING → PAYING with a code URL (or a PAYING order learned its URL on retry).
     ChannelAccepted {
@@ -407,20 +408,20 @@ pub enum OrderEvent {
         code_url: String,
         /// The channel's trade number, if known.
         channel_trade_no: Option<String>,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// PENDING → PAYING with the channel's answer unknown.
     ChannelSubmitted {
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// The channel refused the trade: → FAILED.
     ChannelRejected {
         /// The channel's reason.
         reason: String,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// → SUCCESS.
     Paid {
@@ -428,30 +429,30 @@ pub enum OrderEvent {
         channel_trade_no: String,
         /// Paid amount, minor units (always the order amount).
         amount_minor: i64,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// The payment failed: → FAILED.
     PaymentFailed {
         /// The channel's reason.
         reason: String,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// → CLOSED.
     Closed {
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// → EXPIRED.
     Expired {
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// An active query was made.
     QueryAttempted {
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// A payment arrived after the order stopped taking payments; flagged for refund.
     LatePaymentRecorded {
@@ -462,8 +463,8 @@ pub enum OrderEvent {
     SignalIgnored {
         /// What the signal said.
         signal: String,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// Something happened to one of the order's refunds; a success moves the order to
     /// PARTIALLY_REFUNDED or REFUNDED.
@@ -481,8 +482,8 @@ pub enum OrderEvent {
         notify_type: NotifyType,
         /// The refund it reports (REFUND notifications).
         refund_order_no: Option<String>,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
 }
 

@@ -2,6 +2,7 @@
 //! `paygate` crate implement them (journal + sled, channel connectors, the system
 //! clock); tests implement them with fakes.
 
+use crate::clock::UnixMillis;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -105,8 +106,8 @@ pub trait Journal: Send + Sync + 'static {
 /// Where a listing continues: the creation time and id of the last record it gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListCursor {
-    /// Unix millis.
-    pub time: i64,
+    /// When.
+    pub time: UnixMillis,
     /// The record's id (pay_order_no or refund_order_no).
     pub id: String,
 }
@@ -116,10 +117,10 @@ pub struct ListCursor {
 pub struct ListQuery {
     /// Whose.
     pub merchant_id: String,
-    /// Created at or after, unix millis.
-    pub from_ms: i64,
-    /// Created before, unix millis.
-    pub to_ms: i64,
+    /// Created at or after.
+    pub from_ms: UnixMillis,
+    /// Created before.
+    pub to_ms: UnixMillis,
     /// Only records in this status (its wire name).
     pub status: Option<&'static str>,
     /// Continue below this record.
@@ -176,8 +177,8 @@ pub trait OrderStore: Send + Sync + 'static {
 
 /// Wall-clock time. A fake in tests.
 pub trait Clock: Send + Sync + 'static {
-    /// Unix millis.
-    fn now_ms(&self) -> i64;
+    /// Now.
+    fn now_ms(&self) -> UnixMillis;
 }
 
 /// What the channel needs to open a trade.
@@ -189,10 +190,10 @@ pub struct ChannelOrder {
     pub amount: Money,
     /// Shown to the buyer.
     pub subject: String,
-    /// Unix millis of the order's creation (UnionPay keys a trade on it).
-    pub create_time: i64,
-    /// Unix millis after which the channel should stop accepting payment.
-    pub expire_time: i64,
+    /// When the order was created (UnionPay keys a trade on it).
+    pub create_time: UnixMillis,
+    /// When the channel should stop accepting payment.
+    pub expire_time: UnixMillis,
     /// Buyer's IP, when known.
     pub client_ip: Option<String>,
     /// Which product: a code to scan, or a page at the channel.
@@ -210,8 +211,8 @@ pub struct TradeRef {
     pub channel_trade_no: Option<String>,
     /// The order amount.
     pub amount: Money,
-    /// Unix millis of creation (some channels key queries on it).
-    pub create_time: i64,
+    /// When the order was created (some channels key queries on it).
+    pub create_time: UnixMillis,
 }
 
 impl TradeRef {
@@ -274,9 +275,9 @@ pub struct ChannelRefund {
     pub refund_no: String,
     /// How much to refund.
     pub amount: Money,
-    /// Unix millis the refund was first asked for: channels that key a refund on its
+    /// When the refund was first asked for: channels that key a refund on its
     /// time (UnionPay's txnTime) need the same value again to ask about it.
-    pub requested_at: i64,
+    pub requested_at: UnixMillis,
 }
 
 /// Where a refund stands at the channel.
@@ -362,8 +363,8 @@ pub struct BillLine {
     pub amount_minor: i64,
     /// Channel fee, minor units.
     pub fee_minor: i64,
-    /// Unix millis.
-    pub time: i64,
+    /// When.
+    pub time: UnixMillis,
 }
 
 /// A channel connector: one payment provider's protocol behind one interface.

@@ -18,6 +18,7 @@
 //! refunds it at once, by itself ([`RefundEvent::LateRequested`]). Such a refund returns
 //! that payment, not the order's, so it holds nothing of the order's paid amount.
 
+use crate::clock::UnixMillis;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::PayOrderNo;
@@ -86,12 +87,12 @@ pub struct Refund {
     pub spec: RefundSpec,
     /// Where it stands.
     pub status: RefundStatus,
-    /// Unix millis it was asked for (channels that key a refund on its time need it).
-    pub create_time: i64,
-    /// Unix millis of the last change.
-    pub update_time: i64,
-    /// Unix millis it succeeded or failed.
-    pub finish_time: Option<i64>,
+    /// When it was asked for (channels that key a refund on its time need it).
+    pub create_time: UnixMillis,
+    /// The last change.
+    pub update_time: UnixMillis,
+    /// When it succeeded or failed.
+    pub finish_time: Option<UnixMillis>,
     /// Why it failed or went to review.
     pub failure: Option<String>,
     /// Queries made at the channel so far.
@@ -108,32 +109,32 @@ pub enum RefundEvent {
     Requested {
         /// What the merchant asked for.
         spec: RefundSpec,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// → SUCCESS.
     Succeeded {
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// → FAILED.
     Failed {
         /// Why.
         reason: String,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// A query was made at the channel.
     QueryAttempted {
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// → MANUAL_REVIEW.
     SentToReview {
         /// Why.
         reason: String,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
     /// The refund of a late payment exists: the order asks for it by itself.
     LateRequested {
@@ -141,8 +142,8 @@ pub enum RefundEvent {
         spec: RefundSpec,
         /// The late payment's channel trade.
         channel_trade_no: String,
-        /// Unix millis.
-        at: i64,
+        /// When.
+        at: UnixMillis,
     },
 }
 
