@@ -108,28 +108,34 @@ impl OrderRouter {
                 let caller = caller.map(str::to_owned);
                 return self.dispatch(target, OrderRequest::Query, caller).await.map(SharedOrder::share);
             }
-            LiveState::NotLive if let Some(order) = self.oc.registry.cached(&target) => order,
-            LiveState::NotLive => {
-                self.oc.registry.read_cache.missed();
-                let id = match target {
-                    OrderTarget::Id(id) => id,
-                    OrderTarget::Key { merchant_id, order_no } => self
-                        .oc
-                        .store
-                        .find(&merchant_id, &order_no)
-                        .map_err(StorageError::into_core)?
-                        .ok_or_else(CoreError::order_not_found)?,
-                };
-                let order = self.oc.store.load(&id).map_err(StorageError::into_core)?;
-                let order = SharedOrder::share(order.ok_or_else(CoreError::order_not_found)?);
-                self.oc.registry.read_cache.keep_read(Arc::clone(&order), mark);
-                order
-            }
+            LiveState::NotLive => match self.oc.registry.cached(&target) {
+                Some(order) => order,
+                None => self.read_stored(target, mark)?,
+            },
         };
         match caller {
             Some(m) if m != order.spec.merchant_id => Err(CoreError::order_not_found()),
             _ => Ok(order),
         }
+    }
+
+    /// An order neither live nor in the read cache, read from the views and kept for
+    /// the reads that follow (see `ReadCache::keep_read` for `mark`).
+    fn read_stored(&self, target: OrderTarget, mark: crate::read_cache::Mark) -> CoreResult<Arc<SharedOrder>> {
+        self.oc.registry.read_cache.missed();
+        let id = match target {
+            OrderTarget::Id(id) => id,
+            OrderTarget::Key { merchant_id, order_no } => self
+                .oc
+                .store
+                .find(&merchant_id, &order_no)
+                .map_err(StorageError::into_core)?
+                .ok_or_else(CoreError::order_not_found)?,
+        };
+        let order = self.oc.store.load(&id).map_err(StorageError::into_core)?;
+        let order = SharedOrder::share(order.ok_or_else(CoreError::order_not_found)?);
+        self.oc.registry.read_cache.keep_read(Arc::clone(&order), mark);
+        Ok(order)
     }
 
     /// The shared order context.
