@@ -1,5 +1,4 @@
 //! The `paygate` binary.
-#![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::process::ExitCode;

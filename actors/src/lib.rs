@@ -3,7 +3,6 @@
 //! Money, ids, the order / merchant / channel state machines and the actors that own
 //! them, shard supervisors and the registry, and the ports (traits) through which the
 //! core reaches storage, channels and time. It does no I/O of its own.
-#![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 #![warn(missing_docs)]
 
