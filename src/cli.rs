@@ -287,7 +287,7 @@ pub enum ClientAction {
     Close(OrderRef),
     /// Refund part or all of a paid order.
     Refund {
-        /// The order.
+        /// The order to refund, by either number.
         #[command(flatten)]
         order: OrderRef,
         /// Your refund number (default: generated); the same number again is the same refund.

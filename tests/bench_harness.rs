@@ -1,5 +1,5 @@
 //! `paygate bench` end to end, briefly: it must start its servers and the node, run
-//! every phase in interleaved rounds, and print the JSON report the README documents.
+//! every phase in interleaved rounds, and print the JSON report docs/performance.md describes.
 //! Only that it works and what it reports is checked here; its figures are measured
 //! with the release build, never asserted in tests.
 

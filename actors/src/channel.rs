@@ -88,7 +88,7 @@ pub struct ChannelHandle {
     pub profile: Arc<ChannelProfile>,
     /// Live counters.
     pub stats: Arc<ChannelStats>,
-    /// The connector.
+    /// The provider's protocol: where calls go.
     pub connector: Arc<dyn ChannelConnector>,
 }
 

@@ -202,7 +202,7 @@ pub struct Notification {
 pub enum NotifyEvent {
     /// An attempt was made.
     Attempted {
-        /// The attempt.
+        /// What the attempt got: status, answer or transport error, latency.
         attempt: Attempt,
     },
     /// The next attempt is due at `due`.
@@ -232,7 +232,7 @@ pub enum NotifyEvent {
 pub enum NotifyCommand {
     /// Record an attempt; `jitter_unit` ∈ [0, 1) draws the next delay's jitter.
     RecordAttempt {
-        /// The attempt.
+        /// What the attempt got: status, answer or transport error, latency.
         attempt: Attempt,
         /// The jitter draw.
         jitter_unit: f64,

@@ -119,7 +119,7 @@ impl FromStr for PayScene {
     }
 }
 
-/// Order status.
+/// Where an order stands; final states never change (refunds move a paid order on).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OrderStatus {
     /// Recorded by us; the channel has not confirmed the trade yet.
@@ -208,7 +208,7 @@ pub struct OrderSpec {
     pub merchant_id: String,
     /// The merchant's order number, unique per merchant.
     pub order_no: String,
-    /// The amount.
+    /// How much, in the order's currency.
     pub amount: Money,
     /// Short description shown to the buyer.
     pub subject: String,

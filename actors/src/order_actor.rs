@@ -45,7 +45,7 @@ pub struct OrderContext {
     pub journal: Arc<dyn Journal>,
     /// Snapshots and indexes.
     pub store: Arc<dyn OrderStore>,
-    /// The channels.
+    /// The channels orders call, with their statistics and daily volumes.
     pub channels: ChannelDirectory,
     /// Time.
     pub clock: Arc<dyn Clock>,

@@ -186,7 +186,7 @@ pub trait Clock: Send + Sync + 'static {
 pub struct ChannelOrder {
     /// Our id, used as the channel's out_trade_no.
     pub pay_order_no: PayOrderNo,
-    /// The amount.
+    /// How much, in the order's currency.
     pub amount: Money,
     /// Shown to the buyer.
     pub subject: String,
@@ -346,7 +346,7 @@ pub struct VerifiedCallback {
 pub struct CallbackReply {
     /// HTTP status.
     pub status: u16,
-    /// Content type.
+    /// Its `Content-Type`.
     pub content_type: &'static str,
     /// Body bytes.
     pub body: Vec<u8>,

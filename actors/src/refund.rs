@@ -77,7 +77,7 @@ pub struct RefundSpec {
     pub notify_url: Option<String>,
 }
 
-/// A refund.
+/// A refund: what was asked, where it stands, and when it moved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refund {
     /// Ours: the order's number with `R` for `P` and a two-digit index. The channel

@@ -24,7 +24,7 @@ impl SharedOrder {
         Arc::new(SharedOrder { order, answer: OnceLock::new() })
     }
 
-    /// The order.
+    /// The order state itself.
     pub fn order(&self) -> &Order {
         &self.order
     }

@@ -41,7 +41,7 @@ const OPENAPI: &str = include_str!("openapi.json");
 pub struct App {
     /// Orders.
     pub router: OrderRouter,
-    /// Merchants.
+    /// Who may call, and how their requests are authenticated.
     pub merchants: MerchantDirectory,
     /// The merchants' delivery actors.
     pub notifier: paygate_actors::notifier::NotifierDirectory,
@@ -52,7 +52,7 @@ pub struct App {
     /// Refunds answered in the last moments, by (merchant, refund_no): the views' refund
     /// index trails the journal by milliseconds, and a merchant asks right away.
     pub recent_refunds: api::RecentRefunds,
-    /// Channels.
+    /// The configured channels: what routing picks from, and their live statistics.
     pub channels: ChannelDirectory,
     /// Time.
     pub clock: Arc<dyn Clock>,

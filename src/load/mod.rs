@@ -182,7 +182,7 @@ pub struct RunOptions {
     pub duration: Duration,
     /// Slices each compared phase is cut into, alternating with what it is compared to.
     pub rounds: u32,
-    /// Connections.
+    /// Keep-alive connections the generator holds open.
     pub connections: usize,
     /// Load generator threads.
     pub threads: usize,
@@ -489,7 +489,7 @@ pub struct SoakOptions {
     pub config: PathBuf,
     /// Orders to complete.
     pub orders: u64,
-    /// Connections.
+    /// Keep-alive connections the generator holds open.
     pub connections: usize,
     /// Seconds between RSS samples.
     pub sample: Duration,

@@ -201,22 +201,22 @@ pub fn cashier_page(title: &str, body: &str, pay_action: Option<&str>) -> SimRes
     answer(StatusCode::OK, "text/html; charset=utf-8", page)
 }
 
-/// A JSON answer.
+/// `v` as an `application/json` answer with `status`.
 pub fn json_answer(status: StatusCode, v: &serde_json::Value) -> SimResponse {
     answer(status, "application/json", v.to_string())
 }
 
 /// A request as the simulator's routes see it.
 pub struct SimRequest {
-    /// Method.
+    /// The HTTP method.
     pub method: Method,
     /// Header names (lowercase) and values.
     pub headers: Vec<(String, String)>,
-    /// Path.
+    /// The path, without the query.
     pub path: String,
     /// Raw query string.
     pub query: String,
-    /// Body.
+    /// The request body, read whole (at most 1 MiB).
     pub body: Bytes,
 }
 
@@ -409,7 +409,7 @@ pub struct Notification {
     pub url: String,
     /// Headers, the content type among them.
     pub headers: Vec<(&'static str, String)>,
-    /// The body.
+    /// The body, exactly as signed.
     pub body: Vec<u8>,
     /// Signs each attempt, when the provider does.
     pub sign: Option<Resign>,

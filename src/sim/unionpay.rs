@@ -54,7 +54,7 @@ fn default_fee_rate() -> String {
 /// One merchant of the simulated gateway.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UnionPaySimMerchant {
-    /// merId.
+    /// Its merId, which names it in every request and notification.
     pub mer_id: String,
     /// The merchant's signing certificate (PEM); its serial is the certId it sends.
     pub certificate: String,

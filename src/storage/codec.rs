@@ -45,7 +45,7 @@ pub enum CodecError {
     Kind {
         /// Wanted.
         expected: u16,
-        /// Found.
+        /// The version the stored value says it was written in.
         found: u16,
     },
 }

@@ -47,7 +47,7 @@ pub struct BillRow {
     pub out_trade_no: String,
     /// A refund row (业务类型 退款) rather than a payment (交易).
     pub refund: bool,
-    /// The subject.
+    /// What was bought, as the merchant named it.
     pub subject: String,
     /// Unix millis the trade was created.
     pub created: i64,

@@ -43,7 +43,7 @@ pub struct AlipaySettings {
     pub timeout: Duration,
 }
 
-/// The Alipay connector.
+/// Alipay behind the channel interface: one pooled HTTPS client, the app's keys.
 pub struct AlipayConnector {
     settings: Arc<AlipaySettings>,
     http: HttpClient,

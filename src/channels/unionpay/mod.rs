@@ -60,7 +60,7 @@ impl std::fmt::Debug for UnionPaySettings {
     }
 }
 
-/// The UnionPay connector.
+/// UnionPay behind the channel interface: its signing certificate and trust store.
 pub struct UnionPayConnector {
     settings: Arc<UnionPaySettings>,
     http: HttpClient,

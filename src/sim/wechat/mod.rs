@@ -69,7 +69,7 @@ fn default_fee_rate() -> String {
 /// One merchant account at the simulated WeChat Pay.
 #[derive(Debug, Clone, Deserialize)]
 pub struct WechatSimMerchant {
-    /// App id.
+    /// The app id its trades are opened under.
     pub appid: String,
     /// Merchant id.
     pub mch_id: String,

@@ -27,7 +27,7 @@ use crate::http::client::HttpClient;
 /// What the adapter needs (channel settings in `channels.toml`).
 #[derive(Clone)]
 pub struct WechatV3Settings {
-    /// The app id.
+    /// The app id the merchant account pays under.
     pub appid: String,
     /// The merchant id.
     pub mchid: String,
