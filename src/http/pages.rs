@@ -117,40 +117,39 @@ pub async fn cashier(app: &App, id: &str) -> HttpResponse {
         order.spec.amount,
         order.pay_order_no,
     );
+    let paid = if status.is_paid() { " data-paid=\"1\"" } else { "" };
     let page_body =
-        format!("<main data-order=\"{}\" data-return=\"{}\">{body}</main>", order.pay_order_no, attr(return_url));
+        format!("<main data-order=\"{}\" data-return=\"{}\"{paid}>{body}</main>", order.pay_order_no, attr(return_url));
     page(StatusCode::OK, &format!("Pay {}", order.spec.subject), &head, &page_body)
 }
 
 /// The cashier's script: asks for the status while the order is open (each question
-/// waits at the node until the status changes), shows the change, and once paid sends
-/// the buyer to the return_url. Without JavaScript the page still works by reloading.
+/// waits at the node until the status changes), shows the change in the node's words,
+/// and once paid sends the buyer to the return_url. Without JavaScript the page still
+/// works by reloading.
 const LIVE: &str = r#"(function(){
 var main=document.querySelector('main'),id=main.dataset.order,back=main.dataset.return;
 var el=document.getElementById('status'),note=document.getElementById('note'),pay=document.getElementById('pay');
 var open=function(s){return s==='PENDING'||s==='PAYING'};
-var words={SUCCESS:['Paid. Thank you!','ok'],PARTIALLY_REFUNDED:['Paid. Thank you!','ok'],REFUNDED:['Paid. Thank you!','ok'],
-FAILED:['The payment did not go through. Nothing was taken; ask the merchant to try again.','over'],
-CLOSED:['This order was closed. No payment was taken.','over'],
-EXPIRED:['This order expired before it was paid. No payment was taken.','over']};
-function show(s){el.textContent=s;main.dataset.live='updated';var w=words[s];
- if(w){note.textContent=w[0];note.className=el.className=w[1];if(pay)pay.remove();}
- if(w&&w[1]==='ok'&&back){setTimeout(function(){location.replace(back)},1500);}}
+function home(){if(back)setTimeout(function(){location.replace(back)},1500);}
+function show(j){el.textContent=j.status;note.textContent=j.note;note.className=el.className=j.tone;
+ main.dataset.live='updated';if(!open(j.status)&&pay)pay.remove();if(j.tone==='ok')home();}
 function ask(){fetch('/h5/'+id+'/status?wait='+encodeURIComponent(el.textContent),{cache:'no-store'})
- .then(function(r){return r.json()}).then(function(j){if(j.status&&j.status!==el.textContent)show(j.status);
+ .then(function(r){return r.json()}).then(function(j){if(j.status&&j.status!==el.textContent)show(j);
  if(open(el.textContent))ask();}).catch(function(){setTimeout(ask,3000)});}
-if(open(el.textContent))ask();else if(words[el.textContent]&&words[el.textContent][1]==='ok'&&back)
- setTimeout(function(){location.replace(back)},1500);})();"#;
+if(open(el.textContent))ask();else if(main.dataset.paid)home();})();"#;
 
 /// The longest a status question waits for a change.
 const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// `GET /h5/{pay_order_no}/status?wait=PAYING`: `{"status": …}` as soon as the order's
-/// status is not `wait` (at once without `wait`), or after 20 s. Shows no more than the
-/// cashier page does.
+/// `GET /h5/{pay_order_no}/status?wait=PAYING`: `{"status", "note", "tone"}` (the words
+/// the cashier page shows) as soon as the order's status is not `wait` (at once without
+/// `wait`), or after 20 s. Shows no more than the cashier page does.
 pub async fn cashier_status(app: &App, id: &str, query: &str) -> HttpResponse {
+    let not_found =
+        || json_response(StatusCode::NOT_FOUND, &json!({ "code": "ORDER_NOT_FOUND", "message": "no such order" }));
     let Some(id) = PayOrderNo::parse(id) else {
-        return json_response(StatusCode::NOT_FOUND, &json!({ "code": "ORDER_NOT_FOUND", "message": "no such order" }));
+        return not_found();
     };
     let wait: String = form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "wait")
@@ -159,15 +158,13 @@ pub async fn cashier_status(app: &App, id: &str, query: &str) -> HttpResponse {
     let deadline = tokio::time::Instant::now() + STATUS_WAIT;
     loop {
         let Ok(order) = app.router.read(OrderTarget::Id(id.clone()), None).await else {
-            return json_response(
-                StatusCode::NOT_FOUND,
-                &json!({ "code": "ORDER_NOT_FOUND", "message": "no such order" }),
-            );
+            return not_found();
         };
         let status = order.status.as_str();
         let stopping = app.stopping.load(std::sync::atomic::Ordering::Acquire);
         if status != wait || tokio::time::Instant::now() >= deadline || stopping {
-            return json_response(StatusCode::OK, &json!({ "status": status }));
+            let (note, tone) = verdict(order.status);
+            return json_response(StatusCode::OK, &json!({ "status": status, "note": note, "tone": tone }));
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
