@@ -420,15 +420,8 @@ const BUILTIN: &str = "builtin";
 /// The scheme and host of a configured public URL (`http://192.168.1.5:8080/` →
 /// `http://192.168.1.5`): where the buyer's phone reaches this machine.
 fn public_host(public_url: &str) -> Option<String> {
-    let url = public_url.trim().trim_end_matches('/');
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
-    // A bracketed IPv6 literal keeps its brackets; a port is dropped.
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() => host,
-        _ => authority,
-    };
-    Some(format!("{scheme}://{host}"))
+    let uri: hyper::Uri = public_url.trim().parse().ok()?;
+    Some(format!("{}://{}", uri.scheme_str()?, uri.host()?))
 }
 
 fn setting<'a>(c: &'a ChannelConfig, name: &str) -> Option<&'a str> {
