@@ -727,14 +727,25 @@ impl Order {
             .sum()
     }
 
+    /// Whether a refund `refund_order_no` asking `spec` would be this order's next one:
+    /// the next number, and a `refund_no` not used yet.
+    fn is_next_refund(&self, refund_order_no: &str, spec: &RefundSpec) -> bool {
+        self.refund(&spec.refund_no).is_none()
+            && refund_order_no == Refund::number(&self.pay_order_no, self.refunds.len())
+    }
+
+    /// Whether the late payment the channel took as `channel_trade_no` has its refund.
+    fn refunds_late_payment(&self, channel_trade_no: &str) -> bool {
+        self.refunds.iter().any(|r| r.late_payment.as_deref() == Some(channel_trade_no))
+    }
+
     /// The refund of late payment `channel_trade_no`, unless it has one or the order is
     /// out of refund numbers (then an operator returns it: it stays flagged).
     fn decide_late_refund(&self, channel_trade_no: String, now: i64) -> Vec<OrderEvent> {
         let Some(late) = self.late_payments.iter().find(|p| p.channel_trade_no == channel_trade_no) else {
             return vec![];
         };
-        let refunded = self.refunds.iter().any(|r| r.late_payment.as_deref() == Some(channel_trade_no.as_str()));
-        if refunded || self.refunds.len() >= MAX_REFUNDS {
+        if self.refunds_late_payment(&channel_trade_no) || self.refunds.len() >= MAX_REFUNDS {
             return vec![];
         }
         let refund_order_no = Refund::number(&self.pay_order_no, self.refunds.len());
@@ -949,8 +960,7 @@ impl Order {
         let at = match event {
             RefundEvent::Requested { spec, at } => {
                 let fits = self.refund_held_minor().checked_add(spec.amount_minor).is_some_and(|t| t <= paid);
-                let fresh = self.refund(&spec.refund_no).is_none()
-                    && refund_order_no == Refund::number(&self.pay_order_no, self.refunds.len());
+                let fresh = self.is_next_refund(refund_order_no, spec);
                 if !matches!(self.status, Success | PartiallyRefunded) || spec.amount_minor <= 0 || !fits || !fresh {
                     return None;
                 }
@@ -959,10 +969,8 @@ impl Order {
             }
             RefundEvent::LateRequested { spec, channel_trade_no, at } => {
                 let late = self.late_payments.iter().find(|p| p.channel_trade_no == *channel_trade_no)?;
-                let once = !self.refunds.iter().any(|r| r.late_payment.as_ref() == Some(channel_trade_no));
-                let fresh = self.refund(&spec.refund_no).is_none()
-                    && refund_order_no == Refund::number(&self.pay_order_no, self.refunds.len());
-                if late.amount_minor != spec.amount_minor || !once || !fresh {
+                let once = !self.refunds_late_payment(channel_trade_no);
+                if late.amount_minor != spec.amount_minor || !once || !self.is_next_refund(refund_order_no, spec) {
                     return None;
                 }
                 let mut refund = Refund::requested(refund_order_no.to_owned(), spec.clone(), *at);
