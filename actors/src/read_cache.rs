@@ -28,18 +28,24 @@ use crate::shared_order::SharedOrder;
 pub struct ReadCache {
     /// The most bytes its entries may be charged.
     capacity: usize,
-    /// Bytes charged now (changed only under `queue`'s lock).
-    bytes: AtomicU64,
-    /// Places below this have left (changed only under `queue`'s lock).
-    left_below: AtomicU64,
     by_id: DashMap<PayOrderNo, Kept>,
     by_key: DashMap<String, PayOrderNo>,
-    /// Each entry's place, in the order made, for eviction.
-    queue: Mutex<VecDeque<(u64, PayOrderNo)>>,
+    /// The places, in the order made, and what they are charged.
+    queue: Mutex<Places>,
     /// Places made so far (changed only under `queue`'s lock).
     made: AtomicU64,
     /// Reads that found the order neither live nor here, and read the views.
     misses: AtomicU64,
+}
+
+/// The queue of places, for eviction: places leave in the order they were made.
+#[derive(Debug, Default)]
+struct Places {
+    order: VecDeque<(u64, PayOrderNo)>,
+    /// What the kept states are charged (their places are charged by their count).
+    bytes: usize,
+    /// Places below this have left.
+    left_below: u64,
 }
 
 /// An order state, the place in the queue it was put in at, and its charge.
@@ -87,8 +93,6 @@ impl ReadCache {
     pub fn new(capacity: usize) -> ReadCache {
         ReadCache {
             capacity,
-            bytes: AtomicU64::new(0),
-            left_below: AtomicU64::new(0),
             by_id: DashMap::new(),
             by_key: DashMap::new(),
             queue: Mutex::default(),
@@ -122,32 +126,31 @@ impl ReadCache {
         let id = order.pay_order_no.clone();
         // All of it under the lock: a reader's state is weighed against every state put
         // in before it, and places are made and leave in order.
-        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut places = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let place = self.made.load(Ordering::Relaxed);
         if let Some(Mark(mark)) = read_since {
-            if self.left_below.load(Ordering::Relaxed) > mark || self.by_id.contains_key(&id) {
+            if places.left_below > mark || self.by_id.contains_key(&id) {
                 return;
             }
         }
         self.made.store(place + 1, Ordering::Release);
-        queue.push_back((place, id.clone()));
+        places.order.push_back((place, id.clone()));
         self.by_key.insert(merchant_key(&order.spec.merchant_id, &order.spec.order_no), id.clone());
-        let mut bytes = self.bytes.load(Ordering::Relaxed) as usize + cost;
+        places.bytes += cost;
         // A replaced state is no longer held; its place stays queued, charged nothing.
         if let Some(old) = self.by_id.insert(id, Kept { place, order, bytes: cost }) {
-            bytes = bytes.saturating_sub(old.bytes);
+            places.bytes = places.bytes.saturating_sub(old.bytes);
         }
-        while bytes + queue.len() * PLACE_BYTES > self.capacity {
-            let Some((place, old)) = queue.pop_front() else { break };
-            self.left_below.store(place + 1, Ordering::Relaxed);
+        while places.bytes + places.order.len() * PLACE_BYTES > self.capacity {
+            let Some((place, old)) = places.order.pop_front() else { break };
+            places.left_below = place + 1;
             // A place whose order was put in again since leaves without it.
             if let Some((_, kept)) = self.by_id.remove_if(&old, |_, k| k.place == place) {
-                bytes = bytes.saturating_sub(kept.bytes);
+                places.bytes = places.bytes.saturating_sub(kept.bytes);
                 let key = merchant_key(&kept.order.spec.merchant_id, &kept.order.spec.order_no);
                 self.by_key.remove_if(&key, |_, v| *v == old);
             }
         }
-        self.bytes.store(bytes as u64, Ordering::Relaxed);
     }
 
     /// The kept state of order `id`.
@@ -174,8 +177,8 @@ impl ReadCache {
 
     /// Bytes its entries are charged now, their places included.
     pub fn bytes(&self) -> u64 {
-        let places = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len();
-        self.bytes.load(Ordering::Relaxed) + (places * PLACE_BYTES) as u64
+        let places = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (places.bytes + places.order.len() * PLACE_BYTES) as u64
     }
 
     /// How many orders it holds.
@@ -261,7 +264,7 @@ mod tests {
         assert_eq!(cache.get_by_key("M1", "O1").map(|o| o.seq), Some(3));
         // A second reader of the same order finds it kept and does not put it in again.
         cache.keep_read(state(1, 3), mark);
-        assert_eq!(cache.queue.lock().unwrap().len(), 1);
+        assert_eq!(cache.queue.lock().unwrap().order.len(), 1);
     }
 
     #[test]
