@@ -477,16 +477,12 @@ impl WechatSim {
     /// in the API the trade was opened with. (After a restart, a refund due meanwhile is
     /// carried out when next looked at, without a notification: queries find it.)
     fn carry_out_refund(&self, mch_id: &str, out_trade_no: &str, out_refund_no: &str) {
-        let now = self.core.now_ms();
-        let settled = self.with_trade(mch_id, out_trade_no, |t, _| {
-            let r = t.refunds.iter_mut().find(|r| r.out_refund_no == out_refund_no).ok_or(Refusal::RefundNotFound)?;
-            // with_trade settled it if due; settle now in any case, the wait is over.
-            r.settles_at = r.settles_at.min(now);
-            r.settle_if_due(now);
-            let r = r.clone();
-            Ok((t.clone(), r))
+        // with_trade carries out every refund whose time has come, this one among them.
+        let settled = self.with_trade(mch_id, out_trade_no, |t, now| {
+            let r = t.refunds.iter().find(|r| r.out_refund_no == out_refund_no).ok_or(Refusal::RefundNotFound)?;
+            Ok((t.clone(), r.clone(), now))
         });
-        let Ok((t, r)) = settled else { return };
+        let Ok((t, r, now)) = settled else { return };
         let Some(m) = self.merchants.get(mch_id).filter(|_| !r.notify_url.is_empty()) else { return };
         let notification = match t.api {
             Api::V2(_) => Ok(self.v2_refund_notification(m, &t, &r)),
