@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
-use paygate_actors::ports::Clock;
 use paygate_actors::signing::{self, SignType};
 use serde_json::Value;
 

@@ -83,7 +83,7 @@ struct ApiTime;
 
 impl tracing_subscriber::fmt::time::FormatTime for ApiTime {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        use paygate_actors::ports::Clock;
+        use paygate_actors::clock::Clock;
         write!(w, "{}", paygate::time_fmt::Rfc3339(paygate_actors::clock::SystemClock.now_ms()))
     }
 }

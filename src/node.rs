@@ -9,13 +9,14 @@ use std::time::Duration;
 use actix::{Actor, Arbiter, System};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle};
+use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::ShardId;
 use paygate_actors::merchant::MerchantDirectory;
 use paygate_actors::notifier::{MerchantNotifier, NotifierContext, NotifierDirectory};
-use paygate_actors::order_actor::{OrderContext, Passivation};
+use paygate_actors::order_actor::{OrderActor, OrderContext, Passivation};
 use paygate_actors::order_router::OrderRouter;
-use paygate_actors::ports::{ChannelConnector, Clock, Journal, NotifyStore};
+use paygate_actors::ports::{ChannelConnector, Journal, NotifyStore};
 use paygate_actors::registry::Registry;
 use paygate_actors::shard::ShardSupervisor;
 use paygate_actors::signing::SignType;
@@ -71,7 +72,7 @@ pub struct Node {
     /// The views (for inspection in tests and tools).
     pub views: Arc<Views>,
     /// Live order actors.
-    pub registry: Arc<Registry>,
+    pub registry: Arc<Registry<OrderActor>>,
     /// Dropped when the node stops, with the journal handle it holds.
     app: Option<Arc<App>>,
     /// Dropped when the node stops, so the journal's threads can finish.
@@ -206,7 +207,7 @@ struct Started {
     public_url: String,
     sandbox: Option<Arc<Sandbox>>,
     sim: Option<crate::sim::SimHandle>,
-    registry: Arc<Registry>,
+    registry: Arc<Registry<OrderActor>>,
     app: Arc<App>,
     system: System,
 }

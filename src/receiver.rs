@@ -13,8 +13,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
-use paygate_actors::ports::Clock;
 use paygate_actors::signing::{self, SignType};
 
 /// How far a `Paygate-Signature` timestamp may be from this machine's clock, seconds.

@@ -18,14 +18,16 @@ use std::time::Duration;
 
 use actix::clock::sleep;
 use dashmap::DashMap;
+use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::money::Money;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback,
+    CreateAccepted, TradeRef, Verified, VerifiedCallback,
 };
+use paygate_actors::refund::RefundState;
 use paygate_actors::signing::{self, SignType};
 use serde::{Deserialize, Serialize};
 

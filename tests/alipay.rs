@@ -13,7 +13,9 @@ use paygate::channels::alipay::wire::{self, Params};
 use paygate::channels::alipay::{AlipayConnector, AlipaySettings};
 use paygate::config::Config;
 use paygate::crypto::{RsaSigner, RsaVerifier};
-use paygate_actors::ports::{ChannelConnector, Clock, RefundState};
+use paygate_actors::clock::Clock;
+use paygate_actors::ports::ChannelConnector;
+use paygate_actors::refund::RefundState;
 use serde_json::{json, Value};
 
 const PAY: &str = "/api/v1/payment/pay";

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use paygate_actors::ids::PayOrderNo;
+use paygate_actors::order_actor::OrderActor;
 use paygate_actors::registry::Registry;
 
 const PAY: &str = "/api/v1/payment/pay";
@@ -293,7 +294,7 @@ fn an_injected_channel_error_is_an_unknown_outcome_not_a_failure() {
 }
 
 /// Waits until every order actor has left memory.
-fn all_passivated(registry: &Registry) {
+fn all_passivated(registry: &Registry<OrderActor>) {
     eventually(Duration::from_secs(10), || (registry.live_orders() == 0).then_some(()))
         .unwrap_or_else(|| panic!("{} order actors still live", registry.live_orders()))
 }

@@ -12,8 +12,8 @@ use common::*;
 use paygate::channels::wechat::v2::wire as v2wire;
 use paygate::channels::wechat::v3::wire as v3wire;
 use paygate::crypto::RsaSigner;
+use paygate_actors::clock::Clock;
 use paygate_actors::ids::PayOrderNo;
-use paygate_actors::ports::Clock;
 use paygate_actors::refund::Refund;
 use serde_json::{json, Value};
 

@@ -14,7 +14,9 @@ use paygate::channels::unionpay::wire::{self, Params};
 use paygate::channels::unionpay::{UnionPayConnector, UnionPaySettings};
 use paygate::config::Config;
 use paygate::crypto::{Certificate, RsaSigner, TrustStore};
-use paygate_actors::ports::{ChannelConnector, Clock, RefundState};
+use paygate_actors::clock::Clock;
+use paygate_actors::ports::ChannelConnector;
+use paygate_actors::refund::RefundState;
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(20);

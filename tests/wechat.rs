@@ -10,9 +10,11 @@ use common::*;
 use paygate::channels::wechat::v2::wire::{self, Params};
 use paygate::channels::wechat::v2::{WechatV2Connector, WechatV2Settings};
 use paygate::config::Config;
+use paygate_actors::clock::Clock;
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::money::{Currency, Money};
-use paygate_actors::ports::{ChannelConnector, Clock, RefundState, TradeRef};
+use paygate_actors::ports::{ChannelConnector, TradeRef};
+use paygate_actors::refund::RefundState;
 use paygate_actors::signing::SignType;
 use serde_json::{json, Value};
 

@@ -13,7 +13,9 @@ use paygate::channels::wechat::v3::wire;
 use paygate::channels::wechat::v3::{WechatV3Connector, WechatV3Settings};
 use paygate::config::Config;
 use paygate::crypto::{Certificate, RsaSigner};
-use paygate_actors::ports::{ChannelConnector, Clock, RefundState};
+use paygate_actors::clock::Clock;
+use paygate_actors::ports::ChannelConnector;
+use paygate_actors::refund::RefundState;
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(20);

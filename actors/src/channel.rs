@@ -14,9 +14,8 @@ use crate::daily_volume::{business_day, DailyVolume};
 use crate::error::CoreError;
 use crate::money::Money;
 use crate::order::{ChannelNotice, PayMethod};
-use crate::ports::{
-    BoxFuture, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund, CreateAccepted, RefundState, TradeRef,
-};
+use crate::ports::{BoxFuture, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund, CreateAccepted, TradeRef};
+use crate::refund::RefundState;
 
 /// Whether routing may use a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -3,10 +3,14 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::ports::Clock;
-
 /// A moment: milliseconds since the Unix epoch (UTC). Every time the core keeps is one.
 pub type UnixMillis = i64;
+
+/// Wall-clock time: the system clock on a node, a fake one in tests.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now_ms(&self) -> UnixMillis;
+}
 
 /// The wall clock.
 #[derive(Debug, Default, Clone, Copy)]

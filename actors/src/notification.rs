@@ -24,28 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::PayOrderNo;
 use crate::money::Money;
-use crate::order::Order;
+use crate::order::{NotifyType, Order};
 use crate::signing::{self, SignType};
 use crate::time_fmt::Rfc3339;
-
-/// What a notification reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum NotifyType {
-    /// A payment's final outcome: SUCCESS, FAILED, CLOSED or EXPIRED.
-    Pay,
-    /// A refund's outcome: SUCCESS or FAILED.
-    Refund,
-}
-
-impl NotifyType {
-    /// The wire name (`notify_type`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            NotifyType::Pay => "PAY",
-            NotifyType::Refund => "REFUND",
-        }
-    }
-}
 
 /// Where a notification stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,12 +21,13 @@ use actix::{
 };
 
 use crate::breaker::{Breaker, BreakerPolicy};
+use crate::clock::Clock;
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::merchant::MerchantProfile;
 use crate::notification::{Notification, NotifyCommand, NotifyStatus, RetrySchedule};
 use crate::order::{Order, OrderEvent};
-use crate::ports::{Clock, Journal, NotifyStore, NotifyTransport, Outgoing, Record, StorageError, Ticket};
+use crate::ports::{Journal, NotifyStore, NotifyTransport, Outgoing, Record, StorageError, Ticket};
 
 /// How merchants are notified.
 #[derive(Debug, Clone)]

@@ -18,9 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{CoreError, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::money::Money;
-use crate::notification::NotifyType;
-use crate::ports::RefundState;
-use crate::refund::{Refund, RefundEvent, RefundPolicy, RefundSpec, MAX_REFUNDS};
+use crate::refund::{Refund, RefundEvent, RefundPolicy, RefundSpec, RefundState, MAX_REFUNDS};
 
 /// How the buyer pays: picks the family of channels that can take the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -384,6 +382,25 @@ pub enum OrderCommand {
         /// Queries before review.
         max_queries: u8,
     },
+}
+
+/// What a notification reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NotifyType {
+    /// A payment's final outcome: SUCCESS, FAILED, CLOSED or EXPIRED.
+    Pay,
+    /// A refund's outcome: SUCCESS or FAILED.
+    Refund,
+}
+
+impl NotifyType {
+    /// The wire name (`notify_type`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NotifyType::Pay => "PAY",
+            NotifyType::Refund => "REFUND",
+        }
+    }
 }
 
 /// What happened to an order. Journaled, then applied; never edited.

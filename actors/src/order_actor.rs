@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, WrapFuture};
 
 use crate::channel::{ChannelDirectory, ChannelHandle};
+use crate::clock::Clock;
 use crate::daily_volume::{business_day, counted};
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::ids::PayOrderNo;
@@ -17,9 +18,9 @@ use crate::notification::Notification;
 use crate::notifier::NotifierDirectory;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
 use crate::ports::{
-    ChannelError, ChannelOrder, ChannelRefund, Clock, Journal, OrderStore, Record, RefundState, StorageError, Ticket,
-    TradeRef,
+    ChannelError, ChannelOrder, ChannelRefund, Journal, OrderStore, Record, StorageError, Ticket, TradeRef,
 };
+use crate::refund::RefundState;
 use crate::refund::{RefundEvent, RefundSpec, RefundStatus};
 use crate::registry::Registry;
 use crate::shared_order::{Published, SharedOrder};
@@ -50,7 +51,7 @@ pub struct OrderContext {
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// Live actors.
-    pub registry: Arc<Registry>,
+    pub registry: Arc<Registry<OrderActor>>,
     /// Active query schedule.
     pub query_policy: QueryPolicy,
     /// Memory policy.

@@ -12,6 +12,7 @@ use crate::ids::PayOrderNo;
 use crate::money::Money;
 use crate::notification::{Attempt, Notification, NotifyEvent};
 use crate::order::{ChannelNotice, Order, OrderEvent, PayScene};
+use crate::refund::RefundState;
 
 /// A boxed, sendable future: the shape of every asynchronous port method.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -175,12 +176,6 @@ pub trait OrderStore: Send + Sync + 'static {
     fn id_high_water(&self) -> u64;
 }
 
-/// Wall-clock time. A fake in tests.
-pub trait Clock: Send + Sync + 'static {
-    /// Now.
-    fn now_ms(&self) -> UnixMillis;
-}
-
 /// What the channel needs to open a trade.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelOrder {
@@ -278,24 +273,6 @@ pub struct ChannelRefund {
     /// When the refund was first asked for: channels that key a refund on its
     /// time (UnionPay's txnTime) need the same value again to ask about it.
     pub requested_at: UnixMillis,
-}
-
-/// Where a refund stands at the channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefundState {
-    /// Done.
-    Success,
-    /// Accepted, not finished.
-    Processing,
-    /// Refused or failed.
-    Failed(String),
-    /// Taken from the merchant but not delivered to the buyer (WeChat's ABNORMAL: the
-    /// buyer's card was closed): someone must act, so the refund goes to manual review
-    /// with its amount held.
-    Abnormal(String),
-    /// The channel has no refund by this number (a query's answer): the ask never
-    /// reached it, so it may be asked again under the same number.
-    NotFound,
 }
 
 /// An inbound callback as received over HTTP.

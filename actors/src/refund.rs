@@ -18,10 +18,28 @@
 //! refunds it at once, by itself ([`RefundEvent::LateRequested`]). Such a refund returns
 //! that payment, not the order's, so it holds nothing of the order's paid amount.
 
-use crate::clock::UnixMillis;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::UnixMillis;
 use crate::ids::PayOrderNo;
+
+/// Where a refund stands at the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundState {
+    /// Done.
+    Success,
+    /// Accepted, not finished.
+    Processing,
+    /// Refused or failed.
+    Failed(String),
+    /// Taken from the merchant but not delivered to the buyer (WeChat's ABNORMAL: the
+    /// buyer's card was closed): someone must act, so the refund goes to manual review
+    /// with its amount held.
+    Abnormal(String),
+    /// The channel has no refund by this number (a query's answer): the ask never
+    /// reached it, so it may be asked again under the same number.
+    NotFound,
+}
 
 /// Where a refund stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

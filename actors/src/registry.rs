@@ -1,14 +1,16 @@
 //! The sharded registry of live order actors, for the hot path: an id or a merchant's
 //! order number to the actor's address and its published state. Shard supervisors own
 //! activation; actors remove themselves when they passivate.
+//!
+//! It is generic over the actor so that it knows addresses, not the actor that holds it
+//! (the order actor registers and removes itself here).
 
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::{Actor, Addr};
 use dashmap::DashMap;
 
 use crate::ids::{merchant_key, PayOrderNo};
-use crate::order_actor::OrderActor;
 use crate::read_cache::ReadCache;
 use crate::shared_order::{Published, SharedOrder};
 
@@ -38,25 +40,35 @@ pub enum LiveState {
 }
 
 /// A live order: its actor and what the actor has published.
-#[derive(Clone)]
-struct Live {
-    addr: Addr<OrderActor>,
+struct Live<A: Actor> {
+    addr: Addr<A>,
     published: Arc<Published>,
+}
+
+impl<A: Actor> Clone for Live<A> {
+    fn clone(&self) -> Self {
+        Live { addr: self.addr.clone(), published: Arc::clone(&self.published) }
+    }
 }
 
 /// Live order actors by id and by merchant key, and the last states of recently
 /// passivated ones.
-#[derive(Default)]
-pub struct Registry {
-    by_id: DashMap<PayOrderNo, Live>,
-    by_key: DashMap<String, Live>,
+pub struct Registry<A: Actor> {
+    by_id: DashMap<PayOrderNo, Live<A>>,
+    by_key: DashMap<String, Live<A>>,
     /// Orders that left memory recently, for reads.
     pub read_cache: ReadCache,
 }
 
-impl Registry {
+impl<A: Actor> Default for Registry<A> {
+    fn default() -> Self {
+        Registry { by_id: DashMap::new(), by_key: DashMap::new(), read_cache: ReadCache::default() }
+    }
+}
+
+impl<A: Actor> Registry<A> {
     /// A registry whose read cache holds up to `read_cache` bytes of passivated orders.
-    pub fn with_read_cache(read_cache: usize) -> Registry {
+    pub fn with_read_cache(read_cache: usize) -> Self {
         Registry { read_cache: ReadCache::new(read_cache), ..Registry::default() }
     }
 
@@ -69,7 +81,7 @@ impl Registry {
     }
 
     /// `read` applied to the registry entry for `target`, if there is one (live or not).
-    fn entry<R>(&self, target: &OrderTarget, read: impl FnOnce(&Live) -> R) -> Option<R> {
+    fn entry<R>(&self, target: &OrderTarget, read: impl FnOnce(&Live<A>) -> R) -> Option<R> {
         match target {
             OrderTarget::Id(id) => self.by_id.get(id).map(|l| read(&l)),
             OrderTarget::Key { merchant_id, order_no } => {
@@ -79,7 +91,7 @@ impl Registry {
     }
 
     /// The live actor for `target`, if any.
-    pub fn lookup(&self, target: &OrderTarget) -> Option<Addr<OrderActor>> {
+    pub fn lookup(&self, target: &OrderTarget) -> Option<Addr<A>> {
         self.entry(target, |l| l.addr.clone()).filter(Addr::connected)
     }
 
@@ -93,7 +105,7 @@ impl Registry {
     }
 
     /// Registers a live actor under its id and, when known, its merchant key.
-    pub fn register(&self, id: &PayOrderNo, key: Option<String>, addr: &Addr<OrderActor>, published: Arc<Published>) {
+    pub fn register(&self, id: &PayOrderNo, key: Option<String>, addr: &Addr<A>, published: Arc<Published>) {
         let live = Live { addr: addr.clone(), published };
         if let Some(k) = key {
             self.by_key.insert(k, live.clone());
@@ -103,7 +115,7 @@ impl Registry {
 
     /// Removes the entries that point at `addr` (and only those: a newer activation
     /// under the same keys stays).
-    pub fn remove(&self, id: &PayOrderNo, key: Option<&str>, addr: &Addr<OrderActor>) {
+    pub fn remove(&self, id: &PayOrderNo, key: Option<&str>, addr: &Addr<A>) {
         self.by_id.remove_if(id, |_, l| &l.addr == addr);
         if let Some(k) = key {
             self.by_key.remove_if(k, |_, l| &l.addr == addr);

@@ -16,6 +16,7 @@ use paygate_actors::order::{ChannelNotice, Order, OrderSpec, OrderStatus, PayMet
 use paygate_actors::order_actor::{OrderContext, OrderRequest, Passivation, PaySubmission};
 use paygate_actors::order_router::OrderRouter;
 use paygate_actors::ports::*;
+use paygate_actors::refund::RefundState;
 use paygate_actors::registry::{OrderTarget, Registry};
 use paygate_actors::shard::ShardSupervisor;
 

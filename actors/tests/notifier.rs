@@ -10,8 +10,9 @@ use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::merchant::{MerchantProfile, MerchantStatus};
 use paygate_actors::money::{Currency, Money};
-use paygate_actors::notification::{Attempt, Notification, NotifyStatus, NotifyType, RetrySchedule};
+use paygate_actors::notification::{Attempt, Notification, NotifyStatus, RetrySchedule};
 use paygate_actors::notifier::{NotifierContext, NotifierDirectory, NotifyPolicy};
+use paygate_actors::order::NotifyType;
 use paygate_actors::order::{Order, OrderEvent, OrderSpec, PayMethod};
 use paygate_actors::ports::{BoxFuture, Journal, NotifyStore, NotifyTransport, Outgoing, Record, StorageError, Ticket};
 

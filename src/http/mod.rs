@@ -26,9 +26,10 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use paygate_actors::channel::ChannelDirectory;
+use paygate_actors::clock::Clock;
 use paygate_actors::merchant::MerchantDirectory;
 use paygate_actors::order_router::OrderRouter;
-use paygate_actors::ports::{CallbackRequest, Clock};
+use paygate_actors::ports::CallbackRequest;
 use serde_json::json;
 
 use self::envelope::{json_response, with_body, ApiError, HttpResponse};

@@ -32,12 +32,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
+use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::{IdGenerator, PayOrderNo, ShardId};
 use paygate_actors::merchant::MerchantDirectory;
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, PayMethod};
-use paygate_actors::ports::{Clock, Journal, Record};
+use paygate_actors::ports::{Journal, Record};
 use paygate_actors::shared_order::SharedOrder;
 
 use crate::http::api::{authenticate_with, pay_answer, pay_spec, query_answer, PayLimits};

@@ -11,8 +11,8 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
-use paygate_actors::ports::Clock;
 use paygate_actors::signing::{self, SignType};
 
 /// What one request does.

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::merchant::MerchantProfile;
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::order::{OrderEvent, OrderSpec, PayMethod};
-use paygate_actors::ports::Clock;
 use paygate_actors::signing;
 use serde_json::{json, Value};
 

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Response;
 use hyper_util::rt::TokioIo;
+use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::merchant::MerchantProfile;
-use paygate_actors::ports::Clock;
 use paygate_actors::signing;
 use serde_json::{json, Value};
 

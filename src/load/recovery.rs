@@ -70,7 +70,7 @@ pub fn write_orders(
     records: impl Fn(&PayOrderNo, u64) -> Vec<(u64, Vec<OrderEvent>)> + Send + Sync + 'static,
 ) -> Option<(PayOrderNo, u64)> {
     let writers = 512u64;
-    let now = paygate_actors::ports::Clock::now_ms(&paygate_actors::clock::SystemClock);
+    let now = paygate_actors::clock::Clock::now_ms(&paygate_actors::clock::SystemClock);
     let journal = Arc::new(storage.journal.clone());
     let records = Arc::new(records);
     rt.block_on(async {
@@ -109,7 +109,7 @@ pub fn run(opts: &RecoveryOptions) -> Result<(), String> {
     let data = std::env::temp_dir().join(format!("paygate-recovery-{}", std::process::id()));
     let storage = fresh_storage(&config, &data)?;
     let orders = opts.events.div_ceil(2);
-    let now = paygate_actors::ports::Clock::now_ms(&paygate_actors::clock::SystemClock);
+    let now = paygate_actors::clock::Clock::now_ms(&paygate_actors::clock::SystemClock);
     let generated = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

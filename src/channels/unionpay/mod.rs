@@ -14,14 +14,16 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
+use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::order::ChannelNotice;
 use paygate_actors::ports::{
     BillLine, BoxFuture, CallbackReply, CallbackRequest, ChannelConnector, ChannelError, ChannelOrder, ChannelRefund,
-    Clock, CreateAccepted, RefundState, TradeRef, Verified, VerifiedCallback, VerifiedRefund,
+    CreateAccepted, TradeRef, Verified, VerifiedCallback, VerifiedRefund,
 };
 use paygate_actors::refund::Refund;
+use paygate_actors::refund::RefundState;
 
 use self::wire::Params;
 use crate::crypto::{RsaSigner, TrustStore};
