@@ -101,6 +101,10 @@ fn orders_are_listed_newest_first_by_status_and_paged_without_gaps_or_repeats() 
     );
     assert_eq!(none.json["data"]["orders"], Value::Array(vec![]));
     assert!(none.json["data"]["next_cursor"].is_null());
+    // A start in the future with no end is an empty range, not a mistake.
+    let later = c.call("/api/v1/payment/list", params(&[("start_time", "2999-01-01T00:00:00Z")]));
+    assert_eq!(later.code(), "SUCCESS", "{later:?}");
+    assert_eq!(later.json["data"]["orders"], Value::Array(vec![]));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use common::*;
 use paygate_actors::error::ErrorCode;
 use paygate_actors::money::Currency;
-use paygate_actors::order::{OrderStatus, PayMethod};
+use paygate_actors::order::{OrderStatus, PayMethod, PayScene};
 use serde_json::Value;
 
 fn strings(v: &Value) -> BTreeSet<String> {
@@ -37,6 +37,23 @@ fn the_openapi_document_matches_the_server() {
     let pay = &schemas["PayRequest"]["allOf"][1];
     assert_eq!(strings(&pay["properties"]["pay_method"]["enum"]), set(PayMethod::ALL.iter().map(|m| m.as_str())));
     assert_eq!(strings(&pay["properties"]["currency"]["enum"]), set(Currency::ALL.iter().map(|c| c.code())));
+    let offered = pay["allOf"].as_array().unwrap().iter().find_map(|rule| {
+        let alternatives = rule["anyOf"].as_array()?;
+        alternatives.iter().all(|a| a["properties"]["pay_scene"].is_object()).then_some(alternatives)
+    });
+    let offered: Vec<(String, BTreeSet<String>)> = offered
+        .expect("the pay_scene each pay_method offers")
+        .iter()
+        .map(|a| {
+            let method = strings(&a["properties"]["pay_method"]["enum"]).into_iter().next().unwrap();
+            (method, strings(&a["properties"]["pay_scene"]["enum"]))
+        })
+        .collect();
+    let expected: Vec<(String, BTreeSet<String>)> = PayMethod::ALL
+        .iter()
+        .map(|&m| (m.as_str().to_owned(), set(PayScene::offered_by(m).iter().map(|s| s.as_str()))))
+        .collect();
+    assert_eq!(offered, expected);
 
     // Every documented path answers a signed request (not "no such endpoint").
     let c = t.client();

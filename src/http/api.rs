@@ -645,10 +645,13 @@ fn list_query(
             .transpose()
     };
     let from_ms = time("start_time")?.ok_or_else(|| CoreError::invalid("start_time", "is required"))?;
-    let to_ms = time("end_time")?.unwrap_or(now_ms + 1);
-    if to_ms <= from_ms {
-        return Err(CoreError::invalid("end_time", "must be after start_time"));
-    }
+    // Without an end the range is open; one starting in the future is then empty, not
+    // an error (only an end the merchant gave can be before the start).
+    let to_ms = match time("end_time")? {
+        Some(to_ms) if to_ms <= from_ms => return Err(CoreError::invalid("end_time", "must be after start_time")),
+        Some(to_ms) => to_ms,
+        None => (now_ms + 1).max(from_ms),
+    };
     let status =
         match optional(params, "status", 32)? {
             None => None,
