@@ -24,7 +24,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// Data directory and journal.
     pub storage: StorageConfig,
-    /// Sharding.
+    /// How orders are spread over actor shards.
     pub shards: ShardsConfig,
     /// Order rules and timers.
     pub orders: OrdersConfig,
@@ -129,7 +129,8 @@ impl Config {
 /// segment of their own; above, recovery would hold an unreasonable segment in memory.
 pub const SEGMENT_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
 
-/// Sharding.
+/// How orders are spread over actor shards: each order belongs to one shard by its
+/// merchant and order number, and each shard has one supervisor.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ShardsConfig {
     /// Fixed shard count of the cluster.
@@ -207,7 +208,7 @@ fn default_read_cache_bytes() -> usize {
     128 << 20
 }
 
-/// Authentication.
+/// How signed requests are checked beyond their signature.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthConfig {
     /// Accepted timestamp skew, seconds.

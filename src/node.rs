@@ -47,7 +47,7 @@ pub enum StartError {
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
-        /// The address.
+        /// The address asked for (`server.listen`).
         addr: String,
         /// Why.
         source: std::io::Error,

@@ -125,7 +125,7 @@ impl ChannelHandle {
         self.call(self.connector.close_order(trade)).await
     }
 
-    /// Refunds.
+    /// Asks the channel to refund (part of) a paid trade under the refund's own number.
     pub async fn refund(&self, refund: ChannelRefund) -> Result<RefundState, ChannelError> {
         self.call(self.connector.refund(refund)).await
     }

@@ -94,7 +94,7 @@ pub enum MoneyError {
     /// Above the configured maximum (or too many digits to be an amount at all).
     #[error("exceeds the maximum amount {max}")]
     TooLarge {
-        /// The maximum.
+        /// The largest amount accepted, in the currency asked for.
         max: Money,
     },
     /// Not a supported ISO currency.

@@ -220,7 +220,7 @@ pub enum NotifyCommand {
     },
     /// Send it again now, whatever its state.
     Resend {
-        /// Now.
+        /// When the merchant asked: the next attempt is due then.
         now: UnixMillis,
     },
 }
@@ -229,9 +229,9 @@ pub enum NotifyCommand {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("notification {notify_id}: {event} cannot follow status {status:?}")]
 pub struct NotifyViolation {
-    /// The notification.
+    /// The notification's id.
     pub notify_id: String,
-    /// Its status.
+    /// The status the event was applied to.
     pub status: NotifyStatus,
     /// The offending event.
     pub event: &'static str,

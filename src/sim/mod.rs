@@ -231,9 +231,9 @@ impl SimRequest {
 pub struct SimHandle {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its base URL.
+    /// The URL buyers and channels reach it at (`http://<public host>:<port>`).
     pub base_url: String,
-    /// The simulator.
+    /// Its accounts, trades and faults, for in-process tests and the node.
     pub sim: Arc<Simulator>,
     /// Stops the server (and so closes the simulator's store) once the last handle goes.
     _stop: Arc<StopOnDrop>,
