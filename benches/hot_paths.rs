@@ -16,7 +16,7 @@ use paygate::sandbox::{Sandbox, SandboxConnector};
 use paygate::storage::codec::{decode_order, encode_order};
 use paygate::storage::{Storage, StorageOptions};
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle, ChannelProfile, ChannelStatus};
-use paygate_actors::channel_selection::select_channel;
+use paygate_actors::channel_selection::{rank_channels, Live};
 use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::{PayOrderNo, ShardId};
@@ -164,7 +164,14 @@ fn decisions(c: &mut Criterion) {
         .collect();
     let amount = Money::from_minor(10_000, Currency::CNY);
     c.bench_function("routing_select_8_channels", |b| {
-        b.iter(|| select_channel(black_box(&channels), PayMethod::Sandbox, amount, |_| true).map(|c| c.weight))
+        b.iter(|| {
+            let live = Live {
+                has_room: |_: &ChannelProfile| true,
+                is_up: |_: &ChannelProfile| true,
+                weight: |c: &ChannelProfile| c.weight,
+            };
+            rank_channels(black_box(&channels), PayMethod::Sandbox, amount, live).map(|c| c.len())
+        })
     });
 
     let bytes = encode_order(&o).unwrap();
@@ -210,7 +217,13 @@ fn actor_round_trip(c: &mut Criterion) {
         let oc = Arc::new(OrderContext {
             journal: Arc::new(storage.journal.clone()),
             store: storage.views.clone(),
-            channels: ChannelDirectory::new(vec![ChannelHandle::new(profile, Arc::new(SandboxConnector(sandbox)))]),
+            channels: ChannelDirectory::new(vec![ChannelHandle::start(
+                profile,
+                Default::default(),
+                Arc::new(SandboxConnector(sandbox)),
+                Default::default(),
+                Arc::new(SystemClock),
+            )]),
             clock: Arc::new(SystemClock),
             registry: Arc::new(Registry::default()),
             query_policy: QueryPolicy::default(),
@@ -221,7 +234,7 @@ fn actor_round_trip(c: &mut Criterion) {
         let router = OrderRouter::new(oc, shards);
         let mut spec = order().spec;
         spec.order_no = "RT-1".into();
-        let sub = PaySubmission { spec, route: Ok("sandbox".into()), expire_after_ms: 1_800_000 };
+        let sub = PaySubmission { spec, route: Ok(vec!["sandbox".into()]), expire_after_ms: 1_800_000 };
         let created = router
             .dispatch(
                 OrderTarget::Key { merchant_id: "M20240101001".into(), order_no: "RT-1".into() },

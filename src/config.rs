@@ -263,9 +263,66 @@ pub struct ChannelConfig {
     /// Call timeout, milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// When the channel's circuit breaker opens and how it probes.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
     /// Provider-specific settings.
     #[serde(default)]
     pub settings: toml::Table,
+}
+
+/// A channel's circuit breaker (`[channels.breaker]`). It opens after
+/// `failures_in_a_row` failed calls, or when `failure_rate_pct` of the latest `window`
+/// calls failed (once at least `min_calls` were made); it stays open `open_ms`, doubling
+/// on each failed probe up to `max_open_ms`, then lets `probes` calls through. A
+/// failure is a timeout, a connection error, a 5xx or a provider's busy code, never a
+/// business refusal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Failed calls in a row that open it.
+    pub failures_in_a_row: u32,
+    /// Share of the window's calls, in percent, that opens it.
+    pub failure_rate_pct: u32,
+    /// How many of the latest calls the rate is taken over.
+    pub window: u32,
+    /// The fewest calls in the window before the rate counts.
+    pub min_calls: u32,
+    /// How long it first stays open, milliseconds.
+    pub open_ms: i64,
+    /// The longest it stays open, milliseconds.
+    pub max_open_ms: i64,
+    /// Calls let through at once when the open time has passed.
+    pub probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures_in_a_row: 5,
+            failure_rate_pct: 50,
+            window: 20,
+            min_calls: 10,
+            open_ms: 30_000,
+            max_open_ms: 600_000,
+            probes: 1,
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// The policy the channel's breaker runs.
+    pub fn policy(&self) -> paygate_actors::breaker::BreakerPolicy {
+        paygate_actors::breaker::BreakerPolicy {
+            failures_to_open: self.failures_in_a_row,
+            open_ms: self.open_ms,
+            max_open_ms: self.max_open_ms,
+            probes: self.probes,
+            window: self.window,
+            min_calls: self.min_calls,
+            failure_rate_pct: self.failure_rate_pct,
+        }
+    }
 }
 
 fn default_minute_ms() -> u64 {

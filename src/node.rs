@@ -168,7 +168,19 @@ fn describe_metrics() {
         "paygate_read_cache_misses_total",
         "Order reads answered from the views: neither in memory nor in the read cache"
     );
-    describe_counter!("paygate_channel_calls_total", "Calls to payment channels, by channel and outcome");
+    describe_counter!(
+        "paygate_channel_calls_total",
+        "Calls to payment channels, by channel and outcome (ok, rejected, unknown, unavailable, breaker_open)"
+    );
+    describe_counter!(
+        "paygate_channel_breaker_transitions_total",
+        "A channel's circuit breaker changing state, by new state"
+    );
+    describe_gauge!("paygate_channel_breaker_state", "A channel's circuit breaker: 0 closed, 1 half open, 2 open");
+    describe_gauge!("paygate_channel_success_ratio", "Share of a channel's latest calls that got an answer");
+    describe_gauge!("paygate_channel_latency_p50_seconds", "Median latency of a channel's latest calls");
+    describe_gauge!("paygate_channel_latency_p95_seconds", "95th percentile latency of a channel's latest calls");
+    describe_gauge!("paygate_channel_enabled", "1 while a channel is enabled for routing");
     describe_counter!("paygate_notify_attempts_total", "Merchant notification attempts, by outcome");
     describe_counter!("paygate_notify_delivered_total", "Merchant notifications acknowledged");
     describe_counter!("paygate_notify_dead_total", "Merchant notifications given up after every retry");
@@ -304,6 +316,7 @@ fn build(
         }
         _ => None,
     };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     for c in &config.channels {
         let connector: Arc<dyn ChannelConnector> = match c.provider.as_str() {
             "alipay" => Arc::new(AlipayConnector::new(alipay_from(c, sim.as_ref(), &public_url)?)),
@@ -321,7 +334,13 @@ fn build(
                 continue;
             }
         };
-        channel_handles.push(ChannelHandle::new(c.profile()?, connector));
+        // What operators set while earlier runs of the node were up, over the configuration.
+        let setting = storage
+            .views
+            .channel_setting(&c.code)
+            .map_err(|e| crate::storage::OpenError::Inconsistent(format!("channel settings: {e}")))?;
+        let policy = c.breaker.policy();
+        channel_handles.push(ChannelHandle::start(c.profile()?, setting, connector, policy, Arc::clone(&clock)));
     }
     // Today's volumes, as the recovered views hold them, so a restart does not reopen
     // daily limits.
@@ -338,7 +357,6 @@ fn build(
     let auth = config.auth_policy();
     let merchants = MerchantDirectory::new(config.merchants.clone(), auth);
 
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let registry = Arc::new(Registry::with_read_cache(config.orders.read_cache_bytes));
     let views: Arc<Views> = Arc::clone(&storage.views);
     let journal: Arc<dyn Journal> = Arc::new(storage.journal.clone());

@@ -79,6 +79,7 @@ impl NotifyConfig {
                 open_ms: self.breaker_open_ms,
                 max_open_ms: self.breaker_max_open_ms,
                 probes: 1,
+                ..BreakerPolicy::default()
             },
             max_in_flight: self.max_in_flight,
             queue: self.queue,

@@ -166,5 +166,5 @@ fn a_channel_answer_over_the_bound_is_refused() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let answer = rt.block_on(HttpClient::new().post(&url, "text/plain", b"q".to_vec(), Duration::from_secs(20)));
     let err = answer.expect_err("refused");
-    assert!(err.contains(&format!("over {MAX_ANSWER_BYTES} bytes")), "{err}");
+    assert!(err.message.contains(&format!("over {MAX_ANSWER_BYTES} bytes")), "{err}");
 }

@@ -3,12 +3,15 @@
 //! work queued for it is not spent on calls that cannot succeed.
 //!
 //! ```text
-//! CLOSED ──(failures_to_open in a row)──► OPEN ──(open time passed)──► HALF_OPEN
+//! CLOSED ──(failures_to_open in a row, or ──► OPEN ──(open time passed)──► HALF_OPEN
+//!           a failure rate over the window)
 //!    ▲                                      ▲                              │
 //!    └──────────(probe succeeds)────────────┼──────────────────────────────┤
 //!                                           └──────(probe fails)───────────┘
 //! ```
 //! Each reopening doubles the open time up to a cap. Pure: time is passed in.
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,12 +26,30 @@ pub struct BreakerPolicy {
     pub max_open_ms: i64,
     /// Calls admitted at once while half open.
     pub probes: u32,
+    /// How many of the latest outcomes the failure rate is taken over; 0: consecutive
+    /// failures alone open the breaker.
+    #[serde(default)]
+    pub window: u32,
+    /// The fewest outcomes in the window before its failure rate may open the breaker.
+    #[serde(default)]
+    pub min_calls: u32,
+    /// The failure rate, in percent of the window, that opens the breaker.
+    #[serde(default)]
+    pub failure_rate_pct: u32,
 }
 
 impl Default for BreakerPolicy {
-    /// 5 failures in a row; open 30 s, doubling up to 10 min; one probe.
+    /// 5 failures in a row; open 30 s, doubling up to 10 min; one probe; no rate window.
     fn default() -> Self {
-        BreakerPolicy { failures_to_open: 5, open_ms: 30_000, max_open_ms: 600_000, probes: 1 }
+        BreakerPolicy {
+            failures_to_open: 5,
+            open_ms: 30_000,
+            max_open_ms: 600_000,
+            probes: 1,
+            window: 0,
+            min_calls: 0,
+            failure_rate_pct: 100,
+        }
     }
 }
 
@@ -75,6 +96,10 @@ pub struct Breaker {
     next_open_ms: i64,
     /// Probes admitted and not yet reported.
     probing: u32,
+    /// While closed: the latest outcomes (true: failed), at most `policy.window`.
+    recent: VecDeque<bool>,
+    /// How many of `recent` failed.
+    recent_failures: u32,
 }
 
 impl Breaker {
@@ -85,6 +110,9 @@ impl Breaker {
             open_ms: policy.open_ms.max(1),
             max_open_ms: policy.max_open_ms.max(policy.open_ms.max(1)),
             probes: policy.probes.max(1),
+            window: policy.window,
+            min_calls: policy.min_calls.clamp(1, policy.window.max(1)),
+            failure_rate_pct: policy.failure_rate_pct.clamp(1, 100),
         };
         Breaker {
             policy,
@@ -93,7 +121,25 @@ impl Breaker {
             open_until: 0,
             next_open_ms: policy.open_ms,
             probing: 0,
+            recent: VecDeque::with_capacity(policy.window as usize),
+            recent_failures: 0,
         }
+    }
+
+    /// The policy in force (as [`Breaker::new`] bounded it).
+    pub fn policy(&self) -> &BreakerPolicy {
+        &self.policy
+    }
+
+    /// Probes admitted and not yet reported.
+    pub fn probing(&self) -> u32 {
+        self.probing
+    }
+
+    /// Gives back a probe whose outcome will never come (its call was abandoned), so the
+    /// breaker does not wait for it forever.
+    pub fn release_probe(&mut self) {
+        self.probing = self.probing.saturating_sub(1);
     }
 
     /// The state as of `now` (an open breaker whose time has passed is half open).
@@ -129,10 +175,14 @@ impl Breaker {
     /// Reports the outcome of an admitted call at `now`.
     pub fn record(&mut self, ok: bool, now: i64) {
         match (self.state, ok) {
-            (BreakerState::Closed, true) => self.failures = 0,
+            (BreakerState::Closed, true) => {
+                self.failures = 0;
+                self.remember(false);
+            }
             (BreakerState::Closed, false) => {
                 self.failures = self.failures.saturating_add(1);
-                if self.failures >= self.policy.failures_to_open {
+                self.remember(true);
+                if self.failures >= self.policy.failures_to_open || self.rate_exceeded() {
                     self.open(now);
                 }
             }
@@ -150,9 +200,36 @@ impl Breaker {
             (BreakerState::Open, _) => {}
         }
         debug_assert!(self.state != BreakerState::Closed || self.failures < self.policy.failures_to_open);
+        debug_assert!(self.recent.len() <= self.policy.window as usize);
+        debug_assert_eq!(self.recent_failures as usize, self.recent.iter().filter(|f| **f).count());
+    }
+
+    /// Adds an outcome to the rate window, dropping the oldest beyond its size.
+    fn remember(&mut self, failed: bool) {
+        if self.policy.window == 0 {
+            return;
+        }
+        if self.recent.len() >= self.policy.window as usize {
+            if let Some(true) = self.recent.pop_front() {
+                self.recent_failures -= 1;
+            }
+        }
+        self.recent.push_back(failed);
+        self.recent_failures += u32::from(failed);
+    }
+
+    /// Whether the window holds enough outcomes and too many of them failed.
+    fn rate_exceeded(&self) -> bool {
+        let calls = self.recent.len() as u64;
+        self.policy.window > 0
+            && calls >= u64::from(self.policy.min_calls)
+            && u64::from(self.recent_failures) * 100 >= u64::from(self.policy.failure_rate_pct) * calls
     }
 
     fn open(&mut self, now: i64) {
+        // The window describes the calls of one closed period; the next starts afresh.
+        self.recent.clear();
+        self.recent_failures = 0;
         self.state = BreakerState::Open;
         self.open_until = now.saturating_add(self.next_open_ms);
         self.next_open_ms = self.next_open_ms.saturating_mul(2).min(self.policy.max_open_ms);
@@ -165,7 +242,32 @@ mod tests {
     use proptest::prelude::*;
 
     fn policy() -> BreakerPolicy {
-        BreakerPolicy { failures_to_open: 3, open_ms: 1_000, max_open_ms: 4_000, probes: 1 }
+        BreakerPolicy { failures_to_open: 3, open_ms: 1_000, max_open_ms: 4_000, probes: 1, ..BreakerPolicy::default() }
+    }
+
+    #[test]
+    fn a_failure_rate_over_the_window_opens_it_without_a_run_of_failures() {
+        let rated = BreakerPolicy { window: 10, min_calls: 6, failure_rate_pct: 50, ..policy() };
+        let mut b = Breaker::new(rated);
+        // fail, ok, fail, ok, fail: 3 of 5 failed but fewer than min_calls seen.
+        for ok in [false, true, false, true, false] {
+            assert!(b.admit(0));
+            b.record(ok, 0);
+        }
+        assert_eq!(b.state(0), BreakerState::Closed, "too few calls to judge a rate");
+        assert!(b.admit(0));
+        b.record(true, 0);
+        assert_eq!(b.state(0), BreakerState::Closed, "3 of 6 is 50%, but the last call succeeded");
+        assert!(b.admit(0));
+        b.record(false, 0);
+        assert_eq!(b.state(0), BreakerState::Open, "4 of 7 failed: over 50%");
+        // A window of mostly successes never opens it on a rate.
+        let mut b = Breaker::new(rated);
+        for i in 0..100 {
+            assert!(b.admit(0));
+            b.record(i % 3 != 0, 0);
+        }
+        assert_eq!(b.state(0), BreakerState::Closed, "a third failing stays under 50%");
     }
 
     #[test]
@@ -215,8 +317,12 @@ mod tests {
         /// Whatever the outcomes, an open breaker admits nothing before its time, and a
         /// closed one admits everything.
         #[test]
-        fn never_calls_while_open(steps in proptest::collection::vec((any::<bool>(), 0i64..3_000), 1..200)) {
-            let mut b = Breaker::new(policy());
+        fn never_calls_while_open(
+            steps in proptest::collection::vec((any::<bool>(), 0i64..3_000), 1..200),
+            window in 0u32..20,
+            rate in 1u32..=100,
+        ) {
+            let mut b = Breaker::new(BreakerPolicy { window, min_calls: window / 2, failure_rate_pct: rate, ..policy() });
             let mut now = 0i64;
             for (ok, dt) in steps {
                 now += dt;

@@ -8,6 +8,7 @@
 
 pub mod breaker;
 pub mod channel;
+pub mod channel_actor;
 pub mod channel_selection;
 pub mod clock;
 pub mod daily_volume;

@@ -18,7 +18,8 @@ use crate::notification::Notification;
 use crate::notifier::NotifierDirectory;
 use crate::order::{ChannelNotice, Order, OrderCommand, OrderEvent, OrderSpec, QueryPolicy, TimerAction};
 use crate::ports::{
-    ChannelError, ChannelOrder, ChannelRefund, Journal, OrderStore, Record, StorageError, Ticket, TradeRef,
+    ChannelError, ChannelOrder, ChannelRefund, CreateAccepted, Journal, OrderStore, Record, StorageError, Ticket,
+    TradeRef,
 };
 use crate::refund::RefundState;
 use crate::refund::{RefundEvent, RefundSpec, RefundStatus};
@@ -65,9 +66,10 @@ pub struct OrderContext {
 pub struct PaySubmission {
     /// What the merchant asked for.
     pub spec: OrderSpec,
-    /// The channel routing chose, or why there is none. Used only if the order is new:
-    /// a repeated request is answered from the order whatever routing says now.
-    pub route: Result<String, CoreError>,
+    /// The channels routing chose, best first, or why there is none. Used only if the
+    /// order is new: a repeated request is answered from the order whatever routing
+    /// says now.
+    pub route: Result<Vec<String>, CoreError>,
     /// Effective lifetime in millis (the request's minutes, or the merchant's default).
     pub expire_after_ms: i64,
 }
@@ -408,42 +410,7 @@ impl OrderCell {
 
     async fn pay(&mut self, oc: &OrderContext, sub: PaySubmission) -> CoreResult<Order> {
         let order = match &self.state {
-            None => {
-                let channel = sub.route?;
-                let created = OrderEvent::created(
-                    self.pay_order_no.clone(),
-                    sub.spec,
-                    channel,
-                    oc.clock.now_ms(),
-                    sub.expire_after_ms,
-                );
-                let order = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
-                // Routing saw room under the channel's daily limit; taking it is what
-                // holds it, against payments routed at the same moment.
-                let daily = oc.channels.get(&order.channel).map(|h| (&h.stats.daily, h.profile.daily_limit_minor));
-                let day = business_day(order.create_time);
-                if let Some((volume, limit)) = daily {
-                    if !volume.try_take(day, order.spec.amount.minor(), limit) {
-                        return Err(CoreError::new(
-                            ErrorCode::NoAvailableChannel,
-                            format!("channel {} reached its daily limit", order.channel),
-                        ));
-                    }
-                }
-                // The trade is opened before the order is journaled, and both are
-                // journaled as one record. Nobody holds the code URL until we answer,
-                // so a crash in between leaves at most an unpaid orphan trade at the
-                // channel; the repeated request opens a new one under a new id.
-                let (amount, channel) = (order.spec.amount.minor(), order.channel.clone());
-                let result = self.submit(oc, order, vec![created]).await;
-                if self.state.is_none() {
-                    // Nothing was journaled: the order does not exist, nor does its share.
-                    if let Some(h) = oc.channels.get(&channel) {
-                        h.stats.daily.adjust(day, -amount);
-                    }
-                }
-                return result;
-            }
+            None => return self.open(oc, sub).await,
             Some(order) if order.spec != sub.spec => {
                 return Err(CoreError::new(
                     ErrorCode::IdempotencyConflict,
@@ -453,7 +420,7 @@ impl OrderCell {
             Some(order) => order.clone(),
         };
         if order.status.is_open() && order.code_url.is_none() {
-            return self.submit(oc, order, Vec::new()).await;
+            return self.submit(oc, order).await;
         }
         if let (crate::order::OrderStatus::Failed, Some(reason)) = (order.status, &order.failure) {
             return Err(CoreError::new(ErrorCode::ChannelError, format!("payment failed: {reason}")));
@@ -461,24 +428,80 @@ impl OrderCell {
         Ok(order)
     }
 
-    /// Opens the trade at the channel and journals `prior` (the creation, for a new
-    /// order) with what the channel said, as one record. Only a definite refusal fails
-    /// the order; an unknown outcome leaves it PAYING, settled by query or a repeat.
-    async fn submit(&mut self, oc: &OrderContext, order: Order, prior: Vec<OrderEvent>) -> CoreResult<Order> {
-        let channel = self.channel(&oc.channels, &order)?;
+    /// Creates the order at the first of the routed channels that can take it. A channel
+    /// that certainly did not open the trade (unreachable, 503, breaker open) or has no
+    /// room left today is passed over for the next; any other answer is the order's.
+    ///
+    /// The trade is opened before the order is journaled, and both are journaled as one
+    /// record. Nobody holds the code URL until we answer, so a crash in between leaves at
+    /// most an unpaid orphan trade at the channel; the repeated request opens a new one
+    /// under a new id.
+    async fn open(&mut self, oc: &OrderContext, sub: PaySubmission) -> CoreResult<Order> {
+        let candidates = sub.route?;
         // A trade we could not journal would be an orphan at the channel.
         oc.journal.writable().map_err(StorageError::into_core)?;
-        let request = ChannelOrder {
-            pay_order_no: order.pay_order_no.clone(),
-            amount: order.spec.amount,
-            subject: order.spec.subject.clone(),
-            create_time: order.create_time,
-            expire_time: order.expire_time,
-            client_ip: order.spec.client_ip.clone(),
-            scene: order.spec.pay_scene,
-            return_url: order.spec.return_url.clone(),
-        };
-        let (cmd, refusal) = match channel.create(request).await {
+        let now = oc.clock.now_ms();
+        let day = business_day(now);
+        let mut passed_over = Vec::new();
+        for channel in candidates {
+            let Some(handle) = oc.channels.get(&channel) else { continue };
+            // Routing saw room under the channel's daily limit; taking it is what holds
+            // it, against payments routed at the same moment.
+            let amount = sub.spec.amount.minor();
+            if !handle.stats.daily.try_take(day, amount, handle.profile.daily_limit_minor) {
+                passed_over.push(format!("{channel}: daily limit reached"));
+                continue;
+            }
+            let created = OrderEvent::created(
+                self.pay_order_no.clone(),
+                sub.spec.clone(),
+                channel.clone(),
+                now,
+                sub.expire_after_ms,
+            );
+            let order = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
+            let opened = match open_trade(handle, &order).await {
+                Err(ChannelError::Unavailable(why)) => {
+                    tracing::warn!(pay_order_no = %order.pay_order_no, %channel, %why, "channel unavailable; trying the next");
+                    Err(why)
+                }
+                other => Ok(self.settle_opening(oc, order, vec![created], other).await),
+            };
+            if self.state.is_none() {
+                // Nothing was journaled: the order does not exist, nor does its share.
+                handle.stats.daily.adjust(day, -amount);
+            }
+            match opened {
+                Ok(result) => return result,
+                Err(why) => passed_over.push(why),
+            }
+        }
+        Err(CoreError::new(
+            ErrorCode::ChannelError,
+            format!("no channel could take the payment now: {}", passed_over.join("; ")),
+        ))
+    }
+
+    /// Opens the trade of an order already created whose outcome at its channel was
+    /// unknown (a repeated request): the same channel, where the trade may exist.
+    async fn submit(&mut self, oc: &OrderContext, order: Order) -> CoreResult<Order> {
+        let channel = self.channel(&oc.channels, &order)?;
+        oc.journal.writable().map_err(StorageError::into_core)?;
+        let opened = open_trade(channel, &order).await;
+        self.settle_opening(oc, order, Vec::new(), opened).await
+    }
+
+    /// Journals `prior` (the creation, for a new order) with what the channel said to
+    /// opening the trade, as one record. Only a definite refusal fails the order; any
+    /// other failure leaves it PAYING, settled by query or a repeat.
+    async fn settle_opening(
+        &mut self,
+        oc: &OrderContext,
+        order: Order,
+        prior: Vec<OrderEvent>,
+        opened: Result<CreateAccepted, ChannelError>,
+    ) -> CoreResult<Order> {
+        let (cmd, refusal) = match opened {
             Ok(accepted) => (
                 OrderCommand::Accept { code_url: accepted.code_url, channel_trade_no: accepted.channel_trade_no },
                 None,
@@ -488,7 +511,7 @@ impl OrderCell {
                 let refusal = format!("channel refused the payment: {reason}");
                 (OrderCommand::Reject { reason }, Some(refusal))
             }
-            Err(ChannelError::Unknown(why)) => {
+            Err(ChannelError::Unknown(why) | ChannelError::Unavailable(why)) => {
                 tracing::warn!(pay_order_no = %order.pay_order_no, %why, "channel create outcome unknown");
                 let refusal = format!(
                     "the channel did not answer ({why}); order {} is PAYING and will be settled by query; \
@@ -662,4 +685,19 @@ impl OrderCell {
 
 fn channel_failure(e: ChannelError) -> CoreError {
     CoreError::new(ErrorCode::ChannelError, e.to_string())
+}
+
+/// Asks `channel` to open the trade of `order`.
+async fn open_trade(channel: &ChannelHandle, order: &Order) -> Result<CreateAccepted, ChannelError> {
+    let request = ChannelOrder {
+        pay_order_no: order.pay_order_no.clone(),
+        amount: order.spec.amount,
+        subject: order.spec.subject.clone(),
+        create_time: order.create_time,
+        expire_time: order.expire_time,
+        client_ip: order.spec.client_ip.clone(),
+        scene: order.spec.pay_scene,
+        return_url: order.spec.return_url.clone(),
+    };
+    channel.create(request).await
 }

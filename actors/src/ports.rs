@@ -8,7 +8,8 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::PayOrderNo;
+use crate::channel_actor::ChannelSetting;
+use crate::ids::{PayOrderNo, ShardId};
 use crate::money::Money;
 use crate::notification::{Attempt, Notification, NotifyEvent};
 use crate::order::{ChannelNotice, Order, OrderEvent, PayScene};
@@ -41,13 +42,22 @@ pub enum Record {
         /// What happened, in order.
         events: Vec<NotifyEvent>,
     },
+    /// An operator's change to a channel: effective at once, and on every start after.
+    Channel {
+        /// The channel's code.
+        code: String,
+        /// What was set.
+        setting: ChannelSetting,
+    },
 }
 
 impl Record {
-    /// The order the record belongs to.
-    pub fn pay_order_no(&self) -> &PayOrderNo {
+    /// The shard whose sequence numbers the record: its order's, or shard 0 for a
+    /// channel setting (which belongs to no order).
+    pub fn shard(&self) -> ShardId {
         match self {
-            Record::Order { pay_order_no, .. } | Record::Notify { pay_order_no, .. } => pay_order_no,
+            Record::Order { pay_order_no, .. } | Record::Notify { pay_order_no, .. } => pay_order_no.shard(),
+            Record::Channel { .. } => ShardId(0),
         }
     }
 }
@@ -232,10 +242,12 @@ pub struct CreateAccepted {
 }
 
 /// A channel call did not succeed. The distinction matters for money: only a
-/// `Rejected` answer may fail an order; `Unknown` leaves it to be settled by query.
+/// `Rejected` answer may fail an order; `Unknown` leaves it to be settled by query;
+/// `Unavailable` is the one failure after which another channel may be tried at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelError {
-    /// The channel answered and definitively refused.
+    /// The channel answered and definitively refused: a business answer, the channel
+    /// itself is working.
     #[error("channel refused: {code}: {message}")]
     Rejected {
         /// The channel's code.
@@ -243,15 +255,27 @@ pub enum ChannelError {
         /// The channel's message.
         message: String,
     },
-    /// No trustworthy answer: timeout, transport error, 5xx, unverifiable response.
+    /// No trustworthy answer: timeout, a lost connection, 5xx other than 503, a busy
+    /// code after which the call may still have been carried out, an unverifiable answer.
     #[error("channel outcome unknown: {0}")]
     Unknown(String),
+    /// Certainly not carried out: the channel could not be reached (connection refused,
+    /// TLS handshake failed), answered 503, or its circuit breaker is open so it was
+    /// not called at all.
+    #[error("channel unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl ChannelError {
     /// An unknown outcome, because of `what`.
     pub fn unknown(what: impl std::fmt::Display) -> ChannelError {
         ChannelError::Unknown(what.to_string())
+    }
+
+    /// Whether the call says the channel is failing (for its circuit breaker): anything
+    /// but an answer, whether yes or no.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, ChannelError::Rejected { .. })
     }
 
     /// Whether the channel definitively refused with `code`.
@@ -346,6 +370,10 @@ pub struct BillLine {
 
 /// A channel connector: one payment provider's protocol behind one interface.
 pub trait ChannelConnector: Send + Sync + 'static {
+    /// Where its calls go, for operators to see; empty for a channel served in process.
+    fn gateway_url(&self) -> &str {
+        ""
+    }
     /// Opens a trade.
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>>;
     /// Asks where a trade stands.

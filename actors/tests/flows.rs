@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Actor;
+use paygate_actors::breaker::BreakerPolicy;
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle, ChannelProfile, ChannelStatus};
 use paygate_actors::clock::FakeClock;
 use paygate_actors::error::ErrorCode;
@@ -184,7 +185,13 @@ fn world_with(passivation: Passivation) -> World {
     let oc = Arc::new(OrderContext {
         journal: store.clone(),
         store: store.clone(),
-        channels: ChannelDirectory::new(vec![ChannelHandle::new(profile, Arc::new(Conn(channel.clone())))]),
+        channels: ChannelDirectory::new(vec![ChannelHandle::start(
+            profile,
+            Default::default(),
+            Arc::new(Conn(channel.clone())),
+            BreakerPolicy::default(),
+            clock.clone(),
+        )]),
         clock: clock.clone(),
         registry: Arc::new(Registry::default()),
         query_policy: QueryPolicy::default(),
@@ -200,7 +207,7 @@ fn pay(order_no: &str) -> OrderRequest {
         expire_minutes: Some(30),
         ..OrderSpec::new("M1", order_no, Money::from_minor(500, Currency::CNY), "s", PayMethod::Sandbox)
     };
-    OrderRequest::Pay(Box::new(PaySubmission { spec, route: Ok("fake".into()), expire_after_ms: 30 * 60_000 }))
+    OrderRequest::Pay(Box::new(PaySubmission { spec, route: Ok(vec!["fake".into()]), expire_after_ms: 30 * 60_000 }))
 }
 
 fn key(order_no: &str) -> OrderTarget {

@@ -1,4 +1,5 @@
-//! The admin API (bearer token): for now, driving the sandbox channel.
+//! The admin API (bearer token): channels (live state, enable/disable, weights), the
+//! sandbox channel, resending notifications.
 
 use hyper::header::AUTHORIZATION;
 use hyper::HeaderMap;
@@ -6,7 +7,12 @@ use paygate_actors::error::{CoreError, ErrorCode};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use paygate_actors::channel::ChannelHandle;
+use paygate_actors::channel_actor::ChannelSetting;
+use paygate_actors::money::{Currency, Money};
 use paygate_actors::notifier::ResendWhat;
+use paygate_actors::ports::{Record, StorageError};
+use paygate_actors::time_fmt::Rfc3339;
 
 use super::envelope::{success, ApiError, HttpResponse};
 use super::App;
@@ -81,4 +87,106 @@ pub async fn notify_resend(app: &App, headers: &HeaderMap, body: &[u8]) -> Resul
     let resent = app.notifier.resend(&merchant_id, ResendWhat::Dead).await?;
     let ids: Vec<&str> = resent.iter().map(|n| n.notify_id.as_str()).collect();
     Ok(success(&json!({ "merchant_id": merchant_id, "resent": ids.len(), "notify_ids": ids })))
+}
+
+/// What an operator sees of a channel: its configuration and its live state.
+fn channel_view(app: &App, c: &ChannelHandle) -> serde_json::Value {
+    let p = &c.profile;
+    let live = &c.live;
+    let (p50, p95) = live.latency_us();
+    let day = paygate_actors::daily_volume::business_day(app.clock.now_ms());
+    let volume = Money::from_minor(c.stats.daily.used(day), Currency::CNY);
+    json!({
+        "code": p.code,
+        "provider": p.provider,
+        "methods": p.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        "currencies": p.currencies.iter().map(|c| c.code()).collect::<Vec<_>>(),
+        "weight": live.weight(),
+        "status": if live.enabled() { "ENABLED" } else { "DISABLED" },
+        "breaker": live.breaker().as_str(),
+        "breaker_open_until": live.open_until().map(|t| Rfc3339(t).to_string()),
+        "success_rate": live.success_rate(),
+        "calls_in_window": live.calls_in_window(),
+        "latency_p50_ms": p50 as f64 / 1000.0,
+        "latency_p95_ms": p95 as f64 / 1000.0,
+        "day_volume": volume.to_string(),
+        "daily_limit": p.daily_limit_minor.map(|m| Money::from_minor(m, Currency::CNY).to_string()),
+        "single_limit": p.single_limit_minor.map(|m| Money::from_minor(m, Currency::CNY).to_string()),
+        "gateway_url": c.connector.gateway_url(),
+    })
+}
+
+/// `GET /admin/channels`: every channel, its configuration and live state.
+/// `GET /admin/channels/{code}`: one. `POST /admin/channels/{code}` with
+/// `{"status": "ENABLED"|"DISABLED", "weight": n}` (either or both) changes it while the
+/// node runs: journaled first, so it holds after a restart.
+pub async fn channels(
+    app: &App,
+    method: &hyper::Method,
+    code: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    authorize(app, headers)?;
+    let Some(code) = code else {
+        if method != hyper::Method::GET {
+            return Err(ApiError::MethodNotAllowed("GET"));
+        }
+        let all: Vec<_> = app.channels.profiles().iter().filter_map(|p| app.channels.get(&p.code)).collect();
+        return Ok(success(&json!({ "channels": all.iter().map(|c| channel_view(app, c)).collect::<Vec<_>>() })));
+    };
+    let channel = app.channels.get(code).ok_or(ApiError::NotFound)?;
+    match *method {
+        hyper::Method::GET => Ok(success(&channel_view(app, channel))),
+        hyper::Method::POST => {
+            let setting = channel_setting(body)?;
+            let record = Record::Channel { code: code.to_owned(), setting };
+            app.router.context().journal.append(record).await.map_err(StorageError::into_core)?;
+            channel.adjust(setting);
+            tracing::info!(channel = code, ?setting, "channel changed by an operator");
+            // The actor applies it on its own thread: answer with what was set.
+            let mut view = channel_view(app, channel);
+            if let Some(o) = view.as_object_mut() {
+                if let Some(on) = setting.enabled {
+                    o.insert("status".into(), json!(if on { "ENABLED" } else { "DISABLED" }));
+                }
+                if let Some(w) = setting.weight {
+                    o.insert("weight".into(), json!(w));
+                }
+            }
+            Ok(success(&view))
+        }
+        _ => Err(ApiError::MethodNotAllowed("GET, POST")),
+    }
+}
+
+/// The change an operator asks for: `status` and/or `weight`, nothing else.
+fn channel_setting(body: &[u8]) -> Result<ChannelSetting, ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Change {
+        status: Option<String>,
+        weight: Option<u32>,
+    }
+    let change: Change = serde_json::from_slice(body).map_err(|e| {
+        CoreError::invalid(
+            "body",
+            format_args!("must be {{\"status\": \"ENABLED\"|\"DISABLED\", \"weight\": n}} ({e})"),
+        )
+    })?;
+    let enabled = match change.status.as_deref() {
+        None => None,
+        Some("ENABLED") => Some(true),
+        Some("DISABLED") => Some(false),
+        Some(other) => {
+            return Err(CoreError::invalid("status", format_args!("{other:?} is not ENABLED or DISABLED")).into())
+        }
+    };
+    if enabled.is_none() && change.weight.is_none() {
+        return Err(CoreError::invalid("body", "names nothing to change: give status, weight or both").into());
+    }
+    if change.weight.is_some_and(|w| w > 1_000_000) {
+        return Err(CoreError::invalid("weight", "must be at most 1000000").into());
+    }
+    Ok(ChannelSetting { enabled, weight: change.weight })
 }

@@ -2,6 +2,7 @@
 //! expects. An unverified callback changes nothing.
 
 use hyper::StatusCode;
+use paygate_actors::channel::ChannelHandle;
 use paygate_actors::error::ErrorCode;
 use paygate_actors::order_actor::OrderRequest;
 use paygate_actors::ports::{CallbackReply, CallbackRequest, Verified};
@@ -19,9 +20,22 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
     // `/callback/wechat/v2` is the provider `wechat_v2`.
     let provider = path.replace('/', "_");
     let provider = provider.as_str();
-    let channel = app.channels.by_provider(provider).ok_or(ApiError::NotFound)?;
+    let channels: Vec<&ChannelHandle> = app.channels.of_provider(provider).collect();
+    let first = *channels.first().ok_or(ApiError::NotFound)?;
+    // A provider may have several channels (accounts). The order the callback names
+    // says which one carries it: that channel's keys and account must verify it. A
+    // callback naming no order we know is tried against each channel in turn.
+    let carrier = match first.connector.unverified_order(&request) {
+        Some(id) => app.router.read(OrderTarget::Id(id), None).await.ok().map(|o| o.channel.clone()),
+        None => None,
+    };
+    let mut tries = channels.clone();
+    tries.sort_by_key(|c| Some(&c.profile.code) != carrier.as_ref());
+    let (channel, verified) = tries
+        .iter()
+        .find_map(|c| c.connector.verify_callback(&request).map(|v| (*c, Some(v))))
+        .unwrap_or((first, None));
     let connector = &channel.connector;
-    let verified = connector.verify_callback(&request);
     if verified == Some(Verified::Informational) {
         metrics::counter!("paygate_callbacks_total", "provider" => provider.to_owned(), "result" => "informational")
             .increment(1);
@@ -86,11 +100,12 @@ fn unverified(
     if let Some(id) = connector.unverified_order(request) {
         let result = match app.reconcile_gate.admit(&id, std::time::Instant::now()) {
             Some(slot) => {
-                let (router, code) = (app.router.clone(), channel.profile.code.clone());
+                let router = app.router.clone();
+                let codes: Vec<String> = app.channels.of_provider(provider).map(|c| c.profile.code.clone()).collect();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let target = OrderTarget::Id(id);
-                    if router.read(target.clone(), None).await.is_ok_and(|o| o.channel == code) {
+                    if router.read(target.clone(), None).await.is_ok_and(|o| codes.contains(&o.channel)) {
                         let _ = router.dispatch(target, OrderRequest::Reconcile, None).await;
                     }
                 });

@@ -56,6 +56,38 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// A call that got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendError {
+    /// What happened, with its causes.
+    pub message: String,
+    /// True when the request certainly never reached the peer: the connection (or its
+    /// TLS handshake) could not be made, or the request was refused before sending.
+    pub not_sent: bool,
+}
+
+impl SendError {
+    fn not_sent(message: String) -> SendError {
+        SendError { message, not_sent: true }
+    }
+
+    fn lost(message: String) -> SendError {
+        SendError { message, not_sent: false }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<SendError> for String {
+    fn from(e: SendError) -> String {
+        e.message
+    }
+}
+
 impl Answer {
     /// The first value of header `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -137,7 +169,8 @@ impl HttpClient {
         Inner::Tls(HttpClient::pool().build(https))
     }
 
-    /// Sends `method url` with `body`; fails on transport errors and on timeout.
+    /// Sends `method url` with `body`; fails on transport errors and on timeout, saying
+    /// whether the request certainly never left.
     pub async fn send(
         &self,
         method: hyper::Method,
@@ -145,13 +178,13 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, SendError> {
         if self.public_only {
             // A literal address is not resolved, so the resolver cannot refuse it.
-            let host = super::ssrf::host_of(url)?;
+            let host = super::ssrf::host_of(url).map_err(SendError::not_sent)?;
             if let Ok(ip) = host.parse::<std::net::IpAddr>() {
                 if let Some(why) = super::ssrf::forbidden(ip) {
-                    return Err(format!("{url}: {ip} is a {why} address"));
+                    return Err(SendError::not_sent(format!("{url}: {ip} is a {why} address")));
                 }
             }
         }
@@ -159,14 +192,26 @@ impl HttpClient {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| format!("bad request: {e}"))?;
+        let req =
+            req.body(Full::new(Bytes::from(body))).map_err(|e| SendError::not_sent(format!("bad request: {e}")))?;
         let call = async {
             let sent = match &self.inner {
                 Inner::Tls(client) => client.request(req).await,
-                Inner::Plain(_, why) if url.starts_with("https:") => return Err(format!("{url}: {why}")),
+                Inner::Plain(_, why) if url.starts_with("https:") => {
+                    return Err(SendError::not_sent(format!("{url}: {why}")))
+                }
                 Inner::Plain(client, _) => client.request(req).await,
             };
-            let resp = sent.map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+            // A connect error (refused, unreachable, TLS handshake) is the one failure
+            // after which the peer certainly has not seen the request.
+            let resp = sent.map_err(|e| {
+                let message = format!("{url}: {}", error_chain(&e));
+                if e.is_connect() {
+                    SendError::not_sent(message)
+                } else {
+                    SendError::lost(message)
+                }
+            })?;
             let status = resp.status().as_u16();
             let headers = resp
                 .headers()
@@ -177,11 +222,13 @@ impl HttpClient {
             let body = http_body_util::Limited::new(resp.into_body(), max)
                 .collect()
                 .await
-                .map_err(|e| format!("{url}: answer unreadable or over {max} bytes: {e}"))?
+                .map_err(|e| SendError::lost(format!("{url}: answer unreadable or over {max} bytes: {e}")))?
                 .to_bytes();
             Ok(Answer { status, headers, body })
         };
-        tokio::time::timeout(timeout, call).await.map_err(|_| format!("{url}: no answer within {timeout:?}"))?
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| SendError::lost(format!("{url}: no answer within {timeout:?}")))?
     }
 
     /// POSTs a body of `content_type`.
@@ -191,7 +238,7 @@ impl HttpClient {
         content_type: &str,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, SendError> {
         self.send(hyper::Method::POST, url, &[("content-type", content_type)], body, timeout).await
     }
 }

@@ -145,10 +145,25 @@ impl App {
         for p in self.channels.profiles() {
             let Some(ch) = self.channels.get(&p.code) else { continue };
             let s = &ch.stats;
-            for (outcome, counter) in [("ok", &s.ok), ("rejected", &s.rejected), ("unknown", &s.unknown)] {
+            let counters = [
+                ("ok", &s.ok),
+                ("rejected", &s.rejected),
+                ("unknown", &s.unknown),
+                ("unavailable", &s.unavailable),
+                ("breaker_open", &s.breaker_open),
+            ];
+            for (outcome, counter) in counters {
                 metrics::counter!("paygate_channel_calls_total", "channel" => p.code.clone(), "outcome" => outcome)
                     .absolute(counter.load(Ordering::Relaxed));
             }
+            let live = &ch.live;
+            let (p50, p95) = live.latency_us();
+            let code = p.code.clone();
+            metrics::gauge!("paygate_channel_breaker_state", "channel" => code.clone()).set(live.breaker().gauge());
+            metrics::gauge!("paygate_channel_success_ratio", "channel" => code.clone()).set(live.success_rate());
+            metrics::gauge!("paygate_channel_latency_p50_seconds", "channel" => code.clone()).set(p50 as f64 / 1e6);
+            metrics::gauge!("paygate_channel_latency_p95_seconds", "channel" => code.clone()).set(p95 as f64 / 1e6);
+            metrics::gauge!("paygate_channel_enabled", "channel" => code).set(if live.enabled() { 1.0 } else { 0.0 });
         }
     }
 }
@@ -447,6 +462,11 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
                 }
                 let (parts, body) = read_body(app, req).await?;
                 return admin::notify_resend(app, &parts.headers, &body).await;
+            }
+            if path == "/admin/channels" || path.starts_with("/admin/channels/") {
+                let code = path.strip_prefix("/admin/channels/").filter(|c| !c.is_empty());
+                let (parts, body) = read_body(app, req).await?;
+                return admin::channels(app, method, code, &parts.headers, &body).await;
             }
             if let Some(rest) = path.strip_prefix("/admin/sandbox/") {
                 let (parts, body) = read_body(app, req).await?;

@@ -14,7 +14,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
 
-use super::{answer, lock, random_hex, Fault, Faults, SimCore, SimRequest, SimResponse};
+use super::{answer, lock, random_hex, Fault, FaultBook, SimCore, SimRequest, SimResponse};
 use crate::channels::alipay::bill::{self, BillRow};
 use crate::channels::alipay::wire::{self, Params};
 use crate::crypto::{RsaSigner, RsaVerifier};
@@ -136,7 +136,7 @@ pub struct AlipaySim {
     seller_id: String,
     fee_rate: Decimal,
     book: Persisted<Book>,
-    faults: Mutex<Faults>,
+    faults: Mutex<FaultBook>,
 }
 
 /// A business answer: a node's fields, or Alipay's error (code, msg, sub_code, sub_msg).
@@ -203,7 +203,7 @@ impl AlipaySim {
     async fn gateway(&self, req: &SimRequest) -> SimResponse {
         let mut params = wire::parse_form(req.query.as_bytes());
         params.extend(wire::parse_form(&req.body));
-        let faults = lock(&self.faults).clone();
+        let faults = lock(&self.faults).of(params.get("app_id").map_or("", String::as_str));
         let fault = faults.roll().await;
         match fault {
             Fault::Outage => return answer(StatusCode::SERVICE_UNAVAILABLE, "text/html", "<html>503</html>"),
@@ -613,7 +613,7 @@ impl super::Controlled for AlipaySim {
         }))
     }
 
-    fn faults(&self) -> &Mutex<Faults> {
+    fn faults(&self) -> &Mutex<FaultBook> {
         &self.faults
     }
 }

@@ -82,6 +82,63 @@ pub struct Faults {
     pub refund_outcome: Option<String>,
 }
 
+/// A provider's faults: those of every account, and those set for one account alone
+/// (an Alipay `app_id`, a WeChat Pay `mch_id`, a UnionPay `merId`), so that one
+/// channel can fail while its sibling on the same provider works.
+#[derive(Debug, Default)]
+pub struct FaultBook {
+    every: Faults,
+    accounts: std::collections::BTreeMap<String, Faults>,
+}
+
+impl FaultBook {
+    /// The faults a call by `account` meets.
+    pub fn of(&self, account: &str) -> Faults {
+        self.accounts.get(account).unwrap_or(&self.every).clone()
+    }
+
+    /// Sets the faults of `account`, or of every account (and clears the per-account
+    /// ones) when `None`.
+    pub fn set(&mut self, account: Option<String>, faults: Faults) {
+        match account {
+            Some(a) => {
+                self.accounts.insert(a, faults);
+            }
+            None => {
+                self.every = faults;
+                self.accounts.clear();
+            }
+        }
+    }
+
+    /// The book as the control endpoint shows it: every account's faults, and under
+    /// `accounts` those set for one account.
+    pub fn view(&self) -> serde_json::Value {
+        let mut v = serde_json::json!(self.every);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("accounts".into(), serde_json::json!(self.accounts));
+        }
+        v
+    }
+}
+
+/// The names a faults request may give the account under (one per provider).
+const ACCOUNT_FIELDS: [&str; 4] = ["account", "app_id", "mch_id", "merId"];
+
+/// A faults request: the faults, and the account they are for if one is named.
+fn faults_request(body: &[u8]) -> Result<(Option<String>, Faults), serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)?;
+    let mut account = None;
+    if let Some(o) = value.as_object_mut() {
+        for field in ACCOUNT_FIELDS {
+            if let Some(v) = o.remove(field) {
+                account = Some(serde_json::from_value::<String>(v)?);
+            }
+        }
+    }
+    Ok((account, serde_json::from_value(value)?))
+}
+
 /// What the faults decided for one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -450,7 +507,7 @@ pub trait Controlled {
     /// The provider's view of a trade, if it has one.
     fn trade(&self, out_trade_no: &str) -> Option<serde_json::Value>;
     /// Its injected failures.
-    fn faults(&self) -> &Mutex<Faults>;
+    fn faults(&self) -> &Mutex<FaultBook>;
 }
 
 /// The control routes every provider has, under `/sim/{name}/`: `POST pay`,
@@ -477,11 +534,12 @@ pub fn control(provider: &dyn Controlled, name: &str, req: &SimRequest) -> Optio
                 Err(e) => bad(e),
             }
         }
-        (&Method::GET, "faults") => json_answer(StatusCode::OK, &serde_json::json!(*lock(provider.faults()))),
-        (&Method::POST, "faults") => match serde_json::from_slice::<Faults>(&req.body) {
-            Ok(f) => {
-                *lock(provider.faults()) = f.clone();
-                json_answer(StatusCode::OK, &serde_json::json!(f))
+        (&Method::GET, "faults") => json_answer(StatusCode::OK, &lock(provider.faults()).view()),
+        (&Method::POST, "faults") => match faults_request(&req.body) {
+            Ok((account, f)) => {
+                let mut book = lock(provider.faults());
+                book.set(account, f);
+                json_answer(StatusCode::OK, &book.view())
             }
             Err(e) => bad(e),
         },

@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use std::str::FromStr;
 
-use super::{answer, lock, random_hex, Fault, Faults, Notification, SimCore, SimRequest, SimResponse};
+use super::{answer, lock, random_hex, Fault, FaultBook, Notification, SimCore, SimRequest, SimResponse};
 use crate::channels::alipay::wire::date;
 use crate::channels::unionpay::bill::{self, ZmRow};
 use crate::channels::unionpay::wire::{self, Params};
@@ -108,7 +108,7 @@ pub struct UnionPaySim {
     fee_rate: Decimal,
     merchants: HashMap<String, (String, Certificate)>,
     book: Persisted<Book>,
-    faults: Mutex<Faults>,
+    faults: Mutex<FaultBook>,
 }
 
 fn get<'a>(p: &'a Params, k: &str) -> &'a str {
@@ -225,7 +225,7 @@ impl UnionPaySim {
     }
 
     async fn back(&self, req: &SimRequest, refund: bool) -> SimResponse {
-        let faults = lock(&self.faults).clone();
+        let faults = lock(&self.faults).of(get(&wire::parse_form(&req.body), "merId"));
         let fault = faults.roll().await;
         match fault {
             Fault::Outage => return answer(StatusCode::SERVICE_UNAVAILABLE, "text/html", "503"),
@@ -509,7 +509,7 @@ impl super::Controlled for UnionPaySim {
                      "refunded": t.refunds.iter().map(|r| r.amount).sum::<i64>() }))
     }
 
-    fn faults(&self) -> &Mutex<Faults> {
+    fn faults(&self) -> &Mutex<FaultBook> {
         &self.faults
     }
 }

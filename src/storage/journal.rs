@@ -191,7 +191,7 @@ struct Numbering {
 
 impl Numbering {
     fn next(&mut self, record: &Record) -> Sequence {
-        let shard = record.pay_order_no().shard().0;
+        let shard = record.shard().0;
         let shard_seq = self.shards.entry(shard).or_insert(0);
         *shard_seq += 1;
         self.seq += 1;
@@ -201,7 +201,7 @@ impl Numbering {
     /// Takes back the numbers of records that were not written, newest first.
     fn undo(&mut self, records: &[Record]) {
         for record in records.iter().rev() {
-            if let Some(n) = self.shards.get_mut(&record.pay_order_no().shard().0) {
+            if let Some(n) = self.shards.get_mut(&record.shard().0) {
                 *n -= 1;
             }
             self.seq -= 1;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use paygate_actors::channel_actor::ChannelSetting;
 use paygate_actors::daily_volume::{business_day, counted};
 use paygate_actors::ids::merchant_key;
 use paygate_actors::ids::PayOrderNo;
@@ -27,6 +28,7 @@ const REFUND_INDEX: u8 = b'f';
 const ORDER_LIST: u8 = b'l';
 const REFUND_LIST: u8 = b'g';
 const BILL: u8 = b'b';
+const CHANNEL: u8 = b'c';
 /// The most index entries one listing page reads; a page that finds fewer matches
 /// within it ends early with a cursor to continue.
 const LIST_SCAN: usize = 10_000;
@@ -121,6 +123,13 @@ fn volume_key(day: i64, channel: &str) -> Vec<u8> {
     k.push(VOLUME);
     k.extend_from_slice(&day.to_be_bytes());
     k.extend_from_slice(channel.as_bytes());
+    k
+}
+
+fn channel_key(code: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + code.len());
+    k.push(CHANNEL);
+    k.extend_from_slice(code.as_bytes());
     k
 }
 
@@ -235,9 +244,22 @@ impl Views {
         let mut batch = sled::Batch::default();
         let mut high_water = self.high_water.load(Ordering::Relaxed);
         let mut notes: HashMap<String, Notification> = HashMap::new();
+        let mut settings: HashMap<String, ChannelSetting> = HashMap::new();
         for record in records {
             let (id, seq, events) = match record {
                 Record::Order { pay_order_no, seq, events } => (pay_order_no, seq, events),
+                Record::Channel { code, setting } => {
+                    let before = match settings.get(code) {
+                        Some(s) => *s,
+                        None => self.channel_setting(code)?,
+                    };
+                    let merged = before.then(*setting);
+                    let bytes = postcard::to_allocvec(&merged)
+                        .map_err(|e| ProjectError::Inconsistent(format!("channel {code}: {e}")))?;
+                    batch.insert(channel_key(code), bytes);
+                    settings.insert(code.clone(), merged);
+                    continue;
+                }
                 Record::Notify { notify_id, version, events, .. } => {
                     let prev = match notes.get(notify_id) {
                         Some(n) => Some(n.clone()),
@@ -372,6 +394,15 @@ impl Views {
     pub fn flush(&self) -> Result<(), ProjectError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// What operators have set of channel `code` so far (nothing: as configured).
+    pub fn channel_setting(&self, code: &str) -> Result<ChannelSetting, ProjectError> {
+        match self.db.get(channel_key(code))? {
+            Some(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|e| ProjectError::Inconsistent(format!("channel {code}: stored setting: {e}"))),
+            None => Ok(ChannelSetting::default()),
+        }
     }
 
     /// What each channel's orders of business `day` count against its daily limit.

@@ -68,6 +68,15 @@ impl TestNode {
         TestNode { node: Some(node), dir, url }
     }
 
+    /// Stops the node and starts a new one on the same data directory.
+    pub fn restart(mut self, tweak: impl FnOnce(&mut Config)) -> TestNode {
+        if let Some(n) = self.node.take() {
+            n.stop();
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        TestNode::start_in(dir, tweak)
+    }
+
     pub fn node(&self) -> &Node {
         self.node.as_ref().unwrap()
     }

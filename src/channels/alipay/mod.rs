@@ -126,9 +126,9 @@ async fn call(s: &AlipaySettings, http: &HttpClient, method: &str, biz: Value) -
             s.timeout,
         )
         .await
-        .map_err(ChannelError::unknown)?;
+        .map_err(|e| crate::channels::unanswered(method, e))?;
     if answer.status >= 500 {
-        return Err(ChannelError::unknown(format_args!("{method}: HTTP {}", answer.status)));
+        return Err(crate::channels::bad_status(method, answer.status));
     }
     let body = std::str::from_utf8(&answer.body)
         .map_err(|_| ChannelError::unknown(format_args!("{method}: answer is not UTF-8")))?;
@@ -167,6 +167,10 @@ fn notice(status: &str, trade_no: &str, total_amount: &str, refunded: bool) -> O
 }
 
 impl ChannelConnector for AlipayConnector {
+    fn gateway_url(&self) -> &str {
+        &self.settings.gateway_url
+    }
+
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {
         if order.scene.is_page() {
             let url = page_pay_url(&self.settings, &order);

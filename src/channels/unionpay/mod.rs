@@ -105,9 +105,9 @@ async fn call(s: &UnionPaySettings, http: &HttpClient, endpoint: &str, mut p: Pa
     let answer = http
         .post(&url, "application/x-www-form-urlencoded;charset=UTF-8", wire::form(&p).into_bytes(), s.timeout)
         .await
-        .map_err(ChannelError::unknown)?;
+        .map_err(|e| crate::channels::unanswered(endpoint, e))?;
     if answer.status >= 500 {
-        return Err(ChannelError::unknown(format_args!("{endpoint}: HTTP {}", answer.status)));
+        return Err(crate::channels::bad_status(endpoint, answer.status));
     }
     let text =
         std::str::from_utf8(&answer.body).map_err(|_| ChannelError::unknown(format_args!("{endpoint}: not UTF-8")))?;
@@ -174,6 +174,10 @@ impl UnionPayConnector {
 }
 
 impl ChannelConnector for UnionPayConnector {
+    fn gateway_url(&self) -> &str {
+        &self.settings.gateway_url
+    }
+
     /// The signed front form, as the GET URL of the form's action with its fields; no
     /// server call is made (UnionPay opens the trade when the buyer submits it).
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {

@@ -21,7 +21,7 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use super::{answer, random_hex, Faults, SimCore, SimRequest, SimResponse};
+use super::{answer, random_hex, FaultBook, SimCore, SimRequest, SimResponse};
 use crate::channels::alipay::wire::date;
 use crate::channels::wechat::bill::BillRow;
 use crate::channels::wechat::v3::wire as v3wire;
@@ -299,7 +299,7 @@ pub struct WechatSim {
     platform: Option<Platform>,
     fee_rate: Decimal,
     book: Persisted<Book>,
-    faults: Mutex<Faults>,
+    faults: Mutex<FaultBook>,
 }
 
 impl WechatSim {
@@ -432,7 +432,7 @@ impl WechatSim {
     /// Accepts a refund of `fee` under `out_refund_no`, to be carried out a moment later
     /// and then notified; repeating the same refund answers it again.
     fn refund_trade(self: &Arc<Self>, n: &NewRefund<'_>) -> Result<(Trade, Refund), Refusal> {
-        let ends = match crate::sim::lock(&self.faults).refund_outcome.as_deref() {
+        let ends = match crate::sim::lock(&self.faults).of(n.mch_id).refund_outcome.as_deref() {
             Some("ABNORMAL") => RefundStatus::Abnormal,
             Some("CLOSED") => RefundStatus::Closed,
             _ => RefundStatus::Success,
@@ -652,7 +652,7 @@ impl super::Controlled for WechatSim {
                          "status": r.status.v3() })).collect::<Vec<_>>() }))
     }
 
-    fn faults(&self) -> &Mutex<Faults> {
+    fn faults(&self) -> &Mutex<FaultBook> {
         &self.faults
     }
 }

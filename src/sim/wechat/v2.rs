@@ -50,7 +50,8 @@ fn worded(r: Refusal) -> (&'static str, String) {
 
 impl WechatSim {
     pub(super) async fn v2_api(self: &Arc<Self>, path: &str, body: &[u8]) -> SimResponse {
-        let faults = crate::sim::lock(&self.faults).clone();
+        let mch_id = wire::from_xml(body).map(|p| get(&p, "mch_id").to_owned()).unwrap_or_default();
+        let faults = crate::sim::lock(&self.faults).of(&mch_id);
         let fault = faults.roll().await;
         match fault {
             Fault::Outage => return answer(StatusCode::SERVICE_UNAVAILABLE, "text/html", "503"),

@@ -76,7 +76,9 @@ impl WechatSim {
         let Some(platform) = &self.platform else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "API v3 is not configured in this simulator");
         };
-        let faults = crate::sim::lock(&self.faults).clone();
+        let mchid =
+            req.header("authorization").and_then(wire::Authorization::parse).map(|a| a.mchid).unwrap_or_default();
+        let faults = crate::sim::lock(&self.faults).of(&mchid);
         let fault = faults.roll().await;
         match fault {
             Fault::Outage => return answer(StatusCode::SERVICE_UNAVAILABLE, "text/html", "503"),

@@ -79,9 +79,9 @@ async fn call(s: &WechatV2Settings, http: &HttpClient, path: &str, mut p: Params
     let answer = http
         .post(&url, "text/xml; charset=utf-8", wire::to_xml(&p).into_bytes(), s.timeout)
         .await
-        .map_err(ChannelError::unknown)?;
+        .map_err(|e| crate::channels::unanswered(path, e))?;
     if answer.status >= 500 {
-        return Err(ChannelError::unknown(format_args!("{path}: HTTP {}", answer.status)));
+        return Err(crate::channels::bad_status(path, answer.status));
     }
     let a = wire::from_xml(&answer.body)
         .ok_or_else(|| ChannelError::unknown(format_args!("{path}: the answer is not XML")))?;
@@ -174,6 +174,10 @@ impl WechatV2Connector {
 }
 
 impl ChannelConnector for WechatV2Connector {
+    fn gateway_url(&self) -> &str {
+        &self.settings.base_url
+    }
+
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {
         let (s, http) = (Arc::clone(&self.settings), self.http.clone());
         Box::pin(async move {

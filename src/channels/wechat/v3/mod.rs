@@ -117,9 +117,16 @@ async fn call(
         ("user-agent", "paygate"),
     ];
     let url = format!("{}{path_and_query}", s.base_url);
-    let answer = http.send(method, &url, &headers, body, s.timeout).await.map_err(ChannelError::unknown)?;
-    if answer.status >= 500 || answer.status == 429 {
-        return Err(ChannelError::unknown(format_args!("{path_and_query}: HTTP {}", answer.status)));
+    let answer = http
+        .send(method, &url, &headers, body, s.timeout)
+        .await
+        .map_err(|e| crate::channels::unanswered(path_and_query, e))?;
+    // 429: over the rate limit, the request was not taken up.
+    if answer.status == 429 {
+        return Err(ChannelError::Unavailable(format!("{path_and_query}: HTTP 429")));
+    }
+    if answer.status >= 500 {
+        return Err(crate::channels::bad_status(path_and_query, answer.status));
     }
     if !wire::verify_signed(&answer.headers, &answer.body, &s.platform_serial, &s.platform_key, None) {
         metrics::counter!("paygate_alerts_total", "kind" => "channel_answer_unverified").increment(1);
@@ -238,6 +245,10 @@ impl WechatV3Connector {
 }
 
 impl ChannelConnector for WechatV3Connector {
+    fn gateway_url(&self) -> &str {
+        &self.settings.base_url
+    }
+
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {
         let (s, http) = (Arc::clone(&self.settings), self.http.clone());
         Box::pin(async move {
