@@ -16,7 +16,7 @@ use paygate::sandbox::{Sandbox, SandboxConnector};
 use paygate::storage::codec::{decode_order, encode_order};
 use paygate::storage::{Storage, StorageOptions};
 use paygate_actors::channel::{ChannelDirectory, ChannelHandle, ChannelProfile, ChannelStatus};
-use paygate_actors::channel_selection::{rank_channels, Live};
+use paygate_actors::channel_selection::{rank_channels, ChannelState};
 use paygate_actors::clock::Clock;
 use paygate_actors::clock::SystemClock;
 use paygate_actors::ids::{PayOrderNo, ShardId};
@@ -28,6 +28,7 @@ use paygate_actors::order_router::OrderRouter;
 use paygate_actors::registry::{OrderTarget, Registry};
 use paygate_actors::shard::ShardSupervisor;
 use paygate_actors::signing::{self, SignType};
+use paygate_actors::strategy::{Route, Strategy};
 
 const SECRET: &str = "demo-secret-change-me-0123456789";
 
@@ -41,6 +42,7 @@ fn merchant() -> MerchantProfile {
         expire_minutes: 30,
         notify_url: None,
         allow_private_notify: false,
+        routing: Default::default(),
     }
 }
 
@@ -142,7 +144,7 @@ fn decisions(c: &mut Criterion) {
         })
     });
 
-    let channels: Vec<Arc<ChannelProfile>> = (0..8)
+    let channels: Vec<Arc<ChannelProfile>> = (0..50)
         .map(|i| {
             Arc::new(ChannelProfile {
                 code: format!("ch{i}"),
@@ -163,16 +165,29 @@ fn decisions(c: &mut Criterion) {
         })
         .collect();
     let amount = Money::from_minor(10_000, Currency::CNY);
-    c.bench_function("routing_select_8_channels", |b| {
-        b.iter(|| {
-            let live = Live {
-                has_room: |_: &ChannelProfile| true,
-                is_up: |_: &ChannelProfile| true,
-                weight: |c: &ChannelProfile| c.weight,
-            };
-            rank_channels(black_box(&channels), PayMethod::Sandbox, amount, live).map(|c| c.len())
-        })
-    });
+    // Every channel up and healthy, as the channel actors would publish them.
+    struct AllUp;
+    impl ChannelState for AllUp {
+        fn has_room(&self, _: &ChannelProfile, _: Money) -> bool {
+            true
+        }
+        fn is_up(&self, _: &ChannelProfile) -> bool {
+            true
+        }
+        fn weight(&self, c: &ChannelProfile) -> u32 {
+            c.weight
+        }
+        fn health(&self, c: &ChannelProfile) -> (f64, u64, u32) {
+            (1.0 - f64::from(c.weight % 7) / 100.0, u64::from(c.weight) * 10, 100)
+        }
+    }
+    for strategy in Strategy::ALL {
+        c.bench_function(&format!("routing_50_channels_{}", strategy.as_str()), |b| {
+            b.iter(|| {
+                rank_channels(black_box(&channels), PayMethod::Sandbox, amount, strategy, 0.42, &AllUp).map(|c| c.len())
+            })
+        });
+    }
 
     let bytes = encode_order(&o).unwrap();
     c.bench_function("snapshot_encode", |b| b.iter(|| encode_order(black_box(&o)).unwrap()));
@@ -234,7 +249,11 @@ fn actor_round_trip(c: &mut Criterion) {
         let router = OrderRouter::new(oc, shards);
         let mut spec = order().spec;
         spec.order_no = "RT-1".into();
-        let sub = PaySubmission { spec, route: Ok(vec!["sandbox".into()]), expire_after_ms: 1_800_000 };
+        let sub = PaySubmission {
+            spec,
+            route: Ok(Route { candidates: vec!["sandbox".into()], ..Route::default() }),
+            expire_after_ms: 1_800_000,
+        };
         let created = router
             .dispatch(
                 OrderTarget::Key { merchant_id: "M20240101001".into(), order_no: "RT-1".into() },

@@ -458,6 +458,14 @@ impl Config {
         }
         self.max_amount(Currency::CNY)?;
         for m in &self.merchants {
+            if let Some(method) = m.routing.keys().find(|k| k.parse::<PayMethod>().is_err()) {
+                return Err(ConfigError(format!(
+                    "merchant {}: routing names {method:?}, not a pay method (ALIPAY, WECHAT_PAY, UNION_PAY, BALANCE, SANDBOX)",
+                    m.merchant_id
+                )));
+            }
+        }
+        for m in &self.merchants {
             if !paygate_actors::ids::is_valid_external_id(&m.merchant_id) || m.secret.len() < 16 {
                 return Err(ConfigError(format!(
                     "merchant {:?}: id must be 1-32 of [A-Za-z0-9_-] and the secret at least 16 characters",

@@ -176,7 +176,7 @@ impl ChannelHandle {
             Admission::Probe => true,
             Admission::Refused => {
                 self.stats.breaker_open.fetch_add(1, Ordering::Relaxed);
-                return Err(ChannelError::Unavailable(format!("{}: circuit breaker open", self.profile.code)));
+                return Err(ChannelError::Unavailable("circuit breaker open".into()));
             }
         };
         self.call(self.connector.create_order(order), probe).await

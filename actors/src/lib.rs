@@ -28,5 +28,6 @@ pub mod registry;
 pub mod shard;
 pub mod shared_order;
 pub mod signing;
+pub mod strategy;
 pub mod time_fmt;
 pub mod timers;

@@ -10,6 +10,7 @@ use dashmap::DashMap;
 
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::signing::{self, ParamMap, SignType};
+use crate::strategy::Strategy;
 
 /// Whether a merchant may transact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -46,9 +47,18 @@ pub struct MerchantProfile {
     /// such a URL is a way to make the gateway call into its own network.
     #[serde(default)]
     pub allow_private_notify: bool,
+    /// The routing strategy per pay method (`ALIPAY = "lowest_fee"`); a method not
+    /// named is routed by priority.
+    #[serde(default)]
+    pub routing: std::collections::BTreeMap<String, Strategy>,
 }
 
 impl MerchantProfile {
+    /// How this merchant's payments by `method` are routed.
+    pub fn strategy(&self, method: crate::order::PayMethod) -> Strategy {
+        self.routing.get(method.as_str()).copied().unwrap_or_default()
+    }
+
     /// How this merchant's requests and notifications are signed by default.
     pub fn sign_type(&self) -> SignType {
         if self.legacy_md5 {
@@ -242,6 +252,7 @@ mod tests {
             expire_minutes: 30,
             notify_url: None,
             allow_private_notify: false,
+            routing: Default::default(),
         }
     }
 

@@ -19,6 +19,7 @@ use crate::error::{CoreError, ErrorCode};
 use crate::ids::PayOrderNo;
 use crate::money::Money;
 use crate::refund::{Refund, RefundEvent, RefundPolicy, RefundSpec, RefundState, MAX_REFUNDS};
+use crate::strategy::Route;
 
 /// How the buyer pays: picks the family of channels that can take the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -301,6 +302,8 @@ pub struct Order {
     pub query_attempts: u8,
     /// Payments that arrived after the order closed, flagged for refund.
     pub late_payments: Vec<LatePayment>,
+    /// How its channel was chosen (orders created before routes were kept have none).
+    pub route: Option<Route>,
     /// Refunds, in the order they were asked for (see [`crate::refund`]).
     pub refunds: Vec<Refund>,
     /// Journal sequence of the last record applied to this order.
@@ -502,6 +505,14 @@ pub enum OrderEvent {
         /// When.
         at: UnixMillis,
     },
+    /// How the order's channel was chosen (in the record that creates the order).
+    /// Last among the events: journals written before it existed stay readable.
+    Routed {
+        /// The strategy, the candidates in order and those passed over.
+        route: Route,
+        /// When.
+        at: UnixMillis,
+    },
 }
 
 /// An event that cannot follow the state it is applied to: a bug or a damaged journal.
@@ -563,6 +574,7 @@ impl OrderEvent {
             OrderEvent::SignalIgnored { .. } => "SignalIgnored",
             OrderEvent::Refund { event, .. } => event.name(),
             OrderEvent::NotifyDue { .. } => "NotifyDue",
+            OrderEvent::Routed { .. } => "Routed",
         }
     }
 
@@ -600,6 +612,7 @@ impl Order {
             refunded_minor: 0,
             query_attempts: 0,
             late_payments: Vec::new(),
+            route: None,
             refunds: Vec::new(),
             seq: 0,
         })
@@ -952,6 +965,14 @@ impl Order {
             OrderEvent::SignalIgnored { at, .. } => *at,
             // The notification is the outbox's business; the order itself is unchanged.
             OrderEvent::NotifyDue { .. } => return Ok(()),
+            // Only where the order is created, once.
+            OrderEvent::Routed { route, at } => {
+                if status != Pending || self.route.is_some() {
+                    return Err(violation());
+                }
+                self.route = Some(route.clone());
+                *at
+            }
             OrderEvent::Refund { refund_order_no, event } => match self.apply_refund(refund_order_no, event) {
                 Some(at) => at,
                 None => {

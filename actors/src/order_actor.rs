@@ -25,6 +25,7 @@ use crate::refund::RefundState;
 use crate::refund::{RefundEvent, RefundSpec, RefundStatus};
 use crate::registry::Registry;
 use crate::shared_order::{Published, SharedOrder};
+use crate::strategy::Route;
 
 /// When idle order actors leave memory.
 #[derive(Debug, Clone, Copy)]
@@ -66,10 +67,10 @@ pub struct OrderContext {
 pub struct PaySubmission {
     /// What the merchant asked for.
     pub spec: OrderSpec,
-    /// The channels routing chose, best first, or why there is none. Used only if the
-    /// order is new: a repeated request is answered from the order whatever routing
-    /// says now.
-    pub route: Result<Vec<String>, CoreError>,
+    /// The channels routing chose, in the order to try them, or why there is none.
+    /// Used only if the order is new: a repeated request is answered from the order
+    /// whatever routing says now.
+    pub route: Result<Route, CoreError>,
     /// Effective lifetime in millis (the request's minutes, or the merchant's default).
     pub expire_after_ms: i64,
 }
@@ -437,13 +438,13 @@ impl OrderCell {
     /// most an unpaid orphan trade at the channel; the repeated request opens a new one
     /// under a new id.
     async fn open(&mut self, oc: &OrderContext, sub: PaySubmission) -> CoreResult<Order> {
-        let candidates = sub.route?;
+        let mut route = sub.route?;
         // A trade we could not journal would be an orphan at the channel.
         oc.journal.writable().map_err(StorageError::into_core)?;
         let now = oc.clock.now_ms();
         let day = business_day(now);
         let mut passed_over = Vec::new();
-        for channel in candidates {
+        for channel in route.candidates.clone() {
             let Some(handle) = oc.channels.get(&channel) else { continue };
             // Routing saw room under the channel's daily limit; taking it is what holds
             // it, against payments routed at the same moment.
@@ -465,7 +466,13 @@ impl OrderCell {
                     tracing::warn!(pay_order_no = %order.pay_order_no, %channel, %why, "channel unavailable; trying the next");
                     Err(why)
                 }
-                other => Ok(self.settle_opening(oc, order, vec![created], other).await),
+                other => {
+                    let routed = OrderEvent::Routed {
+                        route: Route { passed_over: passed_over.clone(), ..route.clone() },
+                        at: now,
+                    };
+                    Ok(self.settle_opening(oc, order, vec![created, routed], other).await)
+                }
             };
             if self.state.is_none() {
                 // Nothing was journaled: the order does not exist, nor does its share.
@@ -473,12 +480,13 @@ impl OrderCell {
             }
             match opened {
                 Ok(result) => return result,
-                Err(why) => passed_over.push(why),
+                Err(why) => passed_over.push(format!("{channel}: {why}")),
             }
         }
+        route.passed_over = passed_over;
         Err(CoreError::new(
             ErrorCode::ChannelError,
-            format!("no channel could take the payment now: {}", passed_over.join("; ")),
+            format!("no channel could take the payment now: {}", route.passed_over.join("; ")),
         ))
     }
 

@@ -20,6 +20,7 @@ use paygate_actors::ports::*;
 use paygate_actors::refund::RefundState;
 use paygate_actors::registry::{OrderTarget, Registry};
 use paygate_actors::shard::ShardSupervisor;
+use paygate_actors::strategy::Route;
 
 /// Journal + store in memory: appending applies the record to the snapshot map.
 #[derive(Default)]
@@ -207,7 +208,11 @@ fn pay(order_no: &str) -> OrderRequest {
         expire_minutes: Some(30),
         ..OrderSpec::new("M1", order_no, Money::from_minor(500, Currency::CNY), "s", PayMethod::Sandbox)
     };
-    OrderRequest::Pay(Box::new(PaySubmission { spec, route: Ok(vec!["fake".into()]), expire_after_ms: 30 * 60_000 }))
+    OrderRequest::Pay(Box::new(PaySubmission {
+        spec,
+        route: Ok(Route { candidates: vec!["fake".into()], ..Route::default() }),
+        expire_after_ms: 30 * 60_000,
+    }))
 }
 
 fn key(order_no: &str) -> OrderTarget {
