@@ -70,6 +70,10 @@ pub enum Command {
         /// Where the simulated providers keep their trades across restarts.
         #[arg(long, default_value = "sim-data")]
         data_dir: PathBuf,
+        /// Serve HTTPS with a CA made at start, written to <data-dir>/ca.pem: give that
+        /// file to a channel as its `ca_file` setting.
+        #[arg(long)]
+        tls: bool,
     },
     /// Sign and send a merchant API request.
     Client(ClientArgs),
@@ -726,12 +730,18 @@ pub fn secret(args: SecretArgs) -> Result<(), String> {
 }
 
 /// `paygate sim`: serves the simulator until killed.
-pub fn sim(config: &std::path::Path, listen: &str, data_dir: &std::path::Path) -> CliResult {
+pub fn sim(config: &std::path::Path, listen: &str, data_dir: &std::path::Path, tls: bool) -> CliResult {
     let config = Config::load(config, &Overrides::default()).map_err(|e| e.to_string())?;
-    let sim_config = config.sim.ok_or("the configuration has no [sim] section (config/sim.toml)")?;
+    let mut sim_config = config.sim.ok_or("the configuration has no [sim] section (config/sim.toml)")?;
+    sim_config.tls |= tls;
     let store = crate::sim::store::SimStore::open(data_dir)?;
     let handle = crate::sim::start(&sim_config, listen, None, &store)?;
     println!("paygate sim listening on {}", handle.base_url);
+    if let Some(pem) = &handle.ca_pem {
+        let path = data_dir.join("ca.pem");
+        std::fs::write(&path, pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("  its CA (trust it with a channel's ca_file setting): {}", path.display());
+    }
     if handle.sim.alipay.is_some() {
         println!("  Alipay gateway: {}/alipay/gateway.do", handle.base_url);
     }

@@ -319,10 +319,16 @@ fn build(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     for c in &config.channels {
         let connector: Arc<dyn ChannelConnector> = match c.provider.as_str() {
-            "alipay" => Arc::new(AlipayConnector::new(alipay_from(c, sim.as_ref(), &public_url)?)),
-            "wechat_v2" => Arc::new(WechatV2Connector::new(wechat_v2_from(c, sim.as_ref(), &public_url)?)),
-            "wechat_v3" => Arc::new(WechatV3Connector::new(wechat_v3_from(c, sim.as_ref(), &public_url)?)),
-            "unionpay" => Arc::new(UnionPayConnector::new(unionpay_from(c, sim.as_ref(), &public_url)?)),
+            "alipay" => Arc::new(AlipayConnector::new(alipay_from(c, sim.as_ref(), &public_url)?, client(c, &sim)?)),
+            "wechat_v2" => {
+                Arc::new(WechatV2Connector::new(wechat_v2_from(c, sim.as_ref(), &public_url)?, client(c, &sim)?))
+            }
+            "wechat_v3" => {
+                Arc::new(WechatV3Connector::new(wechat_v3_from(c, sim.as_ref(), &public_url)?, client(c, &sim)?))
+            }
+            "unionpay" => {
+                Arc::new(UnionPayConnector::new(unionpay_from(c, sim.as_ref(), &public_url)?, client(c, &sim)?))
+            }
             "sandbox" => {
                 let s = Arc::new(sandbox_from(c, &config.storage.data_dir)?);
                 s.attach(format!("http://{addr}/callback/sandbox"), format!("{public_url}/sandbox/pay/"), pick(0));
@@ -459,6 +465,21 @@ fn gateway_url(
         (BUILTIN, None) => Err(err("is builtin but no simulator runs")),
         (url, _) => Ok(url.to_owned()),
     }
+}
+
+/// The HTTP(S) client of a channel: the webpki roots, plus the CAs of its `ca_file`
+/// setting, plus the simulator's CA when it calls the in-process simulator over TLS.
+fn client(
+    c: &ChannelConfig,
+    sim: &Option<crate::sim::SimHandle>,
+) -> Result<crate::http::client::HttpClient, crate::config::ConfigError> {
+    let builtin = setting(c, "gateway_url") == Some(BUILTIN);
+    let options = crate::http::client::ClientOptions {
+        ca_file: setting(c, "ca_file").map(std::path::PathBuf::from),
+        ca_pem: sim.as_ref().filter(|_| builtin).and_then(|s| s.ca_pem.clone()),
+        ..Default::default()
+    };
+    crate::http::client::HttpClient::with(&options).map_err(|e| setting_error(c, format!("ca_file: {e}")))
 }
 
 /// A channel setting that is wrong, named with its channel.

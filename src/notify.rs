@@ -102,6 +102,7 @@ impl HttpNotifyTransport {
             ca_file: config.ca_file.clone(),
             public_only,
             max_answer: config.max_answer_bytes,
+            ..ClientOptions::default()
         };
         let client = |public_only| {
             HttpClient::with(&options(public_only)).map_err(|e| ConfigError(format!("notify.ca_file: {e}")))

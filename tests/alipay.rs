@@ -47,15 +47,18 @@ fn adapter(t: &TestNode) -> AlipayConnector {
     let config = channel_settings(t);
     let ch = &config.channels[0];
     let s = |k: &str| ch.settings[k].as_str().unwrap().to_owned();
-    AlipayConnector::new(AlipaySettings {
-        app_id: s("app_id"),
-        seller_id: Some(s("seller_id")),
-        gateway_url: format!("{}/alipay/gateway.do", sim_url(t)),
-        app_private_key: RsaSigner::from_text("app", &s("app_private_key")).unwrap(),
-        alipay_public_key: RsaVerifier::from_text("alipay", &s("alipay_public_key")).unwrap(),
-        notify_url: format!("{}/callback/alipay", t.url),
-        timeout: Duration::from_secs(5),
-    })
+    AlipayConnector::new(
+        AlipaySettings {
+            app_id: s("app_id"),
+            seller_id: Some(s("seller_id")),
+            gateway_url: format!("{}/alipay/gateway.do", sim_url(t)),
+            app_private_key: RsaSigner::from_text("app", &s("app_private_key")).unwrap(),
+            alipay_public_key: RsaVerifier::from_text("alipay", &s("alipay_public_key")).unwrap(),
+            notify_url: format!("{}/callback/alipay", t.url),
+            timeout: Duration::from_secs(5),
+        },
+        paygate::http::client::HttpClient::new(),
+    )
 }
 
 /// Signs a notification as the simulator (Alipay) would, with its private key.

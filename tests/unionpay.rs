@@ -53,17 +53,20 @@ fn trade(t: &TestNode, id: &str) -> Value {
 fn adapter(t: &TestNode) -> UnionPayConnector {
     let cert = Certificate::from_pem("mer", &setting(t, "signing_certificate")).unwrap();
     let roots = Certificate::bundle_from_pem("roots", &setting(t, "trusted_roots")).unwrap();
-    UnionPayConnector::new(UnionPaySettings {
-        mer_id: setting(t, "mer_id"),
-        cert_id: cert.serial_decimal,
-        signing_key: RsaSigner::from_text("mer", &setting(t, "signing_private_key")).unwrap(),
-        trust: TrustStore::new(roots, vec![]).unwrap(),
-        signer: setting(t, "signer_identity"),
-        gateway_url: format!("{}/gateway/api", sim_url(t)),
-        front_url: format!("{}/", t.url),
-        back_url: format!("{}/callback/unionpay", t.url),
-        timeout: Duration::from_secs(5),
-    })
+    UnionPayConnector::new(
+        UnionPaySettings {
+            mer_id: setting(t, "mer_id"),
+            cert_id: cert.serial_decimal,
+            signing_key: RsaSigner::from_text("mer", &setting(t, "signing_private_key")).unwrap(),
+            trust: TrustStore::new(roots, vec![]).unwrap(),
+            signer: setting(t, "signer_identity"),
+            gateway_url: format!("{}/gateway/api", sim_url(t)),
+            front_url: format!("{}/", t.url),
+            back_url: format!("{}/callback/unionpay", t.url),
+            timeout: Duration::from_secs(5),
+        },
+        paygate::http::client::HttpClient::new(),
+    )
 }
 
 /// A consume notification for `id`, signed by `key` and carrying `cert_pem`.

@@ -83,15 +83,18 @@ fn notification(t: &TestNode, id: &str, total_fee: &str, mch_id: &str) -> Params
 }
 
 fn adapter(t: &TestNode) -> WechatV2Connector {
-    WechatV2Connector::new(WechatV2Settings {
-        appid: setting(t, "appid"),
-        mch_id: setting(t, "mch_id"),
-        api_key: setting(t, "api_key"),
-        sign_type: SignType::HmacSha256,
-        base_url: format!("{}/wechat", sim_url(t)),
-        notify_url: format!("{}/callback/wechat/v2", t.url),
-        timeout: Duration::from_secs(5),
-    })
+    WechatV2Connector::new(
+        WechatV2Settings {
+            appid: setting(t, "appid"),
+            mch_id: setting(t, "mch_id"),
+            api_key: setting(t, "api_key"),
+            sign_type: SignType::HmacSha256,
+            base_url: format!("{}/wechat", sim_url(t)),
+            notify_url: format!("{}/callback/wechat/v2", t.url),
+            timeout: Duration::from_secs(5),
+        },
+        paygate::http::client::HttpClient::new(),
+    )
 }
 
 fn pay_and_settle(t: &TestNode, c: &Client, order_no: &str, amount: &str) -> String {

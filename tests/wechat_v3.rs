@@ -106,18 +106,21 @@ fn callback(t: &TestNode, body: &[u8]) -> (u16, String) {
 /// API does not expose yet (refunds, bills, certificates).
 fn adapter(t: &TestNode) -> WechatV3Connector {
     let platform = Certificate::from_pem("platform", &setting(t, "platform_certificate")).unwrap();
-    WechatV3Connector::new(WechatV3Settings {
-        appid: setting(t, "appid"),
-        mchid: setting(t, "mchid"),
-        merchant_serial: setting(t, "merchant_serial"),
-        merchant_key: RsaSigner::from_text("merchant", &setting(t, "merchant_private_key")).unwrap(),
-        platform_serial: platform.serial_hex,
-        platform_key: platform.key,
-        api_v3_key: api_v3_key(t),
-        base_url: sim_url(t),
-        notify_url: format!("{}/callback/wechat/v3", t.url),
-        timeout: Duration::from_secs(5),
-    })
+    WechatV3Connector::new(
+        WechatV3Settings {
+            appid: setting(t, "appid"),
+            mchid: setting(t, "mchid"),
+            merchant_serial: setting(t, "merchant_serial"),
+            merchant_key: RsaSigner::from_text("merchant", &setting(t, "merchant_private_key")).unwrap(),
+            platform_serial: platform.serial_hex,
+            platform_key: platform.key,
+            api_v3_key: api_v3_key(t),
+            base_url: sim_url(t),
+            notify_url: format!("{}/callback/wechat/v3", t.url),
+            timeout: Duration::from_secs(5),
+        },
+        paygate::http::client::HttpClient::new(),
+    )
 }
 
 #[test]

@@ -39,6 +39,8 @@ enum Inner {
 pub struct ClientOptions {
     /// A PEM file of further CA certificates to trust (a private CA, a test one).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Further CA certificates to trust, PEM text (the simulator's, made at its start).
+    pub ca_pem: Option<String>,
     /// Connect only to public addresses ([`crate::http::ssrf`]).
     pub public_only: bool,
     /// The largest answer read; 0: [`MAX_ANSWER_BYTES`].
@@ -101,10 +103,17 @@ impl Default for HttpClient {
     }
 }
 
-/// The TLS configuration: rustls on ring, TLS 1.2 and 1.3, webpki roots plus `ca_file`.
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+/// The TLS configuration: rustls on ring, TLS 1.2 and 1.3, webpki roots plus `ca_file`
+/// and `ca_pem`.
+fn tls_config(ca_file: Option<&std::path::Path>, ca_pem: Option<&str>) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(pem) = ca_pem {
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| format!("CA certificate: {e}"))?;
+            roots.add(cert).map_err(|e| format!("CA certificate: {e}"))?;
+        }
+    }
     if let Some(path) = ca_file {
         let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
             .map_err(|e| format!("{}: {e}", path.display()))?
@@ -128,7 +137,7 @@ impl HttpClient {
     pub fn new() -> HttpClient {
         let options = ClientOptions::default();
         let http = HttpClient::connector(&options);
-        let inner = match tls_config(None) {
+        let inner = match tls_config(None, None) {
             Ok(tls) => HttpClient::tls(http, tls),
             Err(e) => {
                 tracing::error!(error = %e, "TLS is unavailable; https:// calls will fail");
@@ -140,7 +149,7 @@ impl HttpClient {
 
     /// A client built as `options` say; fails on an unreadable CA file.
     pub fn with(options: &ClientOptions) -> Result<HttpClient, String> {
-        let tls = tls_config(options.ca_file.as_deref())?;
+        let tls = tls_config(options.ca_file.as_deref(), options.ca_pem.as_deref())?;
         let inner = HttpClient::tls(HttpClient::connector(options), tls);
         let max_answer = if options.max_answer == 0 { MAX_ANSWER_BYTES } else { options.max_answer };
         Ok(HttpClient { inner, max_answer, public_only: options.public_only })

@@ -14,6 +14,7 @@
 
 pub mod alipay;
 pub mod store;
+pub mod tls;
 pub mod unionpay;
 pub mod wechat;
 
@@ -43,6 +44,10 @@ pub struct SimConfig {
     /// a simulator reachable the same way.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Serve HTTPS, with a certificate authority made at start (`paygate sim --tls`);
+    /// the node's channels on the in-process simulator then trust it.
+    #[serde(default)]
+    pub tls: bool,
     /// Provider retry delays are multiplied by this (1.0: the providers' own schedule).
     #[serde(default = "one")]
     pub time_scale: f64,
@@ -288,8 +293,11 @@ impl SimRequest {
 pub struct SimHandle {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The URL buyers and channels reach it at (`http://<public host>:<port>`).
+    /// The URL buyers and channels reach it at (`http://<public host>:<port>`, or
+    /// `https://` with TLS).
     pub base_url: String,
+    /// With TLS: the CA certificate (PEM) its server certificate chains to.
+    pub ca_pem: Option<String>,
     /// Its accounts, trades and faults, for in-process tests and the node.
     pub sim: Arc<Simulator>,
     /// Stops the server (and so closes the simulator's store) once the last handle goes.
@@ -386,6 +394,26 @@ pub fn start(
         None if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
         None => format!("http://{addr}"),
     };
+    let tls = if config.tls {
+        let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        if !addr.ip().is_unspecified() {
+            hosts.push(addr.ip().to_string());
+        }
+        if let Some(host) = base_url.split("://").nth(1).and_then(|rest| rest.rsplit_once(':')).map(|(h, _)| h) {
+            hosts.push(host.trim_matches(['[', ']']).to_owned());
+        }
+        hosts.sort();
+        hosts.dedup();
+        Some(tls::generate(&hosts)?)
+    } else {
+        None
+    };
+    let base_url = match &tls {
+        Some(_) => base_url.replacen("http://", "https://", 1),
+        None => base_url,
+    };
+    let ca_pem = tls.as_ref().map(|t| t.ca_pem.clone());
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server));
     let sim = Arc::new(Simulator::new(config, base_url.clone(), store)?);
     let served = Arc::clone(&sim);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -398,16 +426,21 @@ pub fn start(
     std::thread::Builder::new()
         .name("paygate-sim".into())
         .spawn(move || {
-            rt.block_on(serve(listener, served, stopped));
+            rt.block_on(serve(listener, served, acceptor, stopped));
             // Dropping the runtime ends its connections, and with them the last
             // references to the simulator and its store.
             drop(rt);
         })
         .map_err(|e| e.to_string())?;
-    Ok(SimHandle { addr, base_url, sim, _stop: Arc::new(StopOnDrop(stop)) })
+    Ok(SimHandle { addr, base_url, ca_pem, sim, _stop: Arc::new(StopOnDrop(stop)) })
 }
 
-async fn serve(listener: std::net::TcpListener, sim: Arc<Simulator>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    sim: Arc<Simulator>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         tracing::error!("simulator: cannot listen");
         return;
@@ -419,35 +452,53 @@ async fn serve(listener: std::net::TcpListener, sim: Arc<Simulator>, mut stopped
         };
         let Ok((stream, _)) = accepted else { continue };
         let sim = Arc::clone(&sim);
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let sim = Arc::clone(&sim);
-                async move {
-                    let (parts, body) = req.into_parts();
-                    let body = match Limited::new(body, 1 << 20).collect().await {
-                        Ok(b) => b.to_bytes(),
-                        Err(_) => return Ok::<_, Infallible>(answer(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "")),
-                    };
-                    let headers = parts
-                        .headers
-                        .iter()
-                        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-                        .collect();
-                    let req = SimRequest {
-                        method: parts.method,
-                        headers,
-                        path: parts.uri.path().to_owned(),
-                        query: parts.uri.query().unwrap_or_default().to_owned(),
-                        body,
-                    };
-                    Ok(sim.route(req).await)
-                }
-            });
-            // Header names as the providers write them (Wechatpay-Signature, not lowercase).
-            let _ =
-                http1::Builder::new().title_case_headers(true).serve_connection(TokioIo::new(stream), service).await;
-        });
+        match &tls {
+            None => {
+                tokio::spawn(connection(stream, sim));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client that does not trust the CA ends here, as with a provider.
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        connection(stream, sim).await;
+                    }
+                });
+            }
+        }
     }
+}
+
+/// Serves one connection, plain or TLS.
+async fn connection<S>(stream: S, sim: Arc<Simulator>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+        let sim = Arc::clone(&sim);
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = match Limited::new(body, 1 << 20).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return Ok::<_, Infallible>(answer(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "")),
+            };
+            let headers = parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect();
+            let req = SimRequest {
+                method: parts.method,
+                headers,
+                path: parts.uri.path().to_owned(),
+                query: parts.uri.query().unwrap_or_default().to_owned(),
+                body,
+            };
+            Ok(sim.route(req).await)
+        }
+    });
+    // Header names as the providers write them (Wechatpay-Signature, not lowercase).
+    let _ = http1::Builder::new().title_case_headers(true).serve_connection(TokioIo::new(stream), service).await;
 }
 
 /// A random lowercase hex string of `bytes` bytes.

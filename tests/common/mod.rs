@@ -554,20 +554,26 @@ pub fn sandbox_pay(base: &str, pay_order_no: &str) {
 
 /// What the buyer's browser does with our pay page: read the form, post it.
 pub fn submit_front_form(pay_url: &str) -> (u16, String) {
+    let (action, form) = front_form(pay_url);
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    match ureq::post(&action).send_form(&pairs) {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The form our pay page makes the buyer's browser post: where to, and its fields.
+pub fn front_form(pay_url: &str) -> (String, Vec<(String, String)>) {
     let page = ureq::get(pay_url).call().unwrap().into_string().unwrap();
-    let action = between(&page, "action=\"", "\"");
+    let action = html_escape::decode_html_entities(&between(&page, "action=\"", "\"")).into_owned();
     let mut form = Vec::new();
     for input in page.split("<input ").skip(1) {
         let name = html_escape::decode_html_entities(&between(input, "name=\"", "\"")).into_owned();
         let value = html_escape::decode_html_entities(&between(input, "value=\"", "\"")).into_owned();
         form.push((name, value));
     }
-    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    match ureq::post(&html_escape::decode_html_entities(&action)).send_form(&pairs) {
-        Ok(r) => (r.status(), r.into_string().unwrap()),
-        Err(ureq::Error::Status(s, r)) => (s, r.into_string().unwrap()),
-        Err(e) => panic!("{e}"),
-    }
+    (action, form)
 }
 
 pub fn between(text: &str, start: &str, end: &str) -> String {

@@ -52,9 +52,10 @@ pub struct AlipayConnector {
 }
 
 impl AlipayConnector {
-    /// A connector with its own pooled client.
-    pub fn new(settings: AlipaySettings) -> AlipayConnector {
-        AlipayConnector { settings: Arc::new(settings), http: HttpClient::new() }
+    /// A connector calling through `http` (its own pooled client, trusting what the
+    /// channel is configured to trust).
+    pub fn new(settings: AlipaySettings, http: HttpClient) -> AlipayConnector {
+        AlipayConnector { settings: Arc::new(settings), http }
     }
 }
 

@@ -163,9 +163,10 @@ async fn query_order(s: &UnionPaySettings, http: &HttpClient, trade: &TradeRef) 
 }
 
 impl UnionPayConnector {
-    /// A connector with its own pooled client.
-    pub fn new(settings: UnionPaySettings) -> UnionPayConnector {
-        UnionPayConnector { settings: Arc::new(settings), http: HttpClient::new() }
+    /// A connector calling through `http` (its own pooled client, trusting what the
+    /// channel is configured to trust).
+    pub fn new(settings: UnionPaySettings, http: HttpClient) -> UnionPayConnector {
+        UnionPayConnector { settings: Arc::new(settings), http }
     }
 
     fn notification(&self, request: &CallbackRequest) -> Params {

@@ -58,9 +58,10 @@ pub struct WechatV2Connector {
 }
 
 impl WechatV2Connector {
-    /// A connector with its own pooled client.
-    pub fn new(settings: WechatV2Settings) -> WechatV2Connector {
-        WechatV2Connector { settings: Arc::new(settings), http: HttpClient::new() }
+    /// A connector calling through `http` (its own pooled client, trusting what the
+    /// channel is configured to trust).
+    pub fn new(settings: WechatV2Settings, http: HttpClient) -> WechatV2Connector {
+        WechatV2Connector { settings: Arc::new(settings), http }
     }
 }
 

@@ -190,9 +190,10 @@ fn refund_state(status: &str) -> RefundState {
 }
 
 impl WechatV3Connector {
-    /// A connector with its own pooled client.
-    pub fn new(settings: WechatV3Settings) -> WechatV3Connector {
-        WechatV3Connector { settings: Arc::new(settings), http: HttpClient::new() }
+    /// A connector calling through `http` (its own pooled client, trusting what the
+    /// channel is configured to trust).
+    pub fn new(settings: WechatV3Settings, http: HttpClient) -> WechatV3Connector {
+        WechatV3Connector { settings: Arc::new(settings), http }
     }
 
     /// The platform certificates WeChat publishes, from a list signed with the platform
