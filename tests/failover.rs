@@ -25,6 +25,13 @@ fn breaker(t: &TestNode, channel: &str) -> f64 {
     metric(&t.url, &format!("paygate_channel_breaker_state{{channel=\"{channel}\"}} "))
 }
 
+/// Waits until the channel's actor has moved its open breaker to half open (its open
+/// time has passed: a probe may go).
+fn half_open(t: &TestNode, channel: &str) {
+    eventually(Duration::from_secs(10), || (breaker(t, channel) == 1.0).then_some(()))
+        .unwrap_or_else(|| panic!("{channel} never half open"));
+}
+
 #[test]
 fn an_account_outage_fails_over_to_its_sibling_and_the_breaker_recovers() {
     let t = TestNode::start_with(|c| {
@@ -66,7 +73,7 @@ fn an_account_outage_fails_over_to_its_sibling_and_the_breaker_recovers() {
     wait_status(&c, &id, "SUCCESS", Duration::from_secs(10));
 
     // Still down when the open time passes: the probe fails and the breaker reopens.
-    std::thread::sleep(Duration::from_millis(1_700));
+    half_open(&t, MAIN);
     let a = c.pay_by("ALIPAY", "FO-101", "1.00");
     assert_eq!((a.code(), a.data("channel")), ("SUCCESS", SIBLING), "{a:?}");
     assert_eq!(calls(&t, MAIN, "unavailable"), failed + 1.0, "one probe");
@@ -74,7 +81,7 @@ fn an_account_outage_fails_over_to_its_sibling_and_the_breaker_recovers() {
 
     // The account recovers: after the open time, one probe goes to it and closes it.
     sim_post(&t, "/sim/alipay/faults", json!({ "app_id": "2021000000000001" }));
-    std::thread::sleep(Duration::from_millis(1_700));
+    half_open(&t, MAIN);
     let a = c.pay_by("ALIPAY", "FO-102", "1.00");
     assert_eq!((a.code(), a.data("channel")), ("SUCCESS", MAIN), "the probe: {a:?}");
     eventually(Duration::from_secs(5), || (breaker(&t, MAIN) == 0.0).then_some(())).expect("the breaker closes");
@@ -107,7 +114,7 @@ fn an_account_outage_fails_over_to_its_sibling_and_the_breaker_recovers() {
     );
     // The same order number is free to be paid once the channel is back.
     sim_post(&t, "/sim/wechat/faults", json!({}));
-    std::thread::sleep(Duration::from_millis(1_700));
+    half_open(&t, "wechat-v3-sim");
     let a = c.pay_by("WECHAT_PAY", "FO-W0", "1.00");
     assert_eq!(a.code(), "SUCCESS", "{a:?}");
 }
