@@ -438,17 +438,19 @@ impl OrderCell {
     /// most an unpaid orphan trade at the channel; the repeated request opens a new one
     /// under a new id.
     async fn open(&mut self, oc: &OrderContext, sub: PaySubmission) -> CoreResult<Order> {
-        let mut route = sub.route?;
+        let Route { strategy, candidates, .. } = sub.route?;
         // A trade we could not journal would be an orphan at the channel.
         oc.journal.writable().map_err(StorageError::into_core)?;
         let now = oc.clock.now_ms();
         let day = business_day(now);
+        let amount = sub.spec.amount.minor();
         let mut passed_over = Vec::new();
-        for channel in route.candidates.clone() {
-            let Some(handle) = oc.channels.get(&channel) else { continue };
+        // Whether any channel was asked: if none was, there was no channel to take it.
+        let mut asked = false;
+        for channel in &candidates {
+            let Some(handle) = oc.channels.get(channel) else { continue };
             // Routing saw room under the channel's daily limit; taking it is what holds
             // it, against payments routed at the same moment.
-            let amount = sub.spec.amount.minor();
             if !handle.stats.daily.try_take(day, amount, handle.profile.daily_limit_minor) {
                 passed_over.push(format!("{channel}: daily limit reached"));
                 continue;
@@ -461,16 +463,15 @@ impl OrderCell {
                 sub.expire_after_ms,
             );
             let order = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
+            asked = true;
             let opened = match open_trade(handle, &order).await {
                 Err(ChannelError::Unavailable(why)) => {
                     tracing::warn!(pay_order_no = %order.pay_order_no, %channel, %why, "channel unavailable; trying the next");
                     Err(why)
                 }
                 other => {
-                    let routed = OrderEvent::Routed {
-                        route: Route { passed_over: passed_over.clone(), ..route.clone() },
-                        at: now,
-                    };
+                    let route = Route { strategy, candidates: candidates.clone(), passed_over: passed_over.clone() };
+                    let routed = OrderEvent::Routed { route, at: now };
                     Ok(self.settle_opening(oc, order, vec![created, routed], other).await)
                 }
             };
@@ -483,11 +484,8 @@ impl OrderCell {
                 Err(why) => passed_over.push(format!("{channel}: {why}")),
             }
         }
-        route.passed_over = passed_over;
-        Err(CoreError::new(
-            ErrorCode::ChannelError,
-            format!("no channel could take the payment now: {}", route.passed_over.join("; ")),
-        ))
+        let code = if asked { ErrorCode::ChannelError } else { ErrorCode::NoAvailableChannel };
+        Err(CoreError::new(code, format!("no channel could take the payment now: {}", passed_over.join("; "))))
     }
 
     /// Opens the trade of an order already created whose outcome at its channel was
