@@ -71,14 +71,12 @@ pub struct ChannelStats {
     pub unavailable: AtomicU64,
     /// Calls not made because the channel's breaker was open.
     pub breaker_open: AtomicU64,
-    /// Sum of call latencies, microseconds.
-    pub latency_us_total: AtomicU64,
     /// What it has taken today, against its daily limit.
     pub daily: DailyVolume,
 }
 
 impl ChannelStats {
-    fn record<T>(&self, outcome: &Result<T, ChannelError>, took: Duration) {
+    fn record<T>(&self, outcome: &Result<T, ChannelError>) {
         let counter = match outcome {
             Ok(_) => &self.ok,
             Err(ChannelError::Rejected { .. }) => &self.rejected,
@@ -86,7 +84,6 @@ impl ChannelStats {
             Err(ChannelError::Unavailable(_)) => &self.unavailable,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.latency_us_total.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -162,7 +159,7 @@ impl ChannelHandle {
             Ok(r) => r,
             Err(_) => Err(ChannelError::Unknown(format!("no answer within {} ms", timeout.as_millis()))),
         };
-        self.stats.record(&outcome, report.started.elapsed());
+        self.stats.record(&outcome);
         let failed = outcome.as_ref().err().is_some_and(ChannelError::is_failure);
         report.send(if failed { CallOutcome::Failed } else { CallOutcome::Answered });
         outcome

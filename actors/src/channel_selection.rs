@@ -28,12 +28,12 @@ pub trait ChannelState {
 }
 
 /// The node's channels as their actors published them, on one business day.
-struct Published<'a> {
+struct DirectoryState<'a> {
     directory: &'a ChannelDirectory,
     day: i64,
 }
 
-impl ChannelState for Published<'_> {
+impl ChannelState for DirectoryState<'_> {
     fn has_room(&self, c: &ChannelProfile, amount: Money) -> bool {
         c.daily_limit_minor.is_none_or(|limit| {
             let used = self.directory.get(&c.code).map_or(0, |h| h.stats.daily.used(self.day));
@@ -68,7 +68,7 @@ impl ChannelDirectory {
         strategy: Strategy,
         draw: f64,
     ) -> Result<Route, CoreError> {
-        let state = Published { directory: self, day: business_day(now_ms) };
+        let state = DirectoryState { directory: self, day: business_day(now_ms) };
         let ranked = rank_channels(self.profiles(), method, amount, strategy, draw, &state)?;
         let candidates = ranked.into_iter().map(|p| p.code.clone()).collect();
         Ok(Route { strategy, candidates, passed_over: Vec::new() })
