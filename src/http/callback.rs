@@ -20,17 +20,19 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
     // `/callback/wechat/v2` is the provider `wechat_v2`.
     let provider = path.replace('/', "_");
     let provider = provider.as_str();
-    let channels: Vec<&ChannelHandle> = app.channels.of_provider(provider).collect();
-    let first = *channels.first().ok_or(ApiError::NotFound)?;
+    let mut tries: Vec<&ChannelHandle> = app.channels.of_provider(provider).collect();
+    let first = *tries.first().ok_or(ApiError::NotFound)?;
     // A provider may have several channels (accounts). The order the callback names
-    // says which one carries it: that channel's keys and account must verify it. A
-    // callback naming no order we know is tried against each channel in turn.
-    let carrier = match first.connector.unverified_order(&request) {
-        Some(id) => app.router.read(OrderTarget::Id(id), None).await.ok().map(|o| o.channel.clone()),
-        None => None,
-    };
-    let mut tries = channels.clone();
-    tries.sort_by_key(|c| Some(&c.profile.code) != carrier.as_ref());
+    // says which one carries it: that channel's keys and account must verify it, so it
+    // is tried first (with one channel there is nothing to choose). A callback naming
+    // no order we know is tried against each channel in turn.
+    if tries.len() > 1 {
+        let carrier = match first.connector.unverified_order(&request) {
+            Some(id) => app.router.read(OrderTarget::Id(id), None).await.ok().map(|o| o.channel.clone()),
+            None => None,
+        };
+        tries.sort_by_key(|c| Some(&c.profile.code) != carrier.as_ref());
+    }
     let (channel, verified) = tries
         .iter()
         .find_map(|c| c.connector.verify_callback(&request).map(|v| (*c, Some(v))))
