@@ -244,6 +244,7 @@ fn actor_round_trip(c: &mut Criterion) {
             query_policy: QueryPolicy::default(),
             passivation: Passivation { idle: Duration::from_secs(3600), final_idle: Duration::from_secs(3600) },
             notifier: Default::default(),
+            failover_budget: Duration::from_secs(10),
         });
         let shards = (0..4).map(|n| actix::Actor::start(ShardSupervisor::new(ShardId(n), oc.clone()))).collect();
         let router = OrderRouter::new(oc, shards);

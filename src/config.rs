@@ -162,6 +162,11 @@ pub struct OrdersConfig {
     pub passivate_idle_secs: u64,
     /// An idle final order leaves memory after this many milliseconds.
     pub passivate_final_ms: u64,
+    /// How long a new payment may spend trying channels, milliseconds: once spent, no
+    /// further channel is tried, and a channel that did not answer is not given up on
+    /// unless asking it and closing its trade fits in what is left.
+    #[serde(default = "default_failover_budget_ms")]
+    pub failover_budget_ms: u64,
     /// The most bytes the read cache may hold: the last states of orders that left
     /// memory (passivated, or read from the views by a query).
     #[serde(default = "default_read_cache_bytes")]
@@ -202,6 +207,10 @@ fn default_refund_query_interval_secs() -> u64 {
 
 fn default_refund_query_max_attempts() -> u8 {
     10
+}
+
+fn default_failover_budget_ms() -> u64 {
+    10_000
 }
 
 fn default_read_cache_bytes() -> usize {

@@ -389,6 +389,7 @@ fn build(
             final_idle: Duration::from_millis(config.orders.passivate_final_ms),
         },
         notifier: notifier.clone(),
+        failover_budget: Duration::from_millis(config.orders.failover_budget_ms),
     });
     let shards = (0..config.shards.count)
         .map(|n| {

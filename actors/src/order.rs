@@ -10,6 +10,7 @@
 //! signal is recorded (as an event) and answered, never applied against the machine.
 
 use crate::clock::UnixMillis;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -304,6 +305,12 @@ pub struct Order {
     pub late_payments: Vec<LatePayment>,
     /// How its channel was chosen (orders created before routes were kept have none).
     pub route: Option<Route>,
+    /// Channels whose trade of this order was given up on before the order's channel
+    /// opened one (failover after an unknown outcome): a payment there is refunded.
+    pub abandoned: Vec<String>,
+    /// The channel of each late payment taken on an abandoned trade, by its trade
+    /// number (the others were taken by the order's own channel).
+    pub late_payment_channels: BTreeMap<String, String>,
     /// Refunds, in the order they were asked for (see [`crate::refund`]).
     pub refunds: Vec<Refund>,
     /// Journal sequence of the last record applied to this order.
@@ -349,8 +356,15 @@ pub enum OrderCommand {
         /// The channel's reason.
         reason: String,
     },
-    /// A verified signal about the trade.
+    /// A verified signal about the trade at the order's channel.
     Notice(ChannelNotice),
+    /// A verified signal from `channel`, which may be one whose trade was abandoned.
+    NoticeFrom {
+        /// The channel that sent it.
+        channel: String,
+        /// What it says.
+        notice: ChannelNotice,
+    },
     /// The merchant closes the order (after the channel closed it).
     Close,
     /// The expiry timer fired (after the channel confirmed the trade unpaid and closed).
@@ -506,12 +520,29 @@ pub enum OrderEvent {
         at: UnixMillis,
     },
     /// How the order's channel was chosen (in the record that creates the order).
-    /// Last among the events: journals written before it existed stay readable.
+    /// Late among the events: journals written before it existed stay readable.
     Routed {
         /// The strategy, the candidates in order and those passed over.
         route: Route,
         /// When.
         at: UnixMillis,
+    },
+    /// A trade opened for this order at `channel` was given up on before the order's
+    /// own channel was tried: the call's outcome was unknown, then the channel said the
+    /// trade was unpaid and closed it. In the record that creates the order.
+    TradeAbandoned {
+        /// The channel.
+        channel: String,
+        /// When.
+        at: UnixMillis,
+    },
+    /// A payment was taken on an abandoned trade after all: flagged and refunded at
+    /// that channel, like a late payment, whatever the order's status.
+    AbandonedTradePaid {
+        /// The abandoned trade's channel.
+        channel: String,
+        /// The payment.
+        payment: LatePayment,
     },
 }
 
@@ -575,6 +606,8 @@ impl OrderEvent {
             OrderEvent::Refund { event, .. } => event.name(),
             OrderEvent::NotifyDue { .. } => "NotifyDue",
             OrderEvent::Routed { .. } => "Routed",
+            OrderEvent::TradeAbandoned { .. } => "TradeAbandoned",
+            OrderEvent::AbandonedTradePaid { .. } => "AbandonedTradePaid",
         }
     }
 
@@ -613,6 +646,8 @@ impl Order {
             query_attempts: 0,
             late_payments: Vec::new(),
             route: None,
+            abandoned: Vec::new(),
+            late_payment_channels: BTreeMap::new(),
             refunds: Vec::new(),
             seq: 0,
         })
@@ -680,6 +715,18 @@ impl Order {
                 _ => vec![],
             },
             OrderCommand::Notice(notice) => self.decide_notice(notice, now)?,
+            OrderCommand::NoticeFrom { channel, notice } if channel == self.channel => {
+                self.decide_notice(notice, now)?
+            }
+            OrderCommand::NoticeFrom { channel, notice } if self.abandoned.contains(&channel) => {
+                self.decide_abandoned_notice(channel, notice, now)?
+            }
+            OrderCommand::NoticeFrom { channel, .. } => {
+                return Err(CoreError::new(
+                    ErrorCode::ChannelError,
+                    format!("channel {channel} holds no trade of order {}", self.pay_order_no),
+                ))
+            }
             OrderCommand::Close => match status {
                 Pending | Paying => vec![OrderEvent::Closed { at: now }],
                 Closed => vec![],
@@ -764,6 +811,12 @@ impl Order {
             && refund_order_no == Refund::number(&self.pay_order_no, self.refunds.len())
     }
 
+    /// The channel that took late payment `channel_trade_no`: the order's own, or the
+    /// one whose abandoned trade it was paid on.
+    pub fn late_payment_channel(&self, channel_trade_no: &str) -> &str {
+        self.late_payment_channels.get(channel_trade_no).unwrap_or(&self.channel)
+    }
+
     /// Whether the late payment the channel took as `channel_trade_no` has its refund.
     fn refunds_late_payment(&self, channel_trade_no: &str) -> bool {
         self.refunds.iter().any(|r| r.late_payment.as_deref() == Some(channel_trade_no))
@@ -779,10 +832,14 @@ impl Order {
             return vec![];
         }
         let refund_order_no = Refund::number(&self.pay_order_no, self.refunds.len());
+        let reason = match self.late_payment_channels.get(&channel_trade_no) {
+            Some(channel) => format!("paid on the trade at {channel} given up on: returned automatically"),
+            None => format!("paid after the order was {}: returned automatically", self.status),
+        };
         let spec = RefundSpec {
             refund_no: format!("AUTO-{refund_order_no}"),
             amount_minor: late.amount_minor,
-            reason: Some(format!("paid after the order was {}: returned automatically", self.status)),
+            reason: Some(reason),
             notify_url: None,
         };
         vec![OrderEvent::Refund {
@@ -851,20 +908,44 @@ impl Order {
         Ok(vec![OrderEvent::Refund { refund_order_no, event: RefundEvent::Requested { spec, at: now } }])
     }
 
+    /// Refuses a payment of another amount than the order's.
+    fn check_paid_amount(&self, amount_minor: i64) -> Result<(), CoreError> {
+        if amount_minor == self.spec.amount.minor() {
+            return Ok(());
+        }
+        Err(CoreError::new(
+            ErrorCode::ChannelError,
+            format!("channel reports {amount_minor} minor units paid for an order of {}", self.spec.amount.minor()),
+        ))
+    }
+
+    /// What `channel`, whose trade was abandoned, says: only a payment matters (the
+    /// trade was closed, so it should never come), and it is never the order's.
+    fn decide_abandoned_notice(
+        &self,
+        channel: String,
+        notice: ChannelNotice,
+        now: i64,
+    ) -> Result<Vec<OrderEvent>, CoreError> {
+        let ChannelNotice::Paid { channel_trade_no, amount_minor } = notice else {
+            return Ok(vec![]);
+        };
+        self.check_paid_amount(amount_minor)?;
+        if self.late_payments.iter().any(|p| p.channel_trade_no == channel_trade_no) {
+            return Ok(vec![]);
+        }
+        Ok(vec![OrderEvent::AbandonedTradePaid {
+            channel,
+            payment: LatePayment { channel_trade_no, amount_minor, at: now },
+        }])
+    }
+
     fn decide_notice(&self, notice: ChannelNotice, now: i64) -> Result<Vec<OrderEvent>, CoreError> {
         use OrderStatus::*;
         let status = self.status;
         Ok(match notice {
             ChannelNotice::Paid { channel_trade_no, amount_minor } => {
-                if amount_minor != self.spec.amount.minor() {
-                    return Err(CoreError::new(
-                        ErrorCode::ChannelError,
-                        format!(
-                            "channel reports {amount_minor} minor units paid for an order of {}",
-                            self.spec.amount.minor()
-                        ),
-                    ));
-                }
+                self.check_paid_amount(amount_minor)?;
                 // Already counted: the payment that settled the order, or a late one on file.
                 let known = (status.is_paid() && self.channel_trade_no.as_deref() == Some(channel_trade_no.as_str()))
                     || self.late_payments.iter().any(|p| p.channel_trade_no == channel_trade_no);
@@ -972,6 +1053,22 @@ impl Order {
                 }
                 self.route = Some(route.clone());
                 *at
+            }
+            OrderEvent::TradeAbandoned { channel, at } => {
+                if status != Pending || *channel == self.channel || self.abandoned.contains(channel) {
+                    return Err(violation());
+                }
+                self.abandoned.push(channel.clone());
+                *at
+            }
+            OrderEvent::AbandonedTradePaid { channel, payment } => {
+                let known = self.late_payments.iter().any(|p| p.channel_trade_no == payment.channel_trade_no);
+                if !self.abandoned.contains(channel) || known {
+                    return Err(violation());
+                }
+                self.late_payments.push(payment.clone());
+                self.late_payment_channels.insert(payment.channel_trade_no.clone(), channel.clone());
+                payment.at
             }
             OrderEvent::Refund { refund_order_no, event } => match self.apply_refund(refund_order_no, event) {
                 Some(at) => at,
@@ -1110,6 +1207,36 @@ mod tests {
 
     fn paid(trade: &str, amount: i64) -> OrderCommand {
         OrderCommand::Notice(ChannelNotice::Paid { channel_trade_no: trade.into(), amount_minor: amount })
+    }
+
+    #[test]
+    fn a_payment_on_an_abandoned_trade_is_refunded_at_its_channel_whatever_the_order_does() {
+        let mut o = new_order(100);
+        let abandon = |channel: &str| OrderEvent::TradeAbandoned { channel: channel.into(), at: 1 };
+        assert!(o.clone().apply(&abandon("sandbox")).is_err(), "the order's own channel is never abandoned");
+        o.apply(&abandon("other")).unwrap();
+        assert!(o.clone().apply(&abandon("other")).is_err(), "once");
+        let from = |channel: &str, trade: &str| OrderCommand::NoticeFrom {
+            channel: channel.into(),
+            notice: ChannelNotice::Paid { channel_trade_no: trade.into(), amount_minor: 100 },
+        };
+        // Still waiting for its own payment: the abandoned trade's is not it.
+        run(&mut o, from("other", "T-OTHER"), 2).unwrap();
+        assert_eq!((o.status, o.late_payment_channel("T-OTHER")), (OrderStatus::Pending, "other"));
+        assert_eq!(run(&mut o, from("other", "T-OTHER"), 3), Ok(0), "told twice, recorded once");
+        run(&mut o, OrderCommand::RefundLatePayment { channel_trade_no: "T-OTHER".into() }, 4).unwrap();
+        let reason = o.refunds[0].spec.reason.clone().unwrap_or_default();
+        assert!(reason.contains("given up on"), "{reason}");
+        run(&mut o, from("sandbox", "T-OWN"), 5).unwrap();
+        assert_eq!((o.status, o.late_payment_channel("T-OWN")), (OrderStatus::Success, "sandbox"));
+        assert_eq!(run(&mut o, from("third", "T-3"), 6).unwrap_err().code, ErrorCode::ChannelError);
+        let foreign = OrderEvent::AbandonedTradePaid {
+            channel: "third".into(),
+            payment: LatePayment { channel_trade_no: "T-3".into(), amount_minor: 100, at: 7 },
+        };
+        assert!(o.apply(&foreign).is_err(), "only a channel the order abandoned");
+        let late_abandon = OrderEvent::TradeAbandoned { channel: "fourth".into(), at: 8 };
+        assert!(o.apply(&late_abandon).is_err(), "only where the order is created");
     }
 
     #[test]

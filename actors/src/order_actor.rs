@@ -60,6 +60,8 @@ pub struct OrderContext {
     pub passivation: Passivation,
     /// The merchants' delivery actors, handed each notification once it is durable.
     pub notifier: NotifierDirectory,
+    /// How long a new payment may spend trying channels before no further one is tried.
+    pub failover_budget: Duration,
 }
 
 /// A new payment as the API layer prepared it.
@@ -84,8 +86,14 @@ pub enum OrderRequest {
     Query,
     /// Close the order at the channel and here.
     Close,
-    /// A verified channel signal (callback).
-    Notice(ChannelNotice),
+    /// A verified signal (callback) from a channel: the order's, or one whose trade of
+    /// it was abandoned.
+    Notice {
+        /// The channel whose keys verified it.
+        channel: String,
+        /// What it says.
+        notice: ChannelNotice,
+    },
     /// A timer is due: expire or query.
     Tick,
     /// Ask the channel now where an open order's trade stands (e.g. after a callback
@@ -283,9 +291,9 @@ impl OrderCell {
             OrderRequest::Pay(sub) => self.pay(oc, *sub).await,
             OrderRequest::Query => self.current(),
             OrderRequest::Close => self.close(oc).await,
-            OrderRequest::Notice(notice) => {
+            OrderRequest::Notice { channel, notice } => {
                 self.current()?;
-                self.execute(oc, vec![OrderCommand::Notice(notice)]).await?;
+                self.execute(oc, vec![OrderCommand::NoticeFrom { channel, notice }]).await?;
                 self.current()
             }
             OrderRequest::Tick => self.tick(oc).await,
@@ -319,9 +327,7 @@ impl OrderCell {
             for event in next.handle(cmd, now)? {
                 next.apply(&event).map_err(|e| CoreError::system(e.to_string()))?;
                 // A late payment's refund is decided in the same record that learns of it.
-                if let (OrderEvent::LatePaymentRecorded { payment }, true) =
-                    (&event, oc.query_policy.refunds.late_payments)
-                {
+                if let (Some(payment), true) = (late_payment(&event), oc.query_policy.refunds.late_payments) {
                     let channel_trade_no = payment.channel_trade_no.clone();
                     cmds.push_back(OrderCommand::RefundLatePayment { channel_trade_no });
                 }
@@ -355,13 +361,8 @@ impl OrderCell {
                 _ => None,
             })
             .collect();
-        let late_payments: Vec<String> = events
-            .iter()
-            .filter_map(|e| match e {
-                OrderEvent::LatePaymentRecorded { payment } => Some(payment.channel_trade_no.clone()),
-                _ => None,
-            })
-            .collect();
+        let late_payments: Vec<String> =
+            events.iter().filter_map(late_payment).map(|p| p.channel_trade_no.clone()).collect();
         let record = Record::Order { pay_order_no: self.pay_order_no.clone(), seq, events };
         let ticket = oc.journal.append(record).await.map_err(|e| match e {
             StorageError::Full(_) => e.into_core(),
@@ -382,8 +383,9 @@ impl OrderCell {
             tracing::warn!(
                 pay_order_no = %self.pay_order_no,
                 %channel_trade_no,
+                channel = next.late_payment_channel(&channel_trade_no),
                 status = %next.status,
-                "a payment arrived after the order was final"
+                "a payment arrived after the order was final, or on a trade given up on"
             );
         }
         for (refund_order_no, outcome) in refunds_settled {
@@ -404,9 +406,7 @@ impl OrderCell {
     }
 
     fn channel<'a>(&self, channels: &'a ChannelDirectory, order: &Order) -> CoreResult<&'a ChannelHandle> {
-        channels.get(&order.channel).ok_or_else(|| {
-            CoreError::new(ErrorCode::ChannelError, format!("channel {} is no longer configured", order.channel))
-        })
+        channels.get(&order.channel).ok_or_else(|| gone(&order.channel))
     }
 
     async fn pay(&mut self, oc: &OrderContext, sub: PaySubmission) -> CoreResult<Order> {
@@ -431,7 +431,12 @@ impl OrderCell {
 
     /// Creates the order at the first of the routed channels that can take it. A channel
     /// that certainly did not open the trade (unreachable, 503, breaker open) or has no
-    /// room left today is passed over for the next; any other answer is the order's.
+    /// room left today is passed over for the next. A channel whose answer was lost
+    /// (timeout) is asked where the trade stands and to close it; only once it has
+    /// closed an unpaid trade is the next channel tried — on another account, since the
+    /// closed trade keeps its number there — and the order records it as abandoned. Any
+    /// other answer is the order's. No new channel is tried once the failover budget is
+    /// spent.
     ///
     /// The trade is opened before the order is journaled, and both are journaled as one
     /// record. Nobody holds the code URL until we answer, so a crash in between leaves at
@@ -441,14 +446,25 @@ impl OrderCell {
         let Route { strategy, candidates, .. } = sub.route?;
         // A trade we could not journal would be an orphan at the channel.
         oc.journal.writable().map_err(StorageError::into_core)?;
+        let started = Instant::now();
         let now = oc.clock.now_ms();
         let day = business_day(now);
         let amount = sub.spec.amount.minor();
         let mut passed_over = Vec::new();
+        // Trades given up on, and the accounts they were opened under.
+        let mut abandoned: Vec<(String, AccountKey)> = Vec::new();
         // Whether any channel was asked: if none was, there was no channel to take it.
         let mut asked = false;
-        for channel in &candidates {
+        for (i, channel) in candidates.iter().enumerate() {
             let Some(handle) = oc.channels.get(channel) else { continue };
+            if abandoned.iter().any(|(_, account)| *account == account_of(handle)) {
+                passed_over.push(format!("{channel}: same account as a trade given up on"));
+                continue;
+            }
+            if asked && started.elapsed() >= oc.failover_budget {
+                passed_over.push(format!("{channel}: not tried, the failover budget was spent"));
+                continue;
+            }
             // Routing saw room under the channel's daily limit; taking it is what holds
             // it, against payments routed at the same moment.
             if !handle.stats.daily.try_take(day, amount, handle.profile.daily_limit_minor) {
@@ -464,16 +480,51 @@ impl OrderCell {
             );
             let order = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
             asked = true;
+            // The creating record's first events, and the order they make.
+            let creation = |passed_over: &[String], abandoned: &[(String, AccountKey)]| {
+                let route = Route { strategy, candidates: candidates.clone(), passed_over: passed_over.to_vec() };
+                let mut events = vec![created.clone(), OrderEvent::Routed { route, at: now }];
+                events
+                    .extend(abandoned.iter().map(|(c, _)| OrderEvent::TradeAbandoned { channel: c.clone(), at: now }));
+                let mut order = order.clone();
+                for event in events.iter().skip(1) {
+                    order.apply(event).map_err(|e| CoreError::system(e.to_string()))?;
+                }
+                Ok::<_, CoreError>((order, events))
+            };
+            let next_account = candidates
+                .get(i + 1..)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| oc.channels.get(c).is_some_and(|h| account_of(h) != account_of(handle)));
             let opened = match open_trade(handle, &order).await {
                 Err(ChannelError::Unavailable(why)) => {
                     tracing::warn!(pay_order_no = %order.pay_order_no, %channel, %why, "channel unavailable; trying the next");
                     Err(why)
                 }
-                other => {
-                    let route = Route { strategy, candidates: candidates.clone(), passed_over: passed_over.clone() };
-                    let routed = OrderEvent::Routed { route, at: now };
-                    Ok(self.settle_opening(oc, order, vec![created, routed], other).await)
+                Err(ChannelError::Unknown(why))
+                    if next_account && started.elapsed() + handle.profile.timeout * 2 <= oc.failover_budget =>
+                {
+                    match give_up_trade(handle, &order).await {
+                        Ok(()) => {
+                            tracing::warn!(pay_order_no = %order.pay_order_no, %channel, %why, "outcome unknown; the trade was closed, trying the next channel");
+                            abandoned.push((channel.clone(), account_of(handle)));
+                            Err(format!("{why}; its trade was closed"))
+                        }
+                        Err(found) => {
+                            let mut cmds = vec![OrderCommand::MarkSubmitted];
+                            cmds.extend(found.map(OrderCommand::Notice));
+                            match creation(&passed_over, &abandoned) {
+                                Ok((order, events)) => Ok(self.settle_unknown(oc, order, events, cmds, &why).await),
+                                Err(e) => Ok(Err(e)),
+                            }
+                        }
+                    }
                 }
+                other => match creation(&passed_over, &abandoned) {
+                    Ok((order, events)) => Ok(self.settle_opening(oc, order, events, other).await),
+                    Err(e) => Ok(Err(e)),
+                },
             };
             if self.state.is_none() {
                 // Nothing was journaled: the order does not exist, nor does its share.
@@ -495,6 +546,25 @@ impl OrderCell {
         oc.journal.writable().map_err(StorageError::into_core)?;
         let opened = open_trade(channel, &order).await;
         self.settle_opening(oc, order, Vec::new(), opened).await
+    }
+
+    /// Journals `prior` with `cmds` after a create call of unknown outcome whose trade
+    /// could not be given up on (`cmds` may carry where the channel said it stands):
+    /// the order stays with that channel, PAYING unless the channel said otherwise.
+    async fn settle_unknown(
+        &mut self,
+        oc: &OrderContext,
+        order: Order,
+        prior: Vec<OrderEvent>,
+        cmds: Vec<OrderCommand>,
+        why: &str,
+    ) -> CoreResult<Order> {
+        self.execute_from(oc, order, prior, cmds).await?;
+        let order = self.current()?;
+        if !order.status.is_open() {
+            return Ok(order);
+        }
+        Err(CoreError::new(ErrorCode::ChannelError, unanswered(&order, why)))
     }
 
     /// Journals `prior` (the creation, for a new order) with what the channel said to
@@ -519,12 +589,7 @@ impl OrderCell {
             }
             Err(ChannelError::Unknown(why) | ChannelError::Unavailable(why)) => {
                 tracing::warn!(pay_order_no = %order.pay_order_no, %why, "channel create outcome unknown");
-                let refusal = format!(
-                    "the channel did not answer ({why}); order {} is PAYING and will be settled by query; \
-                     repeat the same request for its payment URL",
-                    order.pay_order_no
-                );
-                (OrderCommand::MarkSubmitted, Some(refusal))
+                (OrderCommand::MarkSubmitted, Some(unanswered(&order, &why)))
             }
         };
         self.execute_from(oc, order, prior, vec![cmd]).await?;
@@ -647,11 +712,13 @@ impl OrderCell {
             if !refund.status.is_open() {
                 return Ok(order);
             }
-            let channel = self.channel(&oc.channels, &order)?;
             let mut trade = TradeRef::of(&order);
+            let mut channel_code = order.channel.as_str();
             if let Some(late) = &refund.late_payment {
                 trade.channel_trade_no = Some(late.clone());
+                channel_code = order.late_payment_channel(late);
             }
+            let channel = oc.channels.get(channel_code).ok_or_else(|| gone(channel_code))?;
             let request = ChannelRefund {
                 trade,
                 refund_no: refund.refund_order_no.clone(),
@@ -686,6 +753,59 @@ impl OrderCell {
             tracing::info!(%refund_order_no, "the channel has no such refund; asking again under the same number");
             ask = true;
         }
+    }
+}
+
+/// What the merchant is told when the channel did not answer the trade's opening.
+fn unanswered(order: &Order, why: &str) -> String {
+    format!(
+        "the channel did not answer ({why}); order {} is PAYING and will be settled by query; \
+         repeat the same request for its payment URL",
+        order.pay_order_no
+    )
+}
+
+/// Which provider account a channel opens trades under: two channels of one account
+/// share its trade numbers (a closed trade's number cannot be opened again there).
+type AccountKey = String;
+
+fn account_of(channel: &ChannelHandle) -> AccountKey {
+    match channel.connector.account() {
+        "" => format!("{}:?", channel.profile.provider),
+        account => account.to_owned(),
+    }
+}
+
+/// Gives up the trade of `order` at `channel` after its opening went unanswered: asks
+/// where it stands and closes it. `Ok`: the trade cannot be paid. `Err(Some(_))`: the
+/// channel says it was paid — the order's payment. `Err(None)`: not settled (another
+/// unknown), so the order must stay with this channel.
+async fn give_up_trade(channel: &ChannelHandle, order: &Order) -> Result<(), Option<ChannelNotice>> {
+    let trade = TradeRef::of(order);
+    let closable = |n: &ChannelNotice| matches!(n, ChannelNotice::NotPaid | ChannelNotice::Closed);
+    match channel.query(trade.clone()).await {
+        Ok(n) if closable(&n) => {}
+        Ok(ChannelNotice::Failed { .. }) => return Ok(()),
+        Ok(paid) => return Err(Some(paid)),
+        Err(_) => return Err(None),
+    }
+    match channel.close(trade).await {
+        Ok(n) if closable(&n) => Ok(()),
+        Ok(ChannelNotice::Failed { .. }) => Ok(()),
+        Ok(paid) => Err(Some(paid)),
+        Err(_) => Err(None),
+    }
+}
+
+fn gone(channel: &str) -> CoreError {
+    CoreError::new(ErrorCode::ChannelError, format!("channel {channel} is no longer configured"))
+}
+
+/// The payment a late-payment event records.
+fn late_payment(event: &OrderEvent) -> Option<&crate::order::LatePayment> {
+    match event {
+        OrderEvent::LatePaymentRecorded { payment } | OrderEvent::AbandonedTradePaid { payment, .. } => Some(payment),
+        _ => None,
     }
 }
 

@@ -374,6 +374,13 @@ pub trait ChannelConnector: Send + Sync + 'static {
     fn gateway_url(&self) -> &str {
         ""
     }
+    /// The provider account it opens trades under, e.g. `alipay:<app_id>`,
+    /// `wechat:<mch_id>` (API v2 and v3 alike), `unionpay:<merId>`: channels with the
+    /// same account share trade numbers. Empty: not known, taken as the same account as
+    /// every other unknown one of its provider.
+    fn account(&self) -> &str {
+        ""
+    }
     /// Opens a trade.
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>>;
     /// Asks where a trade stands.

@@ -103,20 +103,37 @@ struct FakeChannel {
     calls: Mutex<Vec<&'static str>>,
     /// While set, a close call does not return (a slow channel).
     hold_close: Arc<AtomicBool>,
+    /// While set, a create call opens the trade but its answer is lost.
+    lose_create_answer: AtomicBool,
+    /// While set, queries go unanswered.
+    lose_query_answer: AtomicBool,
+    /// The account it opens trades under.
+    account: String,
+    /// The trades refunds were asked of.
+    refunded: Mutex<Vec<Option<String>>>,
 }
 
 struct Conn(Arc<FakeChannel>);
 
 impl ChannelConnector for Conn {
+    fn account(&self) -> &str {
+        &self.0.account
+    }
     fn create_order(&self, o: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {
         self.0.calls.lock().unwrap().push("create");
         self.0.state.lock().unwrap().entry(o.pay_order_no.to_string()).or_insert(ChannelNotice::NotPaid);
+        if self.0.lose_create_answer.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(ChannelError::Unknown("timed out".into())) });
+        }
         Box::pin(async move {
             Ok(CreateAccepted { code_url: format!("fake://{}", o.pay_order_no), channel_trade_no: None })
         })
     }
     fn query_order(&self, t: TradeRef) -> BoxFuture<Result<ChannelNotice, ChannelError>> {
         self.0.calls.lock().unwrap().push("query");
+        if self.0.lose_query_answer.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(ChannelError::Unknown("timed out".into())) });
+        }
         let n = self.0.state.lock().unwrap().get(t.pay_order_no.as_str()).cloned().unwrap_or(ChannelNotice::NotPaid);
         Box::pin(async move { Ok(n) })
     }
@@ -136,7 +153,8 @@ impl ChannelConnector for Conn {
             Ok(n)
         })
     }
-    fn refund(&self, _: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
+    fn refund(&self, r: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
+        self.0.refunded.lock().unwrap().push(r.trade.channel_trade_no);
         Box::pin(async { Ok(RefundState::Success) })
     }
     fn query_refund(&self, _: ChannelRefund) -> BoxFuture<Result<RefundState, ChannelError>> {
@@ -159,7 +177,10 @@ impl ChannelConnector for Conn {
 struct World {
     router: OrderRouter,
     clock: Arc<FakeClock>,
+    /// `fake`, the channel every payment is routed to first.
     channel: Arc<FakeChannel>,
+    /// `fake-2`, the next one for payments routed to both.
+    second: Arc<FakeChannel>,
     store: Arc<MemStore>,
 }
 
@@ -168,11 +189,17 @@ fn world() -> World {
 }
 
 fn world_with(passivation: Passivation) -> World {
+    world_of(passivation, ["fake:A", "fake:B"])
+}
+
+/// Two channels, `fake` and `fake-2`, on the given accounts.
+fn world_of(passivation: Passivation, accounts: [&str; 2]) -> World {
     let clock = Arc::new(FakeClock::at(1_700_000_000_000));
     let store = Arc::new(MemStore::default());
-    let channel = Arc::new(FakeChannel::default());
-    let profile = ChannelProfile {
-        code: "fake".into(),
+    let fake = |account: &str| Arc::new(FakeChannel { account: account.into(), ..FakeChannel::default() });
+    let (channel, second) = (fake(accounts[0]), fake(accounts[1]));
+    let profile = |code: &str| ChannelProfile {
+        code: code.into(),
         provider: "fake".into(),
         methods: vec![PayMethod::Sandbox],
         currencies: vec![paygate_actors::money::Currency::CNY],
@@ -181,36 +208,39 @@ fn world_with(passivation: Passivation) -> World {
         single_limit_minor: None,
         daily_limit_minor: None,
         fee_rate: rust_decimal::Decimal::ZERO,
-        timeout: std::time::Duration::from_secs(30),
+        timeout: std::time::Duration::from_secs(3),
+    };
+    let start = |code: &str, c: &Arc<FakeChannel>| {
+        let conn = Arc::new(Conn(c.clone()));
+        ChannelHandle::start(profile(code), Default::default(), conn, BreakerPolicy::default(), clock.clone())
     };
     let oc = Arc::new(OrderContext {
         journal: store.clone(),
         store: store.clone(),
-        channels: ChannelDirectory::new(vec![ChannelHandle::start(
-            profile,
-            Default::default(),
-            Arc::new(Conn(channel.clone())),
-            BreakerPolicy::default(),
-            clock.clone(),
-        )]),
+        channels: ChannelDirectory::new(vec![start("fake", &channel), start("fake-2", &second)]),
         clock: clock.clone(),
         registry: Arc::new(Registry::default()),
         query_policy: QueryPolicy::default(),
         passivation,
         notifier: Default::default(),
+        failover_budget: Duration::from_secs(10),
     });
     let shards = (0..4).map(|n| ShardSupervisor::new(ShardId(n), oc.clone()).start()).collect();
-    World { router: OrderRouter::new(oc, shards), clock, channel, store }
+    World { router: OrderRouter::new(oc, shards), clock, channel, second, store }
 }
 
 fn pay(order_no: &str) -> OrderRequest {
+    pay_routed(order_no, &["fake"])
+}
+
+fn pay_routed(order_no: &str, candidates: &[&str]) -> OrderRequest {
     let spec = OrderSpec {
         expire_minutes: Some(30),
         ..OrderSpec::new("M1", order_no, Money::from_minor(500, Currency::CNY), "s", PayMethod::Sandbox)
     };
     OrderRequest::Pay(Box::new(PaySubmission {
         spec,
-        route: Ok(Route { candidates: vec!["fake".into()], ..Route::default() }),
+        route: Ok(Route { candidates: candidates.iter().map(|c| c.to_string()).collect(), ..Route::default() }),
         expire_after_ms: 30 * 60_000,
     }))
 }
@@ -379,4 +409,76 @@ async fn a_saturated_shard_refuses_at_once_instead_of_queueing_without_limit() {
     }
     let o = w.router.dispatch(id, OrderRequest::Query, Some("M1".into())).await.unwrap();
     assert_eq!(o.status, OrderStatus::Closed, "served again once the queue drained");
+}
+
+#[actix_rt::test]
+async fn an_unanswered_opening_is_closed_before_the_next_account_takes_the_payment() {
+    let w = world();
+    w.channel.lose_create_answer.store(true, Ordering::SeqCst);
+    let o = w.router.dispatch(key("U"), pay_routed("U", &["fake", "fake-2"]), Some("M1".into())).await.unwrap();
+    assert_eq!(
+        (o.status, o.channel.as_str(), o.abandoned.clone()),
+        (OrderStatus::Paying, "fake-2", vec!["fake".into()])
+    );
+    assert!(o.code_url.is_some());
+    let route = o.route.clone().unwrap();
+    assert!(route.passed_over[0].starts_with("fake: timed out; its trade was closed"), "{route:?}");
+    // Asked where the trade stands and closed it before the next channel was called.
+    assert_eq!(*w.channel.calls.lock().unwrap(), ["create", "query", "close"]);
+    assert_eq!(w.channel.state.lock().unwrap().get(o.pay_order_no.as_str()), Some(&ChannelNotice::Closed));
+    assert_eq!(*w.second.calls.lock().unwrap(), ["create"]);
+    assert_eq!(w.store.records.lock().unwrap().len(), 1, "one record: created, routed, abandoned, accepted");
+
+    // Should the abandoned trade be paid after all, the payment is refunded there and
+    // the order still waits for its own.
+    let id = OrderTarget::Id(o.pay_order_no.clone());
+    let late = ChannelNotice::Paid { channel_trade_no: "T-ABANDONED".into(), amount_minor: 500 };
+    let notice = |channel: &str, notice: &ChannelNotice| OrderRequest::Notice {
+        channel: channel.into(),
+        notice: notice.clone(),
+    };
+    let o = w.router.dispatch(id.clone(), notice("fake", &late), None).await.unwrap();
+    assert_eq!(o.status, OrderStatus::Paying);
+    assert_eq!((o.late_payments.len(), o.late_payment_channel("T-ABANDONED")), (1, "fake"));
+    assert_eq!(o.refunds[0].status, paygate_actors::refund::RefundStatus::Success);
+    assert_eq!(*w.channel.refunded.lock().unwrap(), [Some("T-ABANDONED".to_owned())], "refunded at its channel");
+    assert!(w.second.refunded.lock().unwrap().is_empty());
+    // Told twice: recorded once.
+    let again = w.router.dispatch(id.clone(), notice("fake", &late), None).await.unwrap();
+    assert_eq!(again.refunds.len(), 1);
+
+    let paid = ChannelNotice::Paid { channel_trade_no: "T-2".into(), amount_minor: 500 };
+    let o = w.router.dispatch(id.clone(), notice("fake-2", &paid), None).await.unwrap();
+    assert_eq!((o.status, o.channel_trade_no.as_deref()), (OrderStatus::Success, Some("T-2")));
+    // A channel that never held a trade of the order is not believed.
+    let err = w.router.dispatch(id, notice("elsewhere", &paid), None).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::ChannelError);
+}
+
+#[actix_rt::test]
+async fn a_trade_that_cannot_be_settled_keeps_the_order_with_its_channel() {
+    let w = world();
+    w.channel.lose_create_answer.store(true, Ordering::SeqCst);
+    w.channel.lose_query_answer.store(true, Ordering::SeqCst);
+    let err = w.router.dispatch(key("K"), pay_routed("K", &["fake", "fake-2"]), Some("M1".into())).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::ChannelError);
+    assert!(err.message.contains("PAYING"), "{err:?}");
+    let o = w.router.read(key("K"), None).await.unwrap();
+    assert_eq!((o.status, o.channel.as_str()), (OrderStatus::Paying, "fake"));
+    assert!(o.abandoned.is_empty());
+    assert_eq!(*w.channel.calls.lock().unwrap(), ["create", "query"], "never closed on a guess");
+    assert!(w.second.calls.lock().unwrap().is_empty(), "no second trade while the first may be open");
+}
+
+#[actix_rt::test]
+async fn the_next_channel_on_the_same_account_is_not_tried_after_a_trade_was_given_up() {
+    let w = world_of(Passivation::default(), ["fake:A", "fake:A"]);
+    w.channel.lose_create_answer.store(true, Ordering::SeqCst);
+    let err = w.router.dispatch(key("S"), pay_routed("S", &["fake", "fake-2"]), Some("M1".into())).await.unwrap_err();
+    // Nothing to fail over to: the trade stays where it may exist, settled by query.
+    assert_eq!(err.code, ErrorCode::ChannelError);
+    let o = w.router.read(key("S"), None).await.unwrap();
+    assert_eq!((o.status, o.channel.as_str()), (OrderStatus::Paying, "fake"));
+    assert_eq!(*w.channel.calls.lock().unwrap(), ["create"]);
+    assert!(w.second.calls.lock().unwrap().is_empty());
 }

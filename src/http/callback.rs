@@ -44,7 +44,9 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
         return Ok(reply(connector.callback_ack()));
     }
     let (pay_order_no, request) = match verified {
-        Some(Verified::Order(v)) => (v.pay_order_no, OrderRequest::Notice(v.notice)),
+        Some(Verified::Order(v)) => {
+            (v.pay_order_no, OrderRequest::Notice { channel: channel.profile.code.clone(), notice: v.notice })
+        }
         Some(Verified::Refund(v)) => {
             let request = OrderRequest::RefundNotice {
                 refund_order_no: v.refund_order_no,
@@ -56,9 +58,12 @@ pub async fn handle(app: &App, path: &str, request: CallbackRequest) -> Result<H
         _ => return unverified(app, provider, channel, &request),
     };
     let target = OrderTarget::Id(pay_order_no.clone());
-    // The order must be one this channel carries: a well-signed callback about another
-    // channel's order is an anomaly, not a payment.
-    let carried = app.router.read(target.clone(), None).await.is_ok_and(|o| o.channel == channel.profile.code);
+    // The order must be one this channel carries (or carried a trade of, given up on in
+    // failover): a well-signed callback about another channel's order is an anomaly,
+    // not a payment.
+    let code = &channel.profile.code;
+    let carried =
+        app.router.read(target.clone(), None).await.is_ok_and(|o| &o.channel == code || o.abandoned.contains(code));
     if !carried {
         metrics::counter!("paygate_alerts_total", "kind" => "callback_foreign_order").increment(1);
         tracing::warn!(provider, %pay_order_no, "verified callback for an order this channel does not carry");

@@ -117,15 +117,52 @@ impl Trade {
     }
 }
 
+/// Every app's trades. Like Alipay, each app (account) has its own `out_trade_no`s: two
+/// accounts of one merchant may each hold a trade under the same number.
 #[derive(Default, Serialize, Deserialize)]
 struct Book {
-    /// By out_trade_no.
+    /// By [`trade_key`].
     trades: HashMap<String, Trade>,
-    /// QR code token → out_trade_no.
+    /// QR code token → trade key.
     codes: HashMap<String, String>,
-    /// Bill token → (date, expiry).
+    /// Bill token → the bill it downloads.
+    bills: HashMap<String, BillLink>,
+    next_trade: u64,
+}
+
+/// A bill download URL: whose bill, of which day, working until when.
+#[derive(Serialize, Deserialize)]
+struct BillLink {
+    app_id: String,
+    date: String,
+    until: i64,
+}
+
+/// The book as versions before per-app trades stored it (trades by `out_trade_no`).
+#[derive(Default, Serialize, Deserialize)]
+struct LegacyBook {
+    trades: HashMap<String, Trade>,
+    codes: HashMap<String, String>,
     bills: HashMap<String, (String, i64)>,
     next_trade: u64,
+}
+
+impl From<&LegacyBook> for Book {
+    fn from(old: &LegacyBook) -> Book {
+        let codes = old
+            .codes
+            .iter()
+            .filter_map(|(token, out)| old.trades.get(out).map(|t| (token.clone(), trade_key(&t.app_id, out))))
+            .collect();
+        let trades = old.trades.values().map(|t| (trade_key(&t.app_id, &t.out_trade_no), t.clone())).collect();
+        // Bill links live 30 seconds: none worth carrying over.
+        Book { trades, codes, bills: HashMap::new(), next_trade: old.next_trade }
+    }
+}
+
+/// Where a trade is kept: its app's, under its `out_trade_no`.
+fn trade_key(app_id: &str, out_trade_no: &str) -> String {
+    format!("{app_id}/{out_trade_no}")
 }
 
 /// The simulated Alipay gateway.
@@ -175,7 +212,7 @@ impl AlipaySim {
             apps,
             seller_id: config.seller_id.clone(),
             fee_rate,
-            book: store.book("alipay")?,
+            book: open_book(store)?,
             faults: Mutex::default(),
         })
     }
@@ -280,11 +317,11 @@ impl AlipaySim {
                 }
                 self.create(&app_id, &biz, notify_url, true)
             }
-            "alipay.trade.query" => self.query(&biz),
-            "alipay.trade.close" => self.close(&biz),
-            "alipay.trade.refund" => self.refund(&biz),
-            "alipay.trade.fastpay.refund.query" => self.refund_query(&biz),
-            "alipay.data.dataservice.bill.downloadurl.query" => self.bill_url(&biz),
+            "alipay.trade.query" => self.query(&app_id, &biz),
+            "alipay.trade.close" => self.close(&app_id, &biz),
+            "alipay.trade.refund" => self.refund(&app_id, &biz),
+            "alipay.trade.fastpay.refund.query" => self.refund_query(&app_id, &biz),
+            "alipay.data.dataservice.bill.downloadurl.query" => self.bill_url(&app_id, &biz),
             _ => Err(("40002", "Invalid Arguments", "isv.invalid-method", format!("unknown method {method}"))),
         }
     }
@@ -298,8 +335,9 @@ impl AlipaySim {
             return Err(business("ACQ.INVALID_PARAMETER", "total_amount must be 0.01-100000000.00"));
         };
         let now = self.core.now_ms();
+        let key = trade_key(app_id, out_trade_no);
         let mut book = self.book.lock();
-        if let Some(t) = book.trades.get(out_trade_no) {
+        if let Some(t) = book.trades.get(&key) {
             return match t.status {
                 Status::Success => Err(business("ACQ.TRADE_HAS_SUCCESS", "the trade is paid")),
                 Status::Closed => Err(business("ACQ.TRADE_HAS_CLOSE", "the trade is closed")),
@@ -328,15 +366,15 @@ impl AlipaySim {
             refunds: Vec::new(),
             qr_code: qr_code.clone(),
         };
-        book.codes.insert(token.clone(), out_trade_no.to_owned());
-        book.trades.insert(out_trade_no.to_owned(), trade);
+        book.codes.insert(token.clone(), key.clone());
+        book.trades.insert(key, trade);
         Ok(fields(json!({ "out_trade_no": out_trade_no, "qr_code": qr_code, "qr_token": token })))
     }
 
-    fn query(&self, biz: &Value) -> Outcome {
+    fn query(&self, app_id: &str, biz: &Value) -> Outcome {
         let mut book = self.book.lock();
         let now = self.core.now_ms();
-        let t = find(&mut book, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
+        let t = find(&mut book, app_id, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
         expire_if_due(t, now);
         let mut f = fields(json!({
             "trade_no": t.trade_no, "out_trade_no": t.out_trade_no, "trade_status": t.status.as_str(),
@@ -350,14 +388,18 @@ impl AlipaySim {
         Ok(f)
     }
 
-    fn close(&self, biz: &Value) -> Outcome {
+    fn close(&self, app_id: &str, biz: &Value) -> Outcome {
+        let keeps_code = lock(&self.faults).peek(app_id).unscanned_close_keeps_code;
         let mut book = self.book.lock();
         let now = self.core.now_ms();
-        let t = find(&mut book, biz).ok_or_else(not_exist)?;
+        let t = find(&mut book, app_id, biz).ok_or_else(not_exist)?;
         expire_if_due(t, now);
         if !t.visible() {
-            // Never scanned: nothing to close at Alipay, and the code no longer pays.
-            t.status = Status::Closed;
+            // Never scanned: nothing to close at Alipay, and the code no longer pays
+            // (unless told to behave as Alipay may).
+            if !keeps_code {
+                t.status = Status::Closed;
+            }
             return Err(not_exist());
         }
         if t.status != Status::WaitBuyerPay {
@@ -367,7 +409,7 @@ impl AlipaySim {
         Ok(fields(json!({ "trade_no": t.trade_no, "out_trade_no": t.out_trade_no })))
     }
 
-    fn refund(&self, biz: &Value) -> Outcome {
+    fn refund(&self, app_id: &str, biz: &Value) -> Outcome {
         let Some(fen) = wire::fen(text(biz, "refund_amount")) else {
             return Err(business("ACQ.INVALID_PARAMETER", "refund_amount"));
         };
@@ -376,7 +418,7 @@ impl AlipaySim {
         let answer;
         {
             let mut book = self.book.lock();
-            let t = find(&mut book, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
+            let t = find(&mut book, app_id, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
             let request_no = match text(biz, "out_request_no") {
                 "" => t.out_trade_no.clone(),
                 n => n.to_owned(),
@@ -414,9 +456,9 @@ impl AlipaySim {
         Ok(answer)
     }
 
-    fn refund_query(&self, biz: &Value) -> Outcome {
+    fn refund_query(&self, app_id: &str, biz: &Value) -> Outcome {
         let mut book = self.book.lock();
-        let t = find(&mut book, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
+        let t = find(&mut book, app_id, biz).filter(|t| t.visible()).ok_or_else(not_exist)?;
         let request_no = match text(biz, "out_request_no") {
             "" => t.out_trade_no.clone(),
             n => n.to_owned(),
@@ -431,7 +473,7 @@ impl AlipaySim {
         Ok(f)
     }
 
-    fn bill_url(&self, biz: &Value) -> Outcome {
+    fn bill_url(&self, app_id: &str, biz: &Value) -> Outcome {
         let date = text(biz, "bill_date");
         if text(biz, "bill_type") != "trade" || wire::parse_timestamp(&format!("{date} 00:00:00")).is_none() {
             return Err(business("ACQ.INVALID_PARAMETER", "bill_type must be trade and bill_date yyyy-MM-dd"));
@@ -442,19 +484,21 @@ impl AlipaySim {
             return Err(business("BILL_NOT_EXIST", "the bill of that date is not ready"));
         }
         let token = random_hex(16);
-        self.book.lock().bills.insert(token.clone(), (date.to_owned(), now + BILL_URL_LIFE_MS));
+        let link = BillLink { app_id: app_id.to_owned(), date: date.to_owned(), until: now + BILL_URL_LIFE_MS };
+        self.book.lock().bills.insert(token.clone(), link);
         Ok(fields(json!({ "bill_download_url": format!("{}/alipay/bill/{token}", self.core.base_url) })))
     }
 
     fn bill_file(&self, token: &str) -> SimResponse {
         let now = self.core.now_ms();
         let book = self.book.lock();
-        let Some((date, _)) = book.bills.get(token).filter(|(_, until)| *until >= now).cloned() else {
+        let Some(BillLink { app_id, date, .. }) = book.bills.get(token).filter(|l| l.until >= now) else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "the link has expired");
         };
+        let date = date.as_str();
         let fee = |fen: i64| -> i64 { (Decimal::from(fen) * self.fee_rate).round().to_i64().unwrap_or(0) };
         let mut rows = Vec::new();
-        let mut trades: Vec<&Trade> = book.trades.values().collect();
+        let mut trades: Vec<&Trade> = book.trades.values().filter(|t| &t.app_id == app_id).collect();
         trades.sort_by_key(|t| t.created);
         for t in trades {
             if let Some(paid) = t.paid_at.filter(|p| wire::date(*p) == date) {
@@ -486,7 +530,7 @@ impl AlipaySim {
                 });
             }
         }
-        match bill::write_zip(&self.seller_id, &date, &rows) {
+        match bill::write_zip(&self.seller_id, date, &rows) {
             Ok(zip) => answer(StatusCode::OK, "application/zip", zip),
             Err(e) => answer(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e),
         }
@@ -494,7 +538,7 @@ impl AlipaySim {
 
     /// The buyer's page behind the QR code; `pay` is the buyer pressing Pay.
     fn cashier(&self, token: &str, pay: bool) -> SimResponse {
-        let out_trade_no = {
+        let key = {
             let mut book = self.book.lock();
             let Some(id) = book.codes.get(token).cloned() else {
                 return answer(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "二维码无效 (no such code)");
@@ -505,7 +549,7 @@ impl AlipaySim {
             id
         };
         let message = if pay {
-            match self.pay_trade(&out_trade_no) {
+            match self.pay_trade(&key) {
                 Ok(_) => "支付成功 — paid".to_owned(),
                 Err(e) => format!("无法支付 — {e}"),
             }
@@ -513,7 +557,7 @@ impl AlipaySim {
             String::new()
         };
         let book = self.book.lock();
-        let Some(t) = book.trades.get(&out_trade_no) else {
+        let Some(t) = book.trades.get(&key) else {
             return answer(StatusCode::NOT_FOUND, "text/plain", "no such trade");
         };
         let body = format!(
@@ -527,12 +571,13 @@ impl AlipaySim {
         crate::sim::cashier_page("支付宝", &body, (t.status == Status::WaitBuyerPay).then_some(action.as_str()))
     }
 
-    /// The buyer pays: the trade succeeds and the merchant is notified.
-    fn pay_trade(&self, out_trade_no: &str) -> Result<String, String> {
+    /// The buyer pays the trade kept under `key`: it succeeds and the merchant is
+    /// notified.
+    fn pay_trade(&self, key: &str) -> Result<String, String> {
         let now = self.core.now_ms();
         let (url, params, trade_no) = {
             let mut book = self.book.lock();
-            let t = book.trades.get_mut(out_trade_no).ok_or("no such trade")?;
+            let t = book.trades.get_mut(key).ok_or("no such trade")?;
             expire_if_due(t, now);
             match t.status {
                 Status::WaitBuyerPay => {}
@@ -598,16 +643,35 @@ impl AlipaySim {
     }
 }
 
+impl AlipaySim {
+    /// The key of the trade `out_trade_no` of `app_id`, or, with no app named, of the
+    /// latest trade opened under that number by any app.
+    fn key_of(&self, app_id: Option<&str>, out_trade_no: &str) -> Option<String> {
+        let book = self.book.lock();
+        match app_id {
+            Some(app) => Some(trade_key(app, out_trade_no)).filter(|k| book.trades.contains_key(k)),
+            None => book
+                .trades
+                .values()
+                .filter(|t| t.out_trade_no == out_trade_no)
+                .max_by_key(|t| (t.created, t.trade_no.clone()))
+                .map(|t| trade_key(&t.app_id, &t.out_trade_no)),
+        }
+    }
+}
+
 impl super::Controlled for AlipaySim {
-    fn pay(&self, out_trade_no: &str) -> Result<Value, String> {
-        self.pay_trade(out_trade_no).map(|trade_no| json!({ "trade_no": trade_no }))
+    fn pay(&self, account: Option<&str>, out_trade_no: &str) -> Result<Value, String> {
+        let key = self.key_of(account, out_trade_no).ok_or("no such trade")?;
+        self.pay_trade(&key).map(|trade_no| json!({ "trade_no": trade_no }))
     }
 
-    fn trade(&self, out_trade_no: &str) -> Option<Value> {
+    fn trade(&self, account: Option<&str>, out_trade_no: &str) -> Option<Value> {
+        let key = self.key_of(account, out_trade_no)?;
         let book = self.book.lock();
-        let t = book.trades.get(out_trade_no)?;
+        let t = book.trades.get(&key)?;
         Some(json!({
-            "out_trade_no": t.out_trade_no, "trade_no": t.trade_no, "status": t.status.as_str(),
+            "app_id": t.app_id, "out_trade_no": t.out_trade_no, "trade_no": t.trade_no, "status": t.status.as_str(),
             "scanned": t.scanned, "total_amount": wire::yuan(t.total_fen),
             "refunded_amount": wire::yuan(t.refunded_fen()),
         }))
@@ -626,13 +690,32 @@ fn not_exist() -> (&'static str, &'static str, &'static str, String) {
     business("ACQ.TRADE_NOT_EXIST", "the trade does not exist")
 }
 
-fn find<'a>(book: &'a mut Book, biz: &Value) -> Option<&'a mut Trade> {
+/// The trade of `app_id` a call names, by `out_trade_no` or else Alipay's `trade_no`.
+fn find<'a>(book: &'a mut Book, app_id: &str, biz: &Value) -> Option<&'a mut Trade> {
     let by_trade_no = text(biz, "trade_no");
-    let out = match text(biz, "out_trade_no") {
-        "" => book.trades.values().find(|t| t.trade_no == by_trade_no).map(|t| t.out_trade_no.clone())?,
-        o => o.to_owned(),
+    let key = match text(biz, "out_trade_no") {
+        "" => book
+            .trades
+            .values()
+            .find(|t| t.app_id == app_id && t.trade_no == by_trade_no)
+            .map(|t| trade_key(app_id, &t.out_trade_no))?,
+        o => trade_key(app_id, o),
     };
-    book.trades.get_mut(&out)
+    book.trades.get_mut(&key)
+}
+
+/// The book, carried over from the layout before per-app trades on first start.
+fn open_book(store: &SimStore) -> Result<Persisted<Book>, String> {
+    let book: Persisted<Book> = store.book("alipay-v2")?;
+    let empty = book.lock().trades.is_empty();
+    if empty {
+        let legacy: Persisted<LegacyBook> = store.book("alipay")?;
+        let old = legacy.lock();
+        if !old.trades.is_empty() {
+            *book.lock() = Book::from(&*old);
+        }
+    }
+    Ok(book)
 }
 
 fn expire_if_due(t: &mut Trade, now: i64) {

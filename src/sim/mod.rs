@@ -85,6 +85,13 @@ pub struct Faults {
     /// WeChat Pay only: every refund accepted from now on ends `ABNORMAL` (the buyer's
     /// card could not take it) or `CLOSED` instead of `SUCCESS`.
     pub refund_outcome: Option<String>,
+    /// Alipay only: closing a trade whose code was never scanned answers
+    /// `ACQ.TRADE_NOT_EXIST` and leaves the code payable until the trade expires, as
+    /// Alipay may (by default the code stops paying).
+    pub unscanned_close_keeps_code: bool,
+    /// Only the next this many API calls meet these faults; the ones after are answered
+    /// normally (unset: every call until the faults are changed).
+    pub calls: Option<u32>,
 }
 
 /// A provider's faults: those of every account, and those set for one account alone
@@ -97,9 +104,25 @@ pub struct FaultBook {
 }
 
 impl FaultBook {
-    /// The faults a call by `account` meets.
-    pub fn of(&self, account: &str) -> Faults {
-        self.accounts.get(account).unwrap_or(&self.every).clone()
+    /// The faults a call by `account` meets, counted against their [`Faults::calls`].
+    pub fn of(&mut self, account: &str) -> Faults {
+        let faults = match self.accounts.get_mut(account) {
+            Some(f) => f,
+            None => &mut self.every,
+        };
+        match &mut faults.calls {
+            Some(0) => Faults::default(),
+            Some(n) => {
+                *n -= 1;
+                faults.clone()
+            }
+            None => faults.clone(),
+        }
+    }
+
+    /// The faults `account` is under now, uncounted (settings that are not about calls).
+    pub fn peek(&self, account: &str) -> &Faults {
+        self.accounts.get(account).unwrap_or(&self.every)
     }
 
     /// Sets the faults of `account`, or of every account (and clears the per-account
@@ -130,8 +153,8 @@ impl FaultBook {
 /// The names a faults request may give the account under (one per provider).
 const ACCOUNT_FIELDS: [&str; 4] = ["account", "app_id", "mch_id", "merId"];
 
-/// A faults request: the faults, and the account they are for if one is named.
-fn faults_request(body: &[u8]) -> Result<(Option<String>, Faults), serde_json::Error> {
+/// A control request's body: what it asks, and the account it is for if one is named.
+fn account_request<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(Option<String>, T), serde_json::Error> {
     let mut value: serde_json::Value = serde_json::from_slice(body)?;
     let mut account = None;
     if let Some(o) = value.as_object_mut() {
@@ -552,17 +575,20 @@ pub fn notify_until_acknowledged(
 
 /// What the control routes need from a simulated provider.
 pub trait Controlled {
-    /// The buyer pays `out_trade_no`; answers the fields to report (the provider's
-    /// trade number) or why it cannot be paid.
-    fn pay(&self, out_trade_no: &str) -> Result<serde_json::Value, String>;
-    /// The provider's view of a trade, if it has one.
-    fn trade(&self, out_trade_no: &str) -> Option<serde_json::Value>;
+    /// The buyer pays `out_trade_no` of `account` (of the account that opened it last,
+    /// when `None`); answers the fields to report (the provider's trade number) or why
+    /// it cannot be paid.
+    fn pay(&self, account: Option<&str>, out_trade_no: &str) -> Result<serde_json::Value, String>;
+    /// The provider's view of a trade (chosen as by [`Controlled::pay`]), if it has one.
+    fn trade(&self, account: Option<&str>, out_trade_no: &str) -> Option<serde_json::Value>;
     /// Its injected failures.
     fn faults(&self) -> &Mutex<FaultBook>;
 }
 
 /// The control routes every provider has, under `/sim/{name}/`: `POST pay`,
-/// `GET`/`POST faults`, `GET trades/{out_trade_no}`. `None`: not a control route.
+/// `GET`/`POST faults`, `GET trades/{out_trade_no}`. `None`: not a control route. A
+/// trade may be named with its account (`app_id`, `mch_id`, `merId` or `account`, in
+/// the body of `pay` or the query of `trades/…`).
 pub fn control(provider: &dyn Controlled, name: &str, req: &SimRequest) -> Option<SimResponse> {
     let rest = req.path.strip_prefix("/sim/")?.strip_prefix(name)?.strip_prefix('/')?;
     let bad =
@@ -574,11 +600,11 @@ pub fn control(provider: &dyn Controlled, name: &str, req: &SimRequest) -> Optio
             struct Pay {
                 out_trade_no: String,
             }
-            match serde_json::from_slice::<Pay>(&req.body) {
-                Ok(p) if provider.trade(&p.out_trade_no).is_none() => {
+            match account_request::<Pay>(&req.body) {
+                Ok((account, p)) if provider.trade(account.as_deref(), &p.out_trade_no).is_none() => {
                     json_answer(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "no such trade" }))
                 }
-                Ok(p) => match provider.pay(&p.out_trade_no) {
+                Ok((account, p)) => match provider.pay(account.as_deref(), &p.out_trade_no) {
                     Ok(paid) => json_answer(StatusCode::OK, &paid),
                     Err(e) => json_answer(StatusCode::CONFLICT, &serde_json::json!({ "error": e })),
                 },
@@ -586,7 +612,7 @@ pub fn control(provider: &dyn Controlled, name: &str, req: &SimRequest) -> Optio
             }
         }
         (&Method::GET, "faults") => json_answer(StatusCode::OK, &lock(provider.faults()).view()),
-        (&Method::POST, "faults") => match faults_request(&req.body) {
+        (&Method::POST, "faults") => match account_request::<Faults>(&req.body) {
             Ok((account, f)) => {
                 let mut book = lock(provider.faults());
                 book.set(account, f);
@@ -594,10 +620,15 @@ pub fn control(provider: &dyn Controlled, name: &str, req: &SimRequest) -> Optio
             }
             Err(e) => bad(e),
         },
-        (&Method::GET, r) if r.starts_with("trades/") => match provider.trade(r.trim_start_matches("trades/")) {
-            Some(t) => json_answer(StatusCode::OK, &t),
-            None => json_answer(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "no such trade" })),
-        },
+        (&Method::GET, r) if r.starts_with("trades/") => {
+            let account = form_urlencoded::parse(req.query.as_bytes())
+                .find(|(k, _)| ACCOUNT_FIELDS.contains(&k.as_ref()))
+                .map(|(_, v)| v.into_owned());
+            match provider.trade(account.as_deref(), r.trim_start_matches("trades/")) {
+                Some(t) => json_answer(StatusCode::OK, &t),
+                None => json_answer(StatusCode::NOT_FOUND, &serde_json::json!({ "error": "no such trade" })),
+            }
+        }
         _ => return None,
     })
 }

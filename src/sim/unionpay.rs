@@ -497,13 +497,14 @@ impl UnionPaySim {
 }
 
 impl super::Controlled for UnionPaySim {
-    fn pay(&self, out_trade_no: &str) -> Result<serde_json::Value, String> {
+    fn pay(&self, account: Option<&str>, out_trade_no: &str) -> Result<serde_json::Value, String> {
+        self.trade(account, out_trade_no).ok_or("no such trade")?;
         self.pay_trade(out_trade_no).map(|query_id| json!({ "queryId": query_id }))
     }
 
-    fn trade(&self, out_trade_no: &str) -> Option<serde_json::Value> {
+    fn trade(&self, account: Option<&str>, out_trade_no: &str) -> Option<serde_json::Value> {
         let book = self.book.lock();
-        let t = book.trades.get(out_trade_no)?;
+        let t = book.trades.get(out_trade_no).filter(|t| account.is_none_or(|a| a == t.mer_id))?;
         Some(json!({ "orderId": t.order_id, "txnTime": t.txn_time, "txnAmt": t.amount, "queryId": t.query_id,
                      "status": if t.status == Status::Paid { "PAID" } else { "OPEN" },
                      "refunded": t.refunds.iter().map(|r| r.amount).sum::<i64>() }))

@@ -39,8 +39,8 @@ const SCHEMA: &[u8] = b"m:schema";
 /// The layout of the views this build writes. Views of another layout are rebuilt
 /// from the journal. 2: the applied marker carries the journal sequence. 3: order
 /// snapshots carry their refunds; the refund index. 4: late payments. 5: order
-/// snapshots carry their route.
-pub const SCHEMA_VERSION: u32 = 5;
+/// snapshots carry their route. 6: abandoned trades and where late payments were taken.
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// A place in the journal: the end of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]

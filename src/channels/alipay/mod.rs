@@ -47,6 +47,8 @@ pub struct AlipaySettings {
 
 /// Alipay behind the channel interface: one pooled HTTPS client, the app's keys.
 pub struct AlipayConnector {
+    /// `alipay:<app_id>` ([`ChannelConnector::account`]).
+    account: String,
     settings: Arc<AlipaySettings>,
     http: HttpClient,
 }
@@ -55,7 +57,7 @@ impl AlipayConnector {
     /// A connector calling through `http` (its own pooled client, trusting what the
     /// channel is configured to trust).
     pub fn new(settings: AlipaySettings, http: HttpClient) -> AlipayConnector {
-        AlipayConnector { settings: Arc::new(settings), http }
+        AlipayConnector { account: format!("alipay:{}", settings.app_id), settings: Arc::new(settings), http }
     }
 }
 
@@ -170,6 +172,10 @@ fn notice(status: &str, trade_no: &str, total_amount: &str, refunded: bool) -> O
 impl ChannelConnector for AlipayConnector {
     fn gateway_url(&self) -> &str {
         &self.settings.gateway_url
+    }
+
+    fn account(&self) -> &str {
+        &self.account
     }
 
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {

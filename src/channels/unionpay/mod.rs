@@ -64,6 +64,8 @@ impl std::fmt::Debug for UnionPaySettings {
 
 /// UnionPay behind the channel interface: its signing certificate and trust store.
 pub struct UnionPayConnector {
+    /// `unionpay:<mer_id>` ([`ChannelConnector::account`]).
+    account: String,
     settings: Arc<UnionPaySettings>,
     http: HttpClient,
 }
@@ -166,7 +168,7 @@ impl UnionPayConnector {
     /// A connector calling through `http` (its own pooled client, trusting what the
     /// channel is configured to trust).
     pub fn new(settings: UnionPaySettings, http: HttpClient) -> UnionPayConnector {
-        UnionPayConnector { settings: Arc::new(settings), http }
+        UnionPayConnector { account: format!("unionpay:{}", settings.mer_id), settings: Arc::new(settings), http }
     }
 
     fn notification(&self, request: &CallbackRequest) -> Params {
@@ -177,6 +179,10 @@ impl UnionPayConnector {
 impl ChannelConnector for UnionPayConnector {
     fn gateway_url(&self) -> &str {
         &self.settings.gateway_url
+    }
+
+    fn account(&self) -> &str {
+        &self.account
     }
 
     /// The signed front form, as the GET URL of the form's action with its fields; no

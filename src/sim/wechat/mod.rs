@@ -432,7 +432,7 @@ impl WechatSim {
     /// Accepts a refund of `fee` under `out_refund_no`, to be carried out a moment later
     /// and then notified; repeating the same refund answers it again.
     fn refund_trade(self: &Arc<Self>, n: &NewRefund<'_>) -> Result<(Trade, Refund), Refusal> {
-        let ends = match crate::sim::lock(&self.faults).of(n.mch_id).refund_outcome.as_deref() {
+        let ends = match crate::sim::lock(&self.faults).peek(n.mch_id).refund_outcome.as_deref() {
             Some("ABNORMAL") => RefundStatus::Abnormal,
             Some("CLOSED") => RefundStatus::Closed,
             _ => RefundStatus::Success,
@@ -637,13 +637,14 @@ impl WechatSim {
 }
 
 impl super::Controlled for WechatSim {
-    fn pay(&self, out_trade_no: &str) -> Result<serde_json::Value, String> {
+    fn pay(&self, account: Option<&str>, out_trade_no: &str) -> Result<serde_json::Value, String> {
+        self.trade(account, out_trade_no).ok_or("no such trade")?;
         self.pay_trade(out_trade_no).map(|id| json!({ "transaction_id": id }))
     }
 
-    fn trade(&self, out_trade_no: &str) -> Option<serde_json::Value> {
+    fn trade(&self, account: Option<&str>, out_trade_no: &str) -> Option<serde_json::Value> {
         let book = self.book.lock();
-        let t = book.trades.get(out_trade_no)?;
+        let t = book.trades.get(out_trade_no).filter(|t| account.is_none_or(|a| a == t.mch_id))?;
         Some(json!({ "out_trade_no": t.out_trade_no, "transaction_id": t.transaction_id,
                      "trade_state": t.state.as_str(), "total_fee": t.total_fee,
                      "refunded_fee": t.refunded(), "api": if t.api == Api::V3 { "v3" } else { "v2" },

@@ -53,6 +53,8 @@ impl std::fmt::Debug for WechatV2Settings {
 
 /// The WeChat Pay v2 connector.
 pub struct WechatV2Connector {
+    /// `wechat:<mch_id>` ([`ChannelConnector::account`]).
+    account: String,
     settings: Arc<WechatV2Settings>,
     http: HttpClient,
 }
@@ -61,7 +63,7 @@ impl WechatV2Connector {
     /// A connector calling through `http` (its own pooled client, trusting what the
     /// channel is configured to trust).
     pub fn new(settings: WechatV2Settings, http: HttpClient) -> WechatV2Connector {
-        WechatV2Connector { settings: Arc::new(settings), http }
+        WechatV2Connector { account: format!("wechat:{}", settings.mch_id), settings: Arc::new(settings), http }
     }
 }
 
@@ -177,6 +179,10 @@ impl WechatV2Connector {
 impl ChannelConnector for WechatV2Connector {
     fn gateway_url(&self) -> &str {
         &self.settings.base_url
+    }
+
+    fn account(&self) -> &str {
+        &self.account
     }
 
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {

@@ -63,6 +63,8 @@ impl std::fmt::Debug for WechatV3Settings {
 
 /// The WeChat Pay v3 connector.
 pub struct WechatV3Connector {
+    /// `wechat:<mchid>` ([`ChannelConnector::account`]).
+    account: String,
     settings: Arc<WechatV3Settings>,
     http: HttpClient,
 }
@@ -193,7 +195,7 @@ impl WechatV3Connector {
     /// A connector calling through `http` (its own pooled client, trusting what the
     /// channel is configured to trust).
     pub fn new(settings: WechatV3Settings, http: HttpClient) -> WechatV3Connector {
-        WechatV3Connector { settings: Arc::new(settings), http }
+        WechatV3Connector { account: format!("wechat:{}", settings.mchid), settings: Arc::new(settings), http }
     }
 
     /// The platform certificates WeChat publishes, from a list signed with the platform
@@ -248,6 +250,10 @@ impl WechatV3Connector {
 impl ChannelConnector for WechatV3Connector {
     fn gateway_url(&self) -> &str {
         &self.settings.base_url
+    }
+
+    fn account(&self) -> &str {
+        &self.account
     }
 
     fn create_order(&self, order: ChannelOrder) -> BoxFuture<Result<CreateAccepted, ChannelError>> {
