@@ -362,6 +362,17 @@ fn build(
 
     let auth = config.auth_policy();
     let merchants = MerchantDirectory::new(config.merchants.clone(), auth);
+    // Routing operators changed while earlier runs of the node were up, over the
+    // configuration.
+    for m in &config.merchants {
+        let changed = storage
+            .views
+            .routing(&m.merchant_id)
+            .map_err(|e| crate::storage::OpenError::Inconsistent(format!("routing: {e}")))?;
+        for (method, strategy) in changed {
+            merchants.set_strategy(&m.merchant_id, method, strategy);
+        }
+    }
 
     let registry = Arc::new(Registry::with_read_cache(config.orders.read_cache_bytes));
     let views: Arc<Views> = Arc::clone(&storage.views);
@@ -421,6 +432,7 @@ fn build(
         }),
         public_url: public_url.clone(),
         admin_token: config.admin.token.clone(),
+        admin_changes: tokio::sync::Mutex::new(()),
         max_body: config.server.max_body_bytes,
         limits: crate::http::api::PayLimits::from_config(&config)?,
         minute_ms: config.orders.minute_ms.max(1) as i64,

@@ -91,3 +91,54 @@ fn rand_suffix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("M{}", N.fetch_add(1, Ordering::Relaxed))
 }
+
+#[test]
+fn operators_change_a_merchants_routing_live_and_for_good() {
+    const PATH: &str = "/admin/merchants/M20240101001/routing";
+    let t = TestNode::start();
+    let c = t.client();
+    let (status, routing) = admin(&t, "GET", PATH, None);
+    assert_eq!(status, 200, "{routing}");
+    assert_eq!(routing["data"]["routing"]["ALIPAY"], "priority", "{routing}");
+    assert_eq!(c.pay_by("ALIPAY", "RT-0", "1.00").data("channel"), "alipay-sim");
+
+    // Weighted from the next payment on: the lighter account (50 to 100) takes a share.
+    let change = json!({ "method": "ALIPAY", "strategy": "weighted" });
+    let (status, routing) = admin(&t, "POST", PATH, Some(change));
+    assert_eq!((status, &routing["data"]["routing"]["ALIPAY"]), (200, &json!("weighted")), "{routing}");
+    let channels: Vec<String> =
+        (1..=30).map(|i| c.pay_by("ALIPAY", &format!("RT-{i}"), "1.00").data("channel").to_owned()).collect();
+    assert!(channels.iter().any(|ch| ch == "alipay-sim-2"), "{channels:?}");
+    assert!(channels.iter().all(|ch| ch.starts_with("alipay-sim")), "{channels:?}");
+
+    // Refused: what the change cannot mean, and who may not make it.
+    for (body, field) in [
+        (json!({ "method": "PAYPAL", "strategy": "weighted" }), "method"),
+        (json!({ "method": "ALIPAY", "strategy": "cheapest" }), "strategy"),
+        (json!({ "method": "ALIPAY" }), "body"),
+    ] {
+        let (status, answer) = admin(&t, "POST", PATH, Some(body));
+        assert_eq!((status, answer["code"].as_str()), (400, Some("INVALID_PARAM")), "{answer}");
+        assert!(answer["message"].as_str().unwrap().contains(field), "{answer}");
+    }
+    let (status, _) = admin(
+        &t,
+        "POST",
+        "/admin/merchants/NOBODY/routing",
+        Some(json!({ "method": "ALIPAY", "strategy": "weighted" })),
+    );
+    assert_eq!(status, 404);
+    let anonymous = ureq::get(&format!("{}{PATH}", t.url)).call();
+    assert!(matches!(anonymous, Err(ureq::Error::Status(401, _))));
+
+    // After a restart the change holds: read back from the journal.
+    let t = t.restart(|_| {});
+    let (_, routing) = admin(&t, "GET", PATH, None);
+    assert_eq!(routing["data"]["routing"]["ALIPAY"], "weighted", "{routing}");
+    let (_, routing) = admin(&t, "POST", PATH, Some(json!({ "method": "ALIPAY", "strategy": "priority" })));
+    assert_eq!(routing["data"]["routing"]["ALIPAY"], "priority");
+    let c = t.client();
+    for i in 31..=40 {
+        assert_eq!(c.pay_by("ALIPAY", &format!("RT-{i}"), "1.00").data("channel"), "alipay-sim");
+    }
+}

@@ -1,14 +1,15 @@
 //! Merchants: their profile, and the authentication of their requests (signature,
 //! timestamp window, nonce replay).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use crate::error::{CoreError, CoreResult, ErrorCode};
+use crate::order::PayMethod;
 use crate::signing::{self, ParamMap, SignType};
 use crate::strategy::Strategy;
 
@@ -47,15 +48,16 @@ pub struct MerchantProfile {
     /// such a URL is a way to make the gateway call into its own network.
     #[serde(default)]
     pub allow_private_notify: bool,
-    /// The routing strategy per pay method (`ALIPAY = "lowest_fee"`); a method not
-    /// named is routed by priority.
+    /// The routing strategy per pay method (`ALIPAY = "lowest_fee"`) as configured; a
+    /// method not named is routed by priority. Operators may change them while the
+    /// node runs ([`MerchantDirectory::set_strategy`]).
     #[serde(default)]
-    pub routing: std::collections::BTreeMap<String, Strategy>,
+    pub routing: BTreeMap<String, Strategy>,
 }
 
 impl MerchantProfile {
-    /// How this merchant's payments by `method` are routed.
-    pub fn strategy(&self, method: crate::order::PayMethod) -> Strategy {
+    /// How this merchant's payments by `method` are routed, as configured.
+    pub fn strategy(&self, method: PayMethod) -> Strategy {
         self.routing.get(method.as_str()).copied().unwrap_or_default()
     }
 
@@ -195,6 +197,37 @@ impl NonceBook {
 struct Merchant {
     profile: Arc<MerchantProfile>,
     nonces: NonceBook,
+    routing: LiveRouting,
+}
+
+/// The strategy in force for each pay method of one merchant: read on every payment
+/// without a lock, changed by operators.
+struct LiveRouting([AtomicU8; PayMethod::ALL.len()]);
+
+impl LiveRouting {
+    fn of(profile: &MerchantProfile) -> LiveRouting {
+        LiveRouting(PayMethod::ALL.map(|m| AtomicU8::new(strategy_index(profile.strategy(m)))))
+    }
+
+    fn get(&self, method: PayMethod) -> Strategy {
+        let stored = self.slot(method).map_or(0, |a| a.load(Ordering::Relaxed));
+        Strategy::ALL.get(usize::from(stored)).copied().unwrap_or_default()
+    }
+
+    fn set(&self, method: PayMethod, strategy: Strategy) {
+        if let Some(a) = self.slot(method) {
+            a.store(strategy_index(strategy), Ordering::Relaxed);
+        }
+    }
+
+    fn slot(&self, method: PayMethod) -> Option<&AtomicU8> {
+        PayMethod::ALL.iter().position(|m| *m == method).and_then(|i| self.0.get(i))
+    }
+}
+
+fn strategy_index(strategy: Strategy) -> u8 {
+    // Four strategies: the position always fits.
+    Strategy::ALL.iter().position(|s| *s == strategy).and_then(|i| u8::try_from(i).ok()).unwrap_or(0)
 }
 
 /// Every merchant of the node, by id.
@@ -209,7 +242,10 @@ impl MerchantDirectory {
     pub fn new(merchants: Vec<MerchantProfile>, policy: AuthPolicy) -> MerchantDirectory {
         let merchants = merchants
             .into_iter()
-            .map(|p| (p.merchant_id.clone(), Merchant { profile: Arc::new(p), nonces: NonceBook::new(policy) }))
+            .map(|p| {
+                let routing = LiveRouting::of(&p);
+                (p.merchant_id.clone(), Merchant { profile: Arc::new(p), nonces: NonceBook::new(policy), routing })
+            })
             .collect();
         MerchantDirectory { merchants: Arc::new(merchants), policy }
     }
@@ -222,6 +258,24 @@ impl MerchantDirectory {
     /// Every merchant.
     pub fn profiles(&self) -> impl Iterator<Item = &Arc<MerchantProfile>> {
         self.merchants.values().map(|m| &m.profile)
+    }
+
+    /// How merchant `merchant_id`'s payments by `method` are routed now (an unknown
+    /// merchant's: by priority).
+    pub fn strategy(&self, merchant_id: &str, method: PayMethod) -> Strategy {
+        self.merchants.get(merchant_id).map(|m| m.routing.get(method)).unwrap_or_default()
+    }
+
+    /// Every pay method's strategy in force for `merchant_id`, if it is a merchant.
+    pub fn routing(&self, merchant_id: &str) -> Option<BTreeMap<PayMethod, Strategy>> {
+        let m = self.merchants.get(merchant_id)?;
+        Some(PayMethod::ALL.iter().map(|method| (*method, m.routing.get(*method))).collect())
+    }
+
+    /// Routes `merchant_id`'s payments by `method` with `strategy` from the next
+    /// payment on. `false`: no such merchant.
+    pub fn set_strategy(&self, merchant_id: &str, method: PayMethod, strategy: Strategy) -> bool {
+        self.merchants.get(merchant_id).map(|m| m.routing.set(method, strategy)).is_some()
     }
 
     /// Authenticates a request with the merchant it names.
@@ -271,6 +325,23 @@ mod tests {
 
     fn code(r: CoreResult<()>) -> Option<ErrorCode> {
         r.err().map(|e| e.code)
+    }
+
+    #[test]
+    fn routing_starts_as_configured_and_changes_per_method() {
+        let mut configured = profile(false);
+        configured.routing.insert("WECHAT_PAY".into(), Strategy::Adaptive);
+        let d = MerchantDirectory::new(vec![configured], AuthPolicy::default());
+        assert_eq!(d.strategy("M1", PayMethod::WechatPay), Strategy::Adaptive);
+        assert_eq!(d.strategy("M1", PayMethod::Alipay), Strategy::Priority, "not named: priority");
+        for s in Strategy::ALL {
+            assert!(d.set_strategy("M1", PayMethod::Alipay, s));
+            assert_eq!(d.strategy("M1", PayMethod::Alipay), s);
+        }
+        assert_eq!(d.strategy("M1", PayMethod::WechatPay), Strategy::Adaptive, "other methods untouched");
+        assert!(!d.set_strategy("M2", PayMethod::Alipay, Strategy::Weighted));
+        assert_eq!(d.routing("M1").map(|r| r.len()), Some(PayMethod::ALL.len()));
+        assert!(d.routing("M2").is_none());
     }
 
     #[test]

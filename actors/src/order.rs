@@ -23,7 +23,7 @@ use crate::refund::{Refund, RefundEvent, RefundPolicy, RefundSpec, RefundState, 
 use crate::strategy::Route;
 
 /// How the buyer pays: picks the family of channels that can take the order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PayMethod {
     /// Alipay.
     Alipay,

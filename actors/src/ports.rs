@@ -49,15 +49,25 @@ pub enum Record {
         /// What was set.
         setting: ChannelSetting,
     },
+    /// An operator's change of how a merchant's payments by one method are routed:
+    /// effective from the next payment, and on every start after.
+    Routing {
+        /// The merchant.
+        merchant_id: String,
+        /// The pay method.
+        method: crate::order::PayMethod,
+        /// The strategy from now on.
+        strategy: crate::strategy::Strategy,
+    },
 }
 
 impl Record {
-    /// The shard whose sequence numbers the record: its order's, or shard 0 for a
-    /// channel setting (which belongs to no order).
+    /// The shard whose sequence numbers the record: its order's, or shard 0 for an
+    /// operator's setting (which belongs to no order).
     pub fn shard(&self) -> ShardId {
         match self {
             Record::Order { pay_order_no, .. } | Record::Notify { pay_order_no, .. } => pay_order_no.shard(),
-            Record::Channel { .. } => ShardId(0),
+            Record::Channel { .. } | Record::Routing { .. } => ShardId(0),
         }
     }
 }

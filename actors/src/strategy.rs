@@ -26,6 +26,11 @@ impl Strategy {
     /// Every strategy.
     pub const ALL: [Strategy; 4] = [Strategy::Priority, Strategy::Weighted, Strategy::LowestFee, Strategy::Adaptive];
 
+    /// The strategy named `name` ([`Strategy::as_str`]).
+    pub fn parse(name: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// The configuration and wire name.
     pub const fn as_str(self) -> &'static str {
         match self {

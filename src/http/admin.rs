@@ -1,5 +1,5 @@
-//! The admin API (bearer token): channels (live state, enable/disable, weights), the
-//! sandbox channel, resending notifications.
+//! The admin API (bearer token): channels (live state, enable/disable, weights),
+//! merchants' routing strategies, the sandbox channel, resending notifications.
 
 use hyper::header::AUTHORIZATION;
 use hyper::HeaderMap;
@@ -11,7 +11,9 @@ use paygate_actors::channel::ChannelHandle;
 use paygate_actors::channel_actor::ChannelSetting;
 use paygate_actors::money::{Currency, Money};
 use paygate_actors::notifier::ResendWhat;
+use paygate_actors::order::PayMethod;
 use paygate_actors::ports::{Record, StorageError};
+use paygate_actors::strategy::Strategy;
 use paygate_actors::time_fmt::Rfc3339;
 
 use super::envelope::{success, ApiError, HttpResponse};
@@ -141,6 +143,7 @@ pub async fn channels(
         hyper::Method::POST => {
             let setting = channel_setting(body)?;
             let record = Record::Channel { code: code.to_owned(), setting };
+            let _in_order = app.admin_changes.lock().await;
             app.router.context().journal.append(record).await.map_err(StorageError::into_core)?;
             channel.adjust(setting);
             tracing::info!(channel = code, ?setting, "channel changed by an operator");
@@ -158,6 +161,70 @@ pub async fn channels(
         }
         _ => Err(ApiError::MethodNotAllowed("GET, POST")),
     }
+}
+
+/// A merchant's routing: every pay method with the strategy in force.
+fn routing_view(app: &App, merchant_id: &str) -> Result<serde_json::Value, ApiError> {
+    let routing = app.merchants.routing(merchant_id).ok_or(ApiError::NotFound)?;
+    let strategies: serde_json::Map<String, serde_json::Value> =
+        routing.iter().map(|(method, strategy)| (method.as_str().to_owned(), json!(strategy.as_str()))).collect();
+    Ok(json!({ "merchant_id": merchant_id, "routing": strategies }))
+}
+
+/// `GET /admin/merchants/{id}/routing`: how each pay method of the merchant is routed.
+/// `POST` with `{"method": "ALIPAY", "strategy": "adaptive"}` changes one from the next
+/// payment on: journaled first, so it holds after a restart.
+pub async fn routing(
+    app: &App,
+    method: &hyper::Method,
+    merchant_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    authorize(app, headers)?;
+    match *method {
+        hyper::Method::GET => Ok(success(&routing_view(app, merchant_id)?)),
+        hyper::Method::POST => {
+            routing_view(app, merchant_id)?;
+            let (pay_method, strategy) = routing_change(body)?;
+            let record = Record::Routing { merchant_id: merchant_id.to_owned(), method: pay_method, strategy };
+            let _in_order = app.admin_changes.lock().await;
+            app.router.context().journal.append(record).await.map_err(StorageError::into_core)?;
+            app.merchants.set_strategy(merchant_id, pay_method, strategy);
+            tracing::info!(
+                merchant_id,
+                method = pay_method.as_str(),
+                strategy = strategy.as_str(),
+                "routing changed by an operator"
+            );
+            Ok(success(&routing_view(app, merchant_id)?))
+        }
+        _ => Err(ApiError::MethodNotAllowed("GET, POST")),
+    }
+}
+
+/// The routing change an operator asks for: one method, one strategy.
+fn routing_change(body: &[u8]) -> Result<(PayMethod, Strategy), ApiError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Change {
+        method: String,
+        strategy: String,
+    }
+    let names = Strategy::ALL.map(Strategy::as_str).join(", ");
+    let change: Change = serde_json::from_slice(body).map_err(|e| {
+        CoreError::invalid(
+            "body",
+            format_args!("must be {{\"method\": \"ALIPAY\", \"strategy\": one of {names}}} ({e})"),
+        )
+    })?;
+    let method = change.method.parse::<PayMethod>().map_err(|_| {
+        let methods = PayMethod::ALL.map(PayMethod::as_str).join(", ");
+        CoreError::invalid("method", format_args!("{:?} is not one of {methods}", change.method))
+    })?;
+    let strategy = Strategy::parse(&change.strategy)
+        .ok_or_else(|| CoreError::invalid("strategy", format_args!("{:?} is not one of {names}", change.strategy)))?;
+    Ok((method, strategy))
 }
 
 /// The change an operator asks for: `status` and/or `weight`, nothing else.

@@ -59,7 +59,7 @@ pub async fn pay(app: &App, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let spec = pay_spec(&app.limits, &params, &merchant)?;
     notify_url_allowed(app, &merchant, spec.notify_url.as_deref()).await?;
     let expire_minutes = spec.expire_minutes.unwrap_or(merchant.expire_minutes);
-    let strategy = merchant.strategy(spec.pay_method);
+    let strategy = app.merchants.strategy(&merchant.merchant_id, spec.pay_method);
     let route = app.channels.route(spec.pay_method, spec.amount, app.clock.now_ms(), strategy, rand::random());
     let target = OrderTarget::Key { merchant_id: spec.merchant_id.clone(), order_no: spec.order_no.clone() };
     let caller = Some(spec.merchant_id.clone());

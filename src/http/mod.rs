@@ -66,6 +66,9 @@ pub struct App {
     pub public_url: String,
     /// Admin bearer token.
     pub admin_token: String,
+    /// Held while an operator's change is journaled and applied, so changes take
+    /// effect in the order the journal keeps them (and a restart replays).
+    pub admin_changes: tokio::sync::Mutex<()>,
     /// Largest request body.
     pub max_body: usize,
     /// What a pay request may ask for.
@@ -467,6 +470,12 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
                 let code = path.strip_prefix("/admin/channels/").filter(|c| !c.is_empty());
                 let (parts, body) = read_body(app, req).await?;
                 return admin::channels(app, method, code, &parts.headers, &body).await;
+            }
+            if let Some(merchant_id) =
+                path.strip_prefix("/admin/merchants/").and_then(|rest| rest.strip_suffix("/routing"))
+            {
+                let (parts, body) = read_body(app, req).await?;
+                return admin::routing(app, method, merchant_id, &parts.headers, &body).await;
             }
             if let Some(rest) = path.strip_prefix("/admin/sandbox/") {
                 let (parts, body) = read_body(app, req).await?;

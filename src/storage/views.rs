@@ -11,9 +11,10 @@ use paygate_actors::daily_volume::{business_day, counted};
 use paygate_actors::ids::merchant_key;
 use paygate_actors::ids::PayOrderNo;
 use paygate_actors::notification::{Notification, NotifyStatus};
-use paygate_actors::order::{Order, OrderEvent, QueryPolicy};
+use paygate_actors::order::{Order, OrderEvent, PayMethod, QueryPolicy};
 use paygate_actors::ports::{BillItem, ListCursor, ListQuery, NotifyStore, OrderStore, Page, Record, StorageError};
 use paygate_actors::refund::{Refund, RefundEvent};
+use paygate_actors::strategy::Strategy;
 
 use super::codec::{decode_notification, decode_order, encode_notification, encode_order};
 
@@ -29,6 +30,8 @@ const ORDER_LIST: u8 = b'l';
 const REFUND_LIST: u8 = b'g';
 const BILL: u8 = b'b';
 const CHANNEL: u8 = b'c';
+/// Operators' routing strategies: `r<merchant_id>\0<PAY_METHOD>` → strategy name.
+const ROUTING: u8 = b'r';
 /// The most index entries one listing page reads; a page that finds fewer matches
 /// within it ends early with a cursor to continue.
 const LIST_SCAN: usize = 10_000;
@@ -124,6 +127,20 @@ fn volume_key(day: i64, channel: &str) -> Vec<u8> {
     k.push(VOLUME);
     k.extend_from_slice(&day.to_be_bytes());
     k.extend_from_slice(channel.as_bytes());
+    k
+}
+
+fn routing_key(merchant_id: &str, method: PayMethod) -> Vec<u8> {
+    let mut k = routing_prefix(merchant_id);
+    k.extend_from_slice(method.as_str().as_bytes());
+    k
+}
+
+fn routing_prefix(merchant_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + merchant_id.len() + 16);
+    k.push(ROUTING);
+    k.extend_from_slice(merchant_id.as_bytes());
+    k.push(0);
     k
 }
 
@@ -259,6 +276,10 @@ impl Views {
                         .map_err(|e| ProjectError::Inconsistent(format!("channel {code}: {e}")))?;
                     batch.insert(channel_key(code), bytes);
                     settings.insert(code.clone(), merged);
+                    continue;
+                }
+                Record::Routing { merchant_id, method, strategy } => {
+                    batch.insert(routing_key(merchant_id, *method), strategy.as_str().as_bytes());
                     continue;
                 }
                 Record::Notify { notify_id, version, events, .. } => {
@@ -404,6 +425,28 @@ impl Views {
                 .map_err(|e| ProjectError::Inconsistent(format!("channel {code}: stored setting: {e}"))),
             None => Ok(ChannelSetting::default()),
         }
+    }
+
+    /// The routing strategies operators have set for `merchant_id`, by pay method
+    /// (nothing: as configured).
+    pub fn routing(&self, merchant_id: &str) -> Result<Vec<(PayMethod, Strategy)>, ProjectError> {
+        let prefix = routing_prefix(merchant_id);
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let method = k
+                .get(prefix.len()..)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse::<PayMethod>().ok());
+            let strategy = std::str::from_utf8(&v).ok().and_then(Strategy::parse);
+            match (method, strategy) {
+                (Some(m), Some(s)) => out.push((m, s)),
+                _ => {
+                    return Err(ProjectError::Inconsistent(format!("merchant {merchant_id}: unreadable routing entry")))
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// What each channel's orders of business `day` count against its daily limit.
