@@ -143,6 +143,13 @@ fn common_name(name: &x509_cert::name::Name) -> Option<String> {
         .and_then(|atv| std::str::from_utf8(atv.value.value()).ok().map(str::to_owned))
 }
 
+/// The subject CN of a DER certificate, if it has one in a text form.
+pub fn subject_common_name(der: &[u8]) -> Option<String> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    common_name(&cert.tbs_certificate.subject)
+}
+
 impl Certificate {
     /// Reads one PEM certificate whose key is RSA; `what` names it in errors.
     pub fn from_pem(what: &str, pem: &str) -> Result<Certificate, KeyError> {

@@ -487,12 +487,21 @@ fn client(
     sim: &Option<crate::sim::SimHandle>,
 ) -> Result<crate::http::client::HttpClient, crate::config::ConfigError> {
     let builtin = setting(c, "gateway_url") == Some(BUILTIN);
+    let identity = match (setting(c, "client_certificate"), setting(c, "client_private_key")) {
+        (Some(certificate), Some(key)) => Some(crate::http::client::ClientIdentity {
+            certificate_pem: certificate.to_owned(),
+            private_key_pem: key.to_owned(),
+        }),
+        (None, None) => None,
+        _ => return Err(setting_error(c, "client_certificate and client_private_key go together")),
+    };
     let options = crate::http::client::ClientOptions {
         ca_file: setting(c, "ca_file").map(std::path::PathBuf::from),
         ca_pem: sim.as_ref().filter(|_| builtin).and_then(|s| s.ca_pem.clone()),
+        identity,
         ..Default::default()
     };
-    crate::http::client::HttpClient::with(&options).map_err(|e| setting_error(c, format!("ca_file: {e}")))
+    crate::http::client::HttpClient::with(&options).map_err(|e| setting_error(c, format!("TLS: {e}")))
 }
 
 /// A channel setting that is wrong, named with its channel.

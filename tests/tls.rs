@@ -110,3 +110,31 @@ fn every_provider_pays_and_refunds_over_tls_and_an_untrusted_gateway_is_refused(
     let message = a.json["message"].as_str().unwrap();
     assert!(message.contains("certificate"), "{message}");
 }
+
+#[test]
+fn a_wechat_pay_v2_refund_without_the_merchant_certificate_is_refused() {
+    // The v2 channel without its API certificate; v3 off, so WECHAT_PAY goes to v2.
+    let t = TestNode::start_with(|c| {
+        let sim = c.sim.as_mut().unwrap();
+        sim.tls = true;
+        sim.time_scale = 0.001;
+        let v2 = c.channels.iter_mut().find(|ch| ch.code == "wechat-sim").unwrap();
+        assert!(v2.settings.remove("client_certificate").is_some());
+        assert!(v2.settings.remove("client_private_key").is_some());
+        c.channels.retain(|ch| ch.code != "wechat-v3-sim");
+    });
+    let sim = SimClient::new(&t);
+    let c = t.client();
+    let a = c.pay_by("WECHAT_PAY", "TLS-NOCERT", "3.00");
+    assert_eq!((a.code(), a.data("channel")), ("SUCCESS", "wechat-sim"), "{a:?}");
+    let id = a.data("pay_order_no").to_owned();
+    assert!(sim.post("/sim/wechat/pay", json!({ "out_trade_no": id })).get("error").is_none());
+    wait_status(&c, &id, "SUCCESS", WAIT);
+
+    // Paying needs no certificate; refunding does, and WeChat Pay refuses it outright.
+    let p = params(&[("pay_order_no", &id), ("refund_no", "TLS-NOCERT-R"), ("refund_amount", "1.00")]);
+    let r = c.call("/api/v1/refund/apply", p);
+    assert_eq!(r.data("status"), "FAILED", "{r:?}");
+    let why = serde_json::to_string(&r.json).unwrap();
+    assert!(why.contains("certificate"), "{why}");
+}

@@ -45,6 +45,23 @@ pub struct ClientOptions {
     pub public_only: bool,
     /// The largest answer read; 0: [`MAX_ANSWER_BYTES`].
     pub max_answer: usize,
+    /// The certificate and key to present when a server asks for one (mutual TLS).
+    pub identity: Option<ClientIdentity>,
+}
+
+/// A client certificate for mutual TLS, e.g. a WeChat Pay merchant's API certificate.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    /// The certificate, then any intermediates, PEM.
+    pub certificate_pem: String,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub private_key_pem: String,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity").field("private_key_pem", &"<redacted>").finish_non_exhaustive()
+    }
 }
 
 /// An answer: status, headers and body.
@@ -104,8 +121,12 @@ impl Default for HttpClient {
 }
 
 /// The TLS configuration: rustls on ring, TLS 1.2 and 1.3, webpki roots plus `ca_file`
-/// and `ca_pem`.
-fn tls_config(ca_file: Option<&std::path::Path>, ca_pem: Option<&str>) -> Result<rustls::ClientConfig, String> {
+/// and `ca_pem`, presenting `identity` when a server asks for a certificate.
+fn tls_config(
+    ca_file: Option<&std::path::Path>,
+    ca_pem: Option<&str>,
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(pem) = ca_pem {
@@ -126,10 +147,24 @@ fn tls_config(ca_file: Option<&std::path::Path>, ca_pem: Option<&str>) -> Result
             roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
-    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+    let builder =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+    let Some(identity) = identity else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(identity.certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("client certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("client certificate: no PEM certificate in it".into());
+    }
+    // Its error would name nothing of the key; say only which setting is wrong.
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.private_key_pem.as_bytes())
+        .map_err(|_| "client private key: not a PEM private key".to_owned())?;
+    builder.with_client_auth_cert(chain, key).map_err(|e| format!("client certificate and key: {e}"))
 }
 
 impl HttpClient {
@@ -137,7 +172,7 @@ impl HttpClient {
     pub fn new() -> HttpClient {
         let options = ClientOptions::default();
         let http = HttpClient::connector(&options);
-        let inner = match tls_config(None, None) {
+        let inner = match tls_config(None, None, None) {
             Ok(tls) => HttpClient::tls(http, tls),
             Err(e) => {
                 tracing::error!(error = %e, "TLS is unavailable; https:// calls will fail");
@@ -149,7 +184,7 @@ impl HttpClient {
 
     /// A client built as `options` say; fails on an unreadable CA file.
     pub fn with(options: &ClientOptions) -> Result<HttpClient, String> {
-        let tls = tls_config(options.ca_file.as_deref(), options.ca_pem.as_deref())?;
+        let tls = tls_config(options.ca_file.as_deref(), options.ca_pem.as_deref(), options.identity.as_ref())?;
         let inner = HttpClient::tls(HttpClient::connector(options), tls);
         let max_answer = if options.max_answer == 0 { MAX_ANSWER_BYTES } else { options.max_answer };
         Ok(HttpClient { inner, max_answer, public_only: options.public_only })

@@ -303,6 +303,9 @@ pub struct SimRequest {
     pub query: String,
     /// The request body, read whole (at most 1 MiB).
     pub body: Bytes,
+    /// Over TLS, the subject CN of the client certificate the connection presented, if
+    /// it chains to a CA the simulator trusts for clients (a WeChat Pay merchant CA).
+    pub client_certificate: Option<String>,
 }
 
 impl SimRequest {
@@ -427,7 +430,8 @@ pub fn start(
         }
         hosts.sort();
         hosts.dedup();
-        Some(tls::generate(&hosts)?)
+        let client_cas: Vec<&str> = config.wechat.iter().filter_map(|w| w.merchant_ca.as_deref()).collect();
+        Some(tls::generate(&hosts, &client_cas)?)
     } else {
         None
     };
@@ -477,14 +481,21 @@ async fn serve(
         let sim = Arc::clone(&sim);
         match &tls {
             None => {
-                tokio::spawn(connection(stream, sim));
+                tokio::spawn(connection(stream, sim, None));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     // A client that does not trust the CA ends here, as with a provider.
                     if let Ok(stream) = acceptor.accept(stream).await {
-                        connection(stream, sim).await;
+                        // rustls has checked the chain; what remains is whose it is.
+                        let client = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|cert| crate::crypto::subject_common_name(cert.as_ref()));
+                        connection(stream, sim, client).await;
                     }
                 });
             }
@@ -492,13 +503,15 @@ async fn serve(
     }
 }
 
-/// Serves one connection, plain or TLS.
-async fn connection<S>(stream: S, sim: Arc<Simulator>)
+/// Serves one connection, plain or TLS (with the CN of the client certificate it
+/// presented, if any).
+async fn connection<S>(stream: S, sim: Arc<Simulator>, client_certificate: Option<String>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let sim = Arc::clone(&sim);
+        let client_certificate = client_certificate.clone();
         async move {
             let (parts, body) = req.into_parts();
             let body = match Limited::new(body, 1 << 20).collect().await {
@@ -516,6 +529,7 @@ where
                 path: parts.uri.path().to_owned(),
                 query: parts.uri.query().unwrap_or_default().to_owned(),
                 body,
+                client_certificate,
             };
             Ok(sim.route(req).await)
         }

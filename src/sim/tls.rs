@@ -15,8 +15,10 @@ pub struct SimTls {
     pub ca_pem: String,
 }
 
-/// Makes a CA and a server certificate for `hosts` (names or IP addresses).
-pub fn generate(hosts: &[String]) -> Result<SimTls, String> {
+/// Makes a CA and a server certificate for `hosts` (names or IP addresses). Clients
+/// may present a certificate issued by one of `client_cas` (PEM; checked by rustls, and
+/// then whose it is by the route that needs one); none need to.
+pub fn generate(hosts: &[String], client_cas: &[&str]) -> Result<SimTls, String> {
     let fail = |what: &str, e: rcgen::Error| format!("simulator TLS: {what}: {e}");
     let ca_key = KeyPair::generate().map_err(|e| fail("CA key", e))?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|e| fail("CA", e))?;
@@ -32,11 +34,27 @@ pub fn generate(hosts: &[String]) -> Result<SimTls, String> {
 
     let chain = vec![CertificateDer::from(leaf_cert.der().to_vec())];
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("simulator TLS: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(chain, private)
         .map_err(|e| format!("simulator TLS: {e}"))?;
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in client_cas {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| format!("simulator TLS: client CA: {e}"))?;
+                roots.add(cert).map_err(|e| format!("simulator TLS: client CA: {e}"))?;
+            }
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("simulator TLS: client CA: {e}"))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let server = builder.with_single_cert(chain, private).map_err(|e| format!("simulator TLS: {e}"))?;
     Ok(SimTls { server: Arc::new(server), ca_pem: ca_cert.pem() })
 }

@@ -60,6 +60,11 @@ pub struct WechatSimConfig {
     /// The platform certificate and key that sign v3 answers; without it, no v3.
     #[serde(default)]
     pub platform: Option<WechatSimPlatform>,
+    /// The CA that issues merchants' API certificates (PEM). With TLS on, a v2 refund
+    /// must come over a connection that presented one it issued to that `mch_id` (its
+    /// CN); without TLS there is no certificate to ask for.
+    #[serde(default)]
+    pub merchant_ca: Option<String>,
 }
 
 fn default_fee_rate() -> String {
@@ -350,7 +355,7 @@ impl WechatSim {
         let path = req.path.as_str();
         match (&req.method, path) {
             (&Method::POST, p) if p.starts_with("/wechat/pay/") || p.starts_with("/wechat/secapi/") => {
-                self.v2_api(p.trim_start_matches("/wechat"), &req.body).await
+                self.v2_api(p.trim_start_matches("/wechat"), &req).await
             }
             (_, p) if p.starts_with("/v3/") => self.v3_api(&req).await,
             (m, p) if p.starts_with("/wechat/cashier/") => {

@@ -12,7 +12,7 @@ use super::{Api, Merchant, NewRefund, NewTrade, Refund, RefundKey, Refusal, Trad
 use crate::channels::alipay::wire::timestamp;
 use crate::channels::wechat::bill;
 use crate::channels::wechat::v2::wire::{self, Params};
-use crate::sim::{answer, Fault, Notification, SimResponse};
+use crate::sim::{answer, Fault, Notification, SimRequest, SimResponse};
 
 type Answer = Result<Params, (&'static str, String)>;
 
@@ -49,7 +49,8 @@ fn worded(r: Refusal) -> (&'static str, String) {
 }
 
 impl WechatSim {
-    pub(super) async fn v2_api(self: &Arc<Self>, path: &str, body: &[u8]) -> SimResponse {
+    pub(super) async fn v2_api(self: &Arc<Self>, path: &str, request: &SimRequest) -> SimResponse {
+        let body = &request.body;
         let mch_id = wire::from_xml(body).map(|p| get(&p, "mch_id").to_owned()).unwrap_or_default();
         let faults = crate::sim::lock(&self.faults).of(&mch_id);
         let fault = faults.roll().await;
@@ -70,6 +71,12 @@ impl WechatSim {
         };
         if path == "/pay/downloadbill" {
             return self.v2_bill(&req);
+        }
+        // Over TLS, the secapi calls need the merchant's API certificate (mutual TLS).
+        let tls = self.core.base_url.starts_with("https://");
+        if tls && path.starts_with("/secapi/") && request.client_certificate.as_deref() != Some(m.mch_id.as_str()) {
+            let why = "请使用商户API证书: this API needs the merchant's API certificate (mutual TLS)";
+            return xml(&fields(&[("return_code", "FAIL".into()), ("return_msg", why.into())]));
         }
         let outcome = match path {
             "/pay/unifiedorder" => self.v2_unified_order(&req, sign_type),
