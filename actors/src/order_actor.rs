@@ -480,30 +480,19 @@ impl OrderCell {
             );
             let order = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
             asked = true;
-            // The creating record's first events, and the order they make.
-            let creation = |passed_over: &[String], abandoned: &[(String, AccountKey)]| {
-                let route = Route { strategy, candidates: candidates.clone(), passed_over: passed_over.to_vec() };
-                let mut events = vec![created.clone(), OrderEvent::Routed { route, at: now }];
-                events
-                    .extend(abandoned.iter().map(|(c, _)| OrderEvent::TradeAbandoned { channel: c.clone(), at: now }));
-                let mut order = order.clone();
-                for event in events.iter().skip(1) {
-                    order.apply(event).map_err(|e| CoreError::system(e.to_string()))?;
-                }
-                Ok::<_, CoreError>((order, events))
+            let route = |passed_over: &[String]| Route {
+                strategy,
+                candidates: candidates.clone(),
+                passed_over: passed_over.to_vec(),
             };
-            let next_account = candidates
-                .get(i + 1..)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| oc.channels.get(c).is_some_and(|h| account_of(h) != account_of(handle)));
             let opened = match open_trade(handle, &order).await {
                 Err(ChannelError::Unavailable(why)) => {
                     tracing::warn!(pay_order_no = %order.pay_order_no, %channel, %why, "channel unavailable; trying the next");
                     Err(why)
                 }
                 Err(ChannelError::Unknown(why))
-                    if next_account && started.elapsed() + handle.profile.timeout * 2 <= oc.failover_budget =>
+                    if started.elapsed() + handle.profile.timeout * 2 <= oc.failover_budget
+                        && another_account(oc, candidates.get(i + 1..).unwrap_or_default(), handle) =>
                 {
                     match give_up_trade(handle, &order).await {
                         Ok(()) => {
@@ -514,14 +503,14 @@ impl OrderCell {
                         Err(found) => {
                             let mut cmds = vec![OrderCommand::MarkSubmitted];
                             cmds.extend(found.map(OrderCommand::Notice));
-                            match creation(&passed_over, &abandoned) {
+                            match creation(order, created, route(&passed_over), &abandoned, now) {
                                 Ok((order, events)) => Ok(self.settle_unknown(oc, order, events, cmds, &why).await),
                                 Err(e) => Ok(Err(e)),
                             }
                         }
                     }
                 }
-                other => match creation(&passed_over, &abandoned) {
+                other => match creation(order, created, route(&passed_over), &abandoned, now) {
                     Ok((order, events)) => Ok(self.settle_opening(oc, order, events, other).await),
                     Err(e) => Ok(Err(e)),
                 },
@@ -774,6 +763,31 @@ fn account_of(channel: &ChannelHandle) -> AccountKey {
         "" => format!("{}:?", channel.profile.provider),
         account => account.to_owned(),
     }
+}
+
+/// The first events of the record that creates `order` (made by `created`), and the
+/// order they make: its route and the trades given up on before its channel.
+fn creation(
+    mut order: Order,
+    created: OrderEvent,
+    route: Route,
+    abandoned: &[(String, AccountKey)],
+    now: i64,
+) -> CoreResult<(Order, Vec<OrderEvent>)> {
+    let mut events = Vec::with_capacity(2 + abandoned.len());
+    events.push(OrderEvent::Routed { route, at: now });
+    events.extend(abandoned.iter().map(|(c, _)| OrderEvent::TradeAbandoned { channel: c.clone(), at: now }));
+    for event in &events {
+        order.apply(event).map_err(|e| CoreError::system(e.to_string()))?;
+    }
+    events.insert(0, created);
+    Ok((order, events))
+}
+
+/// Whether one of `later` channels opens trades under another account than `channel`.
+fn another_account(oc: &OrderContext, later: &[String], channel: &ChannelHandle) -> bool {
+    let account = account_of(channel);
+    later.iter().any(|c| oc.channels.get(c).is_some_and(|h| account_of(h) != account))
 }
 
 /// Gives up the trade of `order` at `channel` after its opening went unanswered: asks
