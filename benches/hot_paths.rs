@@ -42,6 +42,7 @@ fn merchant() -> MerchantProfile {
         expire_minutes: 30,
         notify_url: None,
         allow_private_notify: false,
+        rate_limit: None,
         routing: Default::default(),
     }
 }
@@ -245,6 +246,7 @@ fn actor_round_trip(c: &mut Criterion) {
             passivation: Passivation { idle: Duration::from_secs(3600), final_idle: Duration::from_secs(3600) },
             notifier: Default::default(),
             failover_budget: Duration::from_secs(10),
+            risk: Default::default(),
         });
         let shards = (0..4).map(|n| actix::Actor::start(ShardSupervisor::new(ShardId(n), oc.clone()))).collect();
         let router = OrderRouter::new(oc, shards);

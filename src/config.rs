@@ -47,6 +47,12 @@ pub struct Config {
     /// Notifications to merchants.
     #[serde(default)]
     pub notify: crate::notify::NotifyConfig,
+    /// Risk control's rules (`risk.toml`, `[risk]`).
+    #[serde(default)]
+    pub risk: paygate_actors::risk::rules::RiskRules,
+    /// Risk control's block and allow lists as configured (`[[risk_lists]]`).
+    #[serde(default)]
+    pub risk_lists: Vec<paygate_actors::risk::lists::ListEntry>,
     /// Whether the secrets were opened with the public demo key.
     #[serde(skip)]
     pub demo_master_key: bool,
@@ -79,6 +85,10 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     /// Most API requests in progress at once; beyond it requests get 429 RATE_LIMITED.
     pub max_inflight: usize,
+    /// The node's request rate over every merchant (`{ rate_per_sec, burst }`); beyond
+    /// it requests get 429 RATE_LIMITED with `Retry-After`. Unset: none.
+    #[serde(default)]
+    pub rate_limit: Option<paygate_actors::rate_limit::RateLimit>,
 }
 
 /// Storage settings.
@@ -390,6 +400,7 @@ impl Config {
             .merge(Toml::file(dir.join("merchants.toml")))
             .merge(Toml::file(dir.join("channels.toml")))
             .merge(Toml::file(dir.join("sim.toml")))
+            .merge(Toml::file(dir.join("risk.toml")))
             .merge(Env::prefixed("PAYGATE_").split("__").ignore(&["master_key"]));
         if let Some(listen) = &overrides.listen {
             fig = fig.merge(Serialized::default("server.listen", listen));
@@ -454,6 +465,22 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.risk.check().map_err(ConfigError)?;
+        for entry in &self.risk_lists {
+            entry
+                .clone()
+                .canonical()
+                .map_err(|e| ConfigError(format!("risk_lists {:?}: {}", entry.value, e.message)))?;
+        }
+        let limits = std::iter::once(("server.rate_limit".to_owned(), self.server.rate_limit))
+            .chain(self.merchants.iter().map(|m| (format!("merchant {} rate_limit", m.merchant_id), m.rate_limit)));
+        for (what, limit) in limits {
+            if limit.is_some_and(|l| paygate_actors::rate_limit::TokenBucket::new(l).is_none()) {
+                return Err(ConfigError(format!(
+                    "{what}: rate_per_sec must be a positive number and burst at least 1"
+                )));
+            }
+        }
         if self.shards.count == 0 || self.shards.count > paygate_actors::ids::MAX_SHARDS {
             return Err(ConfigError(format!("shards.count must be 1..={}", paygate_actors::ids::MAX_SHARDS)));
         }

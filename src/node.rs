@@ -161,6 +161,9 @@ fn describe_metrics() {
     describe_counter!("paygate_alerts_total", "Events an operator should look at, by kind");
     describe_counter!("paygate_callbacks_total", "Provider callbacks, by provider and result");
     describe_counter!("paygate_callback_reconciles_total", "Channel queries caused by callbacks that did not verify");
+    describe_counter!("paygate_risk_decisions_total", "Risk control's decisions on new payments, by decision");
+    describe_counter!("paygate_risk_rule_hits_total", "Risk rules that fired, by rule id");
+    describe_counter!("paygate_rate_limited_total", "Requests refused by a rate limit, by scope (node, merchant)");
     describe_counter!("paygate_payments_created_total", "Payments created");
     describe_counter!("paygate_refunds_total", "Refunds settled, by outcome");
     describe_counter!("paygate_pages_total", "Pages shown to buyers, by page");
@@ -401,6 +404,7 @@ fn build(
         },
         notifier: notifier.clone(),
         failover_budget: Duration::from_millis(config.orders.failover_budget_ms),
+        risk: Arc::new(risk_engine(&config, &storage.views)?),
     });
     let shards = (0..config.shards.count)
         .map(|n| {
@@ -441,6 +445,8 @@ fn build(
         metrics: metrics_handle(),
         inflight: Default::default(),
         max_inflight: config.server.max_inflight,
+        rate: config.server.rate_limit.and_then(paygate_actors::rate_limit::TokenBucket::new),
+        started: std::time::Instant::now(),
         reconcile_gate: Default::default(),
         active: Default::default(),
         stopping: Default::default(),
@@ -502,6 +508,70 @@ fn client(
         ..Default::default()
     };
     crate::http::client::HttpClient::with(&options).map_err(|e| setting_error(c, format!("TLS: {e}")))
+}
+
+/// Risk control as configured, with what operators changed since (kept by the views),
+/// and the state of the payments of the last month counted again, so that a restart is
+/// not a way around velocity rules or limits.
+fn risk_engine(
+    config: &Config,
+    views: &crate::storage::views::Views,
+) -> Result<paygate_actors::risk::RiskEngine, crate::storage::OpenError> {
+    use paygate_actors::ports::OrderStore;
+    use paygate_actors::risk::lists::Lists;
+    use paygate_actors::risk::{Decision, Policy, RiskEngine, RiskInput};
+    let fail = |what: String| crate::storage::OpenError::Inconsistent(format!("risk control: {what}"));
+    let stored = views.risk().map_err(|e| fail(e.to_string()))?;
+    let rules = match &stored.rules {
+        Some(json) => serde_json::from_str(json).map_err(|e| fail(format!("the rules operators set: {e}")))?,
+        None => config.risk.clone(),
+    };
+    // Checked when the configuration was read.
+    let mut lists = Lists::new(config.risk_lists.iter().filter_map(|e| e.clone().canonical().ok()));
+    for (entry, added) in stored.lists {
+        if added {
+            lists.insert(entry);
+        } else {
+            lists.remove(&entry);
+        }
+    }
+    let engine = RiskEngine::new(Policy::new(rules, lists, stored.version).map_err(fail)?);
+    let now = SystemClock.now_ms();
+    let month_ago = now - 32 * 86_400_000;
+    let mut orders = Vec::new();
+    for m in &config.merchants {
+        let mut after = None;
+        loop {
+            let query = paygate_actors::ports::ListQuery {
+                merchant_id: m.merchant_id.clone(),
+                from_ms: month_ago,
+                to_ms: now + 1,
+                status: None,
+                after,
+                limit: 1_000,
+            };
+            let page = views.list_orders(&query).map_err(|e| fail(e.to_string()))?;
+            orders.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    orders.sort_by_key(|o| o.create_time);
+    for o in &orders {
+        let input = RiskInput {
+            merchant_id: &o.spec.merchant_id,
+            amount: o.spec.amount,
+            user_id: o.spec.user_id.as_deref(),
+            device_id: o.spec.device_id.as_deref(),
+            client_ip: o.spec.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            now_ms: o.create_time,
+        };
+        engine.replay(&input, o.risk.as_ref().map_or(Decision::Allow, |r| r.decision));
+    }
+    tracing::info!(payments = orders.len(), keys = engine.state().len(), "risk control counted the last month again");
+    Ok(engine)
 }
 
 /// A channel setting that is wrong, named with its channel.

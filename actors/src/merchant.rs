@@ -10,6 +10,7 @@ use dashmap::DashMap;
 
 use crate::error::{CoreError, CoreResult, ErrorCode};
 use crate::order::PayMethod;
+use crate::rate_limit::{RateLimit, TokenBucket};
 use crate::signing::{self, ParamMap, SignType};
 use crate::strategy::Strategy;
 
@@ -48,6 +49,10 @@ pub struct MerchantProfile {
     /// such a URL is a way to make the gateway call into its own network.
     #[serde(default)]
     pub allow_private_notify: bool,
+    /// How many requests a second it may make, and how many at once (none: no limit of
+    /// its own; the node's still applies).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     /// The routing strategy per pay method (`ALIPAY = "lowest_fee"`) as configured; a
     /// method not named is routed by priority. Operators may change them while the
     /// node runs ([`MerchantDirectory::set_strategy`]).
@@ -198,6 +203,8 @@ struct Merchant {
     profile: Arc<MerchantProfile>,
     nonces: NonceBook,
     routing: LiveRouting,
+    /// Its request rate ([`MerchantProfile::rate_limit`]).
+    rate: Option<TokenBucket>,
 }
 
 /// The strategy in force for each pay method of one merchant: read on every payment
@@ -244,7 +251,9 @@ impl MerchantDirectory {
             .into_iter()
             .map(|p| {
                 let routing = LiveRouting::of(&p);
-                (p.merchant_id.clone(), Merchant { profile: Arc::new(p), nonces: NonceBook::new(policy), routing })
+                let rate = p.rate_limit.and_then(TokenBucket::new);
+                let nonces = NonceBook::new(policy);
+                (p.merchant_id.clone(), Merchant { profile: Arc::new(p), nonces, routing, rate })
             })
             .collect();
         MerchantDirectory { merchants: Arc::new(merchants), policy }
@@ -270,6 +279,15 @@ impl MerchantDirectory {
     pub fn routing(&self, merchant_id: &str) -> Option<BTreeMap<PayMethod, Strategy>> {
         let m = self.merchants.get(merchant_id)?;
         Some(PayMethod::ALL.iter().map(|method| (*method, m.routing.get(*method))).collect())
+    }
+
+    /// Takes one request of `merchant_id` from its rate limit at `now_us` (a monotonic
+    /// clock); `Err`: how long until it may make another. No limit, no wait.
+    pub fn admit(&self, merchant_id: &str, now_us: i64) -> Result<(), std::time::Duration> {
+        match self.merchants.get(merchant_id).and_then(|m| m.rate.as_ref()) {
+            Some(bucket) => bucket.take(now_us),
+            None => Ok(()),
+        }
     }
 
     /// Routes `merchant_id`'s payments by `method` with `strategy` from the next
@@ -306,6 +324,7 @@ mod tests {
             expire_minutes: 30,
             notify_url: None,
             allow_private_notify: false,
+            rate_limit: None,
             routing: Default::default(),
         }
     }

@@ -311,6 +311,8 @@ pub struct Order {
     /// The channel of each late payment taken on an abandoned trade, by its trade
     /// number (the others were taken by the order's own channel).
     pub late_payment_channels: BTreeMap<String, String>,
+    /// What risk control decided (orders created before it existed have nothing).
+    pub risk: Option<crate::risk::Assessment>,
     /// Refunds, in the order they were asked for (see [`crate::refund`]).
     pub refunds: Vec<Refund>,
     /// Journal sequence of the last record applied to this order.
@@ -544,6 +546,18 @@ pub enum OrderEvent {
         /// The payment.
         payment: LatePayment,
     },
+    /// What risk control decided of the payment, in the record that creates the order.
+    RiskAssessed {
+        /// The decision, the rules that made it and their version.
+        assessment: crate::risk::Assessment,
+        /// When.
+        at: UnixMillis,
+    },
+    /// Risk control refused the payment: → FAILED, before any channel was asked.
+    RiskRejected {
+        /// When.
+        at: UnixMillis,
+    },
 }
 
 /// An event that cannot follow the state it is applied to: a bug or a damaged journal.
@@ -608,6 +622,8 @@ impl OrderEvent {
             OrderEvent::Routed { .. } => "Routed",
             OrderEvent::TradeAbandoned { .. } => "TradeAbandoned",
             OrderEvent::AbandonedTradePaid { .. } => "AbandonedTradePaid",
+            OrderEvent::RiskAssessed { .. } => "RiskAssessed",
+            OrderEvent::RiskRejected { .. } => "RiskRejected",
         }
     }
 
@@ -648,6 +664,7 @@ impl Order {
             route: None,
             abandoned: Vec::new(),
             late_payment_channels: BTreeMap::new(),
+            risk: None,
             refunds: Vec::new(),
             seq: 0,
         })
@@ -1052,6 +1069,23 @@ impl Order {
                     return Err(violation());
                 }
                 self.route = Some(route.clone());
+                *at
+            }
+            OrderEvent::RiskAssessed { assessment, at } => {
+                if status != Pending || self.risk.is_some() {
+                    return Err(violation());
+                }
+                self.risk = Some(assessment.clone());
+                *at
+            }
+            OrderEvent::RiskRejected { at } => {
+                let refused = self.risk.as_ref().is_some_and(|r| r.decision != crate::risk::Decision::Allow);
+                if status != Pending || !refused {
+                    return Err(violation());
+                }
+                self.status = Failed;
+                let reason = self.risk.as_ref().map_or("", |r| r.reason.as_str());
+                self.failure = Some(format!("refused by risk control ({reason})"));
                 *at
             }
             OrderEvent::TradeAbandoned { channel, at } => {

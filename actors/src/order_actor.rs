@@ -24,6 +24,8 @@ use crate::ports::{
 use crate::refund::RefundState;
 use crate::refund::{RefundEvent, RefundSpec, RefundStatus};
 use crate::registry::Registry;
+use crate::risk::rules::ReviewAction;
+use crate::risk::{Assessment, Decision, RiskInput};
 use crate::shared_order::{Published, SharedOrder};
 use crate::strategy::Route;
 
@@ -62,6 +64,8 @@ pub struct OrderContext {
     pub notifier: NotifierDirectory,
     /// How long a new payment may spend trying channels before no further one is tried.
     pub failover_budget: Duration,
+    /// Risk control, asked about every new payment before any channel.
+    pub risk: Arc<crate::risk::RiskEngine>,
 }
 
 /// A new payment as the API layer prepared it.
@@ -423,6 +427,11 @@ impl OrderCell {
         if order.status.is_open() && order.code_url.is_none() {
             return self.submit(oc, order).await;
         }
+        if let (crate::order::OrderStatus::Failed, Some(risk)) = (order.status, &order.risk) {
+            if risk.decision != Decision::Allow {
+                return Err(risk_rejected(risk));
+            }
+        }
         if let (crate::order::OrderStatus::Failed, Some(reason)) = (order.status, &order.failure) {
             return Err(CoreError::new(ErrorCode::ChannelError, format!("payment failed: {reason}")));
         }
@@ -443,11 +452,15 @@ impl OrderCell {
     /// most an unpaid orphan trade at the channel; the repeated request opens a new one
     /// under a new id.
     async fn open(&mut self, oc: &OrderContext, sub: PaySubmission) -> CoreResult<Order> {
-        let Route { strategy, candidates, .. } = sub.route?;
         // A trade we could not journal would be an orphan at the channel.
         oc.journal.writable().map_err(StorageError::into_core)?;
         let started = Instant::now();
         let now = oc.clock.now_ms();
+        let assessment = assess(oc, &sub.spec, now);
+        if refused(oc, &assessment) {
+            return self.refuse(oc, sub, assessment, now).await;
+        }
+        let Route { strategy, candidates, .. } = sub.route?;
         let day = business_day(now);
         let amount = sub.spec.amount.minor();
         let mut passed_over = Vec::new();
@@ -503,14 +516,14 @@ impl OrderCell {
                         Err(found) => {
                             let mut cmds = vec![OrderCommand::MarkSubmitted];
                             cmds.extend(found.map(OrderCommand::Notice));
-                            match creation(order, created, route(&passed_over), &abandoned, now) {
+                            match creation(order, created, &assessment, route(&passed_over), &abandoned, now) {
                                 Ok((order, events)) => Ok(self.settle_unknown(oc, order, events, cmds, &why).await),
                                 Err(e) => Ok(Err(e)),
                             }
                         }
                     }
                 }
-                other => match creation(order, created, route(&passed_over), &abandoned, now) {
+                other => match creation(order, created, &assessment, route(&passed_over), &abandoned, now) {
                     Ok((order, events)) => Ok(self.settle_opening(oc, order, events, other).await),
                     Err(e) => Ok(Err(e)),
                 },
@@ -526,6 +539,27 @@ impl OrderCell {
         }
         let code = if asked { ErrorCode::ChannelError } else { ErrorCode::NoAvailableChannel };
         Err(CoreError::new(code, format!("no channel could take the payment now: {}", passed_over.join("; "))))
+    }
+
+    /// Records a payment risk control refused, as a FAILED order that no channel saw (a
+    /// repeat of the request is refused the same way), and refuses it.
+    async fn refuse(
+        &mut self,
+        oc: &OrderContext,
+        sub: PaySubmission,
+        assessment: Assessment,
+        now: i64,
+    ) -> CoreResult<Order> {
+        let refusal = risk_rejected(&assessment);
+        let created = OrderEvent::created(self.pay_order_no.clone(), sub.spec, String::new(), now, sub.expire_after_ms);
+        let mut order = Order::from_created(&created).ok_or_else(|| CoreError::system("bad Created event"))?;
+        let events =
+            vec![created, OrderEvent::RiskAssessed { assessment, at: now }, OrderEvent::RiskRejected { at: now }];
+        for event in events.iter().skip(1) {
+            order.apply(event).map_err(|e| CoreError::system(e.to_string()))?;
+        }
+        self.execute_from(oc, order, events, Vec::new()).await?;
+        Err(refusal)
     }
 
     /// Opens the trade of an order already created whose outcome at its channel was
@@ -770,11 +804,13 @@ fn account_of(channel: &ChannelHandle) -> AccountKey {
 fn creation(
     mut order: Order,
     created: OrderEvent,
+    assessment: &Assessment,
     route: Route,
     abandoned: &[(String, AccountKey)],
     now: i64,
 ) -> CoreResult<(Order, Vec<OrderEvent>)> {
-    let mut events = Vec::with_capacity(2 + abandoned.len());
+    let mut events = Vec::with_capacity(3 + abandoned.len());
+    events.push(OrderEvent::RiskAssessed { assessment: assessment.clone(), at: now });
     events.push(OrderEvent::Routed { route, at: now });
     events.extend(abandoned.iter().map(|(c, _)| OrderEvent::TradeAbandoned { channel: c.clone(), at: now }));
     for event in &events {
@@ -782,6 +818,32 @@ fn creation(
     }
     events.insert(0, created);
     Ok((order, events))
+}
+
+/// What risk control decides of the payment `spec` asks for.
+fn assess(oc: &OrderContext, spec: &OrderSpec, now: i64) -> Assessment {
+    oc.risk.assess(&RiskInput {
+        merchant_id: &spec.merchant_id,
+        amount: spec.amount,
+        user_id: spec.user_id.as_deref(),
+        device_id: spec.device_id.as_deref(),
+        client_ip: spec.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        now_ms: now,
+    })
+}
+
+/// Whether `assessment` refuses the payment: a DENY, or a REVIEW where reviews refuse.
+fn refused(oc: &OrderContext, assessment: &Assessment) -> bool {
+    match assessment.decision {
+        Decision::Allow => false,
+        Decision::Review => oc.risk.policy().rules.review == ReviewAction::Deny,
+        Decision::Deny => true,
+    }
+}
+
+/// The answer to a payment risk control refused.
+fn risk_rejected(assessment: &Assessment) -> CoreError {
+    CoreError::new(ErrorCode::RiskRejected, format!("the payment was refused by risk control ({})", assessment.reason))
 }
 
 /// Whether one of `later` channels opens trades under another account than `channel`.

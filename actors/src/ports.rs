@@ -59,6 +59,12 @@ pub enum Record {
         /// The strategy from now on.
         strategy: crate::strategy::Strategy,
     },
+    /// An operator's change to risk control's rules or lists: effective from the next
+    /// payment, and on every start after.
+    Risk {
+        /// What changed.
+        change: crate::risk::RiskChange,
+    },
 }
 
 impl Record {
@@ -67,7 +73,7 @@ impl Record {
     pub fn shard(&self) -> ShardId {
         match self {
             Record::Order { pay_order_no, .. } | Record::Notify { pay_order_no, .. } => pay_order_no.shard(),
-            Record::Channel { .. } | Record::Routing { .. } => ShardId(0),
+            Record::Channel { .. } | Record::Routing { .. } | Record::Risk { .. } => ShardId(0),
         }
     }
 }
@@ -194,6 +200,11 @@ pub trait OrderStore: Send + Sync + 'static {
     fn due_timers(&self, now: i64, limit: usize) -> Result<Vec<PayOrderNo>, StorageError>;
     /// The highest id millisecond journaled so far, for the id generators.
     fn id_high_water(&self) -> u64;
+    /// The payments risk control sent to review (and let go ahead), newest first.
+    fn under_review(&self, limit: usize) -> Result<Vec<Order>, StorageError> {
+        let _ = limit;
+        Ok(Vec::new())
+    }
 }
 
 /// What the channel needs to open a trade.

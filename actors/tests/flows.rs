@@ -224,6 +224,7 @@ fn world_of(passivation: Passivation, accounts: [&str; 2]) -> World {
         passivation,
         notifier: Default::default(),
         failover_budget: Duration::from_secs(10),
+        risk: Default::default(),
     });
     let shards = (0..4).map(|n| ShardSupervisor::new(ShardId(n), oc.clone()).start()).collect();
     World { router: OrderRouter::new(oc, shards), clock, channel, second, store }

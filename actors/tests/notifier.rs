@@ -96,6 +96,7 @@ fn merchant() -> Arc<MerchantProfile> {
         expire_minutes: 30,
         notify_url: Some("http://merchant.test/notify".into()),
         allow_private_notify: false,
+        rate_limit: None,
         routing: Default::default(),
     })
 }

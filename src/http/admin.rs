@@ -163,6 +163,90 @@ pub async fn channels(
     }
 }
 
+/// Risk control as operators see it: the version, the rules, the lists.
+fn risk_view(app: &App) -> serde_json::Value {
+    let p = app.router.context().risk.policy();
+    json!({ "version": p.version, "rules": p.rules, "lists": p.lists.entries().collect::<Vec<_>>() })
+}
+
+/// `/admin/risk…`: `GET /admin/risk` (the version, rules and lists in force),
+/// `PUT /admin/risk/rules` (the rules, whole, as JSON), `POST`/`DELETE /admin/risk/lists`
+/// with `{"list": "block"|"allow", "kind": "user_id"|"merchant_id"|"device_id"|"ip"|
+/// "cidr", "value": …}`, `GET /admin/risk/reviews` (payments sent to review). Every
+/// change is journaled first and is in force from the next payment.
+pub async fn risk(
+    app: &App,
+    method: &hyper::Method,
+    rest: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<HttpResponse, ApiError> {
+    use hyper::Method;
+    use paygate_actors::risk::lists::ListEntry;
+    use paygate_actors::risk::RiskChange;
+    authorize(app, headers)?;
+    let engine = &app.router.context().risk;
+    let entry = |body: &[u8]| -> Result<ListEntry, ApiError> {
+        let e: ListEntry = serde_json::from_slice(body).map_err(|e| {
+            CoreError::invalid(
+                "body",
+                format_args!("must be {{\"list\": \"block\"|\"allow\", \"kind\": \"user_id\"|\"merchant_id\"|\"device_id\"|\"ip\"|\"cidr\", \"value\": …}} ({e})"),
+            )
+        })?;
+        Ok(e.canonical()?)
+    };
+    let change = match (method, rest) {
+        (&Method::GET, "") => return Ok(success(&risk_view(app))),
+        (&Method::GET, "lists") => {
+            let p = engine.policy();
+            return Ok(success(&json!({ "version": p.version, "lists": p.lists.entries().collect::<Vec<_>>() })));
+        }
+        (&Method::GET, "reviews") => {
+            let orders = app.router.context().store.under_review(100).map_err(StorageError::into_core)?;
+            let items: Vec<_> = orders
+                .iter()
+                .map(|o| {
+                    json!({
+                        "pay_order_no": o.pay_order_no.as_str(), "merchant_id": o.spec.merchant_id,
+                        "order_no": o.spec.order_no, "amount": o.spec.amount.to_decimal().to_string(),
+                        "currency": o.spec.amount.currency().code(), "status": o.status.as_str(),
+                        "create_time": Rfc3339(o.create_time).to_string(), "risk": o.risk,
+                    })
+                })
+                .collect();
+            return Ok(success(&json!({ "reviews": items })));
+        }
+        (&Method::PUT, "rules") => {
+            let rules: paygate_actors::risk::rules::RiskRules = serde_json::from_slice(body)
+                .map_err(|e| CoreError::invalid("body", format_args!("must be the rules as JSON ({e})")))?;
+            let json = serde_json::to_string(&rules).map_err(|e| CoreError::system(e.to_string()))?;
+            RiskChange::Rules(json)
+        }
+        (&Method::POST, "lists") => {
+            let e = entry(body)?;
+            if engine.policy().lists.entries().any(|x| *x == e) {
+                return Ok(success(&risk_view(app)));
+            }
+            RiskChange::ListAdded(e)
+        }
+        (&Method::DELETE, "lists") => {
+            let e = entry(body)?;
+            if !engine.policy().lists.entries().any(|x| *x == e) {
+                return Err(ApiError::NotFound);
+            }
+            RiskChange::ListRemoved(e)
+        }
+        (_, "" | "lists" | "reviews" | "rules") => return Err(ApiError::MethodNotAllowed("GET, PUT, POST, DELETE")),
+        _ => return Err(ApiError::NotFound),
+    };
+    let _in_order = app.admin_changes.lock().await;
+    let next = engine.policy().changed(&change).map_err(|e| CoreError::invalid("body", e))?;
+    app.router.context().journal.append(Record::Risk { change }).await.map_err(StorageError::into_core)?;
+    tracing::info!(version = next.version, "risk control changed by an operator");
+    engine.replace(next);
+    Ok(success(&risk_view(app)))
+}
+
 /// A merchant's routing: every pay method with the strategy in force.
 fn routing_view(app: &App, merchant_id: &str) -> Result<serde_json::Value, ApiError> {
     let routing = app.merchants.routing(merchant_id).ok_or(ApiError::NotFound)?;

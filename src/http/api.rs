@@ -26,9 +26,16 @@ use super::App;
 use crate::config::{Config, ConfigError};
 use crate::time_fmt::Rfc3339;
 
-/// Parses and authenticates a signed request body.
+/// Parses and authenticates a signed request body, and takes the request from the
+/// merchant's rate limit (after the signature: a forger cannot spend a merchant's rate).
 fn authenticate<'a>(app: &App, body: &'a [u8]) -> Result<(Params<'a>, Arc<MerchantProfile>), ApiError> {
-    Ok(authenticate_with(&app.merchants, app.clock.now_ms() / 1000, body)?)
+    let (params, merchant) = authenticate_with(&app.merchants, app.clock.now_ms() / 1000, body)?;
+    if let Err(wait) = app.merchants.admit(&merchant.merchant_id, app.now_us()) {
+        metrics::counter!("paygate_rate_limited_total", "scope" => "merchant", "merchant_id" => merchant.merchant_id.clone())
+            .increment(1);
+        return Err(ApiError::RateLimited { retry_after: wait, scope: "this merchant's" });
+    }
+    Ok((params, merchant))
 }
 
 /// Parses a signed request body and authenticates it against `merchants` at `now_secs`.

@@ -27,6 +27,13 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     /// The admin token is missing or wrong.
     Unauthorized,
+    /// A request rate limit is reached (429 with `Retry-After`).
+    RateLimited {
+        /// How long until a request would be taken.
+        retry_after: std::time::Duration,
+        /// Whose limit, as the message says it ("the node's", "this merchant's").
+        scope: &'static str,
+    },
 }
 
 impl From<CoreError> for ApiError {
@@ -74,6 +81,15 @@ impl ApiError {
                 return resp;
             }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "admin token missing or wrong".into()),
+            ApiError::RateLimited { retry_after, scope } => {
+                // Whole seconds, rounded up: never "retry now" while still limited.
+                let secs = retry_after.as_micros().div_ceil(1_000_000).max(1);
+                let message = format!("{scope} request rate limit is reached; retry after {secs} s");
+                let body = json!({ "code": ErrorCode::RateLimited.as_str(), "message": message });
+                let mut resp = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(u64::try_from(secs).unwrap_or(u64::MAX)));
+                return resp;
+            }
         };
         let mut resp = json_response(status, &json!({ "code": code, "message": message }));
         if status == StatusCode::TOO_MANY_REQUESTS {

@@ -85,6 +85,10 @@ pub struct App {
     pub inflight: AtomicUsize,
     /// Most API requests handled at once; beyond it the answer is 429, not a queue.
     pub max_inflight: usize,
+    /// The node's request rate over every merchant ([`paygate_actors::rate_limit`]).
+    pub rate: Option<paygate_actors::rate_limit::TokenBucket>,
+    /// What rate limits measure time from (monotonic).
+    pub started: std::time::Instant,
     /// Bounds the channel queries that unverifiable callbacks cause.
     pub reconcile_gate: reconcile_gate::ReconcileGate,
     /// Requests of any kind being handled now (what a graceful stop waits for).
@@ -127,7 +131,16 @@ impl<'a> Slot<'a> {
 }
 
 impl App {
+    /// Microseconds since the node started: the clock of rate limits.
+    pub fn now_us(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
+
     fn admit(&self) -> Result<Slot<'_>, ApiError> {
+        if let Some(Err(wait)) = self.rate.as_ref().map(|b| b.take(self.now_us())) {
+            metrics::counter!("paygate_rate_limited_total", "scope" => "node").increment(1);
+            return Err(ApiError::RateLimited { retry_after: wait, scope: "the node's" });
+        }
         if self.inflight.fetch_add(1, Ordering::AcqRel) >= self.max_inflight {
             self.inflight.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::Core(paygate_actors::error::CoreError::overloaded()));
@@ -476,6 +489,10 @@ async fn dispatch(app: &App, req: Request<Incoming>, method: &Method, path: &str
             {
                 let (parts, body) = read_body(app, req).await?;
                 return admin::routing(app, method, merchant_id, &parts.headers, &body).await;
+            }
+            if let Some(rest) = path.strip_prefix("/admin/risk").filter(|r| r.is_empty() || r.starts_with('/')) {
+                let (parts, body) = read_body(app, req).await?;
+                return admin::risk(app, method, rest.trim_start_matches('/'), &parts.headers, &body).await;
             }
             if let Some(rest) = path.strip_prefix("/admin/sandbox/") {
                 let (parts, body) = read_body(app, req).await?;

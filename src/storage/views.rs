@@ -14,6 +14,8 @@ use paygate_actors::notification::{Notification, NotifyStatus};
 use paygate_actors::order::{Order, OrderEvent, PayMethod, QueryPolicy};
 use paygate_actors::ports::{BillItem, ListCursor, ListQuery, NotifyStore, OrderStore, Page, Record, StorageError};
 use paygate_actors::refund::{Refund, RefundEvent};
+use paygate_actors::risk::lists::{ListEntry, ListKind, ListName};
+use paygate_actors::risk::{Decision, RiskChange};
 use paygate_actors::strategy::Strategy;
 
 use super::codec::{decode_notification, decode_order, encode_notification, encode_order};
@@ -32,6 +34,12 @@ const BILL: u8 = b'b';
 const CHANNEL: u8 = b'c';
 /// Operators' routing strategies: `r<merchant_id>\0<PAY_METHOD>` → strategy name.
 const ROUTING: u8 = b'r';
+/// Operators' list changes: `k<list>\0<kind>\0<value>` → `+` (added) or `-` (removed).
+const RISK_LIST: u8 = b'k';
+const RISK_RULES: &[u8] = b"m:risk_rules";
+/// Payments under review: `w<created>‖<pay_order_no>` → merchant id.
+const REVIEW: u8 = b'w';
+const RISK_VERSION: &[u8] = b"m:risk_version";
 /// The most index entries one listing page reads; a page that finds fewer matches
 /// within it ends early with a cursor to continue.
 const LIST_SCAN: usize = 10_000;
@@ -43,7 +51,8 @@ const SCHEMA: &[u8] = b"m:schema";
 /// from the journal. 2: the applied marker carries the journal sequence. 3: order
 /// snapshots carry their refunds; the refund index. 4: late payments. 5: order
 /// snapshots carry their route. 6: abandoned trades and where late payments were taken.
-pub const SCHEMA_VERSION: u32 = 6;
+/// 7: risk decisions; operators' risk changes.
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// A place in the journal: the end of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -128,6 +137,34 @@ fn volume_key(day: i64, channel: &str) -> Vec<u8> {
     k.extend_from_slice(&day.to_be_bytes());
     k.extend_from_slice(channel.as_bytes());
     k
+}
+
+fn review_key(created: i64, id: &str) -> Vec<u8> {
+    let mut k = vec![REVIEW];
+    k.extend_from_slice(&(created.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn risk_list_key(e: &ListEntry) -> Vec<u8> {
+    let mut k = vec![RISK_LIST];
+    for part in [e.list.as_str(), e.kind.as_str(), e.value.as_str()] {
+        k.extend_from_slice(part.as_bytes());
+        k.push(0);
+    }
+    k.pop();
+    k
+}
+
+/// What operators changed of risk control, as the views keep it.
+#[derive(Debug, Default)]
+pub struct StoredRisk {
+    /// How many changes were made: the version of the rules and lists in force.
+    pub version: u64,
+    /// The rules last set (JSON), if any were.
+    pub rules: Option<String>,
+    /// List entries added (`true`) or removed (`false`) since the configuration.
+    pub lists: Vec<(ListEntry, bool)>,
 }
 
 fn routing_key(merchant_id: &str, method: PayMethod) -> Vec<u8> {
@@ -263,6 +300,7 @@ impl Views {
         let mut high_water = self.high_water.load(Ordering::Relaxed);
         let mut notes: HashMap<String, Notification> = HashMap::new();
         let mut settings: HashMap<String, ChannelSetting> = HashMap::new();
+        let mut risk_version: Option<u64> = None;
         for record in records {
             let (id, seq, events) = match record {
                 Record::Order { pay_order_no, seq, events } => (pay_order_no, seq, events),
@@ -280,6 +318,20 @@ impl Views {
                 }
                 Record::Routing { merchant_id, method, strategy } => {
                     batch.insert(routing_key(merchant_id, *method), strategy.as_str().as_bytes());
+                    continue;
+                }
+                Record::Risk { change } => {
+                    let version = match risk_version {
+                        Some(v) => v,
+                        None => self.risk()?.version,
+                    } + 1;
+                    risk_version = Some(version);
+                    batch.insert(RISK_VERSION, &version.to_be_bytes());
+                    match change {
+                        RiskChange::Rules(json) => batch.insert(RISK_RULES, json.as_bytes()),
+                        RiskChange::ListAdded(e) => batch.insert(risk_list_key(e), b"+"),
+                        RiskChange::ListRemoved(e) => batch.insert(risk_list_key(e), b"-"),
+                    }
                     continue;
                 }
                 Record::Notify { notify_id, version, events, .. } => {
@@ -384,6 +436,13 @@ impl Views {
                             RefundEvent::QueryAttempted { .. } | RefundEvent::SentToReview { .. } => {}
                         }
                     }
+                    // The review queue: payments risk control sent to review and let go ahead.
+                    OrderEvent::RiskAssessed { assessment, .. }
+                        if assessment.decision == Decision::Review
+                            && order.status != paygate_actors::order::OrderStatus::Failed =>
+                    {
+                        batch.insert(review_key(order.create_time, id.as_str()), merchant.as_bytes());
+                    }
                     OrderEvent::NotifyDue { notify_type, refund_order_no, at } => {
                         let n = Notification::for_order(&order, *notify_type, refund_order_no.as_deref(), *at);
                         reindex_notification(&mut batch, None, &n);
@@ -425,6 +484,48 @@ impl Views {
                 .map_err(|e| ProjectError::Inconsistent(format!("channel {code}: stored setting: {e}"))),
             None => Ok(ChannelSetting::default()),
         }
+    }
+
+    /// The payments risk control sent to review, newest first, at most `limit`.
+    pub fn reviews(&self, limit: usize) -> Result<Vec<Order>, ProjectError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix([REVIEW]).rev().take(limit) {
+            let (k, _) = item?;
+            let id = k.get(9..).and_then(|b| std::str::from_utf8(b).ok()).and_then(PayOrderNo::parse);
+            if let Some(order) = id.map(|id| self.load_order(&id)).transpose()?.flatten() {
+                out.push(order);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What operators have changed of risk control.
+    pub fn risk(&self) -> Result<StoredRisk, ProjectError> {
+        let version = self.db.get(RISK_VERSION)?.and_then(|v| v.as_ref().try_into().ok()).map_or(0, u64::from_be_bytes);
+        let rules = match self.db.get(RISK_RULES)? {
+            Some(v) => Some(
+                String::from_utf8(v.to_vec())
+                    .map_err(|_| ProjectError::Inconsistent("risk rules are not text".into()))?,
+            ),
+            None => None,
+        };
+        let mut lists = Vec::new();
+        for item in self.db.scan_prefix([RISK_LIST]) {
+            let (k, v) = item?;
+            let text = k.get(1..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
+            let mut parts = text.splitn(3, '\0');
+            let name = |s: Option<&str>| serde_json::Value::String(s.unwrap_or_default().to_owned());
+            let list = serde_json::from_value::<ListName>(name(parts.next())).ok();
+            let kind = serde_json::from_value::<ListKind>(name(parts.next())).ok();
+            let value = parts.next();
+            match (list, kind, value) {
+                (Some(list), Some(kind), Some(value)) => {
+                    lists.push((ListEntry { list, kind, value: value.to_owned() }, v.as_ref() == b"+"))
+                }
+                _ => return Err(ProjectError::Inconsistent(format!("unreadable risk list entry {text:?}"))),
+            }
+        }
+        Ok(StoredRisk { version, rules, lists })
     }
 
     /// The routing strategies operators have set for `merchant_id`, by pay method
@@ -654,6 +755,10 @@ impl OrderStore for Views {
 
     fn id_high_water(&self) -> u64 {
         self.high_water.load(Ordering::Relaxed)
+    }
+
+    fn under_review(&self, limit: usize) -> Result<Vec<Order>, StorageError> {
+        self.reviews(limit).map_err(storage)
     }
 }
 

@@ -1,0 +1,161 @@
+//! Risk control over HTTP with the shipped rules (config/risk.toml): ALLOW, REVIEW and
+//! DENY as merchants see them, lists and rules changed live through the admin API, and
+//! a restart that is not a way around velocity.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn admin(t: &TestNode, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let req = ureq::request(method, &format!("{}{path}", t.url)).set("authorization", &format!("Bearer {ADMIN_TOKEN}"));
+    let resp = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match resp {
+        Ok(r) => (r.status(), r.into_json().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A sandbox payment with the buyer's details.
+fn pay(c: &Client, order_no: &str, amount: &str, buyer: &[(&str, &str)]) -> Answer {
+    let mut p = Client::pay_params(order_no, amount);
+    for (k, v) in buyer {
+        p.insert((*k).into(), (*v).into());
+    }
+    c.call("/api/v1/payment/pay", p)
+}
+
+fn message(a: &Answer) -> &str {
+    a.json["message"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn the_twenty_first_pay_from_a_device_within_a_minute_is_refused_and_kept_refused() {
+    let t = TestNode::start();
+    let c = t.client();
+    for i in 1..=20 {
+        let a = pay(&c, &format!("RV-{i}"), "1.00", &[("device_id", "dev-burst"), ("user_id", &format!("u{}", i % 4))]);
+        assert_eq!(a.code(), "SUCCESS", "pay {i}: {a:?}");
+    }
+    let a = pay(&c, "RV-21", "1.00", &[("device_id", "dev-burst"), ("user_id", "u1")]);
+    assert_eq!((a.status, a.code()), (403, "RISK_REJECTED"), "{a:?}");
+    assert!(message(&a).contains("TOO_MANY_PAYMENTS"), "{a:?}");
+    assert!(!message(&a).contains("velocity"), "no internals: {a:?}");
+    // The refusal is recorded with the order: a repeat is refused the same way, and the
+    // order is FAILED without a channel.
+    let again = pay(&c, "RV-21", "1.00", &[("device_id", "dev-burst"), ("user_id", "u1")]);
+    assert_eq!(again.code(), "RISK_REJECTED", "{again:?}");
+    let q = c.query_no("RV-21");
+    assert_eq!(q.data("status"), "FAILED", "{q:?}");
+    t.order_count();
+    let stored = stored_order(&t, q.data("pay_order_no"));
+    let risk = stored.risk.unwrap();
+    assert_eq!((risk.decision.as_str(), risk.rules[0].as_str(), risk.version), ("DENY", "velocity.device.1m", 0));
+    // Another device is not held back, and the others were allowed and recorded so.
+    assert_eq!(pay(&c, "RV-22", "1.00", &[("device_id", "dev-calm")]).code(), "SUCCESS");
+    let allowed = stored_order(&t, c.query_no("RV-1").data("pay_order_no")).risk.unwrap();
+    assert_eq!(allowed.decision.as_str(), "ALLOW");
+    assert_eq!(
+        metric(&t.url, "paygate_risk_rule_hits_total{rule=\"velocity.device.1m\"} "),
+        1.0,
+        "the repeat was not judged again"
+    );
+    assert!(metric(&t.url, "paygate_risk_decisions_total{decision=\"DENY\"} ") >= 1.0);
+
+    // A restart is not a free pass: the device's minute is counted again from the
+    // journal (the node restarts within the minute).
+    let t = t.restart(|_| {});
+    let c = t.client();
+    let a = pay(&c, "RV-23", "1.00", &[("device_id", "dev-burst"), ("user_id", "u2")]);
+    assert_eq!(a.code(), "RISK_REJECTED", "{a:?}");
+}
+
+#[test]
+fn operators_change_lists_and_rules_live_and_for_good() {
+    let t = TestNode::start();
+    let c = t.client();
+    let (status, risk) = admin(&t, "GET", "/admin/risk", None);
+    assert_eq!(status, 200, "{risk}");
+    assert_eq!(risk["data"]["version"], 0);
+    assert_eq!(risk["data"]["rules"]["velocity"][0]["id"], "velocity.device.1m");
+
+    // Block a user: refused from the next payment on; unblocked, paying again.
+    let entry = json!({ "list": "block", "kind": "user_id", "value": "u-123" });
+    let (status, changed) = admin(&t, "POST", "/admin/risk/lists", Some(entry.clone()));
+    assert_eq!((status, &changed["data"]["version"]), (200, &json!(1)), "{changed}");
+    let a = pay(&c, "RL-1", "5.00", &[("user_id", "u-123")]);
+    assert_eq!((a.status, a.code()), (403, "RISK_REJECTED"), "{a:?}");
+    assert!(message(&a).contains("BLOCKED"), "{a:?}");
+    assert_eq!(pay(&c, "RL-2", "5.00", &[("user_id", "u-456")]).code(), "SUCCESS");
+    let range = json!({ "list": "block", "kind": "cidr", "value": "198.51.100.7/24" });
+    let (_, changed) = admin(&t, "POST", "/admin/risk/lists", Some(range));
+    let lists = changed["data"]["lists"].as_array().unwrap();
+    assert!(lists.iter().any(|e| e["kind"] == "cidr" && e["value"] == "198.51.100.0/24"), "{changed}");
+    assert_eq!(pay(&c, "RL-3", "5.00", &[("client_ip", "198.51.100.200")]).code(), "RISK_REJECTED");
+    let (status, _) = admin(&t, "DELETE", "/admin/risk/lists", Some(entry.clone()));
+    assert_eq!(status, 200);
+    assert_eq!(pay(&c, "RL-4", "5.00", &[("user_id", "u-123")]).code(), "SUCCESS");
+    let (status, _) = admin(&t, "DELETE", "/admin/risk/lists", Some(entry));
+    assert_eq!(status, 404, "not on the list any more");
+
+    // Refused: entries and rules that cannot mean anything.
+    for bad in [
+        json!({ "list": "block", "kind": "ip", "value": "1.2.3" }),
+        json!({ "list": "grey", "kind": "ip", "value": "1.2.3.4" }),
+    ] {
+        let (status, answer) = admin(&t, "POST", "/admin/risk/lists", Some(bad));
+        assert_eq!((status, answer["code"].as_str()), (400, Some("INVALID_PARAM")), "{answer}");
+    }
+    let (_, current) = admin(&t, "GET", "/admin/risk", None);
+    let mut rules = current["data"]["rules"].clone();
+    rules["model"]["review_at"] = json!(0.9);
+    rules["model"]["deny_at"] = json!(0.5);
+    let (status, answer) = admin(&t, "PUT", "/admin/risk/rules", Some(rules));
+    assert_eq!(status, 400, "{answer}");
+
+    // An amount far above the user's norm goes to review and ahead; the queue shows it.
+    for i in 0..5 {
+        assert_eq!(pay(&c, &format!("RR-{i}"), "10.00", &[("user_id", "u-norm")]).code(), "SUCCESS");
+    }
+    let a = pay(&c, "RR-BIG", "9000.00", &[("user_id", "u-norm")]);
+    assert_eq!(a.code(), "SUCCESS", "{a:?}");
+    // The queue is read from the views, a few milliseconds behind.
+    let reviews = eventually(std::time::Duration::from_secs(5), || {
+        let (_, reviews) = admin(&t, "GET", "/admin/risk/reviews", None);
+        (reviews["data"]["reviews"][0]["order_no"] == "RR-BIG").then_some(reviews)
+    })
+    .expect("RR-BIG in the review queue");
+    let queued = &reviews["data"]["reviews"][0];
+    assert_eq!(queued["order_no"], "RR-BIG", "{reviews}");
+    assert_eq!(queued["risk"]["rules"], json!(["anomaly.user_amount"]), "{reviews}");
+
+    // Reviews refuse from now on.
+    let mut rules = current["data"]["rules"].clone();
+    rules["review"] = json!("deny");
+    let (status, changed) = admin(&t, "PUT", "/admin/risk/rules", Some(rules));
+    assert_eq!(status, 200, "{changed}");
+    let version = changed["data"]["version"].clone();
+    let a = pay(&c, "RR-BIG-2", "9000.00", &[("user_id", "u-norm")]);
+    assert_eq!(a.code(), "RISK_REJECTED", "{a:?}");
+    assert!(message(&a).contains("UNUSUAL_PAYMENT"), "{a:?}");
+
+    // After a restart the changes hold.
+    let t = t.restart(|_| {});
+    let (_, risk) = admin(&t, "GET", "/admin/risk", None);
+    assert_eq!(risk["data"]["version"], version);
+    assert_eq!(risk["data"]["rules"]["review"], "deny");
+    assert_eq!(risk["data"]["lists"].as_array().map(Vec::len), Some(1), "{risk}");
+    let a = pay(&t.client(), "RL-5", "5.00", &[("client_ip", "198.51.100.1")]);
+    assert_eq!(a.code(), "RISK_REJECTED");
+    let anonymous = ureq::get(&format!("{}/admin/risk", t.url)).call();
+    assert!(matches!(anonymous, Err(ureq::Error::Status(401, _))));
+}
+
+fn stored_order(t: &TestNode, id: &str) -> paygate_actors::order::Order {
+    use paygate_actors::ports::OrderStore;
+    t.node().views.load(&paygate_actors::ids::PayOrderNo::parse(id).unwrap()).unwrap().unwrap()
+}
