@@ -58,6 +58,9 @@ pub enum Command {
     Journal(JournalArgs),
     /// Seal a secret for the configuration files, or make a new master key.
     Secret(SecretArgs),
+    /// Risk control's score: make a labelled synthetic history, or fit the model's
+    /// weights to a labelled history.
+    Risk(RiskArgs),
     /// Run the channel simulator alone (the providers' gateways on loopback), for a
     /// gateway whose channels point at it.
     Sim {
@@ -596,6 +599,84 @@ pub fn sandbox(args: SandboxArgs) -> CliResult {
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     let answer = runtime()?.block_on(ask_node(base, hyper::Method::POST, &url, &headers, body))?;
     print_answer(answer.status, &answer.body, true)
+}
+
+/// `paygate risk`.
+#[derive(Debug, Args)]
+pub struct RiskArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: RiskCommand,
+}
+
+/// Risk subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RiskCommand {
+    /// Write a labelled synthetic history (CSV: the score's features and `label`); the
+    /// same seed makes the same file (docs/risk.md says how it is made).
+    Synth {
+        /// Payments.
+        #[arg(long, default_value_t = 20_000)]
+        rows: usize,
+        /// The share of them that is fraud.
+        #[arg(long, default_value_t = 0.03)]
+        fraud_rate: f64,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where to write it.
+        #[arg(long, default_value = "history.csv")]
+        out: PathBuf,
+    },
+    /// Fit the score's weights to a labelled history, report the held-out AUC and
+    /// confusion matrix, and write the `[risk.model]` section for risk.toml.
+    Train {
+        /// The history (CSV with a header of feature names and `label`).
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the `[risk.model]` section.
+        #[arg(long, default_value = "risk-model.toml")]
+        out: PathBuf,
+        /// The share of rows held out to judge the fit.
+        #[arg(long, default_value_t = 0.2)]
+        holdout: f64,
+        /// Seed of the shuffle that picks the held-out rows.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The score from which a payment goes to review.
+        #[arg(long, default_value_t = 0.8)]
+        review_at: f64,
+        /// The score from which a payment is denied.
+        #[arg(long, default_value_t = 0.98)]
+        deny_at: f64,
+    },
+}
+
+/// `paygate risk …`.
+pub fn risk(args: RiskArgs) -> Result<(), String> {
+    use crate::risk_train::{model_toml, synth, train, Synth};
+    match args.command {
+        RiskCommand::Synth { rows, fraud_rate, seed, out } => {
+            let csv = synth(Synth { rows, fraud_rate, seed })?;
+            std::fs::write(&out, csv).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("wrote {rows} payments ({fraud_rate} fraud, seed {seed}) to {}", out.display());
+            Ok(())
+        }
+        RiskCommand::Train { input, out, holdout, seed, review_at, deny_at } => {
+            let text = std::fs::read_to_string(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let t = train(&text, holdout, seed, review_at, deny_at)?;
+            let (tp, fp, tn, fn_) = t.confusion;
+            println!("fitted on {} rows, judged on {} held out", t.rows.0, t.rows.1);
+            println!("held-out AUC: {:.4}", t.auc);
+            println!("at review_at = {review_at}:        flagged   passed");
+            println!("  fraud                  {tp:>9} {fn_:>8}");
+            println!("  legitimate             {fp:>9} {tn:>8}");
+            std::fs::write(&out, model_toml(&t, &input.display().to_string()))
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            println!("wrote the [risk.model] section to {}", out.display());
+            Ok(())
+        }
+    }
 }
 
 /// `paygate secret`.

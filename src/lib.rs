@@ -12,6 +12,7 @@ pub mod node;
 pub mod notify;
 pub mod qr;
 pub mod receiver;
+pub mod risk_train;
 pub mod sandbox;
 pub mod secrets;
 pub mod sim;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         }
         Command::Journal(args) => cli::journal(args),
         Command::Secret(args) => cli::secret(args),
+        Command::Risk(args) => cli::risk(args),
         Command::Sim { config, listen, data_dir, tls } => cli::sim(&config, &listen, &data_dir, tls),
         Command::Client(args) => cli::client(args),
         Command::Sandbox(args) => cli::sandbox(args),

@@ -1,5 +1,5 @@
 //! The risk score: a logistic model over the features of a payment. Its weights are
-//! configuration (`[risk.model]`).
+//! configuration (`[risk.model]`), fitted from labelled history by `paygate risk train`.
 
 use std::collections::BTreeMap;
 
