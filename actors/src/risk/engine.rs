@@ -149,6 +149,9 @@ impl RegionTable {
 pub struct RiskEngine {
     policy: RwLock<Arc<Policy>>,
     state: RiskState,
+    /// `paygate_risk_decisions_total` by decision, registered once (a lookup per
+    /// payment cost more than the rest of a calm evaluation).
+    decisions: [metrics::Counter; 3],
 }
 
 /// A business month: year × 12 + month, Beijing time.
@@ -186,21 +189,37 @@ impl KeySeen {
     }
 }
 
+/// A user's or merchant's totals, usual amount and region, before the payment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    day: crate::risk::window::Period,
+    month: crate::risk::window::Period,
+    norm: crate::risk::window::Norm,
+    region: u16,
+}
+
+impl Totals {
+    fn of(t: &Tracked) -> Totals {
+        Totals { day: t.day, month: t.month, norm: t.norm, region: t.region }
+    }
+}
+
 /// What one payment's keys said before it was counted.
 #[derive(Default)]
 struct Seen {
-    /// The user's state (limits and norms need it whole).
-    user: Option<Tracked>,
+    user: Option<Totals>,
     user_velocity: Option<KeySeen>,
     device: Option<KeySeen>,
     ip: Option<KeySeen>,
-    merchant: Tracked,
+    merchant: Totals,
 }
 
 impl RiskEngine {
     /// An engine applying `policy`.
     pub fn new(policy: Policy) -> RiskEngine {
-        RiskEngine { policy: RwLock::new(Arc::new(policy)), state: RiskState::default() }
+        let decisions = [Decision::Allow, Decision::Review, Decision::Deny]
+            .map(|d| metrics::counter!("paygate_risk_decisions_total", "decision" => d.as_str()));
+        RiskEngine { policy: RwLock::new(Arc::new(policy)), state: RiskState::default(), decisions }
     }
 
     /// The rules and lists in force.
@@ -257,7 +276,9 @@ impl RiskEngine {
         for rule in &rules {
             metrics::counter!("paygate_risk_rule_hits_total", "rule" => rule.clone()).increment(1);
         }
-        metrics::counter!("paygate_risk_decisions_total", "decision" => decision.as_str()).increment(1);
+        if let Some(counter) = self.decisions.get(decision as usize) {
+            counter.increment(1);
+        }
         let score_ppm = (score.clamp(0.0, 1.0) * 1e6).round() as u32;
         Assessment { decision, rules, reason: why.to_owned(), score_ppm, version }
     }
@@ -296,7 +317,7 @@ impl RiskEngine {
         };
         if let Some(user) = input.user_id {
             let key = st.key(Keyed::User, input.merchant_id, user);
-            let (before, velocity) = st.with(key, |t| (t.clone(), observe(t)));
+            let (before, velocity) = st.with(key, |t| (Totals::of(t), observe(t)));
             seen.user = Some(before);
             seen.user_velocity = Some(velocity);
         }
@@ -315,7 +336,7 @@ impl RiskEngine {
         }
         let key = st.key(Keyed::Merchant, "", input.merchant_id);
         seen.merchant = st.with(key, |t| {
-            let before = t.clone();
+            let before = Totals::of(t);
             t.count_attempt(now, amount);
             before
         });
