@@ -503,7 +503,8 @@ fn views_of_another_layout_are_rebuilt_from_the_journal() {
         rt.block_on(storage.journal.append(new_order_record(&mut ids, &format!("V{i}")))).unwrap();
     }
     storage.close();
-    let db = sled::open(data.path().join("views")).unwrap();
+    // sled lets go of its lock a moment after the views are closed: wait as a node does.
+    let db = paygate::storage::open_sled(&sled::Config::new().path(data.path().join("views"))).unwrap();
     db.insert(b"m:schema", &1u32.to_be_bytes()[..]).unwrap();
     db.flush().unwrap();
     drop(db);
