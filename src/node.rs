@@ -229,6 +229,9 @@ struct Started {
 
 /// Starts a node; returns once it is serving.
 pub fn start(config: Config) -> Result<Node, StartError> {
+    // The recorder first: what registers its metrics once while the node is built (risk
+    // control's decision counters) must find it installed, or it counts into nothing.
+    metrics_handle();
     let mut storage = Storage::open(&config.storage_options())?;
     let listener = std::net::TcpListener::bind(&config.server.listen)
         .map_err(|source| StartError::Listen { addr: config.server.listen.clone(), source })?;
