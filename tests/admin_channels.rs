@@ -7,19 +7,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-fn admin(t: &TestNode, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let req = ureq::request(method, &format!("{}{path}", t.url)).set("authorization", &format!("Bearer {ADMIN_TOKEN}"));
-    let resp = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    match resp {
-        Ok(r) => (r.status(), r.into_json().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap()),
-        Err(e) => panic!("{e}"),
-    }
-}
-
 fn channel<'a>(list: &'a Value, code: &str) -> &'a Value {
     list["data"]["channels"].as_array().unwrap().iter().find(|c| c["code"] == code).unwrap()
 }

@@ -5,20 +5,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
-
-fn admin(t: &TestNode, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let req = ureq::request(method, &format!("{}{path}", t.url)).set("authorization", &format!("Bearer {ADMIN_TOKEN}"));
-    let resp = match body {
-        Some(b) => req.send_json(b),
-        None => req.call(),
-    };
-    match resp {
-        Ok(r) => (r.status(), r.into_json().unwrap()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("{e}"),
-    }
-}
+use serde_json::json;
 
 /// A sandbox payment with the buyer's details.
 fn pay(c: &Client, order_no: &str, amount: &str, buyer: &[(&str, &str)]) -> Answer {

@@ -30,6 +30,21 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// An operator's change: decided from the state in force (`decide`: the record to
+/// journal and what to apply), journaled, then applied (`apply`) — all under the one lock
+/// that keeps changes in force in the order the journal keeps them (and a restart
+/// replays them).
+async fn operator_change<A, T>(
+    app: &App,
+    decide: impl FnOnce() -> Result<(Record, A), ApiError>,
+    apply: impl FnOnce(A) -> T,
+) -> Result<T, ApiError> {
+    let _in_order = app.admin_changes.lock().await;
+    let (record, change) = decide()?;
+    app.router.context().journal.append(record).await.map_err(StorageError::into_core)?;
+    Ok(apply(change))
+}
+
 fn sandbox_error(e: SandboxError) -> ApiError {
     let code = match e {
         SandboxError::UnknownTrade(_) => ErrorCode::OrderNotFound,
@@ -143,9 +158,7 @@ pub async fn channels(
         hyper::Method::POST => {
             let setting = channel_setting(body)?;
             let record = Record::Channel { code: code.to_owned(), setting };
-            let _in_order = app.admin_changes.lock().await;
-            app.router.context().journal.append(record).await.map_err(StorageError::into_core)?;
-            channel.adjust(setting);
+            operator_change(app, || Ok((record, setting)), |setting| channel.adjust(setting)).await?;
             tracing::info!(channel = code, ?setting, "channel changed by an operator");
             // The actor applies it on its own thread: answer with what was set.
             let mut view = channel_view(app, channel);
@@ -239,11 +252,15 @@ pub async fn risk(
         (_, "" | "lists" | "reviews" | "rules") => return Err(ApiError::MethodNotAllowed("GET, PUT, POST, DELETE")),
         _ => return Err(ApiError::NotFound),
     };
-    let _in_order = app.admin_changes.lock().await;
-    let next = engine.policy().changed(&change).map_err(|e| CoreError::invalid("body", e))?;
-    app.router.context().journal.append(Record::Risk { change }).await.map_err(StorageError::into_core)?;
-    tracing::info!(version = next.version, "risk control changed by an operator");
-    engine.replace(next);
+    let decide = || {
+        let next = engine.policy().changed(&change).map_err(|e| CoreError::invalid("body", e))?;
+        Ok((Record::Risk { change }, next))
+    };
+    operator_change(app, decide, |next| {
+        tracing::info!(version = next.version, "risk control changed by an operator");
+        engine.replace(next);
+    })
+    .await?;
     Ok(success(&risk_view(app)))
 }
 
@@ -272,9 +289,12 @@ pub async fn routing(
             routing_view(app, merchant_id)?;
             let (pay_method, strategy) = routing_change(body)?;
             let record = Record::Routing { merchant_id: merchant_id.to_owned(), method: pay_method, strategy };
-            let _in_order = app.admin_changes.lock().await;
-            app.router.context().journal.append(record).await.map_err(StorageError::into_core)?;
-            app.merchants.set_strategy(merchant_id, pay_method, strategy);
+            operator_change(
+                app,
+                || Ok((record, ())),
+                |()| app.merchants.set_strategy(merchant_id, pay_method, strategy),
+            )
+            .await?;
             tracing::info!(
                 merchant_id,
                 method = pay_method.as_str(),

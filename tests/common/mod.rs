@@ -620,3 +620,18 @@ impl Drop for StandaloneSim {
         let _ = self.child.wait();
     }
 }
+
+/// Calls the admin API with the demo token: the status and the JSON answer (null when
+/// the answer has no body).
+pub fn admin(t: &TestNode, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let req = ureq::request(method, &format!("{}{path}", t.url)).set("authorization", &format!("Bearer {ADMIN_TOKEN}"));
+    let resp = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match resp {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("{e}"),
+    }
+}
