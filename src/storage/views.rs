@@ -514,9 +514,8 @@ impl Views {
             let (k, v) = item?;
             let text = k.get(1..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
             let mut parts = text.splitn(3, '\0');
-            let name = |s: Option<&str>| serde_json::Value::String(s.unwrap_or_default().to_owned());
-            let list = serde_json::from_value::<ListName>(name(parts.next())).ok();
-            let kind = serde_json::from_value::<ListKind>(name(parts.next())).ok();
+            let list = parts.next().and_then(ListName::parse);
+            let kind = parts.next().and_then(ListKind::parse);
             let value = parts.next();
             match (list, kind, value) {
                 (Some(list), Some(kind), Some(value)) => {

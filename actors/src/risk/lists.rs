@@ -35,6 +35,11 @@ pub enum ListKind {
 }
 
 impl ListName {
+    /// The list named `name` ([`ListName::as_str`]).
+    pub fn parse(name: &str) -> Option<ListName> {
+        [ListName::Block, ListName::Allow].into_iter().find(|l| l.as_str() == name)
+    }
+
     /// The wire name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +50,13 @@ impl ListName {
 }
 
 impl ListKind {
+    /// The kind named `name` ([`ListKind::as_str`]).
+    pub fn parse(name: &str) -> Option<ListKind> {
+        [ListKind::UserId, ListKind::MerchantId, ListKind::DeviceId, ListKind::Ip, ListKind::Cidr]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
+
     /// The wire name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -257,5 +269,14 @@ mod tests {
         assert!(bad(ListKind::DeviceId, &"x".repeat(129)));
         assert_eq!(entry(ListName::Block, ListKind::Cidr, "10.9.8.7/8").value, "10.0.0.0/8");
         assert_eq!(entry(ListName::Block, ListKind::Ip, " 2001:DB8::1 ").value, "2001:db8::1");
+        // The API's names (serde) and the views' (as_str) are the same.
+        for kind in [ListKind::UserId, ListKind::MerchantId, ListKind::DeviceId, ListKind::Ip, ListKind::Cidr] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+            assert_eq!(ListKind::parse(kind.as_str()), Some(kind));
+        }
+        for list in [ListName::Block, ListName::Allow] {
+            assert_eq!(serde_json::to_value(list).unwrap(), list.as_str());
+            assert_eq!(ListName::parse(list.as_str()), Some(list));
+        }
     }
 }
