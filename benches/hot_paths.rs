@@ -256,6 +256,7 @@ fn actor_round_trip(c: &mut Criterion) {
             spec,
             route: Ok(Route { candidates: vec!["sandbox".into()], ..Route::default() }),
             expire_after_ms: 1_800_000,
+            buyer_account: None,
         };
         let created = router
             .dispatch(

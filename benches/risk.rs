@@ -41,6 +41,7 @@ fn input<'a>(user: &'a str, device: &'a str, ip: std::net::IpAddr, minor: i64, n
         user_id: Some(user),
         device_id: Some(device),
         client_ip: Some(ip),
+        account: None,
         now_ms: now,
     }
 }
@@ -59,7 +60,11 @@ fn risk(c: &mut Criterion) {
     for i in 0..USERS {
         let (user, device, ip) = names(i);
         for k in 0..2 {
-            e.replay(&input(&user, &device, ip, 1_000 + (i % 50) as i64 * 100, T0 + (i as i64) + k), Decision::Allow);
+            e.replay(
+                &input(&user, &device, ip, 1_000 + (i % 50) as i64 * 100, T0 + (i as i64) + k),
+                Decision::Allow,
+                true,
+            );
         }
     }
     let keys = e.state().len();
@@ -80,23 +85,38 @@ fn risk(c: &mut Criterion) {
         })
     });
 
-    // Percentiles of single evaluations (names made outside the timing).
-    let mut samples: Vec<u64> = Vec::with_capacity(200_000);
-    for n in 0..200_000usize {
-        let (user, device, ip) = names((n * 104_729) % USERS);
-        let started = Instant::now();
-        black_box(e.assess(&input(&user, &device, ip, 2_500, now + n as i64)));
-        samples.push(started.elapsed().as_nanos() as u64);
+    // Percentiles of single evaluations (names made outside the timing), in five rounds:
+    // on a shared machine one round's tail can be another tenant's; the median round is
+    // the figure quoted, every round is shown.
+    let mut rounds = Vec::new();
+    for round in 0..5usize {
+        let mut samples: Vec<u64> = Vec::with_capacity(100_000);
+        for n in 0..100_000usize {
+            let (user, device, ip) = names((round * 100_000 + n) * 104_729 % USERS);
+            let started = Instant::now();
+            black_box(e.assess(&input(&user, &device, ip, 2_500, now + (round * 100_000 + n) as i64)));
+            samples.push(started.elapsed().as_nanos() as u64);
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
+        eprintln!(
+            "risk/assess_1m_users round {round}: p50 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs",
+            at(0.5),
+            at(0.99),
+            at(0.999)
+        );
+        rounds.push((at(0.5), at(0.99), at(0.999)));
     }
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
+    rounds.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (p50, p99, p999) = rounds[rounds.len() / 2];
     eprintln!(
-        "risk/assess_1m_users single evaluations: p50 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs",
-        at(0.5),
-        at(0.99),
-        at(0.999)
+        "risk/assess_1m_users single evaluations, median round: p50 {p50:.2} µs, p99 {p99:.2} µs, p99.9 {p999:.2} µs"
     );
 }
+
+// The node's allocator: the state's memory is laid out as it is in the node.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 criterion_group! {
     name = benches;

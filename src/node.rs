@@ -569,9 +569,10 @@ fn risk_engine(
             user_id: o.spec.user_id.as_deref(),
             device_id: o.spec.device_id.as_deref(),
             client_ip: o.spec.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            account: None,
             now_ms: o.create_time,
         };
-        engine.replay(&input, o.risk.as_ref().map_or(Decision::Allow, |r| r.decision));
+        engine.replay(&input, o.risk.as_ref().map_or(Decision::Allow, |r| r.decision), !o.refused_by_risk());
     }
     tracing::info!(payments = orders.len(), keys = engine.state().len(), "risk control counted the last month again");
     Ok(engine)

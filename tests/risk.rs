@@ -142,6 +142,52 @@ fn operators_change_lists_and_rules_live_and_for_good() {
     assert!(matches!(anonymous, Err(ureq::Error::Status(401, _))));
 }
 
+#[test]
+fn a_blocked_card_or_account_is_refused_and_a_card_number_is_never_taken() {
+    let t = TestNode::start();
+    let c = t.client();
+    let entry = json!({ "list": "block", "kind": "account", "value": "tok_stolen_card_7f3a" });
+    let (status, changed) = admin(&t, "POST", "/admin/risk/lists", Some(entry));
+    assert_eq!(status, 200, "{changed}");
+    let a = pay(&c, "RA-1", "5.00", &[("user_id", "u-fresh"), ("buyer_account", "tok_stolen_card_7f3a")]);
+    assert_eq!((a.status, a.code()), (403, "RISK_REJECTED"), "{a:?}");
+    assert!(message(&a).contains("BLOCKED"), "{a:?}");
+    let q = c.query_no("RA-1");
+    t.order_count();
+    let rules = stored_order(&t, q.data("pay_order_no")).risk.unwrap().rules;
+    assert_eq!(rules, ["list.block.account"]);
+    // The same user with another card pays; the token is used, not kept.
+    let a = pay(&c, "RA-2", "5.00", &[("user_id", "u-fresh"), ("buyer_account", "tok_good_card_19c2")]);
+    assert_eq!(a.code(), "SUCCESS", "{a:?}");
+    // A card number is refused before anything is decided or stored.
+    for card in ["4111111111111111", "4111 1111 1111 1111"] {
+        let a = pay(&c, "RA-3", "5.00", &[("buyer_account", card)]);
+        assert_eq!((a.status, a.code()), (400, "INVALID_PARAM"), "{a:?}");
+        assert!(message(&a).contains("buyer_account"), "{a:?}");
+    }
+    assert_eq!(c.query_no("RA-3").code(), "ORDER_NOT_FOUND");
+    t.order_count();
+    let node = t.restart(|_| {});
+    let mut found = Vec::new();
+    let mut dirs = vec![node.dir.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                for needle in [&b"tok_good_card_19c2"[..], b"4111111111111111", b"4111 1111"] {
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        found.push((path.clone(), String::from_utf8_lossy(needle).into_owned()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "kept in the data directory: {found:?}");
+}
+
 fn stored_order(t: &TestNode, id: &str) -> paygate_actors::order::Order {
     use paygate_actors::ports::OrderStore;
     t.node().views.load(&paygate_actors::ids::PayOrderNo::parse(id).unwrap()).unwrap().unwrap()

@@ -828,6 +828,13 @@ impl Order {
             && refund_order_no == Refund::number(&self.pay_order_no, self.refunds.len())
     }
 
+    /// Whether risk control refused the payment (no channel ever saw it).
+    pub fn refused_by_risk(&self) -> bool {
+        self.status == OrderStatus::Failed
+            && self.channel.is_empty()
+            && self.risk.as_ref().is_some_and(|r| r.decision != crate::risk::Decision::Allow)
+    }
+
     /// The channel that took late payment `channel_trade_no`: the order's own, or the
     /// one whose abandoned trade it was paid on.
     pub fn late_payment_channel(&self, channel_trade_no: &str) -> &str {

@@ -79,6 +79,9 @@ pub struct PaySubmission {
     pub route: Result<Route, CoreError>,
     /// Effective lifetime in millis (the request's minutes, or the merchant's default).
     pub expire_after_ms: i64,
+    /// The buyer's card or payment account token, for risk control's lists; not kept
+    /// with the order.
+    pub buyer_account: Option<String>,
 }
 
 /// What is asked of an order.
@@ -456,7 +459,7 @@ impl OrderCell {
         oc.journal.writable().map_err(StorageError::into_core)?;
         let started = Instant::now();
         let now = oc.clock.now_ms();
-        let assessment = assess(oc, &sub.spec, now);
+        let assessment = assess(oc, &sub.spec, sub.buyer_account.as_deref(), now);
         if refused(oc, &assessment) {
             return self.refuse(oc, sub, assessment, now).await;
         }
@@ -821,13 +824,14 @@ fn creation(
 }
 
 /// What risk control decides of the payment `spec` asks for.
-fn assess(oc: &OrderContext, spec: &OrderSpec, now: i64) -> Assessment {
+fn assess(oc: &OrderContext, spec: &OrderSpec, account: Option<&str>, now: i64) -> Assessment {
     oc.risk.assess(&RiskInput {
         merchant_id: &spec.merchant_id,
         amount: spec.amount,
         user_id: spec.user_id.as_deref(),
         device_id: spec.device_id.as_deref(),
         client_ip: spec.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        account,
         now_ms: now,
     })
 }

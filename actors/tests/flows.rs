@@ -243,6 +243,7 @@ fn pay_routed(order_no: &str, candidates: &[&str]) -> OrderRequest {
         spec,
         route: Ok(Route { candidates: candidates.iter().map(|c| c.to_string()).collect(), ..Route::default() }),
         expire_after_ms: 30 * 60_000,
+        buyer_account: None,
     }))
 }
 

@@ -185,7 +185,7 @@ fn risk_view(app: &App) -> serde_json::Value {
 /// `/admin/risk…`: `GET /admin/risk` (the version, rules and lists in force),
 /// `PUT /admin/risk/rules` (the rules, whole, as JSON), `POST`/`DELETE /admin/risk/lists`
 /// with `{"list": "block"|"allow", "kind": "user_id"|"merchant_id"|"device_id"|"ip"|
-/// "cidr", "value": …}`, `GET /admin/risk/reviews` (payments sent to review). Every
+/// "cidr"|"account", "value": …}`, `GET /admin/risk/reviews` (payments sent to review). Every
 /// change is journaled first and is in force from the next payment.
 pub async fn risk(
     app: &App,
@@ -195,7 +195,7 @@ pub async fn risk(
     body: &[u8],
 ) -> Result<HttpResponse, ApiError> {
     use hyper::Method;
-    use paygate_actors::risk::lists::ListEntry;
+    use paygate_actors::risk::lists::{ListEntry, ListKind};
     use paygate_actors::risk::RiskChange;
     authorize(app, headers)?;
     let engine = &app.router.context().risk;
@@ -203,7 +203,10 @@ pub async fn risk(
         let e: ListEntry = serde_json::from_slice(body).map_err(|e| {
             CoreError::invalid(
                 "body",
-                format_args!("must be {{\"list\": \"block\"|\"allow\", \"kind\": \"user_id\"|\"merchant_id\"|\"device_id\"|\"ip\"|\"cidr\", \"value\": …}} ({e})"),
+                format_args!(
+                    "must be {{\"list\": \"block\"|\"allow\", \"kind\": {}, \"value\": …}} ({e})",
+                    ListKind::ALL.map(|k| format!("\"{}\"", k.as_str())).join("|")
+                ),
             )
         })?;
         Ok(e.canonical()?)

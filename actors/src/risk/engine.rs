@@ -6,29 +6,11 @@ use std::sync::{Arc, RwLock};
 
 use super::lists::{ListVerdict, Lists};
 use super::model::{DenseModel, Feature, Features};
-use super::rules::{minor_of, Action, KeyKind, Period, RiskRules, Scope, Window};
+use super::rules::{minor_of, Action, KeyKind, Period, ReviewAction, RiskRules, Scope, Window};
 use super::state::{Keyed, RiskState, Tracked};
-use super::window::Tally;
-use super::{reason, Assessment, Decision};
+use super::window::{Norm, Tally};
+use super::{reason, Assessment, Decision, RiskInput};
 use crate::daily_volume::business_day;
-use crate::money::Money;
-
-/// What risk looks at in a payment.
-#[derive(Debug, Clone, Copy)]
-pub struct RiskInput<'a> {
-    /// The merchant.
-    pub merchant_id: &'a str,
-    /// The amount.
-    pub amount: Money,
-    /// The buyer at the merchant.
-    pub user_id: Option<&'a str>,
-    /// The buyer's device.
-    pub device_id: Option<&'a str>,
-    /// The buyer's address.
-    pub client_ip: Option<IpAddr>,
-    /// When, unix millis.
-    pub now_ms: i64,
-}
 
 /// The rules and lists in force, versioned, with what evaluation needs precomputed.
 #[derive(Debug)]
@@ -204,7 +186,8 @@ impl Totals {
     }
 }
 
-/// What one payment's keys said before it was counted.
+/// What one payment's keys said before it was counted, and what counting it changed
+/// that a stricter decision takes back.
 #[derive(Default)]
 struct Seen {
     user: Option<Totals>,
@@ -212,6 +195,39 @@ struct Seen {
     device: Option<KeySeen>,
     ip: Option<KeySeen>,
     merchant: Totals,
+    /// The business day and month of the payment.
+    day: i32,
+    month: i32,
+    /// The keys of the user (if any) and the merchant.
+    user_key: Option<u64>,
+    merchant_key: u64,
+    /// The user's region index + 1 the payment set (0: none).
+    region: u16,
+    /// The usual amounts as counting the payment left them.
+    user_norm: Norm,
+    merchant_norm: Norm,
+}
+
+/// How a payment is counted in its user's and merchant's totals and norms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Not at all: it did not go ahead.
+    Refused,
+    /// In the limits' totals and the user's region: it went ahead under review.
+    WentAhead,
+    /// Also in the usual amounts: nothing found it unusual.
+    Allowed,
+}
+
+impl Counted {
+    /// How a payment decided `decision` under `p` counts.
+    fn of(p: &Policy, decision: Decision) -> Counted {
+        match decision {
+            Decision::Allow => Counted::Allowed,
+            Decision::Review if p.rules.review == ReviewAction::Allow => Counted::WentAhead,
+            Decision::Review | Decision::Deny => Counted::Refused,
+        }
+    }
 }
 
 impl RiskEngine {
@@ -242,7 +258,7 @@ impl RiskEngine {
     }
 
     /// Decides on a payment, counting it as an attempt (velocity, distinct users) and,
-    /// unless denied, as a payment (limits, the user's region; norms if allowed).
+    /// if it goes ahead, as a payment (limits, the user's region; norms if allowed).
     pub fn assess(&self, input: &RiskInput<'_>) -> Assessment {
         let policy = self.policy();
         let version = policy.version;
@@ -255,24 +271,24 @@ impl RiskEngine {
                 version,
             };
         }
-        let (rules, why, score, decision) =
-            match policy.lists.verdict(input.merchant_id, input.user_id, input.device_id, input.client_ip) {
-                Some(ListVerdict::Blocked(kind)) => {
-                    self.count(input);
-                    (vec![format!("list.block.{}", kind.as_str())], reason::BLOCKED, 0.0, Decision::Deny)
-                }
-                Some(ListVerdict::Allowed(kind)) => {
-                    self.count(input);
-                    (vec![format!("list.allow.{}", kind.as_str())], "", 0.0, Decision::Allow)
-                }
-                None => {
-                    let seen = self.count(input);
-                    self.judge(&policy, input, &seen)
-                }
-            };
-        if decision != Decision::Deny {
-            self.learn(&policy, input, decision);
-        }
+        let (rules, why, score, decision) = match policy.lists.verdict(input) {
+            Some(ListVerdict::Blocked(kind)) => {
+                self.count(&policy, input, Counted::Refused);
+                (vec![format!("list.block.{}", kind.as_str())], reason::BLOCKED, 0.0, Decision::Deny)
+            }
+            Some(ListVerdict::Allowed(kind)) => {
+                self.count(&policy, input, Counted::Allowed);
+                (vec![format!("list.allow.{}", kind.as_str())], "", 0.0, Decision::Allow)
+            }
+            None => {
+                // Counted as allowed before it is judged (one visit per key), and taken
+                // back as far as the decision says.
+                let seen = self.count(&policy, input, Counted::Allowed);
+                let judged = self.judge(&policy, input, &seen);
+                self.take_back(input, &seen, Counted::of(&policy, judged.3));
+                judged
+            }
+        };
         for rule in &rules {
             metrics::counter!("paygate_risk_rule_hits_total", "rule" => rule.clone()).increment(1);
         }
@@ -284,29 +300,42 @@ impl RiskEngine {
     }
 
     /// Counts a payment decided before (the node's history, after a restart) as
-    /// [`RiskEngine::assess`] counted it then, without deciding again.
-    pub fn replay(&self, input: &RiskInput<'_>, decision: Decision) {
+    /// [`RiskEngine::assess`] counted it then, without deciding again: `went_ahead` says
+    /// whether it was let through (a REVIEW may have been refused).
+    pub fn replay(&self, input: &RiskInput<'_>, decision: Decision, went_ahead: bool) {
         let policy = self.policy();
         if !policy.rules.enabled {
             return;
         }
-        self.count(input);
-        if decision != Decision::Deny {
-            self.learn(&policy, input, decision);
-        }
+        let counted = match (decision, went_ahead) {
+            (_, false) | (Decision::Deny, _) => Counted::Refused,
+            (Decision::Review, true) => Counted::WentAhead,
+            (Decision::Allow, true) => Counted::Allowed,
+        };
+        self.count(&policy, input, counted);
     }
 
-    /// Counts the attempt in each key's windows, answering what they held before it.
-    fn count(&self, input: &RiskInput<'_>) -> Seen {
+    /// Counts the payment in each key's state, one visit per key, answering what the
+    /// state held before: every key counts the attempt (velocity, distinct users); the
+    /// user and the merchant also count the payment as `counted` says.
+    fn count(&self, p: &Policy, input: &RiskInput<'_>, counted: Counted) -> Seen {
         let (now, amount) = (input.now_ms, input.amount.minor());
-        let day = i32::try_from(business_day(now)).unwrap_or(0);
         let st = &self.state;
-        let user_hash = input.user_id.map(|u| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            std::hash::Hash::hash(u, &mut h);
-            std::hash::Hasher::finish(&h) as u32
-        });
-        let mut seen = Seen::default();
+        let mut seen = Seen {
+            day: i32::try_from(business_day(now)).unwrap_or(0),
+            month: business_month(now),
+            user_key: input.user_id.map(|u| st.key(Keyed::User, input.merchant_id, u)),
+            merchant_key: st.key(Keyed::Merchant, "", input.merchant_id),
+            region: input
+                .client_ip
+                .and_then(|ip| p.regions.lookup(ip))
+                .and_then(|r| u16::try_from(r + 1).ok())
+                .unwrap_or(0),
+            ..Seen::default()
+        };
+        let (day, month) = (seen.day, seen.month);
+        // A user is known to devices and addresses by its key (users are per merchant).
+        let user_hash = seen.user_key.map(|k| k as u32);
         // Reads a key's windows and users, then counts the attempt in them.
         let observe = |t: &mut Tracked| {
             let (minute, hour, dayw) = t.velocity(now);
@@ -315,11 +344,27 @@ impl RiskEngine {
             t.count_attempt(now, amount);
             KeySeen { minute, hour, day: dayw, users, new_user }
         };
-        if let Some(user) = input.user_id {
-            let key = st.key(Keyed::User, input.merchant_id, user);
-            let (before, velocity) = st.with(key, |t| (Totals::of(t), observe(t)));
-            seen.user = Some(before);
-            seen.user_velocity = Some(velocity);
+        let keep = |t: &mut Tracked| {
+            if counted != Counted::Refused {
+                t.day.add(day, amount);
+                t.month.add(month, amount);
+            }
+            if counted == Counted::Allowed {
+                t.norm.add(amount);
+            }
+            t.norm
+        };
+        if let Some(key) = seen.user_key {
+            let region = seen.region;
+            let (before, velocity, norm) = st.with(key, |t| {
+                let before = Totals::of(t);
+                let velocity = observe(t);
+                if counted != Counted::Refused && region != 0 {
+                    t.region = region;
+                }
+                (before, velocity, keep(t))
+            });
+            (seen.user, seen.user_velocity, seen.user_norm) = (Some(before), Some(velocity), norm);
         }
         let with_users = |t: &mut Tracked| {
             let s = observe(t);
@@ -334,19 +379,48 @@ impl RiskEngine {
         if let Some(ip) = input.client_ip {
             seen.ip = Some(st.with(st.key(Keyed::Ip, "", &ip), with_users));
         }
-        let key = st.key(Keyed::Merchant, "", input.merchant_id);
-        seen.merchant = st.with(key, |t| {
+        (seen.merchant, seen.merchant_norm) = st.with(seen.merchant_key, |t| {
             let before = Totals::of(t);
             t.count_attempt(now, amount);
-            before
+            (before, keep(t))
         });
         seen
     }
 
+    /// Takes back what counting a payment as allowed did that `counted` would not
+    /// have: its amount from the usual ones and, if it did not go ahead, from the
+    /// limits' totals and the user's region. A norm another payment has moved since is
+    /// left as it is (both learned; a race of two payments of one user, rare and mild).
+    fn take_back(&self, input: &RiskInput<'_>, seen: &Seen, counted: Counted) {
+        if counted == Counted::Allowed {
+            return;
+        }
+        let amount = input.amount.minor();
+        let undo = |t: &mut Tracked, before: &Totals, learned: Norm| {
+            if t.norm == learned {
+                t.norm = before.norm;
+            }
+            if counted == Counted::Refused {
+                t.day.remove(seen.day, amount);
+                t.month.remove(seen.month, amount);
+            }
+        };
+        let st = &self.state;
+        if let (Some(key), Some(before)) = (seen.user_key, seen.user.as_ref()) {
+            st.with(key, |t| {
+                undo(t, before, seen.user_norm);
+                if counted == Counted::Refused && seen.region != 0 && t.region == seen.region {
+                    t.region = before.region;
+                }
+            });
+        }
+        st.with(seen.merchant_key, |t| undo(t, &seen.merchant, seen.merchant_norm));
+    }
+
     /// The rules that fire, the score and the decision.
     fn judge(&self, p: &Policy, input: &RiskInput<'_>, seen: &Seen) -> (Vec<String>, &'static str, f64, Decision) {
-        let (now, amount) = (input.now_ms, input.amount.minor());
-        let (day, month) = (i32::try_from(business_day(now)).unwrap_or(0), business_month(now));
+        let amount = input.amount.minor();
+        let (day, month) = (seen.day, seen.month);
         let mut hits: Vec<(&str, Action, &'static str)> = Vec::new();
         let anomaly = &p.rules.anomaly;
 
@@ -461,41 +535,16 @@ impl RiskEngine {
         let why = hits.first().map_or("", |(_, _, why)| *why);
         (hits.into_iter().map(|(id, ..)| id.to_owned()).collect(), why, score, decision)
     }
-
-    /// Counts a payment that goes ahead: limits' totals and the user's region; and, if
-    /// nothing found it unusual (ALLOW), the usual amounts — an amount under review does
-    /// not become usual by being paid.
-    fn learn(&self, p: &Policy, input: &RiskInput<'_>, decision: Decision) {
-        let (now, amount) = (input.now_ms, input.amount.minor());
-        let (day, month) = (i32::try_from(business_day(now)).unwrap_or(0), business_month(now));
-        let region = input.client_ip.and_then(|ip| p.regions.lookup(ip));
-        let st = &self.state;
-        let keep = |t: &mut Tracked| {
-            t.day.add(day, amount);
-            t.month.add(month, amount);
-            if decision == Decision::Allow {
-                t.norm.add(amount);
-            }
-        };
-        if let Some(user) = input.user_id {
-            st.with(st.key(Keyed::User, input.merchant_id, user), |t| {
-                keep(t);
-                if let Some(r) = region.and_then(|r| u16::try_from(r + 1).ok()) {
-                    t.region = r;
-                }
-            });
-        }
-        st.with(st.key(Keyed::Merchant, "", input.merchant_id), keep);
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::money::Currency;
+    use crate::money::{Currency, Money};
     use crate::risk::lists::{ListEntry, ListKind, ListName};
     use crate::risk::model::Model;
     use crate::risk::rules::{Anomaly, DistinctUsers, Limit, Region, Velocity};
+    use crate::risk::state::Keyed;
     use proptest::prelude::*;
 
     const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -517,6 +566,7 @@ mod tests {
             user_id: user,
             device_id: device,
             client_ip: ip.map(|i| i.parse().unwrap()),
+            account: None,
             now_ms: now,
         }
     }
@@ -642,6 +692,21 @@ mod tests {
         // Another merchant's user of the same id is another user.
         let other = RiskInput { merchant_id: "M2", ..input(Some("u"), None, None, 400_000, T0 + 4) };
         assert_eq!(e.assess(&other).decision, Decision::Allow);
+
+        // Where reviews refuse, a reviewed payment does not go ahead and does not count
+        // in the limits or move the user's region; under review it would.
+        for (review, counted) in [(ReviewAction::Deny, 0u16), (ReviewAction::Allow, 1)] {
+            let e = engine(RiskRules { review, ..rules() }, Lists::default());
+            let day = i32::try_from(business_day(T0)).unwrap();
+            let user = e.state().key(Keyed::User, "M1", "r");
+            assert_eq!(e.assess(&input(Some("r"), None, Some("1.0.1.1"), 1_000, T0)).decision, Decision::Allow);
+            let a = e.assess(&input(Some("r"), None, Some("1.0.9.9"), 1_000, T0 + 1));
+            assert_eq!((a.decision, a.rules.as_slice()), (Decision::Review, &["anomaly.region_change".to_owned()][..]));
+            let (tally, region) = e.state().peek(user, |t| (t.day.of(day), t.region)).unwrap();
+            assert_eq!(tally.count, 1 + u32::from(counted), "{review:?}");
+            // The table's index + 1: 1 is CN-FJ, 2 CN-GD (1.0.9.9).
+            assert_eq!(region, 1 + counted, "{review:?}: the user's region");
+        }
     }
 
     #[test]
@@ -671,6 +736,9 @@ mod tests {
             (a.decision, a.rules.clone(), a.reason.as_str()),
             (Decision::Review, vec!["anomaly.user_amount".to_owned()], "UNUSUAL_PAYMENT")
         );
+        // It went ahead but did not become usual: the same amount is reviewed again.
+        let a = e.assess(&input(Some("u"), None, Some("1.0.1.8"), 300_000, T0 + 7 * 3_600_000 + 1));
+        assert_eq!(a.rules, ["anomaly.user_amount"]);
         let a = e.assess(&input(Some("u"), None, Some("1.0.9.1"), 1_000, T0 + 8 * 3_600_000));
         assert_eq!(a.rules, ["anomaly.region_change"]);
         // A private address has no region: not a change.

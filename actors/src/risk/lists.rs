@@ -1,4 +1,5 @@
-//! Block and allow lists: users, merchants, devices, IP addresses and CIDR ranges.
+//! Block and allow lists: users, merchants, devices, IP addresses, CIDR ranges and the
+//! buyers' cards or payment accounts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -6,6 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::RiskInput;
 use crate::error::CoreError;
 
 /// Which list.
@@ -32,6 +34,9 @@ pub enum ListKind {
     Ip,
     /// The buyer's `client_ip`, a range (`10.0.0.0/8`, `2001:db8::/32`).
     Cidr,
+    /// The buyer's card or payment account (`buyer_account`: a token or fingerprint the
+    /// merchant's card vault or wallet gives, the same for every payment with it).
+    Account,
 }
 
 impl ListName {
@@ -50,11 +55,13 @@ impl ListName {
 }
 
 impl ListKind {
+    /// Every kind.
+    pub const ALL: [ListKind; 6] =
+        [ListKind::UserId, ListKind::MerchantId, ListKind::DeviceId, ListKind::Ip, ListKind::Cidr, ListKind::Account];
+
     /// The kind named `name` ([`ListKind::as_str`]).
     pub fn parse(name: &str) -> Option<ListKind> {
-        [ListKind::UserId, ListKind::MerchantId, ListKind::DeviceId, ListKind::Ip, ListKind::Cidr]
-            .into_iter()
-            .find(|k| k.as_str() == name)
+        ListKind::ALL.into_iter().find(|k| k.as_str() == name)
     }
 
     /// The wire name.
@@ -65,6 +72,7 @@ impl ListKind {
             ListKind::DeviceId => "device_id",
             ListKind::Ip => "ip",
             ListKind::Cidr => "cidr",
+            ListKind::Account => "account",
         }
     }
 }
@@ -184,35 +192,49 @@ impl Lists {
         self.entries.iter()
     }
 
-    /// What the lists say of a payment by `user_id` of `merchant_id`, from `device_id`
-    /// and `ip`. A block entry wins over an allow entry.
-    pub fn verdict(
-        &self,
-        merchant_id: &str,
-        user_id: Option<&str>,
-        device_id: Option<&str>,
-        ip: Option<IpAddr>,
-    ) -> Option<ListVerdict> {
+    /// What the lists say of `payment`. A block entry wins over an allow entry.
+    pub fn verdict(&self, payment: &RiskInput<'_>) -> Option<ListVerdict> {
         if self.entries.is_empty() {
             return None;
         }
-        let keys =
-            [(ListKind::MerchantId, Some(merchant_id)), (ListKind::UserId, user_id), (ListKind::DeviceId, device_id)];
-        let find = |list: ListName| {
-            keys.iter()
-                .filter_map(|(kind, v)| v.map(|v| (*kind, v)))
-                .find(|(kind, v)| self.ids.get(*v).is_some_and(|named| named.contains(&(list, *kind))))
-                .map(|(kind, _)| kind)
-                .or_else(|| {
-                    let ip = ip?;
-                    let single = self.ips.get(&ip).is_some_and(|lists| lists.contains(&list));
-                    if single {
-                        return Some(ListKind::Ip);
-                    }
-                    self.ranges.iter().any(|(l, net)| *l == list && net.contains(&ip)).then_some(ListKind::Cidr)
-                })
+        let ip = payment.client_ip;
+        let keys = [
+            (ListKind::MerchantId, Some(payment.merchant_id)),
+            (ListKind::UserId, payment.user_id),
+            (ListKind::DeviceId, payment.device_id),
+            (ListKind::Account, payment.account),
+        ];
+        // Each value is looked up once; the first block entry decides, else the first
+        // allow entry.
+        let mut allowed = None;
+        let mut note = |list: ListName, kind: ListKind| match list {
+            ListName::Block => Some(ListVerdict::Blocked(kind)),
+            ListName::Allow => {
+                allowed = allowed.or(Some(ListVerdict::Allowed(kind)));
+                None
+            }
         };
-        find(ListName::Block).map(ListVerdict::Blocked).or_else(|| find(ListName::Allow).map(ListVerdict::Allowed))
+        for (kind, value) in keys {
+            let Some(named) = value.and_then(|v| self.ids.get(v)) else { continue };
+            for (list, _) in named.iter().filter(|(_, k)| *k == kind) {
+                if let Some(blocked) = note(*list, kind) {
+                    return Some(blocked);
+                }
+            }
+        }
+        if let Some(ip) = ip {
+            for list in self.ips.get(&ip).into_iter().flatten() {
+                if let Some(blocked) = note(*list, ListKind::Ip) {
+                    return Some(blocked);
+                }
+            }
+            for (list, _) in self.ranges.iter().filter(|(_, net)| net.contains(&ip)) {
+                if let Some(blocked) = note(*list, ListKind::Cidr) {
+                    return Some(blocked);
+                }
+            }
+        }
+        allowed
     }
 }
 
@@ -224,6 +246,23 @@ mod tests {
         ListEntry { list, kind, value: value.into() }.canonical().unwrap()
     }
 
+    /// A payment of merchant `m` by `user`, from `device` and `ip`, with `account`.
+    struct Pay<'a>(&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+    impl Pay<'_> {
+        fn verdict(&self, lists: &Lists) -> Option<ListVerdict> {
+            lists.verdict(&RiskInput {
+                merchant_id: self.0,
+                amount: crate::money::Money::from_minor(100, crate::money::Currency::CNY),
+                user_id: self.1,
+                device_id: self.2,
+                client_ip: self.3.and_then(|ip| ip.parse().ok()),
+                account: self.4,
+                now_ms: 0,
+            })
+        }
+    }
+
     #[test]
     fn a_block_entry_of_any_kind_denies_and_wins_over_an_allow_entry() {
         let mut lists = Lists::new([
@@ -232,30 +271,39 @@ mod tests {
             entry(ListName::Allow, ListKind::UserId, "u-vip"),
             entry(ListName::Allow, ListKind::Ip, "::ffff:1.2.3.4"),
         ]);
-        let ip = |s: &str| s.parse::<IpAddr>().ok();
-        assert_eq!(lists.verdict("M1", Some("u-bad"), None, None), Some(ListVerdict::Blocked(ListKind::UserId)));
         assert_eq!(
-            lists.verdict("M1", Some("u-vip"), None, ip("10.1.2.3")),
+            Pay("M1", Some("u-bad"), None, None, None).verdict(&lists),
+            Some(ListVerdict::Blocked(ListKind::UserId))
+        );
+        assert_eq!(
+            Pay("M1", Some("u-vip"), None, Some("10.1.2.3"), None).verdict(&lists),
             Some(ListVerdict::Blocked(ListKind::Cidr))
         );
         assert_eq!(
-            lists.verdict("M1", Some("u-vip"), None, ip("10.2.0.1")),
+            Pay("M1", Some("u-vip"), None, Some("10.2.0.1"), None).verdict(&lists),
             Some(ListVerdict::Allowed(ListKind::UserId))
         );
         assert_eq!(
-            lists.verdict("M1", None, Some("d"), ip("::ffff:1.2.3.4")),
+            Pay("M1", None, Some("d"), Some("::ffff:1.2.3.4"), None).verdict(&lists),
             Some(ListVerdict::Allowed(ListKind::Ip))
         );
-        assert_eq!(lists.verdict("M1", Some("u"), Some("d"), ip("8.8.8.8")), None);
+        assert_eq!(Pay("M1", Some("u"), Some("d"), Some("8.8.8.8"), None).verdict(&lists), None);
         assert!(lists.insert(entry(ListName::Block, ListKind::MerchantId, "M1")));
         assert!(!lists.insert(entry(ListName::Block, ListKind::MerchantId, "M1")), "once");
-        assert_eq!(lists.verdict("M1", None, None, None), Some(ListVerdict::Blocked(ListKind::MerchantId)));
+        assert_eq!(Pay("M1", None, None, None, None).verdict(&lists), Some(ListVerdict::Blocked(ListKind::MerchantId)));
         assert!(lists.remove(&entry(ListName::Block, ListKind::Cidr, "10.1.9.9/16")), "the same range");
         assert_eq!(
-            lists.verdict("M2", Some("u-vip"), None, ip("10.1.2.3")),
+            Pay("M2", Some("u-vip"), None, Some("10.1.2.3"), None).verdict(&lists),
             Some(ListVerdict::Allowed(ListKind::UserId))
         );
         assert_eq!(lists.entries().count(), 4);
+        // An account is matched as an account only: the same text as a user id is not it.
+        assert!(lists.insert(entry(ListName::Block, ListKind::Account, "tok_4f9a")));
+        assert_eq!(
+            Pay("M2", Some("u-vip"), None, None, Some("tok_4f9a")).verdict(&lists),
+            Some(ListVerdict::Blocked(ListKind::Account))
+        );
+        assert_eq!(Pay("M2", Some("tok_4f9a"), None, None, Some("tok_other")).verdict(&lists), None);
     }
 
     #[test]
@@ -270,7 +318,7 @@ mod tests {
         assert_eq!(entry(ListName::Block, ListKind::Cidr, "10.9.8.7/8").value, "10.0.0.0/8");
         assert_eq!(entry(ListName::Block, ListKind::Ip, " 2001:DB8::1 ").value, "2001:db8::1");
         // The API's names (serde) and the views' (as_str) are the same.
-        for kind in [ListKind::UserId, ListKind::MerchantId, ListKind::DeviceId, ListKind::Ip, ListKind::Cidr] {
+        for kind in ListKind::ALL {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
             assert_eq!(ListKind::parse(kind.as_str()), Some(kind));
         }

@@ -13,9 +13,33 @@ pub mod rules;
 pub mod state;
 pub mod window;
 
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
-pub use engine::{Policy, RiskEngine, RiskInput};
+use crate::money::Money;
+
+pub use engine::{Policy, RiskEngine};
+
+/// What risk looks at in a payment.
+#[derive(Debug, Clone, Copy)]
+pub struct RiskInput<'a> {
+    /// The merchant.
+    pub merchant_id: &'a str,
+    /// The amount.
+    pub amount: Money,
+    /// The buyer at the merchant.
+    pub user_id: Option<&'a str>,
+    /// The buyer's device.
+    pub device_id: Option<&'a str>,
+    /// The buyer's address.
+    pub client_ip: Option<IpAddr>,
+    /// The buyer's card or payment account, as the merchant names it (a token, never a
+    /// card number); matched against the lists only.
+    pub account: Option<&'a str>,
+    /// When, unix millis.
+    pub now_ms: i64,
+}
 
 /// An operator's change to risk control, journaled before it takes effect; each one
 /// makes the next version.

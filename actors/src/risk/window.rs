@@ -11,20 +11,16 @@ pub struct Tally {
     pub amount: i64,
 }
 
-impl Tally {
-    fn add(&mut self, amount: i64) {
-        self.count = self.count.saturating_add(1);
-        self.amount = self.amount.saturating_add(amount);
-    }
-}
-
 /// The last minute, exactly to within one bucket: six buckets of ten seconds, so the
-/// payments of the last 50–60 seconds are counted (a burst is never split).
+/// payments of the last 50–60 seconds are counted (a burst is never split). Counts and
+/// amounts are kept in separate arrays: a key's state is read on every payment, and the
+/// fewer cache lines it spans, the faster risk decides.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Minute {
     /// Which ten-second bucket (of the unix epoch) the newest slot holds.
     newest: i64,
-    slots: [Tally; MINUTE_SLOTS],
+    counts: [u32; MINUTE_SLOTS],
+    amounts: [i64; MINUTE_SLOTS],
 }
 
 const MINUTE_SLOTS: usize = 6;
@@ -43,8 +39,9 @@ impl Minute {
         }
         let stale = (bucket - self.newest).min(MINUTE_SLOTS as i64);
         for b in (bucket - stale + 1)..=bucket {
-            if let Some(slot) = self.slots.get_mut(Self::slot_of(b)) {
-                *slot = Tally::default();
+            let slot = Self::slot_of(b);
+            if let (Some(c), Some(a)) = (self.counts.get_mut(slot), self.amounts.get_mut(slot)) {
+                (*c, *a) = (0, 0);
             }
         }
         self.newest = bucket;
@@ -54,8 +51,10 @@ impl Minute {
     pub fn add(&mut self, now: i64, amount: i64) {
         self.roll(now);
         // A payment stamped before the newest bucket (clocks of two threads) counts in it.
-        if let Some(slot) = self.slots.get_mut(Self::slot_of(self.newest)) {
-            slot.add(amount);
+        let slot = Self::slot_of(self.newest);
+        if let (Some(c), Some(a)) = (self.counts.get_mut(slot), self.amounts.get_mut(slot)) {
+            *c = c.saturating_add(1);
+            *a = a.saturating_add(amount);
         }
     }
 
@@ -63,10 +62,10 @@ impl Minute {
     pub fn total(&self, now: i64) -> Tally {
         let mut w = *self;
         w.roll(now);
-        w.slots.iter().fold(Tally::default(), |acc, s| Tally {
-            count: acc.count.saturating_add(s.count),
-            amount: acc.amount.saturating_add(s.amount),
-        })
+        Tally {
+            count: w.counts.iter().fold(0u32, |acc, c| acc.saturating_add(*c)),
+            amount: w.amounts.iter().fold(0i64, |acc, a| acc.saturating_add(*a)),
+        }
     }
 }
 
@@ -76,10 +75,12 @@ impl Minute {
 /// the previous window's uneven spread in between).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sliding {
-    /// Which window (of the unix epoch, in units of its size) `current` holds.
+    /// Which window (of the unix epoch, in units of its size) the current one is.
     index: i64,
-    current: Tally,
-    previous: Tally,
+    /// The current window's count and the previous one's.
+    counts: [u32; 2],
+    /// Their amounts.
+    amounts: [i64; 2],
 }
 
 impl Sliding {
@@ -88,15 +89,20 @@ impl Sliding {
         if index <= self.index {
             return;
         }
-        self.previous = if index == self.index + 1 { self.current } else { Tally::default() };
-        self.current = Tally::default();
+        let [count, _] = self.counts;
+        let [amount, _] = self.amounts;
+        (self.counts, self.amounts) =
+            if index == self.index + 1 { ([0, count], [0, amount]) } else { ([0, 0], [0, 0]) };
         self.index = index;
     }
 
     /// Counts a payment of `amount` at `now` in a window of `size` millis.
     pub fn add(&mut self, size: i64, now: i64, amount: i64) {
         self.roll(size, now);
-        self.current.add(amount);
+        let [count, _] = &mut self.counts;
+        *count = count.saturating_add(1);
+        let [sum, _] = &mut self.amounts;
+        *sum = sum.saturating_add(amount);
     }
 
     /// The estimated count and amount of the `size` millis ending at `now`.
@@ -105,10 +111,8 @@ impl Sliding {
         w.roll(size, now);
         let into = now.rem_euclid(size) as f64 / size as f64;
         let weight = 1.0 - into;
-        (
-            f64::from(w.previous.count) * weight + f64::from(w.current.count),
-            w.previous.amount as f64 * weight + w.current.amount as f64,
-        )
+        let ([count, previous_count], [amount, previous_amount]) = (w.counts, w.amounts);
+        (f64::from(previous_count) * weight + f64::from(count), previous_amount as f64 * weight + amount as f64)
     }
 }
 
@@ -116,14 +120,15 @@ impl Sliding {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Period {
     id: i32,
-    tally: Tally,
+    count: u32,
+    amount: i64,
 }
 
 impl Period {
     /// The total of period `id` so far.
     pub fn of(&self, id: i32) -> Tally {
         if self.id == id {
-            self.tally
+            Tally { count: self.count, amount: self.amount }
         } else {
             Tally::default()
         }
@@ -132,16 +137,26 @@ impl Period {
     /// Counts a payment of `amount` in period `id`.
     pub fn add(&mut self, id: i32, amount: i64) {
         if self.id != id {
-            *self = Period { id, tally: Tally::default() };
+            *self = Period { id, count: 0, amount: 0 };
         }
-        self.tally.add(amount);
+        self.count = self.count.saturating_add(1);
+        self.amount = self.amount.saturating_add(amount);
+    }
+
+    /// Takes back a payment of `amount` counted in period `id` (nothing once the
+    /// period is over).
+    pub fn remove(&mut self, id: i32, amount: i64) {
+        if self.id == id {
+            self.count = self.count.saturating_sub(1);
+            self.amount = self.amount.saturating_sub(amount);
+        }
     }
 }
 
 /// What amounts are usual for a key: an exponentially weighted mean and variance of the
 /// logarithm of the amount (amounts spread over orders of magnitude; their logarithm is
 /// closer to normal), so recent behaviour counts most and one outlier does not stick.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Norm {
     mean: f32,
     var: f32,
@@ -188,21 +203,37 @@ impl Norm {
 }
 
 /// Distinct users seen with a key in one day, counted exactly up to [`DISTINCT_CAP`]:
-/// rules ask "more than N", and beyond the cap the answer does not change.
+/// rules ask "more than N", and beyond the cap the answer does not change. The first few
+/// are kept in the key's own entry, so the usual device or address with one or two users
+/// costs no second memory access; the rest spill to the heap.
 #[derive(Debug, Clone, Default)]
 pub struct Distinct {
     day: i32,
-    seen: Vec<u32>,
+    /// How many users are held: the first in `inline`, the rest in `more`.
+    held: u32,
+    inline: [u32; DISTINCT_INLINE],
+    more: Option<Box<[u32; DISTINCT_CAP - DISTINCT_INLINE]>>,
 }
 
 /// Distinct users counted per key and day at most; thresholds must stay below it.
 pub const DISTINCT_CAP: usize = 64;
 
+const DISTINCT_INLINE: usize = 4;
+
 impl Distinct {
+    fn inline(&self) -> &[u32] {
+        self.inline.get(..(self.held as usize).min(DISTINCT_INLINE)).unwrap_or_default()
+    }
+
+    fn more(&self) -> &[u32] {
+        let spilled = (self.held as usize).saturating_sub(DISTINCT_INLINE);
+        self.more.as_deref().and_then(|m| m.get(..spilled)).unwrap_or_default()
+    }
+
     /// Distinct users of day `day` so far.
     pub fn count(&self, day: i32) -> usize {
         if self.day == day {
-            self.seen.len()
+            self.held as usize
         } else {
             0
         }
@@ -210,17 +241,28 @@ impl Distinct {
 
     /// Whether `user` (a hash) is among them.
     pub fn contains(&self, day: i32, user: u32) -> bool {
-        self.day == day && self.seen.contains(&user)
+        self.day == day && (self.inline().contains(&user) || self.more().contains(&user))
     }
 
     /// Notes `user` (a hash) on day `day`.
     pub fn add(&mut self, day: i32, user: u32) {
         if self.day != day {
-            self.day = day;
-            self.seen.clear();
+            // The spill stays allocated: a key that had many users is likely to again.
+            (self.day, self.held) = (day, 0);
         }
-        if self.seen.len() < DISTINCT_CAP && !self.seen.contains(&user) {
-            self.seen.push(user);
+        let at = self.held as usize;
+        if at >= DISTINCT_CAP || self.contains(day, user) {
+            return;
+        }
+        let slot = match at.checked_sub(DISTINCT_INLINE) {
+            None => self.inline.get_mut(at),
+            Some(spilled) => {
+                self.more.get_or_insert_with(|| Box::new([0; DISTINCT_CAP - DISTINCT_INLINE])).get_mut(spilled)
+            }
+        };
+        if let Some(slot) = slot {
+            *slot = user;
+            self.held += 1;
         }
     }
 }
@@ -270,6 +312,10 @@ mod tests {
         assert_eq!(p.of(8), Tally::default());
         p.add(8, 1);
         assert_eq!(p.of(8), Tally { count: 1, amount: 1 });
+        p.add(8, 40);
+        p.remove(8, 40);
+        p.remove(7, 1);
+        assert_eq!(p.of(8), Tally { count: 1, amount: 1 }, "taken back in its own period only");
         assert_eq!(p.of(7), Tally::default());
     }
 
@@ -298,6 +344,9 @@ mod tests {
             d.add(11, u);
         }
         assert_eq!(d.count(11), DISTINCT_CAP);
+        assert!(d.contains(11, 2) && d.contains(11, 63) && !d.contains(11, 64), "inline and spilled");
+        d.add(12, 9);
+        assert_eq!((d.count(12), d.contains(12, 2), d.contains(12, 9)), (1, false, true), "a new day starts empty");
     }
 
     proptest! {
