@@ -710,6 +710,38 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_payments_of_one_user_never_overrun_a_limit() {
+        // A payment's check and its count in a key's totals are one step under the
+        // key's lock: payments in flight at once are counted, not raced past.
+        for _ in 0..20 {
+            let e = Arc::new(engine(rules(), Lists::default()));
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let e = Arc::clone(&e);
+                    std::thread::spawn(move || {
+                        (0..25)
+                            .map(|i| {
+                                let amount = 10_000 + (t * 25 + i) * 97;
+                                let a = e.assess(&input(Some("u"), None, None, amount, T0 + i));
+                                if a.decision == Decision::Allow {
+                                    (1, amount)
+                                } else {
+                                    (0, 0)
+                                }
+                            })
+                            .fold((0, 0), |(n, sum), (k, a)| (n + k, sum + a))
+                    })
+                })
+                .collect();
+            let (allowed, sum) =
+                threads.into_iter().map(|t| t.join().unwrap()).fold((0, 0), |(n, s), (k, a)| (n + k, s + a));
+            // limit.user.day: 50 payments, 8000.00; 200 tried, at least 100.00 each.
+            assert!(allowed <= 50 && sum <= 800_000, "{allowed} payments, {sum} fen");
+            assert!(allowed > 0);
+        }
+    }
+
+    #[test]
     fn many_users_on_one_device_go_to_review() {
         let e = engine(rules(), Lists::default());
         for u in ["a", "b", "c", "a", "b"] {
