@@ -188,6 +188,76 @@ fn a_blocked_card_or_account_is_refused_and_a_card_number_is_never_taken() {
     assert!(found.is_empty(), "kept in the data directory: {found:?}");
 }
 
+#[test]
+fn operators_approve_or_reject_reviewed_payments_and_a_rejection_undoes_the_payment() {
+    let t = TestNode::start();
+    let c = t.client();
+    for i in 0..5 {
+        assert_eq!(pay(&c, &format!("RV-N{i}"), "10.00", &[("user_id", "u-rev")]).code(), "SUCCESS");
+    }
+    // Three payments far above the user's norm: each goes ahead, under review.
+    let ids: Vec<String> = ["RV-A", "RV-B", "RV-C"]
+        .iter()
+        .map(|no| {
+            let a = pay(&c, no, "9000.00", &[("user_id", "u-rev")]);
+            assert_eq!(a.code(), "SUCCESS", "{a:?}");
+            a.data("pay_order_no").to_owned()
+        })
+        .collect();
+    let (a, b, paid) = (&ids[0], &ids[1], &ids[2]);
+    sandbox_pay(&t.url, paid);
+    wait_status(&c, paid, "SUCCESS", std::time::Duration::from_secs(5));
+    let queued = |t: &TestNode| -> Vec<String> {
+        let (_, reviews) = admin(t, "GET", "/admin/risk/reviews", None);
+        reviews["data"]["reviews"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["order_no"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    eventually(std::time::Duration::from_secs(5), || (queued(&t).len() == 3).then_some(())).expect("three reviews");
+
+    let verdict = |t: &TestNode, id: &str, decision: &str| {
+        admin(t, "POST", &format!("/admin/risk/reviews/{id}"), Some(json!({ "decision": decision })))
+    };
+    // Approved: it stands, and leaves the queue.
+    let (status, answer) = verdict(&t, a, "approve");
+    assert_eq!((status, answer["data"]["review"].as_str()), (200, Some("approved")), "{answer}");
+    assert_eq!(answer["data"]["status"], "PAYING");
+    // Rejected while unpaid: closed (at the channel, then here).
+    let (status, answer) = verdict(&t, b, "reject");
+    assert_eq!((status, answer["data"]["status"].as_str()), (200, Some("CLOSED")), "{answer}");
+    assert_eq!(c.query_id(b).data("status"), "CLOSED");
+    // Rejected once paid: refunded in full under a number of its own.
+    let (status, answer) = verdict(&t, paid, "reject");
+    assert_eq!((status, answer["data"]["review"].as_str()), (200, Some("rejected")), "{answer}");
+    let refunded = wait_status(&c, paid, "REFUNDED", std::time::Duration::from_secs(5));
+    assert_eq!(refunded.data("refunded_amount"), "9000.00", "{refunded:?}");
+    let refund = c.call("/api/v1/refund/query", params(&[("refund_no", &format!("REVIEW-{paid}"))]));
+    assert_eq!((refund.code(), refund.data("status")), ("SUCCESS", "SUCCESS"), "{refund:?}");
+    eventually(std::time::Duration::from_secs(5), || queued(&t).is_empty().then_some(())).expect("queue emptied");
+
+    // A repeat of a verdict changes nothing; the other verdict, an order never under
+    // review, an unknown order and a bad body are refused.
+    assert_eq!(verdict(&t, a, "approve").0, 200);
+    let (status, answer) = verdict(&t, a, "reject");
+    assert_eq!((status, answer["code"].as_str()), (422, Some("ORDER_STATUS_ERROR")), "{answer}");
+    let calm = c.query_no("RV-N0").data("pay_order_no").to_owned();
+    let (status, answer) = verdict(&t, &calm, "approve");
+    assert_eq!(answer["code"], "ORDER_STATUS_ERROR", "{status} {answer}");
+    assert_eq!(verdict(&t, "P000000000000000000000", "approve").0, 404);
+    let (status, answer) = verdict(&t, a, "maybe");
+    assert_eq!((status, answer["code"].as_str()), (400, Some("INVALID_PARAM")), "{answer}");
+
+    // The verdicts are journaled: after a restart the queue stays empty and the
+    // answers stand.
+    let t = t.restart(|_| {});
+    assert!(queued(&t).is_empty());
+    let stored = stored_order(&t, a);
+    assert_eq!(stored.review, Some(true));
+}
+
 fn stored_order(t: &TestNode, id: &str) -> paygate_actors::order::Order {
     use paygate_actors::ports::OrderStore;
     t.node().views.load(&paygate_actors::ids::PayOrderNo::parse(id).unwrap()).unwrap().unwrap()

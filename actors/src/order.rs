@@ -313,6 +313,8 @@ pub struct Order {
     pub late_payment_channels: BTreeMap<String, String>,
     /// What risk control decided (orders created before it existed have nothing).
     pub risk: Option<crate::risk::Assessment>,
+    /// An operator's verdict on a payment risk control sent to review: approved or not.
+    pub review: Option<bool>,
     /// Refunds, in the order they were asked for (see [`crate::refund`]).
     pub refunds: Vec<Refund>,
     /// Journal sequence of the last record applied to this order.
@@ -388,6 +390,12 @@ pub enum OrderCommand {
         outcome: RefundState,
         /// The amount the channel says it refunded, when it says.
         amount_minor: Option<i64>,
+    },
+    /// An operator resolves the payment's review (a repeat of the same verdict changes
+    /// nothing; the other verdict is refused).
+    ResolveReview {
+        /// Approved, or rejected.
+        approved: bool,
     },
     /// Refund the late payment the channel took as trade `channel_trade_no` (once).
     RefundLatePayment {
@@ -558,6 +566,13 @@ pub enum OrderEvent {
         /// When.
         at: UnixMillis,
     },
+    /// An operator resolved the review risk control sent the payment to.
+    ReviewResolved {
+        /// Approved (it stands), or rejected (it is closed or refunded).
+        approved: bool,
+        /// When.
+        at: UnixMillis,
+    },
 }
 
 /// An event that cannot follow the state it is applied to: a bug or a damaged journal.
@@ -624,6 +639,7 @@ impl OrderEvent {
             OrderEvent::AbandonedTradePaid { .. } => "AbandonedTradePaid",
             OrderEvent::RiskAssessed { .. } => "RiskAssessed",
             OrderEvent::RiskRejected { .. } => "RiskRejected",
+            OrderEvent::ReviewResolved { .. } => "ReviewResolved",
         }
     }
 
@@ -665,6 +681,7 @@ impl Order {
             abandoned: Vec::new(),
             late_payment_channels: BTreeMap::new(),
             risk: None,
+            review: None,
             refunds: Vec::new(),
             seq: 0,
         })
@@ -765,6 +782,22 @@ impl Order {
                 _ => vec![],
             },
             OrderCommand::RequestRefund { spec, window_ms } => self.decide_refund(spec, window_ms, now)?,
+            OrderCommand::ResolveReview { approved } => match self.review {
+                Some(verdict) if verdict == approved => vec![],
+                Some(verdict) => {
+                    return Err(CoreError::new(
+                        ErrorCode::OrderStatusError,
+                        format!("the review was {} already", if verdict { "approved" } else { "rejected" }),
+                    ))
+                }
+                None if self.sent_to_review() => vec![OrderEvent::ReviewResolved { approved, at: now }],
+                None => {
+                    return Err(CoreError::new(
+                        ErrorCode::OrderStatusError,
+                        "risk control did not send this payment to review",
+                    ))
+                }
+            },
             OrderCommand::RefundOutcome { refund_order_no, outcome, amount_minor } => {
                 let Some(refund) = self.refunds.iter().find(|r| r.refund_order_no == refund_order_no) else {
                     return Err(CoreError::new(ErrorCode::OrderNotFound, format!("no refund {refund_order_no}")));
@@ -826,6 +859,11 @@ impl Order {
     fn is_next_refund(&self, refund_order_no: &str, spec: &RefundSpec) -> bool {
         self.refund(&spec.refund_no).is_none()
             && refund_order_no == Refund::number(&self.pay_order_no, self.refunds.len())
+    }
+
+    /// Whether risk control sent the payment to review and let it go ahead.
+    pub fn sent_to_review(&self) -> bool {
+        self.risk.as_ref().is_some_and(|r| r.decision == crate::risk::Decision::Review) && !self.refused_by_risk()
     }
 
     /// Whether risk control refused the payment (no channel ever saw it).
@@ -1102,6 +1140,13 @@ impl Order {
                 self.abandoned.push(channel.clone());
                 *at
             }
+            OrderEvent::ReviewResolved { approved, at } => {
+                if self.review.is_some() || !self.sent_to_review() {
+                    return Err(violation());
+                }
+                self.review = Some(*approved);
+                *at
+            }
             OrderEvent::AbandonedTradePaid { channel, payment } => {
                 let known = self.late_payments.iter().any(|p| p.channel_trade_no == payment.channel_trade_no);
                 if !self.abandoned.contains(channel) || known {
@@ -1248,6 +1293,41 @@ mod tests {
 
     fn paid(trade: &str, amount: i64) -> OrderCommand {
         OrderCommand::Notice(ChannelNotice::Paid { channel_trade_no: trade.into(), amount_minor: amount })
+    }
+
+    #[test]
+    fn only_a_payment_sent_to_review_takes_one_verdict() {
+        let assessed = |decision| OrderEvent::RiskAssessed {
+            assessment: crate::risk::Assessment {
+                decision,
+                rules: vec!["anomaly.user_amount".into()],
+                reason: "UNUSUAL_PAYMENT".into(),
+                score_ppm: 0,
+                version: 0,
+            },
+            at: 1_000,
+        };
+        let resolve = |approved| OrderCommand::ResolveReview { approved };
+        let mut o = new_order(100);
+        o.apply(&assessed(crate::risk::Decision::Review)).unwrap();
+        assert!(o.sent_to_review());
+        assert_eq!(run(&mut o, resolve(false), 2_000).unwrap(), 1);
+        assert_eq!(o.review, Some(false));
+        assert_eq!(run(&mut o, resolve(false), 3_000).unwrap(), 0, "a repeat changes nothing");
+        assert_eq!(run(&mut o, resolve(true), 3_000).unwrap_err().code, ErrorCode::OrderStatusError);
+        let again = OrderEvent::ReviewResolved { approved: true, at: 4_000 };
+        assert!(o.apply(&again).is_err(), "a second verdict cannot be applied");
+
+        let mut allowed = new_order(100);
+        allowed.apply(&assessed(crate::risk::Decision::Allow)).unwrap();
+        assert_eq!(run(&mut allowed, resolve(true), 2_000).unwrap_err().code, ErrorCode::OrderStatusError);
+        assert!(allowed.apply(&OrderEvent::ReviewResolved { approved: true, at: 2_000 }).is_err());
+        // A review that refused the payment (review = "deny") has nothing to resolve.
+        let mut refused = new_order(100);
+        refused.channel.clear();
+        refused.apply(&assessed(crate::risk::Decision::Review)).unwrap();
+        refused.apply(&OrderEvent::RiskRejected { at: 1_000 }).unwrap();
+        assert_eq!(run(&mut refused, resolve(true), 2_000).unwrap_err().code, ErrorCode::OrderStatusError);
     }
 
     #[test]

@@ -117,6 +117,13 @@ pub enum OrderRequest {
         /// The amount it says was refunded, when it says.
         amount_minor: Option<i64>,
     },
+    /// An operator resolves the review risk control sent the payment to: approved, it
+    /// stands; rejected, it is closed if unpaid and refunded in full if paid. A repeat
+    /// of a rejection finishes what a failed channel call left undone.
+    ResolveReview {
+        /// Approved, or rejected.
+        approved: bool,
+    },
 }
 
 /// How a message to an order actor ended.
@@ -310,7 +317,41 @@ impl OrderCell {
                 self.execute(oc, vec![OrderCommand::RefundOutcome { refund_order_no, outcome, amount_minor }]).await?;
                 self.current()
             }
+            OrderRequest::ResolveReview { approved } => self.resolve_review(oc, approved).await,
         }
+    }
+
+    /// Records an operator's verdict on a reviewed payment and, if rejected, undoes the
+    /// payment: closed while unpaid (the channel's close first), else refunded in full
+    /// under the refund number `REVIEW-<pay_order_no>`.
+    async fn resolve_review(&mut self, oc: &OrderContext, approved: bool) -> CoreResult<Order> {
+        self.current()?;
+        self.execute(oc, vec![OrderCommand::ResolveReview { approved }]).await?;
+        let order = self.current()?;
+        if approved {
+            return Ok(order);
+        }
+        if order.status.is_open() {
+            match self.close(oc).await {
+                Ok(closed) => return Ok(closed),
+                // Paid meanwhile: refunded below.
+                Err(e) if e.code == ErrorCode::OrderStatusError => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let order = self.current()?;
+        let refund_no = format!("REVIEW-{}", order.pay_order_no);
+        let remaining = order.spec.amount.minor().saturating_sub(order.refund_held_minor());
+        if !order.status.is_paid() || remaining <= 0 || order.refund(&refund_no).is_some() {
+            return Ok(order);
+        }
+        let spec = RefundSpec {
+            refund_no,
+            amount_minor: remaining,
+            reason: Some("payment rejected by risk review".into()),
+            notify_url: None,
+        };
+        self.refund(oc, spec).await
     }
 
     /// Decides the events of `cmds` in turn, journals them as one record, then applies.

@@ -185,8 +185,10 @@ fn risk_view(app: &App) -> serde_json::Value {
 /// `/admin/risk…`: `GET /admin/risk` (the version, rules and lists in force),
 /// `PUT /admin/risk/rules` (the rules, whole, as JSON), `POST`/`DELETE /admin/risk/lists`
 /// with `{"list": "block"|"allow", "kind": "user_id"|"merchant_id"|"device_id"|"ip"|
-/// "cidr"|"account", "value": …}`, `GET /admin/risk/reviews` (payments sent to review). Every
-/// change is journaled first and is in force from the next payment.
+/// "cidr"|"account", "value": …}`, `GET /admin/risk/reviews` (payments sent to review and
+/// not resolved yet), `POST /admin/risk/reviews/{pay_order_no}` with `{"decision":
+/// "approve"|"reject"}`. Every change is journaled first and is in force from the next
+/// payment.
 pub async fn risk(
     app: &App,
     method: &hyper::Method,
@@ -219,18 +221,11 @@ pub async fn risk(
         }
         (&Method::GET, "reviews") => {
             let orders = app.router.context().store.under_review(100).map_err(StorageError::into_core)?;
-            let items: Vec<_> = orders
-                .iter()
-                .map(|o| {
-                    json!({
-                        "pay_order_no": o.pay_order_no.as_str(), "merchant_id": o.spec.merchant_id,
-                        "order_no": o.spec.order_no, "amount": o.spec.amount.to_decimal().to_string(),
-                        "currency": o.spec.amount.currency().code(), "status": o.status.as_str(),
-                        "create_time": Rfc3339(o.create_time).to_string(), "risk": o.risk,
-                    })
-                })
-                .collect();
-            return Ok(success(&json!({ "reviews": items })));
+            return Ok(success(&json!({ "reviews": orders.iter().map(review_view).collect::<Vec<_>>() })));
+        }
+        (&Method::POST, id) if id.starts_with("reviews/") => {
+            let id = id.trim_start_matches("reviews/");
+            return resolve_review(app, id, body).await;
         }
         (&Method::PUT, "rules") => {
             let rules: paygate_actors::risk::rules::RiskRules = serde_json::from_slice(body)
@@ -265,6 +260,54 @@ pub async fn risk(
     })
     .await?;
     Ok(success(&risk_view(app)))
+}
+
+/// A payment risk control sent to review, as operators see it.
+fn review_view(o: &paygate_actors::order::Order) -> serde_json::Value {
+    json!({
+        "pay_order_no": o.pay_order_no.as_str(), "merchant_id": o.spec.merchant_id,
+        "order_no": o.spec.order_no, "amount": o.spec.amount.to_decimal().to_string(),
+        "currency": o.spec.amount.currency().code(), "status": o.status.as_str(),
+        "create_time": Rfc3339(o.create_time).to_string(), "risk": o.risk,
+        "review": o.review.map(|approved| if approved { "approved" } else { "rejected" }),
+        "refunded_amount": Money::from_minor(o.refunded_minor, o.spec.amount.currency()).to_decimal().to_string(),
+    })
+}
+
+/// `POST /admin/risk/reviews/{pay_order_no}`: an operator's verdict. Approved, the
+/// payment stands; rejected, it is closed if unpaid and refunded in full if paid (refund
+/// number `REVIEW-<pay_order_no>`, the merchant notified as for its own refunds).
+async fn resolve_review(app: &App, id: &str, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    use paygate_actors::ids::PayOrderNo;
+    use paygate_actors::order_actor::OrderRequest;
+    use paygate_actors::registry::OrderTarget;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Verdict {
+        decision: String,
+    }
+    let approved = match serde_json::from_slice::<Verdict>(body).map(|v| v.decision) {
+        Ok(d) if d == "approve" => true,
+        Ok(d) if d == "reject" => false,
+        _ => return Err(CoreError::invalid("body", "must be {\"decision\": \"approve\"|\"reject\"}").into()),
+    };
+    let id = PayOrderNo::parse(id).ok_or(ApiError::NotFound)?;
+    let order = app.router.read(OrderTarget::Id(id.clone()), None).await?;
+    if !approved {
+        // The refund number is the merchant's namespace: keep it from naming another
+        // order's refund.
+        let refund_no = format!("REVIEW-{id}");
+        if !app.recent_refunds.reserve(app, &order.spec.merchant_id, &refund_no, &id)? {
+            return Err(CoreError::new(
+                ErrorCode::IdempotencyConflict,
+                format!("refund_no {refund_no} names a refund of another order"),
+            )
+            .into());
+        }
+    }
+    let resolved = app.router.dispatch(OrderTarget::Id(id), OrderRequest::ResolveReview { approved }, None).await?;
+    tracing::info!(pay_order_no = %resolved.pay_order_no, approved, status = resolved.status.as_str(), "review resolved by an operator");
+    Ok(success(&review_view(&resolved)))
 }
 
 /// A merchant's routing: every pay method with the strategy in force.

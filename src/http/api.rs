@@ -570,7 +570,7 @@ const RECENT_REFUNDS: usize = 65_536;
 
 impl RecentRefunds {
     /// Reserves `refund_no` for `order`; `false` when it names a refund of another order.
-    fn reserve(&self, app: &App, merchant_id: &str, refund_no: &str, order: &PayOrderNo) -> CoreResult<bool> {
+    pub fn reserve(&self, app: &App, merchant_id: &str, refund_no: &str, order: &PayOrderNo) -> CoreResult<bool> {
         if let Some(known) = self.order_of(app, merchant_id, refund_no)? {
             return Ok(known == *order);
         }

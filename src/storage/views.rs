@@ -37,7 +37,8 @@ const ROUTING: u8 = b'r';
 /// Operators' list changes: `k<list>\0<kind>\0<value>` → `+` (added) or `-` (removed).
 const RISK_LIST: u8 = b'k';
 const RISK_RULES: &[u8] = b"m:risk_rules";
-/// Payments under review: `w<created>‖<pay_order_no>` → merchant id.
+/// Payments under review, until an operator resolves them: `w<created>‖<pay_order_no>`
+/// → merchant id.
 const REVIEW: u8 = b'w';
 const RISK_VERSION: &[u8] = b"m:risk_version";
 /// The most index entries one listing page reads; a page that finds fewer matches
@@ -51,8 +52,8 @@ const SCHEMA: &[u8] = b"m:schema";
 /// from the journal. 2: the applied marker carries the journal sequence. 3: order
 /// snapshots carry their refunds; the refund index. 4: late payments. 5: order
 /// snapshots carry their route. 6: abandoned trades and where late payments were taken.
-/// 7: risk decisions; operators' risk changes.
-pub const SCHEMA_VERSION: u32 = 7;
+/// 7: risk decisions; operators' risk changes. 8: operators' verdicts on reviews.
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// A place in the journal: the end of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -442,6 +443,9 @@ impl Views {
                             && order.status != paygate_actors::order::OrderStatus::Failed =>
                     {
                         batch.insert(review_key(order.create_time, id.as_str()), merchant.as_bytes());
+                    }
+                    OrderEvent::ReviewResolved { .. } => {
+                        batch.remove(review_key(order.create_time, id.as_str()));
                     }
                     OrderEvent::NotifyDue { notify_type, refund_order_no, at } => {
                         let n = Notification::for_order(&order, *notify_type, refund_order_no.as_deref(), *at);
