@@ -520,9 +520,8 @@ fn risk_engine(
     config: &Config,
     views: &crate::storage::views::Views,
 ) -> Result<paygate_actors::risk::RiskEngine, crate::storage::OpenError> {
-    use paygate_actors::ports::OrderStore;
     use paygate_actors::risk::lists::Lists;
-    use paygate_actors::risk::{Decision, Policy, RiskEngine, RiskInput};
+    use paygate_actors::risk::{Policy, RiskEngine, RiskInput};
     let fail = |what: String| crate::storage::OpenError::Inconsistent(format!("risk control: {what}"));
     let stored = views.risk().map_err(|e| fail(e.to_string()))?;
     let rules = match &stored.rules {
@@ -541,40 +540,21 @@ fn risk_engine(
     let engine = RiskEngine::new(Policy::new(rules, lists, stored.version).map_err(fail)?);
     let now = SystemClock.now_ms();
     let month_ago = now - 32 * 86_400_000;
-    let mut orders = Vec::new();
-    for m in &config.merchants {
-        let mut after = None;
-        loop {
-            let query = paygate_actors::ports::ListQuery {
-                merchant_id: m.merchant_id.clone(),
-                from_ms: month_ago,
-                to_ms: now + 1,
-                status: None,
-                after,
-                limit: 1_000,
+    let payments = views
+        .risk_history(month_ago, |t| {
+            let input = RiskInput {
+                merchant_id: &t.merchant_id,
+                amount: t.amount,
+                user_id: t.user_id.as_deref(),
+                device_id: t.device_id.as_deref(),
+                client_ip: t.client_ip,
+                account: None,
+                now_ms: t.at,
             };
-            let page = views.list_orders(&query).map_err(|e| fail(e.to_string()))?;
-            orders.extend(page.items);
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
-    }
-    orders.sort_by_key(|o| o.create_time);
-    for o in &orders {
-        let input = RiskInput {
-            merchant_id: &o.spec.merchant_id,
-            amount: o.spec.amount,
-            user_id: o.spec.user_id.as_deref(),
-            device_id: o.spec.device_id.as_deref(),
-            client_ip: o.spec.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
-            account: None,
-            now_ms: o.create_time,
-        };
-        engine.replay(&input, o.risk.as_ref().map_or(Decision::Allow, |r| r.decision), !o.refused_by_risk());
-    }
-    tracing::info!(payments = orders.len(), keys = engine.state().len(), "risk control counted the last month again");
+            engine.replay(&input, t.decision, t.went_ahead);
+        })
+        .map_err(|e| fail(e.to_string()))?;
+    tracing::info!(payments, keys = engine.state().len(), "risk control counted the last month again");
     Ok(engine)
 }
 
