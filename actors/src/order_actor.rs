@@ -24,8 +24,7 @@ use crate::ports::{
 use crate::refund::RefundState;
 use crate::refund::{RefundEvent, RefundSpec, RefundStatus};
 use crate::registry::Registry;
-use crate::risk::rules::ReviewAction;
-use crate::risk::{Assessment, Decision, RiskInput};
+use crate::risk::{Assessment, RiskInput};
 use crate::shared_order::{Published, SharedOrder};
 use crate::strategy::Route;
 
@@ -325,7 +324,6 @@ impl OrderCell {
     /// payment: closed while unpaid (the channel's close first), else refunded in full
     /// under the refund number `REVIEW-<pay_order_no>`.
     async fn resolve_review(&mut self, oc: &OrderContext, approved: bool) -> CoreResult<Order> {
-        self.current()?;
         self.execute(oc, vec![OrderCommand::ResolveReview { approved }]).await?;
         let order = self.current()?;
         if approved {
@@ -472,7 +470,7 @@ impl OrderCell {
             return self.submit(oc, order).await;
         }
         if let (crate::order::OrderStatus::Failed, Some(risk)) = (order.status, &order.risk) {
-            if risk.decision != Decision::Allow {
+            if risk.decision != crate::risk::Decision::Allow {
                 return Err(risk_rejected(risk));
             }
         }
@@ -501,7 +499,7 @@ impl OrderCell {
         let started = Instant::now();
         let now = oc.clock.now_ms();
         let assessment = assess(oc, &sub.spec, sub.buyer_account.as_deref(), now);
-        if refused(oc, &assessment) {
+        if oc.risk.policy().refuses(assessment.decision) {
             return self.refuse(oc, sub, assessment, now).await;
         }
         let Route { strategy, candidates, .. } = sub.route?;
@@ -875,15 +873,6 @@ fn assess(oc: &OrderContext, spec: &OrderSpec, account: Option<&str>, now: i64) 
         account,
         now_ms: now,
     })
-}
-
-/// Whether `assessment` refuses the payment: a DENY, or a REVIEW where reviews refuse.
-fn refused(oc: &OrderContext, assessment: &Assessment) -> bool {
-    match assessment.decision {
-        Decision::Allow => false,
-        Decision::Review => oc.risk.policy().rules.review == ReviewAction::Deny,
-        Decision::Deny => true,
-    }
 }
 
 /// The answer to a payment risk control refused.

@@ -240,17 +240,8 @@ fn is_card_number(text: &str) -> bool {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 1 {
-                if d * 2 > 9 {
-                    d * 2 - 9
-                } else {
-                    d * 2
-                }
-            } else {
-                d
-            }
-        })
+        // Every second digit from the right doubled, its digits summed.
+        .map(|(i, &d)| if i % 2 == 1 { d * 2 - if d > 4 { 9 } else { 0 } } else { d })
         .sum();
     sum.is_multiple_of(10)
 }

@@ -167,15 +167,9 @@ fn volume_key(day: i64, channel: &str) -> Vec<u8> {
     k
 }
 
-fn review_key(created: i64, id: &str) -> Vec<u8> {
-    let mut k = vec![REVIEW];
-    k.extend_from_slice(&(created.max(0) as u64).to_be_bytes());
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-fn risk_trace_key(created: i64, id: &str) -> Vec<u8> {
-    let mut k = vec![RISK_TRACE];
+/// `tag‖created‖id`: an order's entry in an index kept in creation order.
+fn created_key(tag: u8, created: i64, id: &str) -> Vec<u8> {
+    let mut k = vec![tag];
     k.extend_from_slice(&(created.max(0) as u64).to_be_bytes());
     k.extend_from_slice(id.as_bytes());
     k
@@ -484,14 +478,13 @@ impl Views {
                         };
                         let bytes = postcard::to_allocvec(&trace)
                             .map_err(|e| ProjectError::Inconsistent(format!("risk trace: {e}")))?;
-                        batch.insert(risk_trace_key(order.create_time, id.as_str()), bytes);
-                        // The review queue: payments sent to review and let go ahead.
-                        if assessment.decision == Decision::Review && trace.went_ahead {
-                            batch.insert(review_key(order.create_time, id.as_str()), merchant.as_bytes());
+                        batch.insert(created_key(RISK_TRACE, order.create_time, id.as_str()), bytes);
+                        if order.sent_to_review() {
+                            batch.insert(created_key(REVIEW, order.create_time, id.as_str()), merchant.as_bytes());
                         }
                     }
                     OrderEvent::ReviewResolved { .. } => {
-                        batch.remove(review_key(order.create_time, id.as_str()));
+                        batch.remove(created_key(REVIEW, order.create_time, id.as_str()));
                     }
                     OrderEvent::NotifyDue { notify_type, refund_order_no, at } => {
                         let n = Notification::for_order(&order, *notify_type, refund_order_no.as_deref(), *at);
@@ -539,7 +532,7 @@ impl Views {
     /// Calls `f` with what risk control counted of each payment judged since `from_ms`,
     /// oldest first, and forgets the older ones (a month back is all risk needs).
     pub fn risk_history(&self, from_ms: i64, mut f: impl FnMut(RiskTrace)) -> Result<usize, ProjectError> {
-        let start = risk_trace_key(from_ms, "");
+        let start = created_key(RISK_TRACE, from_ms, "");
         let mut stale = sled::Batch::default();
         for item in self.db.range(vec![RISK_TRACE]..start.clone()) {
             stale.remove(item?.0);

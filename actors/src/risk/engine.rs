@@ -51,9 +51,16 @@ impl Policy {
     pub fn region_of(&self, ip: IpAddr) -> Option<&str> {
         self.regions.lookup(ip).and_then(|i| self.rules.regions.get(i)).map(|r| r.region.as_str())
     }
-}
 
-impl Policy {
+    /// Whether a payment decided `decision` is refused: a DENY, or a REVIEW where
+    /// reviews refuse (`review = "deny"`).
+    pub fn refuses(&self, decision: Decision) -> bool {
+        match decision {
+            Decision::Allow => false,
+            Decision::Review => self.rules.review == ReviewAction::Deny,
+            Decision::Deny => true,
+        }
+    }
     /// The configuration's defaults and no lists: nothing fires (what tests and
     /// benches without risk rules run with).
     pub fn permissive() -> Policy {
@@ -222,10 +229,12 @@ enum Counted {
 impl Counted {
     /// How a payment decided `decision` under `p` counts.
     fn of(p: &Policy, decision: Decision) -> Counted {
-        match decision {
-            Decision::Allow => Counted::Allowed,
-            Decision::Review if p.rules.review == ReviewAction::Allow => Counted::WentAhead,
-            Decision::Review | Decision::Deny => Counted::Refused,
+        if p.refuses(decision) {
+            Counted::Refused
+        } else if decision == Decision::Allow {
+            Counted::Allowed
+        } else {
+            Counted::WentAhead
         }
     }
 }
