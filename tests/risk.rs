@@ -258,6 +258,28 @@ fn operators_approve_or_reject_reviewed_payments_and_a_rejection_undoes_the_paym
     assert_eq!(stored.review, Some(true));
 }
 
+#[test]
+fn a_reviewed_payment_that_failed_at_its_channel_is_not_said_to_be_refused_by_risk() {
+    let t = TestNode::start();
+    let c = t.client();
+    for i in 0..5 {
+        assert_eq!(pay(&c, &format!("RF-N{i}"), "10.00", &[("user_id", "u-rf")]).code(), "SUCCESS");
+    }
+    let a = pay(&c, "RF-BIG", "9000.00", &[("user_id", "u-rf")]);
+    assert_eq!(a.code(), "SUCCESS", "{a:?}");
+    let id = a.data("pay_order_no").to_owned();
+    let failed = ureq::post(&format!("{}/admin/sandbox/orders/{id}/fail", t.url))
+        .set("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call()
+        .unwrap();
+    assert_eq!(failed.status(), 200);
+    wait_status(&c, &id, "FAILED", std::time::Duration::from_secs(5));
+    // Its repeat answers as for any payment that failed at its channel, not with a risk
+    // refusal it never had.
+    let again = pay(&c, "RF-BIG", "9000.00", &[("user_id", "u-rf")]);
+    assert_eq!(again.code(), "CHANNEL_ERROR", "{again:?}");
+}
+
 fn stored_order(t: &TestNode, id: &str) -> paygate_actors::order::Order {
     use paygate_actors::ports::OrderStore;
     t.node().views.load(&paygate_actors::ids::PayOrderNo::parse(id).unwrap()).unwrap().unwrap()

@@ -469,10 +469,8 @@ impl OrderCell {
         if order.status.is_open() && order.code_url.is_none() {
             return self.submit(oc, order).await;
         }
-        if let (crate::order::OrderStatus::Failed, Some(risk)) = (order.status, &order.risk) {
-            if risk.decision != crate::risk::Decision::Allow {
-                return Err(risk_rejected(risk));
-            }
+        if let Some(risk) = order.risk.as_ref().filter(|_| order.refused_by_risk()) {
+            return Err(risk_rejected(risk));
         }
         if let (crate::order::OrderStatus::Failed, Some(reason)) = (order.status, &order.failure) {
             return Err(CoreError::new(ErrorCode::ChannelError, format!("payment failed: {reason}")));
