@@ -497,7 +497,7 @@ impl OrderCell {
         let started = Instant::now();
         let now = oc.clock.now_ms();
         let assessment = assess(oc, &sub.spec, sub.buyer_account.as_deref(), now);
-        if oc.risk.policy().refuses(assessment.decision) {
+        if oc.risk.refuses(assessment.decision) {
             return self.refuse(oc, sub, assessment, now).await;
         }
         let Route { strategy, candidates, .. } = sub.route?;

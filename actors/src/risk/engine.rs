@@ -261,6 +261,12 @@ impl RiskEngine {
         *slot = Arc::new(policy);
     }
 
+    /// Whether the policy in force refuses a payment decided `decision` (an ALLOW is
+    /// answered without reading the policy: that is every calm payment).
+    pub fn refuses(&self, decision: Decision) -> bool {
+        decision != Decision::Allow && self.policy().refuses(decision)
+    }
+
     /// What it remembers.
     pub fn state(&self) -> &RiskState {
         &self.state
